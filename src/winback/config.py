@@ -1,0 +1,233 @@
+"""Typed configuration: load YAML, apply ``key=value`` overrides, validate.
+
+Every setting has a default here, so an empty file (or none) is a valid configuration. The
+committed ``configs/default.yaml`` spells the same defaults out with comments.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from winback.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "OrdersConfig",
+    "ColumnsConfig",
+    "ReturnsConfig",
+    "PoliciesConfig",
+    "FeaturesConfig",
+    "LabelsConfig",
+    "SufficiencyConfig",
+    "load_config",
+    "apply_overrides",
+]
+
+Policy = Literal["drop", "keep", "fail"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnsConfig(_Section):
+    """Which input column holds each field of the orders contract (input names, any spelling)."""
+
+    customer_id: str = "customer_id"
+    order_id: str | None = Field(
+        "order_id",
+        description="Optional: without it, ids are made from customer, day and a counter.",
+    )
+    order_ts: str = "order_ts"
+    amount: str | None = Field(
+        "amount", description="Net order (or line) value; null when quantity x unit_price is used."
+    )
+    quantity: str | None = None
+    unit_price: str | None = None
+    category: str | None = None
+    channel: str | None = None
+    status: str | None = None
+
+
+class ReturnsConfig(_Section):
+    """How a cancellation or return is recognised. Any rule that matches marks the row."""
+
+    negative_amount: bool = True
+    status_values: list[str] = Field(default_factory=list)
+    order_id_prefix: str | None = None
+
+
+class PoliciesConfig(_Section):
+    """What to do with each kind of bad row: drop it (and count it), keep it, or fail."""
+
+    unparsable_date: Literal["drop", "fail"] = "drop"
+    null_customer_id: Literal["drop", "fail"] = "drop"
+    duplicate_order_id: Literal["drop", "keep", "fail"] = "drop"
+    future_date: Policy = "drop"
+    bad_amount: Literal["drop", "fail"] = "drop"
+    absurd_amount: Policy = "drop"
+    zero_amount: Policy = "keep"
+    conflicting_customer: Literal["drop", "fail"] = "fail"
+
+
+class CsvConfig(_Section):
+    """CSV dialect; ``auto`` lets DuckDB's sniffer decide."""
+
+    delimiter: str = Field(
+        "auto", description="auto, whitespace, or one character such as ',', ';', '\\t', '|'."
+    )
+    header: bool = True
+
+
+class OrdersConfig(_Section):
+    """Where the order history is and how to read it into the orders contract."""
+
+    source: str | None = None
+    format: Literal["auto", "csv", "parquet", "duckdb"] = "auto"
+    table: str | None = Field(None, description="Table name when the source is a DuckDB file.")
+    csv: CsvConfig = Field(default_factory=CsvConfig)
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    date_format: str = Field(
+        "auto", description="auto (ISO or YYYYMMDD) or a strftime format such as %d/%m/%Y %H:%M."
+    )
+    timezone: str = Field("UTC", description="Zone of timestamps that carry none; stored as UTC.")
+    lines: Literal["auto", "yes", "no"] = Field(
+        "auto", description="One row per order line (aggregate to orders): auto, yes or no."
+    )
+    returns: ReturnsConfig = Field(default_factory=ReturnsConfig)
+    max_abs_amount: float = Field(1_000_000.0, gt=0)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+
+    @model_validator(mode="after")
+    def _amount_or_price(self) -> OrdersConfig:
+        cols = self.columns
+        has_lines = cols.quantity is not None and cols.unit_price is not None
+        if cols.amount is None and not has_lines:
+            raise ValueError(
+                "columns.amount is null, so both columns.quantity and columns.unit_price "
+                "must name input columns (amount = quantity x unit_price)"
+            )
+        return self
+
+
+class FeaturesConfig(_Section):
+    """Point-in-time feature settings."""
+
+    lookback_days: int = Field(365, ge=1, description="Active population: an order in (T - L, T].")
+    windows_days: list[int] = Field(default_factory=lambda: [30, 90, 180, 365])
+
+    @field_validator("windows_days")
+    @classmethod
+    def _windows_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError("windows_days must be a non-empty list of whole days >= 1")
+        return sorted(set(v))
+
+
+class LabelsConfig(_Section):
+    """Churn label: no purchase in (T, T + horizon_days]."""
+
+    horizon_days: int = Field(90, ge=1)
+
+
+class SufficiencyConfig(_Section):
+    """Minimum data the sufficiency gate asks for before training."""
+
+    min_customers: int = Field(500, ge=1)
+    min_repeat_buyers: int = Field(200, ge=1)
+    min_per_class: int = Field(50, ge=1)
+
+
+class Config(_Section):
+    """The whole winback configuration."""
+
+    orders: OrdersConfig = Field(default_factory=OrdersConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    sufficiency: SufficiencyConfig = Field(default_factory=SufficiencyConfig)
+    random_state: int = 42
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "is not a known setting (check the spelling against configs/default.yaml)"
+        elif err["type"] == "literal_error":
+            allowed = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {allowed}"
+        got = err.get("input")
+        got_txt = "" if err["type"] == "extra_forbidden" else f"; got {got!r}"
+        parts.append(f"'{key}' {msg}{got_txt}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``dotted.key=value`` applied (values parsed as YAML).
+
+    >>> apply_overrides({}, ["labels.horizon_days=30"])
+    {'labels': {'horizon_days': 30}}
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(
+                f"Override {item!r} must look like key=value, e.g. labels.horizon_days=90."
+            )
+        key, _, value = item.partition("=")
+        keys = [k for k in key.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"Override {item!r} has no key before '='.")
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        try:
+            node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[keys[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not YAML, or a setting fails validation; the message names
+        the key, what was expected and what was got.
+    """
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"Config file {p} does not exist; pass an existing YAML file.")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" near line {line + 1}" if line is not None else ""
+            raise ConfigError(f"Config file {p} is not valid YAML{where}.") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {p} must hold a mapping of settings at the top level.")
+        raw = loaded
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None

@@ -1,0 +1,406 @@
+"""Point-in-time features at cutoffs: the definitions, written once as SQL for every engine.
+
+The boundary: a snapshot row is keyed by ``(customer_id, cutoff_ts)`` and sees only orders with
+``order_ts <= cutoff_ts``. The population at a cutoff T is every customer with a purchase (not a
+return) in ``(T - lookback_days, T]``. A window of w days means ``(T - w, T]``. All ``*_days``
+values are in days (fractions for timestamps with a time of day); amounts are in the data's
+currency. Returns and cancellations never count as purchases; they feed ``n_returns``,
+``return_amount``, ``return_rate`` and ``net_spend`` only.
+
+Many cutoffs run in one pass: a cutoffs table is joined to the orders with ``order_ts <= cutoff_ts``
+and every feature is an aggregate with a filter over that join.
+
+Features
+--------
+recency_days, tenure_days         days since the last / first purchase
+n_orders, n_order_days            purchases; distinct calendar days with a purchase
+monetary_total, monetary_mean     purchase spend, total and per order
+max_order_amount, last_order_amount
+orders_{w}d, spend_{w}d           purchases and spend in the last w days (config windows)
+orders_prev_90d, spend_prev_90d   the 90 days before the last 90: (T - 180, T - 90]
+orders_trend_90d                  (orders_90d - orders_prev_90d) / their sum, in [-1, 1]
+spend_change_90d                  spend_90d / spend_prev_90d - 1
+orders_trend_180d                 the same for 180 days against (T - 360, T - 180]
+gap_mean_days, gap_median_days, gap_std_days, last_gap_days
+                                  gaps between consecutive purchase days
+overdue_ratio                     recency_days / gap_mean_days
+orders_per_year                   n_orders per 365 days of tenure (tenure at least 30 days)
+n_returns, return_amount, return_rate (returns / (purchases + returns)), net_spend
+weekend_share                     share of purchases on Saturday or Sunday
+orders_ahead_90d_last_year        purchases in (T - 365, T - 275]: what they did a year ago in
+                                  the 90 days now ahead (a seasonality signal)
+n_categories, top_category_share  when a category column exists
+n_channels                        when a channel column exists
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+
+from winback.orders import Orders
+
+from winback.errors import UsageError
+
+__all__ = [
+    "FeatureSpec",
+    "Dialect",
+    "DUCKDB",
+    "feature_sql",
+    "population_sql",
+    "label_sql",
+    "feature_names",
+    "parse_cutoff",
+    "cutoff_schedule",
+    "normalize_cutoffs",
+    "build_features",
+]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What to compute: lookback, windows and which optional columns exist."""
+
+    lookback_days: int = 365
+    windows_days: tuple[int, ...] = (30, 90, 180, 365)
+    has_category: bool = False
+    has_channel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lookback_days < 1:
+            raise UsageError(
+                f"The 'lookback_days' setting must be a whole number of days >= 1; "
+                f"got {self.lookback_days}."
+            )
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few SQL spellings that differ between engines."""
+
+    name: str
+    # (later, earlier) -> fractional days between two timestamps
+    days_between: str = "(epoch_ms({later}) - epoch_ms({earlier})) / 86400000.0"
+    # date of a timestamp
+    to_date: str = "CAST({ts} AS DATE)"
+    # whole calendar days between two dates
+    date_diff_days: str = "date_diff('day', {earlier}, {later})"
+    weekend: str = "dayofweek({ts}) IN (0, 6)"
+    median: str = "median({x})"
+    arg_max: str = "arg_max({value}, {key})"
+    # an orderable pair, compared on a then b
+    pair: str = "({a}, {b})"
+    to_double: str = "CAST({x} AS DOUBLE)"
+    add_days: str = "{ts} + to_days({days})"
+
+
+DUCKDB = Dialect(name="duckdb")
+
+
+def feature_names(spec: FeatureSpec) -> list[str]:
+    """Feature columns in output order (after the keys ``customer_id``, ``cutoff_ts``)."""
+    names = [
+        "recency_days", "tenure_days", "n_orders", "n_order_days", "monetary_total",
+        "monetary_mean", "max_order_amount", "last_order_amount",
+    ]
+    for w in spec.windows_days:
+        names += [f"orders_{w}d", f"spend_{w}d"]
+    names += [
+        "orders_prev_90d", "spend_prev_90d", "orders_trend_90d", "spend_change_90d",
+        "orders_trend_180d", "gap_mean_days", "gap_median_days", "gap_std_days",
+        "last_gap_days", "overdue_ratio", "orders_per_year", "n_returns", "return_amount",
+        "return_rate", "net_spend", "weekend_share", "orders_ahead_90d_last_year",
+    ]
+    if spec.has_category:
+        names += ["n_categories", "top_category_share"]
+    if spec.has_channel:
+        names += ["n_channels"]
+    return names
+
+
+def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
+    """Orders plus one 'day' row per customer and purchase day, carrying the gap to the day before.
+
+    A purchase day exists at T when its first purchase is at or before T, so the days existing at
+    T are a prefix of the customer's days and each gap is known exactly when its day is.
+    """
+    opt = "".join(f", {c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
+    null_opt = "".join(
+        f", CAST(NULL AS VARCHAR) AS {c}" for c in ("category", "channel")
+        if getattr(spec, f"has_{c}")
+    )
+    day = d.to_date.format(ts="order_ts")
+    gap = d.date_diff_days.format(earlier="prev_day", later="day")
+    return f"""
+    purchase_days AS (
+        SELECT customer_id, {day} AS day, min(order_ts) AS day_ts
+        FROM {orders} WHERE NOT is_return
+        GROUP BY customer_id, {day}
+    ),
+    day_gaps AS (
+        SELECT customer_id, day_ts,
+               {gap} AS gap_days
+        FROM (
+            SELECT customer_id, day, day_ts,
+                   lag(day) OVER (PARTITION BY customer_id ORDER BY day) AS prev_day
+            FROM purchase_days
+        ) AS t
+    ),
+    events AS (
+        SELECT customer_id, order_ts, amount, is_return, FALSE AS is_day,
+               CAST(NULL AS BIGINT) AS gap_days{opt}
+        FROM {orders}
+        UNION ALL
+        SELECT customer_id, day_ts AS order_ts, CAST(0 AS DECIMAL(18,4)) AS amount,
+               FALSE AS is_return, TRUE AS is_day, CAST(gap_days AS BIGINT) AS gap_days{null_opt}
+        FROM day_gaps
+    )"""
+
+
+def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKDB) -> str:
+    """SQL that returns one row per ``(customer_id, cutoff_ts)`` of the active population.
+
+    Parameters
+    ----------
+    orders : str
+        Table (or view) in the orders contract.
+    cutoffs : str
+        Table with one TIMESTAMP column ``cutoff_ts`` (UTC).
+    spec : FeatureSpec
+        Lookback, windows and optional columns.
+    d : Dialect
+        The engine's SQL spellings.
+    """
+    age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
+    dbl = d.to_double.format
+    opt = "".join(f", e.{c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
+    P = "NOT is_return AND NOT is_day"  # a purchase row
+    win = []
+    for w in spec.windows_days:
+        win.append(f"count(*) FILTER (WHERE {P} AND age_days < {w}) AS orders_{w}d")
+        win.append(
+            f"{dbl(x=f'coalesce(sum(amount) FILTER (WHERE {P} AND age_days < {w}), 0)')}"
+            f" AS spend_{w}d"
+        )
+    win_sel = ",\n               ".join(win)
+    win_out = ", ".join(f"b.orders_{w}d, b.spend_{w}d" for w in spec.windows_days)
+    weekend = d.weekend.format(ts="order_ts")
+    # the last purchase's amount; of several at the same instant, the largest
+    last_amount = d.arg_max.format(value="amount", key=d.pair.format(a="order_ts", b="amount"))
+    median_gap = d.median.format(x="gap_days")
+
+    cat_cte = ""
+    cat_join = ""
+    cat_out = ""
+    if spec.has_category:
+        cat_cte = f""",
+    cat_counts AS (
+        SELECT customer_id, cutoff_ts, category, count(*) AS n
+        FROM joined WHERE {P} AND category IS NOT NULL
+        GROUP BY customer_id, cutoff_ts, category
+    ),
+    cats AS (
+        SELECT customer_id, cutoff_ts, count(*) AS n_categories, max(n) AS top_n,
+               sum(n) AS n_with_category
+        FROM cat_counts GROUP BY customer_id, cutoff_ts
+    )"""
+        cat_join = (
+            "LEFT JOIN cats ON cats.customer_id = b.customer_id "
+            "AND cats.cutoff_ts = b.cutoff_ts"
+        )
+        cat_out = (
+            f", coalesce(cats.n_categories, 0) AS n_categories, "
+            f"{dbl(x='cats.top_n')} / cats.n_with_category AS top_category_share"
+        )
+    chan_sel = ""
+    chan_out = ""
+    if spec.has_channel:
+        chan_sel = f",\n               count(DISTINCT channel) FILTER (WHERE {P}) AS n_channels"
+        chan_out = ", b.n_channels"
+
+    return f"""
+    WITH {_events_sql(orders, spec, d).strip()},
+    joined AS (
+        SELECT c.cutoff_ts, e.customer_id, e.order_ts, e.amount, e.is_return, e.is_day,
+               e.gap_days{opt}, {age} AS age_days
+        FROM events e JOIN {cutoffs} c ON e.order_ts <= c.cutoff_ts
+    ),
+    base AS (
+        SELECT customer_id, cutoff_ts,
+               min(age_days) FILTER (WHERE {P}) AS recency_days,
+               max(age_days) FILTER (WHERE {P}) AS tenure_days,
+               count(*) FILTER (WHERE {P}) AS n_orders,
+               count(*) FILTER (WHERE is_day) AS n_order_days,
+               {dbl(x=f'sum(amount) FILTER (WHERE {P})')} AS monetary_total,
+               {dbl(x=f'max(amount) FILTER (WHERE {P})')} AS max_order_amount,
+               {dbl(x=last_amount + f' FILTER (WHERE {P})')} AS last_order_amount,
+               {win_sel},
+               count(*) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180)
+                   AS orders_prev_90d,
+               {dbl(x=f'coalesce(sum(amount) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180), 0)')}
+                   AS spend_prev_90d,
+               count(*) FILTER (WHERE {P} AND age_days < 180) AS _orders_180,
+               count(*) FILTER (WHERE {P} AND age_days >= 180 AND age_days < 360)
+                   AS _orders_prev_180,
+               count(*) FILTER (WHERE {P} AND age_days < 90) AS _orders_90,
+               {dbl(x=f'coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)')} AS _spend_90,
+               avg(gap_days) FILTER (WHERE is_day) AS gap_mean_days,
+               {median_gap} FILTER (WHERE is_day) AS gap_median_days,
+               stddev_samp(gap_days) FILTER (WHERE is_day) AS gap_std_days,
+               {d.arg_max.format(value="gap_days", key="order_ts")} FILTER (WHERE is_day)
+                   AS last_gap_days,
+               count(*) FILTER (WHERE is_return) AS n_returns,
+               {dbl(x=f'coalesce(-sum(amount) FILTER (WHERE is_return), 0)')} AS return_amount,
+               count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
+               count(*) FILTER (WHERE {P} AND age_days >= 275 AND age_days < 365)
+                   AS orders_ahead_90d_last_year{chan_sel}
+        FROM joined
+        GROUP BY customer_id, cutoff_ts
+        HAVING min(age_days) FILTER (WHERE {P}) < {spec.lookback_days}
+    ){cat_cte}
+    SELECT b.customer_id, b.cutoff_ts,
+           b.recency_days, b.tenure_days, b.n_orders, b.n_order_days,
+           b.monetary_total, b.monetary_total / b.n_orders AS monetary_mean,
+           b.max_order_amount, b.last_order_amount,
+           {win_out},
+           b.orders_prev_90d, b.spend_prev_90d,
+           {dbl(x='b._orders_90 - b.orders_prev_90d')}
+               / nullif(b._orders_90 + b.orders_prev_90d, 0) AS orders_trend_90d,
+           b._spend_90 / nullif(b.spend_prev_90d, 0) - 1 AS spend_change_90d,
+           {dbl(x='b._orders_180 - b._orders_prev_180')}
+               / nullif(b._orders_180 + b._orders_prev_180, 0) AS orders_trend_180d,
+           b.gap_mean_days, {dbl(x='b.gap_median_days')} AS gap_median_days, b.gap_std_days,
+           {dbl(x='b.last_gap_days')} AS last_gap_days,
+           b.recency_days / nullif(b.gap_mean_days, 0) AS overdue_ratio,
+           b.n_orders * 365.0 / greatest(b.tenure_days, 30.0) AS orders_per_year,
+           b.n_returns, b.return_amount,
+           {dbl(x='b.n_returns')} / (b.n_orders + b.n_returns) AS return_rate,
+           b.monetary_total - b.return_amount AS net_spend,
+           {dbl(x='b._weekend_orders')} / b.n_orders AS weekend_share,
+           b.orders_ahead_90d_last_year{cat_out}{chan_out}
+    FROM base b {cat_join}
+    ORDER BY b.cutoff_ts, b.customer_id
+    """
+
+
+def population_sql(orders: str, cutoffs: str, lookback_days: int, d: Dialect = DUCKDB) -> str:
+    """SQL for the active population: ``(customer_id, cutoff_ts)`` with a purchase in
+    ``(cutoff_ts - lookback_days, cutoff_ts]``."""
+    age = d.days_between.format(later="c.cutoff_ts", earlier="o.order_ts")
+    return f"""
+    SELECT DISTINCT o.customer_id, c.cutoff_ts
+    FROM {orders} o JOIN {cutoffs} c
+      ON o.order_ts <= c.cutoff_ts AND {age} < {lookback_days}
+    WHERE NOT o.is_return"""
+
+
+def label_sql(
+    orders: str, cutoffs: str, lookback_days: int, horizon_days: int, d: Dialect = DUCKDB
+) -> str:
+    """SQL for labels: ``churned`` is true when there is no purchase in
+    ``(cutoff_ts, cutoff_ts + horizon_days]``; ``orders_in_horizon`` counts those purchases."""
+    end = d.add_days.format(ts="p.cutoff_ts", days=int(horizon_days))
+    return f"""
+    WITH pop AS ({population_sql(orders, cutoffs, lookback_days, d)})
+    SELECT p.customer_id, p.cutoff_ts,
+           count(o.order_ts) AS orders_in_horizon,
+           count(o.order_ts) = 0 AS churned
+    FROM pop p LEFT JOIN {orders} o
+      ON o.customer_id = p.customer_id AND NOT o.is_return
+     AND o.order_ts > p.cutoff_ts AND o.order_ts <= {end}
+    GROUP BY p.customer_id, p.cutoff_ts
+    ORDER BY p.cutoff_ts, p.customer_id"""
+
+
+def parse_cutoff(value: str | date | datetime | pd.Timestamp) -> datetime:
+    """A cutoff as a naive UTC datetime. A date means 00:00 UTC of that day.
+
+    Strings: ``YYYY-MM-DD``, ``YYYYMMDD`` or an ISO timestamp (an offset is converted to UTC).
+    """
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    text = str(value).strip()
+    try:
+        if len(text) == 8 and text.isdigit():
+            return datetime.strptime(text, "%Y%m%d")
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"Cannot read {text!r} as a date; use YYYY-MM-DD (e.g. 2024-03-31)."
+        ) from None
+    return parse_cutoff(parsed)
+
+
+def cutoff_schedule(start: datetime, end: datetime, every_days: int) -> list[datetime]:
+    """Cutoffs every ``every_days`` days from ``end`` back to ``start`` (both included when hit),
+    returned oldest first. Anchored at ``end`` so the latest cutoff is always the one asked for."""
+    if every_days < 1:
+        raise UsageError(f"The spacing must be a whole number of days >= 1; got {every_days}.")
+    if start > end:
+        raise UsageError(f"The first cutoff {start:%Y-%m-%d} is after the last {end:%Y-%m-%d}.")
+    out = []
+    t = end
+    while t >= start:
+        out.append(t)
+        t -= timedelta(days=every_days)
+    return sorted(out)
+
+
+def normalize_cutoffs(cutoffs: Iterable[str | date | datetime] | str) -> list[datetime]:
+    """Parse, deduplicate and sort cutoffs; refuse an empty list."""
+    if isinstance(cutoffs, str):
+        cutoffs = [c for c in cutoffs.split(",") if c.strip()]
+    out = sorted({parse_cutoff(c) for c in cutoffs})
+    if not out:
+        raise UsageError("No cutoffs given; pass at least one date (e.g. --as-of 2024-03-31).")
+    return out
+
+
+def build_features(
+    orders: Orders,
+    cutoffs: Iterable[str | date | datetime] | str,
+    lookback_days: int = 365,
+    windows_days: Iterable[int] = (30, 90, 180, 365),
+) -> pd.DataFrame:
+    """Features of the active population at each cutoff, all cutoffs in one pass (DuckDB).
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders (its DuckDB connection runs the query).
+    cutoffs : dates
+        Cutoffs T in UTC; a date means 00:00 UTC. Features see ``order_ts <= T``.
+    lookback_days : int
+        Population: customers with a purchase in ``(T - lookback_days, T]``.
+    windows_days : ints
+        Windows for ``orders_{w}d`` and ``spend_{w}d``.
+
+    Returns
+    -------
+    DataFrame
+        One row per ``(customer_id, cutoff_ts)``, sorted by cutoff then customer; ``cutoff_ts``
+        tz-aware UTC.
+    """
+    from winback.engines.duckdb import DuckDBEngine
+
+    spec = FeatureSpec(
+        lookback_days=int(lookback_days),
+        windows_days=tuple(sorted(set(int(w) for w in windows_days))),
+        has_category=orders.has_category,
+        has_channel=orders.has_channel,
+    )
+    engine = DuckDBEngine(orders.con)
+    table = engine.register_cutoffs(normalize_cutoffs(cutoffs))
+    try:
+        return engine.query_df(feature_sql(orders.table, table, spec, DUCKDB))
+    finally:
+        engine.drop(table)

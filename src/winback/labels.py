@@ -1,0 +1,90 @@
+"""Churn labels after each cutoff: ``churned`` = no purchase in ``(cutoff_ts, cutoff_ts + H]``.
+
+A cutoff whose horizon runs past the end of the data (``cutoff_ts + H > observed_until``) is not
+labelled at all: its customers are not silently called churned. Returns never count as purchases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from winback.engines.duckdb import DuckDBEngine
+from winback.errors import UsageError
+from winback.features import label_sql, normalize_cutoffs, parse_cutoff
+from winback.orders import Orders
+
+__all__ = ["split_labelled_cutoffs", "build_labels"]
+
+log = logging.getLogger(__name__)
+
+
+def split_labelled_cutoffs(
+    cutoffs: Sequence[datetime], observed_until: datetime, horizon_days: int
+) -> tuple[list[datetime], list[datetime]]:
+    """Split cutoffs into (labelled, unlabelled): labelled when ``T + H <= observed_until``."""
+    if horizon_days < 1:
+        raise UsageError(
+            f"The 'horizon_days' setting must be a whole number of days >= 1; got {horizon_days}."
+        )
+    h = timedelta(days=horizon_days)
+    labelled = [t for t in cutoffs if t + h <= observed_until]
+    unlabelled = [t for t in cutoffs if t + h > observed_until]
+    return labelled, unlabelled
+
+
+def build_labels(
+    orders: Orders,
+    cutoffs: Sequence[datetime | str],
+    horizon_days: int,
+    lookback_days: int = 365,
+    observed_until: datetime | str | None = None,
+) -> pd.DataFrame:
+    """Labels for the active population at each labelled cutoff.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    cutoffs : sequence of datetimes or date strings
+        Cutoffs T (UTC); a date means 00:00 UTC.
+    horizon_days : int
+        H: churned means no purchase in ``(T, T + H]``; an order exactly at T + H counts.
+    lookback_days : int
+        Population: a purchase in ``(T - lookback_days, T]``.
+    observed_until : datetime, optional
+        The end of the observed data; default the last order's timestamp.
+
+    Returns
+    -------
+    DataFrame
+        ``customer_id, cutoff_ts, orders_in_horizon, churned``; cutoffs without a full horizon
+        are left out (and logged).
+    """
+    cuts = normalize_cutoffs(cutoffs)
+    end = parse_cutoff(observed_until) if observed_until is not None else orders.last_ts
+    labelled, unlabelled = split_labelled_cutoffs(cuts, end, horizon_days)
+    if unlabelled:
+        log.warning(
+            "%d cutoff(s) get no labels: their %d-day horizon runs past the data's end %s: %s",
+            len(unlabelled), horizon_days, f"{end:%Y-%m-%d}",
+            ", ".join(f"{t:%Y-%m-%d}" for t in unlabelled),
+        )
+    engine = DuckDBEngine(orders.con)
+    if not labelled:
+        return pd.DataFrame(
+            {
+                "customer_id": pd.Series(dtype="str"),
+                "cutoff_ts": pd.Series(dtype="datetime64[us, UTC]"),
+                "orders_in_horizon": pd.Series(dtype="int64"),
+                "churned": pd.Series(dtype="bool"),
+            }
+        )
+    table = engine.register_cutoffs(labelled)
+    try:
+        return engine.query_df(label_sql(orders.table, table, lookback_days, horizon_days))
+    finally:
+        engine.drop(table)

@@ -1,0 +1,654 @@
+"""Read an order history, map its columns, validate it, and hold it as the orders contract.
+
+The orders contract is one row per order::
+
+    customer_id  VARCHAR        who bought
+    order_id     VARCHAR        unique per order (made up from customer, day and a counter if absent)
+    order_ts     TIMESTAMP      when, in UTC (stored without a zone; always UTC inside winback)
+    amount       DECIMAL(18,4)  net order value; returns and cancellations are negative
+    is_return    BOOLEAN        a return or cancellation: never a purchase, but seen by features
+    category     VARCHAR        optional
+    channel      VARCHAR        optional
+
+Everything runs inside DuckDB, so a large CSV or Parquet file is never loaded whole into pandas.
+Amounts are stored as exact decimals, so sums do not depend on the order of the input rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from winback.config import OrdersConfig
+from winback.errors import ConfigError, DataError
+
+__all__ = ["Orders", "Problem", "ValidationReport", "load_orders", "orders_from_frame"]
+
+log = logging.getLogger(__name__)
+
+_AMOUNT_TYPE = "DECIMAL(18,4)"
+_N_EXAMPLES = 3
+_OFFSET_RE = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check of the orders contract, with what was done about it."""
+
+    check: str
+    column: str
+    count: int
+    total: int
+    examples: tuple[str, ...]
+    policy: str
+    what: str
+    fix: str
+
+    def describe(self) -> str:
+        """One sentence: column, count, what, examples and the fix."""
+        ex = ", ".join(repr(e) for e in self.examples)
+        ex_txt = f" (e.g. {ex})" if ex else ""
+        return (
+            f"column '{self.column}': {self.count:,} of {self.total:,} rows {self.what}{ex_txt}"
+            f" -> {self.fix}"
+        )
+
+
+@dataclass
+class ValidationReport:
+    """What was read, what was wrong, and what was dropped or kept."""
+
+    source: str
+    rows_read: int
+    problems: list[Problem] = field(default_factory=list)
+    lines_aggregated: bool = False
+    n_orders: int = 0
+    n_customers: int = 0
+    n_returns: int = 0
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+
+    @property
+    def rows_dropped(self) -> int:
+        return sum(p.count for p in self.problems if p.policy == "drop")
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines for the terminal."""
+        out = [f"read {self.rows_read:,} rows from {self.source}"]
+        if self.lines_aggregated:
+            out.append("rows are order lines: aggregated to one row per order")
+        for p in self.problems:
+            action = {"drop": "dropped", "keep": "kept", "fail": "FAILED"}[p.policy]
+            out.append(f"{action}: {p.describe()}")
+        if not self.problems:
+            out.append("no problems found")
+        out.append(
+            f"{self.n_orders:,} orders ({self.n_returns:,} returns or cancellations) from "
+            f"{self.n_customers:,} customers, {_fmt_ts(self.first_ts)} to {_fmt_ts(self.last_ts)}"
+        )
+        return out
+
+
+def _fmt_ts(ts: datetime | None) -> str:
+    if ts is None:
+        return "-"
+    if ts.hour == ts.minute == ts.second == 0:
+        return ts.strftime("%Y-%m-%d")
+    return ts.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Orders:
+    """A validated order history in the orders contract, held in a DuckDB table.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection that owns the table.
+    table : str
+        Name of the table in the orders contract.
+    report : ValidationReport
+        How the table was made.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, table: str, report: ValidationReport):
+        self.con = con
+        self.table = table
+        self.report = report
+        cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        self.has_category = "category" in cols
+        self.has_channel = "channel" in cols
+
+    def __len__(self) -> int:
+        return self.report.n_orders
+
+    @property
+    def last_ts(self) -> datetime | None:
+        """Timestamp of the last order (UTC, naive); the data is observed up to this instant."""
+        return self.report.last_ts
+
+    @property
+    def first_ts(self) -> datetime | None:
+        return self.report.first_ts
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The orders as a pandas frame (``order_ts`` tz-aware UTC, ``amount`` float)."""
+        df = self.con.sql(
+            f"SELECT * REPLACE (amount::DOUBLE AS amount) FROM {self.table} "
+            "ORDER BY customer_id, order_ts, order_id"
+        ).df()
+        df["order_ts"] = pd.to_datetime(df["order_ts"]).dt.tz_localize("UTC")
+        return df
+
+    def fingerprint(self) -> dict[str, object]:
+        """Rows, date range and a content hash that does not depend on row order."""
+        n, lo, hi, h1, h2 = self.con.execute(
+            f"""SELECT count(*), min(order_ts), max(order_ts),
+                   sum(hash(customer_id, order_id, order_ts, amount, is_return) % 1000000007),
+                   bit_xor(hash(customer_id, order_id, order_ts, amount, is_return))
+                FROM {self.table}"""
+        ).fetchone()
+        digest = hashlib.sha256(f"{n}|{lo}|{hi}|{h1}|{h2}".encode()).hexdigest()[:16]
+        return {
+            "rows": int(n),
+            "first_ts": _fmt_ts(lo),
+            "last_ts": _fmt_ts(hi),
+            "sha256_16": digest,
+        }
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "parquet"
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    if suffix in {".duckdb", ".ddb", ".db"}:
+        return "duckdb"
+    return "csv"
+
+
+def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig) -> str:
+    """Create a view ``_raw`` over a CSV file; all columns as text, parsed later."""
+    p = _lit(str(path))
+    delim = cfg.csv.delimiter
+    header = "true" if cfg.csv.header else "false"
+    if delim == "auto":
+        try:
+            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p})").fetchone()
+        except duckdb.Error as exc:
+            raise DataError(f"{path}: could not read it as CSV ({_first_line(exc)}).") from None
+        columns = sniff[1] or []
+        one_col = len(columns) == 1
+        name = str(columns[0]["name"]) if one_col else ""
+        if one_col and re.search(r"\S\s+\S", name.strip()):
+            delim = "whitespace"
+        else:
+            delim = sniff[0]
+    if delim == "whitespace":
+        # Whitespace-separated text (any run of spaces or tabs, leading blanks allowed): read whole
+        # lines and split them in SQL, still streaming through DuckDB.
+        lines = (
+            f"read_csv({p}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', "
+            "escape='', header=false, auto_detect=false)"
+        )
+        first = con.execute(
+            f"SELECT line FROM {lines} WHERE trim(line) <> '' LIMIT 1"
+        ).fetchone()
+        if first is None:
+            con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT NULL::VARCHAR AS x WHERE false")
+            return "_raw"
+        first_fields = first[0].split()
+        if cfg.csv.header:
+            names = first_fields
+        else:
+            names = [f"column{i}" for i in range(len(first_fields))]
+        sel = ", ".join(
+            f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names)
+        )
+        skip = "OFFSET 1" if cfg.csv.header else ""
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW _raw AS
+                SELECT {sel} FROM (
+                    SELECT regexp_split_to_array(trim(line), '\\s+') AS parts
+                    FROM (SELECT line FROM {lines} WHERE trim(line) <> '' {skip})
+                )"""
+        )
+        return "_raw"
+    d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM read_csv({p},
+                delim={_lit(d)}, header={header}, all_varchar=true)"""
+        )
+    except duckdb.Error as exc:
+        raise DataError(f"{path}: could not read it as CSV ({_first_line(exc)}).") from None
+    return "_raw"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300]
+
+
+def _open_source(
+    con: duckdb.DuckDBPyConnection, source: str | Path, cfg: OrdersConfig
+) -> tuple[str, str]:
+    """Create the view ``_raw`` over the source; return (view name, label for messages)."""
+    text = str(source)
+    path = Path(text)
+    if not path.exists():
+        raise DataError(f"Orders source {text} does not exist; pass a CSV, Parquet or DuckDB path.")
+    fmt = _detect_format(path, cfg.format)
+    try:
+        if fmt == "csv":
+            if path.is_dir():
+                raise DataError(f"{path} is a folder; a CSV source must be one file.")
+            return _csv_relation(con, path, cfg), str(path)
+        if fmt == "parquet":
+            glob = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM read_parquet({_lit(glob)})"
+            )
+            return "_raw", str(path)
+        # DuckDB database file
+        if not cfg.table:
+            raise ConfigError(
+                f"{path} is a DuckDB database: set orders.table to the table that holds the "
+                "orders (e.g. --set orders.table=orders)."
+            )
+        con.execute(f"ATTACH {_lit(str(path))} AS _src (READ_ONLY)")
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() "
+                                             "WHERE database_name = '_src'").fetchall()}
+        if cfg.table not in tables:
+            listed = ", ".join(sorted(tables)) or "none"
+            raise DataError(
+                f"{path} has no table '{cfg.table}' (tables: {listed}); set orders.table."
+            )
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _src.{_quote(cfg.table)}"
+        )
+        return "_raw", f"{path}:{cfg.table}"
+    except duckdb.Error as exc:
+        raise DataError(f"{path}: could not read it as {fmt} ({_first_line(exc)}).") from None
+
+
+def _ts_expr(col: str, dtype: str, cfg: OrdersConfig) -> str:
+    """SQL expression turning the input column into a naive UTC TIMESTAMP (NULL if unparsable)."""
+    c = _quote(col)
+    dtype = dtype.upper()
+    tz = cfg.timezone
+
+    def localize(expr: str) -> str:
+        if tz.upper() == "UTC":
+            return expr
+        return f"timezone('UTC', timezone({_lit(tz)}, {expr}))"
+
+    if dtype.startswith("TIMESTAMP WITH TIME ZONE") or dtype == "TIMESTAMPTZ":
+        return f"timezone('UTC', {c})"
+    if dtype.startswith("TIMESTAMP") or dtype == "DATE":
+        return localize(f"{c}::TIMESTAMP")
+    text = f"trim({c}::VARCHAR)"
+    if cfg.date_format != "auto":
+        return localize(f"try_strptime({text}, {_lit(cfg.date_format)})")
+    naive = (
+        f"CASE WHEN regexp_full_match({text}, '[0-9]{{8}}') "
+        f"THEN try_strptime({text}, '%Y%m%d') ELSE try_cast({text} AS TIMESTAMP) END"
+    )
+    return (
+        f"CASE WHEN regexp_matches({text}, {_lit(_OFFSET_RE)}) "
+        f"THEN timezone('UTC', try_cast({text} AS TIMESTAMPTZ)) ELSE {localize(naive)} END"
+    )
+
+
+def _num_expr(col: str, dtype: str) -> str:
+    c = _quote(col)
+    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
+        return f"try_cast(trim({c}) AS DOUBLE)"
+    return f"try_cast({c} AS DOUBLE)"
+
+
+def _text_expr(col: str) -> str:
+    return f"nullif(trim({_quote(col)}::VARCHAR), '')"
+
+
+def _examples(con: duckdb.DuckDBPyConnection, col: str, where: str) -> tuple[str, ...]:
+    rows = con.execute(
+        f"SELECT DISTINCT coalesce({col}::VARCHAR, '<empty>') AS v FROM _stage WHERE {where} "
+        f"ORDER BY v LIMIT {_N_EXAMPLES}"
+    ).fetchall()
+    return tuple(str(r[0]) for r in rows)
+
+
+def load_orders(
+    source: str | Path | pd.DataFrame,
+    cfg: OrdersConfig | None = None,
+    *,
+    as_of: datetime | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    table: str = "orders",
+) -> Orders:
+    """Read, map and validate an order history into the orders contract.
+
+    Parameters
+    ----------
+    source : path or DataFrame
+        A CSV file, a Parquet file or folder, a DuckDB database file (with ``cfg.table``), or a
+        pandas frame whose columns are named as in ``cfg.columns``.
+    cfg : OrdersConfig
+        Column mapping, formats, returns rule and the policy for each kind of bad row.
+    as_of : datetime, optional
+        Orders after this instant (UTC) are future dates. Default: now.
+    con : duckdb connection, optional
+        Where the orders table is created; a new in-memory database by default.
+    table : str
+        Name of the table to create.
+
+    Returns
+    -------
+    Orders
+        The validated orders and a :class:`ValidationReport`.
+
+    Raises
+    ------
+    DataError
+        Missing columns, an empty input, or any problem whose policy is ``fail``. The one-line
+        message lists every problem found, each with its column, count, examples and fix.
+    """
+    cfg = cfg or OrdersConfig()
+    try:
+        zoneinfo.ZoneInfo(cfg.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"The 'orders.timezone' setting must be an IANA zone such as UTC or Europe/Berlin; "
+            f"got {cfg.timezone!r}."
+        ) from None
+    con = con or duckdb.connect()
+    if isinstance(source, pd.DataFrame):
+        con.register("_raw_frame", source)
+        con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _raw_frame")
+        label = "a data frame"
+    else:
+        _, label = _open_source(con, source, cfg)
+    as_of_naive = (as_of or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+
+    types = {r[0]: r[1] for r in con.execute("DESCRIBE _raw").fetchall()}
+    cols = cfg.columns
+    required = {"customer_id": cols.customer_id, "order_ts": cols.order_ts}
+    if cols.amount is not None:
+        required["amount"] = cols.amount
+    else:
+        required["quantity"] = cols.quantity  # type: ignore[assignment]
+        required["unit_price"] = cols.unit_price  # type: ignore[assignment]
+    optional = {
+        k: getattr(cols, k)
+        for k in ("order_id", "category", "channel", "status", "quantity", "unit_price")
+        if getattr(cols, k) is not None and k not in required
+    }
+    missing = [f"'{v}' (for {k})" for k, v in required.items() if v not in types]
+    # An optional column named explicitly but absent is a mapping mistake too, except the
+    # default 'order_id', which many histories simply do not have.
+    missing += [
+        f"'{v}' (for {k})"
+        for k, v in optional.items()
+        if v not in types and not (k == "order_id" and v == "order_id")
+    ]
+    if missing:
+        have = ", ".join(repr(t) for t in list(types)[:20])
+        raise DataError(
+            f"{label}: missing column(s) {', '.join(missing)}; the input has {have}. "
+            "Map them in the config's orders.columns (e.g. --set orders.columns.order_ts=InvoiceDate)."
+        )
+    optional = {k: v for k, v in optional.items() if v in types}
+
+    rows_read = con.execute("SELECT count(*) FROM _raw").fetchone()[0]
+    if rows_read == 0:
+        raise DataError(f"{label}: the input is empty (0 rows); point orders.source at the order history.")
+
+    # 1. Stage: typed columns next to their raw text (for examples in messages).
+    if cols.amount is not None:
+        amount = _num_expr(cols.amount, types[cols.amount])
+        amount_raw = _quote(cols.amount)
+    else:
+        q, u = cols.quantity, cols.unit_price
+        amount = f"({_num_expr(q, types[q])} * {_num_expr(u, types[u])})"  # type: ignore[arg-type]
+        amount_raw = f"concat({_quote(q)}, ' x ', {_quote(u)})"  # type: ignore[arg-type]
+    select = [
+        f"{_text_expr(cols.customer_id)} AS customer_id",
+        f"{_quote(cols.order_ts)}::VARCHAR AS order_ts_raw",
+        f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg)} AS order_ts",
+        f"{amount_raw}::VARCHAR AS amount_raw",
+        f"{amount} AS amount_f",
+    ]
+    has_order_id = "order_id" in optional
+    if has_order_id:
+        select.append(f"{_text_expr(cols.order_id)} AS order_id")  # type: ignore[arg-type]
+    for k in ("category", "channel", "status"):
+        if k in optional:
+            select.append(f"{_text_expr(optional[k])} AS {k}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(select)} FROM _raw")
+
+    # 2. Decide whether rows are order lines.
+    n_dup_ids = 0
+    if has_order_id:
+        n_dup_ids = con.execute(
+            "SELECT count(*) - count(DISTINCT order_id) FROM _stage WHERE order_id IS NOT NULL"
+        ).fetchone()[0]
+    if cfg.lines == "yes" and not has_order_id:
+        raise ConfigError(
+            "orders.lines is 'yes' but no order id column is mapped; set orders.columns.order_id."
+        )
+    lines = cfg.lines == "yes" or (
+        cfg.lines == "auto"
+        and has_order_id
+        and n_dup_ids > 0
+        and cols.quantity is not None
+        and cols.unit_price is not None
+    )
+
+    # 3. Row checks, all at once.
+    pol = cfg.policies
+    max_abs = cfg.max_abs_amount
+    checks: list[tuple[str, str, str, str, str, str, str]] = [
+        # check, column, condition, example column, what, policy, fix
+        ("unparsable_date", cols.order_ts, "order_ts IS NULL", "order_ts_raw",
+         "have a missing or unparsable date",
+         pol.unparsable_date,
+         "fix the dates or set orders.date_format (e.g. %d/%m/%Y %H:%M)"),
+        ("null_customer_id", cols.customer_id, "customer_id IS NULL", "customer_id",
+         "have no customer id", pol.null_customer_id,
+         "fill the ids or keep the default policies.null_customer_id=drop"),
+        ("bad_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
+         "amount_f IS NULL OR isnan(amount_f) OR isinf(amount_f)", "amount_raw",
+         "have a missing or non-numeric amount", pol.bad_amount,
+         "fix the amounts or set policies.bad_amount=drop"),
+        ("absurd_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
+         f"abs(amount_f) > {max_abs!r} AND NOT isinf(amount_f)", "amount_raw",
+         f"have an absurd amount (above {max_abs:,.0f} in absolute value)",
+         pol.absurd_amount,
+         "check them, or raise orders.max_abs_amount if they are real"),
+        ("future_date", cols.order_ts, f"order_ts > TIMESTAMP '{as_of_naive.isoformat(sep=' ')}'",
+         "order_ts_raw", f"are dated after the as-of {_fmt_ts(as_of_naive)} (UTC)",
+         pol.future_date, "fix the clock or the as-of, or keep policies.future_date=drop"),
+        ("zero_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
+         "amount_f = 0", "amount_raw", "have an amount of exactly 0",
+         pol.zero_amount, "kept as purchases by default; set policies.zero_amount=drop to drop"),
+    ]
+    counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
+    counts = con.execute(f"SELECT {counts_sql} FROM _stage").fetchone()
+    problems: list[Problem] = []
+    drop_conditions: list[str] = []
+    for (check, column, cond, ex_col, what, policy, fix), n in zip(checks, counts, strict=True):
+        if n == 0:
+            continue
+        problems.append(
+            Problem(check, column, int(n), rows_read, _examples(con, ex_col, cond),
+                    policy, what, fix)
+        )
+        if policy == "drop":
+            drop_conditions.append(f"({cond})")
+
+    keep_rows = "NOT (" + " OR ".join(drop_conditions) + ")" if drop_conditions else "true"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _clean AS
+            SELECT * EXCLUDE (amount_f), round(amount_f, 4)::{_AMOUNT_TYPE} AS amount
+            FROM _stage
+            WHERE {keep_rows} AND order_ts IS NOT NULL AND customer_id IS NOT NULL
+              AND amount_f IS NOT NULL AND NOT isnan(amount_f) AND NOT isinf(amount_f)
+              AND abs(amount_f) < 1e13"""
+    )
+
+    # 4. Returns rule (on lines or orders alike).
+    ret = cfg.returns
+    ret_terms = []
+    if ret.negative_amount:
+        ret_terms.append("amount < 0")
+    if ret.status_values and "status" in optional:
+        vals = ", ".join(_lit(v) for v in ret.status_values)
+        ret_terms.append(f"coalesce(status IN ({vals}), false)")
+    if ret.order_id_prefix and has_order_id:
+        ret_terms.append(f"coalesce(starts_with(order_id, {_lit(ret.order_id_prefix)}), false)")
+    if ret.status_values and "status" not in optional:
+        raise ConfigError(
+            "orders.returns.status_values is set but no status column is mapped; "
+            "set orders.columns.status."
+        )
+    is_return = " OR ".join(ret_terms) if ret_terms else "false"
+
+    extra = [k for k in ("category", "channel") if k in optional]
+    # 5. Aggregate lines to orders, or check order ids for duplicates.
+    if lines:
+        conflict = con.execute(
+            "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT order_id, count(*) AS n FROM _clean "
+            "WHERE order_id IS NOT NULL GROUP BY order_id "
+            "HAVING count(DISTINCT customer_id) > 1)"
+        ).fetchone()
+        if conflict[0]:
+            ex = tuple(r[0] for r in con.execute(
+                "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
+                f"HAVING count(DISTINCT customer_id) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
+            ).fetchall())
+            problems.append(Problem(
+                "conflicting_customer", cols.order_id or "order_id", int(conflict[1]), rows_read,
+                ex, pol.conflicting_customer,
+                "are lines of an order id that carries more than one customer id",
+                "fix the ids, or set policies.conflicting_customer=drop to drop those orders"))
+        extra_agg = "".join(
+            f", arg_max({k}, abs(amount)) AS {k}" for k in extra
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
+                SELECT order_id, min(customer_id) AS customer_id, min(order_ts) AS order_ts,
+                       sum(amount)::{_AMOUNT_TYPE} AS amount,
+                       bool_or({is_return}) AS is_return{extra_agg}
+                FROM _clean WHERE order_id IS NOT NULL
+                GROUP BY order_id
+                HAVING count(DISTINCT customer_id) = 1"""
+        )
+        if pol.conflicting_customer == "fail" and conflict[0]:
+            pass  # reported below with every other failure
+    else:
+        id_expr = "order_id" if has_order_id else "NULL::VARCHAR"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
+                SELECT {id_expr} AS order_id, customer_id, order_ts, amount,
+                       ({is_return}) AS is_return{''.join(', ' + k for k in extra)}
+                FROM _clean"""
+        )
+        if has_order_id:
+            dup = con.execute(
+                "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM _orders0 "
+                "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1)"
+            ).fetchone()[0]
+            if dup:
+                ex = tuple(r[0] for r in con.execute(
+                    "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL GROUP BY order_id "
+                    f"HAVING count(*) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}").fetchall())
+                problems.append(Problem(
+                    "duplicate_order_id", cols.order_id or "order_id", int(dup), rows_read, ex,
+                    pol.duplicate_order_id, "repeat an order id already seen",
+                    "drop the copies (default), or set orders.lines=yes if rows are order lines"))
+
+    failures = [p for p in problems if p.policy == "fail"]
+    if failures:
+        raise DataError(
+            f"{label}: {len(failures)} problem(s) with fail policy: "
+            + "; ".join(p.describe() for p in failures)
+        )
+
+    # 6. Final ids: dedupe or disambiguate, and make ids where there are none.
+    dup_policy = cfg.policies.duplicate_order_id
+    rank = (
+        "row_number() OVER (PARTITION BY order_id "
+        "ORDER BY order_ts, customer_id, amount, is_return"
+        + "".join(f", {k}" for k in extra)
+        + ")"
+    )
+    made_id = (
+        "customer_id || '-' || strftime(order_ts, '%Y%m%d') || '-' || "
+        "row_number() OVER (PARTITION BY customer_id, order_ts::DATE "
+        "ORDER BY order_ts, amount, is_return" + "".join(f", {k}" for k in extra) + ")"
+    )
+    extra_sel = "".join(f", {k}" for k in extra)
+    if lines or not has_order_id:
+        body = f"""SELECT customer_id, coalesce(order_id, {made_id}) AS order_id, order_ts,
+                          amount, is_return{extra_sel} FROM _orders0"""
+    elif dup_policy == "drop":
+        body = f"""SELECT customer_id, coalesce(order_id, {made_id}) AS order_id, order_ts, amount,
+                          is_return{extra_sel}
+                   FROM (SELECT *, {rank} AS _k FROM _orders0) WHERE _k = 1"""
+    else:  # keep: the copies stay, as separate orders with a suffixed id
+        body = f"""SELECT customer_id,
+                          CASE WHEN _k = 1 THEN coalesce(order_id, {made_id})
+                               ELSE order_id || '~' || _k END AS order_id,
+                          order_ts, amount, is_return{extra_sel}
+                   FROM (SELECT *, {rank} AS _k FROM _orders0)"""
+    con.execute(
+        f"""CREATE OR REPLACE TABLE {table} AS
+            SELECT customer_id, order_id, order_ts,
+                   CASE WHEN is_return THEN -abs(amount) ELSE amount END::{_AMOUNT_TYPE} AS amount,
+                   is_return{extra_sel}
+            FROM ({body})"""
+    )
+    for tmp in ("_orders0", "_clean", "_stage"):
+        con.execute(f"DROP TABLE IF EXISTS {tmp}")
+
+    n, n_cust, n_ret, lo, hi = con.execute(
+        f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "
+        f"min(order_ts), max(order_ts) FROM {table}"
+    ).fetchone()
+    report = ValidationReport(
+        source=label, rows_read=int(rows_read), problems=problems, lines_aggregated=lines,
+        n_orders=int(n), n_customers=int(n_cust), n_returns=int(n_ret), first_ts=lo, last_ts=hi,
+    )
+    if n == 0:
+        raise DataError(
+            f"{label}: no orders left after validation (" + "; ".join(
+                p.describe() for p in problems) + ")."
+        )
+    for line in report.summary_lines():
+        log.info(line)
+    return Orders(con, table, report)
+
+
+def orders_from_frame(
+    df: pd.DataFrame, cfg: OrdersConfig | None = None, *, as_of: datetime | None = None
+) -> Orders:
+    """Validate an in-memory frame (columns named as in the contract by default)."""
+    return load_orders(df, cfg, as_of=as_of)
