@@ -154,7 +154,7 @@ class Orders:
                    sum(hash(customer_id, order_id, order_ts, amount, is_return) % 1000000007),
                    bit_xor(hash(customer_id, order_id, order_ts, amount, is_return))
                 FROM {self.table}"""
-        ).fetchone()
+        ).fetchall()[0]
         digest = hashlib.sha256(f"{n}|{lo}|{hi}|{h1}|{h2}".encode()).hexdigest()[:16]
         return {
             "rows": int(n),
@@ -192,7 +192,7 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig)
     header = "true" if cfg.csv.header else "false"
     if delim == "auto":
         try:
-            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p})").fetchone()
+            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p})").fetchall()[0]
         except duckdb.Error as exc:
             raise DataError(f"{path}: could not read it as CSV ({_first_line(exc)}).") from None
         columns = sniff[1] or []
@@ -209,9 +209,10 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig)
             f"read_csv({p}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', "
             "escape='', header=false, auto_detect=false)"
         )
-        first = con.execute(
+        first_rows = con.execute(
             f"SELECT line FROM {lines} WHERE trim(line) <> '' LIMIT 1"
-        ).fetchone()
+        ).fetchall()
+        first = first_rows[0] if first_rows else None
         if first is None:
             con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT NULL::VARCHAR AS x WHERE false")
             return "_raw"
@@ -417,7 +418,7 @@ def load_orders(
         )
     optional = {k: v for k, v in optional.items() if v in types}
 
-    rows_read = con.execute("SELECT count(*) FROM _raw").fetchone()[0]
+    rows_read = con.execute("SELECT count(*) FROM _raw").fetchall()[0][0]
     if rows_read == 0:
         raise DataError(f"{label}: the input is empty (0 rows); point orders.source at the order history.")
 
@@ -449,7 +450,7 @@ def load_orders(
     if has_order_id:
         n_dup_ids = con.execute(
             "SELECT count(*) - count(DISTINCT order_id) FROM _stage WHERE order_id IS NOT NULL"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     if cfg.lines == "yes" and not has_order_id:
         raise ConfigError(
             "orders.lines is 'yes' but no order id column is mapped; set orders.columns.order_id."
@@ -491,7 +492,7 @@ def load_orders(
          pol.zero_amount, "kept as purchases by default; set policies.zero_amount=drop to drop"),
     ]
     counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
-    counts = con.execute(f"SELECT {counts_sql} FROM _stage").fetchone()
+    counts = con.execute(f"SELECT {counts_sql} FROM _stage").fetchall()[0]
     problems: list[Problem] = []
     drop_conditions: list[str] = []
     for (check, column, cond, ex_col, what, policy, fix), n in zip(checks, counts, strict=True):
@@ -538,7 +539,7 @@ def load_orders(
             "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT order_id, count(*) AS n FROM _clean "
             "WHERE order_id IS NOT NULL GROUP BY order_id "
             "HAVING count(DISTINCT customer_id) > 1)"
-        ).fetchone()
+        ).fetchall()[0]
         if conflict[0]:
             ex = tuple(r[0] for r in con.execute(
                 "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
@@ -575,7 +576,7 @@ def load_orders(
             dup = con.execute(
                 "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM _orders0 "
                 "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1)"
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             if dup:
                 ex = tuple(r[0] for r in con.execute(
                     "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL GROUP BY order_id "
@@ -632,7 +633,7 @@ def load_orders(
     n, n_cust, n_ret, lo, hi = con.execute(
         f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "
         f"min(order_ts), max(order_ts) FROM {table}"
-    ).fetchone()
+    ).fetchall()[0]
     report = ValidationReport(
         source=label, rows_read=int(rows_read), problems=problems, lines_aggregated=lines,
         n_orders=int(n), n_customers=int(n_cust), n_returns=int(n_ret), first_ts=lo, last_ts=hi,
@@ -643,7 +644,7 @@ def load_orders(
                 p.describe() for p in problems) + ")."
         )
     for line in report.summary_lines():
-        log.info(line)
+        log.debug(line)
     return Orders(con, table, report)
 
 

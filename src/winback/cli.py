@@ -1,0 +1,341 @@
+"""The ``winback`` command line: thin commands over the library.
+
+Each command parses its options, loads the config, calls library functions and prints. A
+:class:`~winback.errors.WinbackError` becomes one line on stderr and exit code 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from winback import __version__
+from winback.config import Config, load_config
+from winback.errors import UsageError, WinbackError
+
+__all__ = ["app", "main"]
+
+log = logging.getLogger("winback")
+
+app = typer.Typer(
+    name="winback",
+    help="Churn prediction and win-back lists from order histories.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (defaults: configs/default.yaml).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting: key=value, e.g. labels.horizon_days=90."),
+]
+AsOfOpt = Annotated[
+    str | None,
+    typer.Option("--as-of", help="The date we stand at (YYYY-MM-DD, 00:00 UTC); 'today' allowed."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("winback")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """winback: churn prediction and win-back lists from order histories."""
+    _setup_logging(verbose)
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def _config(config: Path | None, overrides: list[str] | None) -> Config:
+    if config is None and Path("configs/default.yaml").is_file():
+        config = Path("configs/default.yaml")
+    return load_config(config, overrides)
+
+
+def _as_of(value: str | None) -> datetime | None:
+    from winback.features import parse_cutoff
+
+    if value is None:
+        return None
+    if value.strip().lower() == "today":
+        now = datetime.now(UTC)
+        return datetime(now.year, now.month, now.day)
+    return parse_cutoff(value)
+
+
+def _source(path: str | None, cfg: Config) -> str:
+    src = path or cfg.orders.source
+    if not src:
+        raise UsageError("No orders given: pass a path, or set orders.source in the config.")
+    return src
+
+
+def _load(path: str | None, cfg: Config, as_of: datetime | None):
+    from winback.orders import load_orders
+
+    return load_orders(_source(path, cfg), cfg.orders, as_of=as_of)
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+def _atomic_parquet(df, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@app.command()
+def validate(
+    path: Annotated[str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Read and validate an order history; report every problem and what was dropped.
+
+    Exits 1 when a problem's policy is 'fail' (the message lists every problem at once).
+    """
+    cfg = _config(config, set_)
+    orders = _load(path, cfg, _as_of(as_of))
+    _echo_lines(orders.report.summary_lines())
+
+
+@app.command()
+def profile(
+    path: Annotated[str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Profile the orders: counts, repeat share, gaps, and a suggested churn horizon."""
+    from winback.profile import build_profile
+
+    cfg = _config(config, set_)
+    orders = _load(path, cfg, _as_of(as_of))
+    prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
+    _echo_lines(prof.summary_lines())
+
+
+_EVERY_RE = re.compile(r"^\s*(\d+)\s*d?\s*$")
+
+
+def _cutoffs_from_options(
+    as_of: str | None, cutoffs: str | None, every: str | None, start: str | None, end: str | None
+) -> list[datetime]:
+    from winback.features import cutoff_schedule, normalize_cutoffs, parse_cutoff
+
+    given = sum(x is not None for x in (as_of, cutoffs, every))
+    if given != 1:
+        raise UsageError(
+            "Give exactly one of --as-of DATE, --cutoffs DATE,DATE,... or "
+            "--every 30d --from DATE --to DATE."
+        )
+    if as_of is not None:
+        return [_as_of(as_of)]  # type: ignore[list-item]
+    if cutoffs is not None:
+        return normalize_cutoffs(cutoffs)
+    m = _EVERY_RE.match(every or "")
+    if not m:
+        raise UsageError(f"--every takes a number of days such as 30d; got {every!r}.")
+    if start is None or end is None:
+        raise UsageError("--every needs both --from DATE and --to DATE.")
+    return cutoff_schedule(parse_cutoff(start), parse_cutoff(end), int(m.group(1)))
+
+
+@app.command()
+def features(
+    orders_path: Annotated[str | None, typer.Option("--orders", help="Orders file or folder.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path("features.parquet"),
+    as_of: AsOfOpt = None,
+    cutoffs: Annotated[str | None, typer.Option("--cutoffs", help="Comma-separated dates.")] = None,
+    every: Annotated[str | None, typer.Option("--every", help="Spacing of cutoffs, e.g. 30d.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="First cutoff with --every.")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last cutoff with --every.")] = None,
+    horizon_days: Annotated[
+        int | None,
+        typer.Option("--horizon-days", help="Also add churn labels for this horizon (days)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compute point-in-time features at one or many cutoffs into a Parquet file.
+
+    One row per (customer_id, cutoff_ts) of the active population (a purchase in the lookback
+    window before the cutoff). With --horizon-days, labelled cutoffs get 'churned' and
+    'orders_in_horizon'; cutoffs whose horizon runs past the data keep empty labels.
+    """
+    from winback.features import build_features
+    from winback.labels import build_labels
+
+    cfg = _config(config, set_)
+    cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
+    orders = _load(orders_path, cfg, max(cuts) if cuts else None)
+    t0 = time.perf_counter()
+    feats = build_features(
+        orders, cuts, cfg.features.lookback_days, cfg.features.windows_days
+    )
+    if horizon_days is not None:
+        labels = build_labels(orders, cuts, horizon_days, cfg.features.lookback_days)
+        feats = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="left")
+        feats["churned"] = feats["churned"].astype("boolean")
+        feats["orders_in_horizon"] = feats["orders_in_horizon"].astype("Int64")
+    _atomic_parquet(feats, out)
+    per_cut = feats.groupby("cutoff_ts").size()
+    typer.echo(
+        f"wrote {len(feats):,} rows x {feats.shape[1]} columns for {len(cuts)} cutoff(s) to {out} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+    for ts, n in per_cut.items():
+        typer.echo(f"  {ts:%Y-%m-%d}: {n:,} customers")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path("orders.parquet"),
+    customers: Annotated[int | None, typer.Option("--customers", help="Number of customers.")] = None,
+    orders_n: Annotated[
+        int | None, typer.Option("--orders", help="About this many orders (sets --customers).")
+    ] = None,
+    start: Annotated[str, typer.Option("--from", help="First day of the history.")] = "2022-01-01",
+    end: Annotated[str, typer.Option("--to", help="Last day of the history.")] = "2024-12-31",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
+) -> None:
+    """Generate a synthetic order history (Parquet) with churn, seasonality and returns."""
+    from winback.synth import SynthParams, customers_for_orders, generate_orders
+
+    if customers is not None and orders_n is not None:
+        raise UsageError("Give --customers or --orders, not both.")
+    params = SynthParams(start=start, end=end, seed=seed)
+    n = customers or (customers_for_orders(orders_n, params) if orders_n else 20_000)
+    params = SynthParams(n_customers=n, start=start, end=end, seed=seed)
+    t0 = time.perf_counter()
+    df = generate_orders(params)
+    _atomic_parquet(df, out)
+    typer.echo(
+        f"wrote {len(df):,} orders of {n:,} customers to {out} in {time.perf_counter() - t0:.1f}s"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo"),
+    customers: Annotated[int, typer.Option("--customers", help="Synthetic customers.")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
+) -> None:
+    """Run the pipeline end to end on synthetic data: synth, validate, profile, features, labels."""
+    from winback.features import build_features, cutoff_schedule
+    from winback.labels import build_labels
+    from winback.orders import load_orders
+    from winback.profile import build_profile
+    from winback.synth import SynthParams, generate_orders
+
+    cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"1/5 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
+    df = generate_orders(SynthParams(n_customers=customers, seed=seed))
+    orders_file = out / "orders.parquet"
+    _atomic_parquet(df, orders_file)
+    typer.echo(f"    {len(df):,} orders -> {orders_file}")
+
+    typer.echo("2/5 validate")
+    orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1))
+    _echo_lines(["    " + line for line in orders.report.summary_lines()])
+
+    typer.echo("3/5 profile")
+    prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
+    _echo_lines(["    " + line for line in prof.summary_lines()])
+
+    horizon = prof.suggested_horizon_days or cfg.labels.horizon_days
+    last = orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    cuts = cutoff_schedule(last - timedelta(days=365), last, 30)
+    typer.echo(f"4/5 features at {len(cuts)} monthly cutoffs in one pass")
+    feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
+    _atomic_parquet(feats, out / "features.parquet")
+    typer.echo(f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
+
+    typer.echo(f"5/5 labels: churned = no purchase within H = {horizon} days after the cutoff")
+    labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
+    snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
+    _atomic_parquet(snap, out / "snapshots.parquet")
+    table = snap.groupby("cutoff_ts").agg(
+        customers=("customer_id", "size"),
+        churn_rate=("churned", "mean"),
+        median_recency_days=("recency_days", "median"),
+    )
+    typer.echo("    cutoff      customers  churn rate  median recency (days)")
+    for ts, row in table.iterrows():
+        typer.echo(
+            f"    {ts:%Y-%m-%d}  {int(row.customers):>9,}  {row.churn_rate:>10.1%}  "
+            f"{row.median_recency_days:>21.0f}"
+        )
+    typer.echo(f"    labelled snapshots -> {out / 'snapshots.parquet'}")
+    typer.echo(f"done in {time.perf_counter() - t0:.1f}s")
+
+
+def main() -> None:
+    """Entry point: run the app, turning winback's errors into one line and an exit code."""
+    debug = os.environ.get("WINBACK_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except UsageError as exc:
+        typer.echo(f"usage error: {exc}", err=True)
+        sys.exit(2)
+    except WinbackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        typer.echo(
+            f"error: unexpected {type(exc).__name__}: {exc} "
+            "(set WINBACK_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)
