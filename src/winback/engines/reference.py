@@ -74,7 +74,7 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
     out["return_amount"] = (-rg["amount"].sum()).reindex(keep, fill_value=0.0)
     out["return_rate"] = out["n_returns"] / (out["n_orders"] + out["n_returns"])
     out["net_spend"] = out["monetary_total"] - out["return_amount"]
-    weekend = p["order_ts"].dt.dayofweek >= 5
+    weekend = p["order_ts"].dt.day_of_week >= 5
     out["weekend_share"] = (
         p[weekend].groupby("customer_id").size().reindex(keep, fill_value=0) / out["n_orders"]
     )

@@ -1,0 +1,82 @@
+"""The raw CDNOW file loads with the documented config; each quirk is handled as documented."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from winback.config import load_config
+from winback.features import build_features
+from winback.labels import build_labels
+from winback.orders import load_orders
+
+
+@pytest.fixture(scope="module")
+def cdnow(cdnow_dir):
+    cfg = load_config(ROOT / "configs" / "cdnow.yaml")
+    return load_orders(cdnow_dir / "CDNOW_master.txt", cfg.orders)
+
+
+def test_cdnow_counts(cdnow):
+    assert cdnow.report.rows_read == 69_659
+    assert cdnow.report.n_orders == 69_659
+    assert cdnow.report.n_customers == 23_570
+    assert cdnow.report.n_returns == 0
+    assert f"{cdnow.first_ts:%Y-%m-%d}" == "1997-01-01"
+    assert f"{cdnow.last_ts:%Y-%m-%d}" == "1998-06-30"
+
+
+def test_cdnow_zero_amount_orders_are_reported_and_kept(cdnow):
+    zero = [p for p in cdnow.report.problems if p.check == "zero_amount"]
+    assert len(zero) == 1 and zero[0].count == 80 and zero[0].policy == "keep"
+    assert (cdnow.to_pandas()["amount"] == 0).sum() == 80
+    # nothing else is wrong with the file
+    assert [p.check for p in cdnow.report.problems] == ["zero_amount"]
+
+
+def test_cdnow_duplicate_and_same_day_lines_stay_separate_orders(cdnow):
+    df = cdnow.to_pandas()
+    assert df["order_id"].is_unique
+    same_day = df.groupby(["customer_id", "order_ts"]).size()
+    assert int((same_day - 1).sum()) == 2_068  # lines beyond the first on a customer's day
+    exact = df.groupby(["customer_id", "order_ts", "amount"]).size()
+    assert int((exact - 1).sum()) >= 255  # the 255 exact duplicate lines are all still there
+    assert df.loc[df["customer_id"] == "00002", "order_id"].tolist() == [
+        "00002-19970112-1",
+        "00002-19970112-2",
+    ]
+
+
+def test_cdnow_raw_file_equals_the_contract_parquet(cdnow, cdnow_dir):
+    pq = load_orders(cdnow_dir / "orders.parquet", load_config(None).orders)
+    assert pq.report.n_orders == cdnow.report.n_orders
+    cuts = ["1997-12-31", "1998-03-31"]
+    pd.testing.assert_frame_equal(build_features(cdnow, cuts), build_features(pq, cuts))
+
+
+def test_cdnow_reference_settings(cdnow):
+    l91 = build_labels(cdnow, ["1998-03-31"], horizon_days=91, lookback_days=365)
+    assert len(l91) == 9_526
+    assert l91["churned"].mean() == pytest.approx(0.700, abs=0.0005)
+    l181 = build_labels(cdnow, ["1997-12-31"], horizon_days=181, lookback_days=365)
+    assert len(l181) == 23_570
+    assert l181["churned"].mean() == pytest.approx(0.772, abs=0.0005)
+
+
+def test_cdnow_sample_file_without_header_loads(cdnow_dir):
+    cfg = load_config(
+        None,
+        [
+            "orders.csv.delimiter=whitespace",
+            "orders.csv.header=false",
+            "orders.columns.customer_id=column0",
+            "orders.columns.order_ts=column2",
+            "orders.columns.amount=column4",
+            "orders.columns.order_id=null",
+            "orders.date_format=%Y%m%d",
+        ],
+    )
+    o = load_orders(cdnow_dir / "CDNOW_sample.txt", cfg.orders)
+    assert o.report.n_orders == 6_919
+    assert o.report.n_customers == 2_357

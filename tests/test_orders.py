@@ -1,0 +1,242 @@
+"""Reading sources, mapping columns, order lines, returns, time zones, and every validation problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from winback.config import load_config
+from winback.errors import ConfigError, DataError
+from winback.orders import load_orders
+
+AS_OF = datetime(2024, 12, 31)
+
+
+def _load(path, *overrides, as_of=AS_OF):
+    return load_orders(path, load_config(None, list(overrides)).orders, as_of=as_of)
+
+
+def _write(tmp_path: Path, text: str, name="orders.csv", newline="\n") -> Path:
+    p = tmp_path / name
+    p.write_bytes(text.replace("\n", newline).encode())
+    return p
+
+
+GOOD = """customer_id,order_id,order_ts,amount
+c1,o1,2024-01-05,10.00
+c1,o2,2024-02-05 13:30:00,20.50
+c2,o3,2024-03-01,5.25
+"""
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "winback", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+# --- sources ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("delim", [",", ";", "\t", "|"])
+def test_csv_any_delimiter_and_line_ending(tmp_path, delim, newline):
+    p = _write(tmp_path, GOOD.replace(",", delim), newline=newline)
+    o = _load(p)
+    assert (o.report.n_orders, o.report.n_customers) == (3, 2)
+    assert o.to_pandas()["amount"].tolist() == [10.0, 20.5, 5.25]
+
+
+def test_whitespace_separated_text_with_header(tmp_path):
+    text = "  cust   day   value\n 001 20240105   10.00\n 001 20240205  20.50\n 002 20240301 5.25\n"
+    p = _write(tmp_path, text, name="orders.txt", newline="\r\n")
+    o = _load(p, "orders.columns.customer_id=cust", "orders.columns.order_ts=day",
+              "orders.columns.amount=value", "orders.columns.order_id=null")
+    df = o.to_pandas()
+    assert df["customer_id"].tolist() == ["001", "001", "002"]  # leading zeros kept
+    assert df["order_ts"].dt.strftime("%Y-%m-%d").tolist() == ["2024-01-05", "2024-02-05", "2024-03-01"]
+
+
+def test_parquet_file_and_folder(tmp_path):
+    df = pd.read_csv(_write(tmp_path, GOOD))
+    df["order_ts"] = pd.to_datetime(df["order_ts"], format="ISO8601", utc=True)
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    df.iloc[:2].to_parquet(folder / "part-0.parquet")
+    df.iloc[2:].to_parquet(folder / "part-1.parquet")
+    assert _load(folder).report.n_orders == 3
+    df.to_parquet(tmp_path / "one.parquet")
+    assert _load(tmp_path / "one.parquet").report.n_customers == 2
+
+
+def test_duckdb_table_source(tmp_path):
+    db = tmp_path / "shop.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(f"CREATE TABLE sales AS SELECT * FROM read_csv('{_write(tmp_path, GOOD)}')")
+    con.close()
+    assert _load(db, "orders.table=sales").report.n_orders == 3
+    with pytest.raises(ConfigError, match="orders.table"):
+        _load(db)
+    with pytest.raises(DataError, match="no table 'nope'.*sales"):
+        _load(db, "orders.table=nope")
+
+
+def test_column_mapping_and_date_formats(tmp_path):
+    text = "Customer ID;Invoice;InvoiceDate;Total\nx;1;05/01/2024 10:00;3\ny;2;31/12/2023 23:59;4\n"
+    o = _load(_write(tmp_path, text), 'orders.columns.customer_id=Customer ID',
+              "orders.columns.order_id=Invoice", "orders.columns.order_ts=InvoiceDate",
+              "orders.columns.amount=Total", "orders.date_format=%d/%m/%Y %H:%M")
+    ts = o.to_pandas().set_index("customer_id")["order_ts"]
+    assert ts["x"] == pd.Timestamp("2024-01-05 10:00", tz="UTC")
+    assert ts["y"] == pd.Timestamp("2023-12-31 23:59", tz="UTC")
+
+
+def test_timezone_is_converted_to_utc(tmp_path):
+    text = "customer_id,order_id,order_ts,amount\na,1,2024-07-01 12:00:00,1\nb,2,2024-01-01T12:00:00+05:00,1\n"
+    o = _load(_write(tmp_path, text), "orders.timezone=Europe/Berlin")
+    ts = o.to_pandas().set_index("customer_id")["order_ts"]
+    assert ts["a"] == pd.Timestamp("2024-07-01 10:00", tz="UTC")  # CEST is UTC+2
+    assert ts["b"] == pd.Timestamp("2024-01-01 07:00", tz="UTC")  # its own offset wins
+    with pytest.raises(ConfigError, match="orders.timezone"):
+        _load(_write(tmp_path, text), "orders.timezone=Mars/Olympus")
+
+
+def test_order_lines_are_aggregated_and_prefix_marks_cancellations(tmp_path):
+    text = """Invoice,StockCode,Quantity,Price,Customer,InvoiceDate
+536365,A,6,2.55,17850,2010-12-01 08:26
+536365,B,6,3.39,17850,2010-12-01 08:26
+536366,A,2,1.50,17850,2010-12-01 08:28
+C536379,A,-1,27.50,14527,2010-12-01 09:41
+536380,A,4,1.00,14527,2010-12-02 10:00
+"""
+    o = _load(_write(tmp_path, text), "orders.columns.order_id=Invoice",
+              "orders.columns.customer_id=Customer", "orders.columns.order_ts=InvoiceDate",
+              "orders.columns.amount=null", "orders.columns.quantity=Quantity",
+              "orders.columns.unit_price=Price", "orders.returns.order_id_prefix=C")
+    assert o.report.lines_aggregated
+    df = o.to_pandas().set_index("order_id")
+    assert len(df) == 4
+    assert df.loc["536365", "amount"] == pytest.approx(6 * 2.55 + 6 * 3.39)
+    assert bool(df.loc["C536379", "is_return"]) and df.loc["C536379", "amount"] == -27.5
+    assert not df.loc["536380", "is_return"]
+
+
+def test_status_column_marks_returns_with_positive_amounts(tmp_path):
+    text = "customer_id,order_id,order_ts,amount,state\na,1,2024-01-01,10,paid\na,2,2024-01-03,10,refunded\n"
+    o = _load(_write(tmp_path, text), "orders.columns.status=state",
+              "orders.returns.status_values=[refunded]")
+    df = o.to_pandas().set_index("order_id")
+    assert df.loc["2", "is_return"] and df.loc["2", "amount"] == -10.0
+    assert o.report.n_returns == 1
+
+
+# --- validation problems: each names the column and the count ---------------------------------
+
+
+BAD_CASES = {
+    "unparsable_date": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,2,yesterday,1\nb,3,2024-13-45,1\n",
+        "column 'order_ts': 2 of 3 rows have a missing or unparsable date",
+    ),
+    "null_customer_id": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\n,2,2024-01-02,1\n",
+        "column 'customer_id': 1 of 2 rows have no customer id",
+    ),
+    "duplicate_order_id": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,1,2024-01-01,1\nb,2,2024-01-02,1\n",
+        "column 'order_id': 1 of 3 rows repeat an order id",
+    ),
+    "future_date": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,2,2031-01-01,1\n",
+        "column 'order_ts': 1 of 2 rows are dated after the as-of 2024-12-31",
+    ),
+    "bad_amount": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,2,2024-01-02,ten\nb,3,2024-01-03,\n",
+        "column 'amount': 2 of 3 rows have a missing or non-numeric amount",
+    ),
+    "absurd_amount": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,2,2024-01-02,80995000\n",
+        "column 'amount': 1 of 2 rows have an absurd amount",
+    ),
+}
+
+
+@pytest.mark.parametrize("check", sorted(BAD_CASES))
+def test_problem_with_fail_policy_names_column_and_count(tmp_path, check):
+    text, message = BAD_CASES[check]
+    with pytest.raises(DataError, match=message.replace("(", r"\(")) as err:
+        _load(_write(tmp_path, text), f"orders.policies.{check}=fail")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("check", sorted(BAD_CASES))
+def test_problem_with_default_policy_is_dropped_and_counted(tmp_path, check):
+    text, message = BAD_CASES[check]
+    o = _load(_write(tmp_path, text))
+    [p] = [p for p in o.report.problems if p.check == check]
+    assert p.policy == "drop" and message in p.describe()
+    assert o.report.n_orders == o.report.rows_read - p.count
+    assert any(line.startswith("dropped: ") for line in o.report.summary_lines())
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    text = "customer_id,order_id,order_ts,amount\na,1,never,1\n,2,2024-01-02,1\nc,3,2024-01-03,abc\nd,4,2024-01-04,2\n"
+    with pytest.raises(DataError) as err:
+        _load(_write(tmp_path, text), "orders.policies.unparsable_date=fail",
+              "orders.policies.null_customer_id=fail", "orders.policies.bad_amount=fail")
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    for part in ("'order_ts': 1 of 4", "'customer_id': 1 of 4", "'amount': 1 of 4", "'abc'", "'never'"):
+        assert part in msg
+
+
+def test_missing_columns_are_named_with_the_fix(tmp_path):
+    p = _write(tmp_path, "who,when,amount\na,2024-01-01,1\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) 'customer_id' \(for customer_id\), 'order_ts'.*orders.columns"):
+        _load(p)
+
+
+def test_empty_input_is_refused(tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        _load(_write(tmp_path, "customer_id,order_id,order_ts,amount\n"))
+
+
+def test_nothing_left_after_drops_is_refused(tmp_path):
+    with pytest.raises(DataError, match="no orders left"):
+        _load(_write(tmp_path, "customer_id,order_id,order_ts,amount\na,1,soon,1\n"))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        _load(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("check", ["unparsable_date", "null_customer_id", "bad_amount"])
+def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, check):
+    text, message = BAD_CASES[check]
+    p = _write(tmp_path, text)
+    res = _run_cli("validate", str(p), "--set", f"orders.policies.{check}={'fail'}")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_cli_validate_prints_summary(tmp_path):
+    res = _run_cli("validate", str(_write(tmp_path, BAD_CASES["null_customer_id"][0])),
+                   "--as-of", "2024-12-31")
+    assert res.returncode == 0, res.stderr
+    assert "dropped: column 'customer_id': 1 of 2 rows have no customer id" in res.stdout
+    assert "1 orders (0 returns or cancellations) from 1 customers" in res.stdout
+
+
+def test_cli_bad_config_key_is_a_one_line_error(tmp_path):
+    res = _run_cli("validate", str(_write(tmp_path, GOOD)), "--set", "orders.polices.x=drop")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "'orders.polices' is not a known setting" in res.stderr
