@@ -2,10 +2,11 @@
 
 Each customer arrives on a day drawn from a growing arrival curve and buys at once. After that
 they buy as a Poisson process with their own rate (gamma across customers, as in BG/NBD), thinned
-by a seasonal curve with a peak in November and December, and after every repeat purchase they
-drop out for good with their own probability (beta across customers). Amounts are lognormal around
-a customer's own level; each customer has a favourite category and channel; a share of orders is
-returned later as a separate row with a negative amount.
+by a seasonal curve with a peak in November and December, and after every purchase (the first
+included, as in MBG/NBD) they drop out for good with their own probability (beta across
+customers). Amounts are lognormal around a customer's own level; each customer has a favourite
+category and channel; a share of orders is returned later as a separate row with a negative
+amount.
 
 Everything is numpy on whole arrays: 10 million orders take seconds, not minutes.
 """
@@ -83,7 +84,8 @@ def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
 
     rate = rng.gamma(p.rate_shape, p.rate_scale, n)
     dropout = rng.beta(p.dropout_a, p.dropout_b, n)
-    max_repeats = rng.geometric(np.clip(dropout, 1e-6, 1.0))  # dies right after this many repeats
+    # drops out right after a purchase with its probability, the first included (as in MBG/NBD)
+    max_repeats = rng.geometric(np.clip(dropout, 1e-6, 1.0)) - 1
     level = p.amount_median * np.exp(rng.normal(0, p.amount_customer_sigma, n))
     fav_cat = rng.choice(len(CATEGORIES), n, p=_zipf(len(CATEGORIES)))
     fav_chan = rng.choice(len(CHANNELS), n, p=[0.55, 0.3, 0.15])
@@ -94,7 +96,7 @@ def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
     start_day = np.datetime64(start.date())
     t_cur = arrival.copy()
     done = np.zeros(n, dtype=np.int64)
-    live = np.arange(n)
+    live = np.flatnonzero(max_repeats > 0)
     peak_rate = rate * p.season_peak
     got_c: list[np.ndarray] = []
     got_t: list[np.ndarray] = []
