@@ -56,16 +56,23 @@ def _setup_logging(verbose: bool) -> None:
     root.propagate = False
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                     is_eager=True),
+    ] = False,
 ) -> None:
     """winback: churn prediction and win-back lists from order histories."""
     _setup_logging(verbose)
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
 
 
 def _config(config: Path | None, overrides: list[str] | None) -> Config:
@@ -199,7 +206,8 @@ def features(
 
     cfg = _config(config, set_)
     cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
-    orders = _load(orders_path, cfg, max(cuts) if cuts else None)
+    # future dates are judged against now: orders after the cutoffs are what labels are made of
+    orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
     feats = build_features(
         orders, cuts, cfg.features.lookback_days, cfg.features.windows_days
