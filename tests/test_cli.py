@@ -15,15 +15,27 @@ from tests.conftest import ROOT
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "winback", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd or ROOT,
     )
 
 
 @pytest.fixture(scope="module")
 def synth_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "orders.parquet"
-    res = run("synth", "--customers", "800", "--from", "2022-01-01", "--to", "2023-12-31",
-              "--out", str(out))
+    res = run(
+        "synth",
+        "--customers",
+        "800",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2023-12-31",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert "orders of 800 customers" in res.stdout
     return out
@@ -38,8 +50,17 @@ def test_help_lists_every_command():
 
 def test_features_at_one_cutoff_with_labels(synth_file, tmp_path):
     out = tmp_path / "f.parquet"
-    res = run("features", "--orders", str(synth_file), "--as-of", "2023-06-30",
-              "--horizon-days", "90", "--out", str(out))
+    res = run(
+        "features",
+        "--orders",
+        str(synth_file),
+        "--as-of",
+        "2023-06-30",
+        "--horizon-days",
+        "90",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     df = pd.read_parquet(out)
     assert df["cutoff_ts"].nunique() == 1 and df["churned"].notna().all()
@@ -49,8 +70,21 @@ def test_features_at_one_cutoff_with_labels(synth_file, tmp_path):
 
 def test_features_every_30_days_and_explicit_list(synth_file, tmp_path):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    res = run("features", "--orders", str(synth_file), "--every", "30d", "--from", "2023-01-01",
-              "--to", "2023-12-27", "--horizon-days", "30", "--out", str(a))
+    res = run(
+        "features",
+        "--orders",
+        str(synth_file),
+        "--every",
+        "30d",
+        "--from",
+        "2023-01-01",
+        "--to",
+        "2023-12-27",
+        "--horizon-days",
+        "30",
+        "--out",
+        str(a),
+    )
     assert res.returncode == 0, res.stderr
     df = pd.read_parquet(a)
     assert df["cutoff_ts"].nunique() == 13  # 2023-12-27 back to 2023-01-01 (360 days)

@@ -14,8 +14,10 @@ def test_committed_default_yaml_equals_the_built_in_defaults():
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_config(None, ["labels.horizon_days=30", "features.windows_days=[7, 30]",
-                             "orders.columns.order_id=null"])
+    cfg = load_config(
+        None,
+        ["labels.horizon_days=30", "features.windows_days=[7, 30]", "orders.columns.order_id=null"],
+    )
     assert cfg.labels.horizon_days == 30
     assert cfg.features.windows_days == [7, 30]
     assert cfg.orders.columns.order_id is None
@@ -29,8 +31,14 @@ def test_override_without_equals_is_refused():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("labels.horizon_days=0", "'labels.horizon_days' Input should be greater than or equal to 1; got 0"),
-        ("orders.policies.future_date=ignore", "'orders.policies.future_date' must be one of 'drop', 'keep' or 'fail'; got 'ignore'"),
+        (
+            "labels.horizon_days=0",
+            "'labels.horizon_days' Input should be greater than or equal to 1; got 0",
+        ),
+        (
+            "orders.policies.future_date=ignore",
+            "'orders.policies.future_date' must be one of 'drop', 'keep' or 'fail'; got 'ignore'",
+        ),
         ("orders.colums.customer_id=x", "'orders.colums' is not a known setting"),
         ("features.windows_days=[0]", "windows_days must be a non-empty list"),
     ],

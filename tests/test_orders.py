@@ -56,11 +56,20 @@ def test_csv_any_delimiter_and_line_ending(tmp_path, delim, newline):
 def test_whitespace_separated_text_with_header(tmp_path):
     text = "  cust   day   value\n 001 20240105   10.00\n 001 20240205  20.50\n 002 20240301 5.25\n"
     p = _write(tmp_path, text, name="orders.txt", newline="\r\n")
-    o = _load(p, "orders.columns.customer_id=cust", "orders.columns.order_ts=day",
-              "orders.columns.amount=value", "orders.columns.order_id=null")
+    o = _load(
+        p,
+        "orders.columns.customer_id=cust",
+        "orders.columns.order_ts=day",
+        "orders.columns.amount=value",
+        "orders.columns.order_id=null",
+    )
     df = o.to_pandas()
     assert df["customer_id"].tolist() == ["001", "001", "002"]  # leading zeros kept
-    assert df["order_ts"].dt.strftime("%Y-%m-%d").tolist() == ["2024-01-05", "2024-02-05", "2024-03-01"]
+    assert df["order_ts"].dt.strftime("%Y-%m-%d").tolist() == [
+        "2024-01-05",
+        "2024-02-05",
+        "2024-03-01",
+    ]
 
 
 def test_parquet_file_and_folder(tmp_path):
@@ -89,9 +98,14 @@ def test_duckdb_table_source(tmp_path):
 
 def test_column_mapping_and_date_formats(tmp_path):
     text = "Customer ID;Invoice;InvoiceDate;Total\nx;1;05/01/2024 10:00;3\ny;2;31/12/2023 23:59;4\n"
-    o = _load(_write(tmp_path, text), 'orders.columns.customer_id=Customer ID',
-              "orders.columns.order_id=Invoice", "orders.columns.order_ts=InvoiceDate",
-              "orders.columns.amount=Total", "orders.date_format=%d/%m/%Y %H:%M")
+    o = _load(
+        _write(tmp_path, text),
+        "orders.columns.customer_id=Customer ID",
+        "orders.columns.order_id=Invoice",
+        "orders.columns.order_ts=InvoiceDate",
+        "orders.columns.amount=Total",
+        "orders.date_format=%d/%m/%Y %H:%M",
+    )
     ts = o.to_pandas().set_index("customer_id")["order_ts"]
     assert ts["x"] == pd.Timestamp("2024-01-05 10:00", tz="UTC")
     assert ts["y"] == pd.Timestamp("2023-12-31 23:59", tz="UTC")
@@ -115,10 +129,16 @@ def test_order_lines_are_aggregated_and_prefix_marks_cancellations(tmp_path):
 C536379,A,-1,27.50,14527,2010-12-01 09:41
 536380,A,4,1.00,14527,2010-12-02 10:00
 """
-    o = _load(_write(tmp_path, text), "orders.columns.order_id=Invoice",
-              "orders.columns.customer_id=Customer", "orders.columns.order_ts=InvoiceDate",
-              "orders.columns.amount=null", "orders.columns.quantity=Quantity",
-              "orders.columns.unit_price=Price", "orders.returns.order_id_prefix=C")
+    o = _load(
+        _write(tmp_path, text),
+        "orders.columns.order_id=Invoice",
+        "orders.columns.customer_id=Customer",
+        "orders.columns.order_ts=InvoiceDate",
+        "orders.columns.amount=null",
+        "orders.columns.quantity=Quantity",
+        "orders.columns.unit_price=Price",
+        "orders.returns.order_id_prefix=C",
+    )
     assert o.report.lines_aggregated
     df = o.to_pandas().set_index("order_id")
     assert len(df) == 4
@@ -129,8 +149,11 @@ C536379,A,-1,27.50,14527,2010-12-01 09:41
 
 def test_status_column_marks_returns_with_positive_amounts(tmp_path):
     text = "customer_id,order_id,order_ts,amount,state\na,1,2024-01-01,10,paid\na,2,2024-01-03,10,refunded\n"
-    o = _load(_write(tmp_path, text), "orders.columns.status=state",
-              "orders.returns.status_values=[refunded]")
+    o = _load(
+        _write(tmp_path, text),
+        "orders.columns.status=state",
+        "orders.returns.status_values=[refunded]",
+    )
     df = o.to_pandas().set_index("order_id")
     assert df.loc["2", "is_return"] and df.loc["2", "amount"] == -10.0
     assert o.report.n_returns == 1
@@ -188,17 +211,30 @@ def test_problem_with_default_policy_is_dropped_and_counted(tmp_path, check):
 def test_all_problems_are_reported_at_once(tmp_path):
     text = "customer_id,order_id,order_ts,amount\na,1,never,1\n,2,2024-01-02,1\nc,3,2024-01-03,abc\nd,4,2024-01-04,2\n"
     with pytest.raises(DataError) as err:
-        _load(_write(tmp_path, text), "orders.policies.unparsable_date=fail",
-              "orders.policies.null_customer_id=fail", "orders.policies.bad_amount=fail")
+        _load(
+            _write(tmp_path, text),
+            "orders.policies.unparsable_date=fail",
+            "orders.policies.null_customer_id=fail",
+            "orders.policies.bad_amount=fail",
+        )
     msg = str(err.value)
     assert "3 problem(s)" in msg
-    for part in ("'order_ts': 1 of 4", "'customer_id': 1 of 4", "'amount': 1 of 4", "'abc'", "'never'"):
+    for part in (
+        "'order_ts': 1 of 4",
+        "'customer_id': 1 of 4",
+        "'amount': 1 of 4",
+        "'abc'",
+        "'never'",
+    ):
         assert part in msg
 
 
 def test_missing_columns_are_named_with_the_fix(tmp_path):
     p = _write(tmp_path, "who,when,amount\na,2024-01-01,1\n")
-    with pytest.raises(DataError, match=r"missing column\(s\) 'customer_id' \(for customer_id\), 'order_ts'.*orders.columns"):
+    with pytest.raises(
+        DataError,
+        match=r"missing column\(s\) 'customer_id' \(for customer_id\), 'order_ts'.*orders.columns",
+    ):
         _load(p)
 
 
@@ -229,8 +265,9 @@ def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, check):
 
 
 def test_cli_validate_prints_summary(tmp_path):
-    res = _run_cli("validate", str(_write(tmp_path, BAD_CASES["null_customer_id"][0])),
-                   "--as-of", "2024-12-31")
+    res = _run_cli(
+        "validate", str(_write(tmp_path, BAD_CASES["null_customer_id"][0])), "--as-of", "2024-12-31"
+    )
     assert res.returncode == 0, res.stderr
     assert "dropped: column 'customer_id': 1 of 2 rows have no customer id" in res.stdout
     assert "1 orders (0 returns or cancellations) from 1 customers" in res.stdout

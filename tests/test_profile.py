@@ -15,11 +15,19 @@ from winback.profile import build_profile, check_sufficiency
 @pytest.fixture(scope="module")
 def tiny():
     # x buys on 3 days (gaps 10 and 30 days), y once, z on 2 days (gap 100) and returns once.
-    return orders_of(frame([
-        ("x", "2024-01-01", 10.0), ("x", "2024-01-11", 10.0), ("x", "2024-02-10", 10.0),
-        ("y", "2024-01-05", 20.0),
-        ("z", "2024-01-02", 5.0), ("z", "2024-04-11", 5.0), ("z", "2024-04-20", -5.0),
-    ]))
+    return orders_of(
+        frame(
+            [
+                ("x", "2024-01-01", 10.0),
+                ("x", "2024-01-11", 10.0),
+                ("x", "2024-02-10", 10.0),
+                ("y", "2024-01-05", 20.0),
+                ("z", "2024-01-02", 5.0),
+                ("z", "2024-04-11", 5.0),
+                ("z", "2024-04-20", -5.0),
+            ]
+        )
+    )
 
 
 def test_profile_counts_and_gaps(tiny):
@@ -51,9 +59,13 @@ def test_gate_lists_every_shortfall(tiny):
         check_sufficiency(tiny, datetime(2024, 4, 20), horizon_days=30, lookback_days=365)
     assert "fewer than the 210 needed (horizon 30 + 180 days of features)" in str(err.value)
     with pytest.raises(InsufficientDataError) as err:
-        check_sufficiency(tiny, datetime(2024, 4, 20), horizon_days=30, lookback_days=60,
-                          cfg=SufficiencyConfig(min_customers=5, min_repeat_buyers=2,
-                                                min_per_class=1))
+        check_sufficiency(
+            tiny,
+            datetime(2024, 4, 20),
+            horizon_days=30,
+            lookback_days=60,
+            cfg=SufficiencyConfig(min_customers=5, min_repeat_buyers=2, min_per_class=1),
+        )
     msg = str(err.value)
     # at 2024-03-21 the 60-day population is x only (z's and y's purchases are older)
     assert "1 active customers at the last training cutoff 2024-03-21" in msg

@@ -34,7 +34,8 @@ app = typer.Typer(
 )
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config (defaults: configs/default.yaml).")
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config (defaults: configs/default.yaml)."),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -64,11 +65,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="More detail on stderr.")
+    ] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", help="Print the version and exit.", callback=_print_version,
-                     is_eager=True),
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     """winback: churn prediction and win-back lists from order histories."""
@@ -123,7 +127,9 @@ def _atomic_parquet(df, out: Path) -> None:
 
 @app.command()
 def validate(
-    path: Annotated[str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")] = None,
+    path: Annotated[
+        str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_of: AsOfOpt = None,
@@ -139,7 +145,9 @@ def validate(
 
 @app.command()
 def profile(
-    path: Annotated[str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")] = None,
+    path: Annotated[
+        str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_of: AsOfOpt = None,
@@ -181,11 +189,17 @@ def _cutoffs_from_options(
 
 @app.command()
 def features(
-    orders_path: Annotated[str | None, typer.Option("--orders", help="Orders file or folder.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path("features.parquet"),
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders file or folder.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
+        "features.parquet"
+    ),
     as_of: AsOfOpt = None,
     cutoffs: Annotated[str | None, typer.Option("--cutoffs", help="Comma-separated dates.")] = None,
-    every: Annotated[str | None, typer.Option("--every", help="Spacing of cutoffs, e.g. 30d.")] = None,
+    every: Annotated[
+        str | None, typer.Option("--every", help="Spacing of cutoffs, e.g. 30d.")
+    ] = None,
     start: Annotated[str | None, typer.Option("--from", help="First cutoff with --every.")] = None,
     end: Annotated[str | None, typer.Option("--to", help="Last cutoff with --every.")] = None,
     horizon_days: Annotated[
@@ -209,9 +223,7 @@ def features(
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
-    feats = build_features(
-        orders, cuts, cfg.features.lookback_days, cfg.features.windows_days
-    )
+    feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
     if horizon_days is not None:
         labels = build_labels(orders, cuts, horizon_days, cfg.features.lookback_days)
         feats = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="left")
@@ -229,8 +241,12 @@ def features(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path("orders.parquet"),
-    customers: Annotated[int | None, typer.Option("--customers", help="Number of customers.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
+        "orders.parquet"
+    ),
+    customers: Annotated[
+        int | None, typer.Option("--customers", help="Number of customers.")
+    ] = None,
     orders_n: Annotated[
         int | None, typer.Option("--orders", help="About this many orders (sets --customers).")
     ] = None,

@@ -41,9 +41,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 
-from winback.orders import Orders
-
 from winback.errors import UsageError
+from winback.orders import Orders
 
 __all__ = [
     "FeatureSpec",
@@ -103,16 +102,35 @@ DUCKDB = Dialect(name="duckdb")
 def feature_names(spec: FeatureSpec) -> list[str]:
     """Feature columns in output order (after the keys ``customer_id``, ``cutoff_ts``)."""
     names = [
-        "recency_days", "tenure_days", "n_orders", "n_order_days", "monetary_total",
-        "monetary_mean", "max_order_amount", "last_order_amount",
+        "recency_days",
+        "tenure_days",
+        "n_orders",
+        "n_order_days",
+        "monetary_total",
+        "monetary_mean",
+        "max_order_amount",
+        "last_order_amount",
     ]
     for w in spec.windows_days:
         names += [f"orders_{w}d", f"spend_{w}d"]
     names += [
-        "orders_prev_90d", "spend_prev_90d", "orders_trend_90d", "spend_change_90d",
-        "orders_trend_180d", "gap_mean_days", "gap_median_days", "gap_std_days",
-        "last_gap_days", "overdue_ratio", "orders_per_year", "n_returns", "return_amount",
-        "return_rate", "net_spend", "weekend_share", "orders_ahead_90d_last_year",
+        "orders_prev_90d",
+        "spend_prev_90d",
+        "orders_trend_90d",
+        "spend_change_90d",
+        "orders_trend_180d",
+        "gap_mean_days",
+        "gap_median_days",
+        "gap_std_days",
+        "last_gap_days",
+        "overdue_ratio",
+        "orders_per_year",
+        "n_returns",
+        "return_amount",
+        "return_rate",
+        "net_spend",
+        "weekend_share",
+        "orders_ahead_90d_last_year",
     ]
     if spec.has_category:
         names += ["n_categories", "top_category_share"]
@@ -129,7 +147,8 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
     """
     opt = "".join(f", {c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
     null_opt = "".join(
-        f", CAST(NULL AS VARCHAR) AS {c}" for c in ("category", "channel")
+        f", CAST(NULL AS VARCHAR) AS {c}"
+        for c in ("category", "channel")
         if getattr(spec, f"has_{c}")
     )
     day = d.to_date.format(ts="order_ts")
@@ -178,6 +197,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     dbl = d.to_double.format
     opt = "".join(f", e.{c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
     P = "NOT is_return AND NOT is_day"  # a purchase row
+    prev90 = f"{P} AND age_days >= 90 AND age_days < 180"
     win = []
     for w in spec.windows_days:
         win.append(f"count(*) FILTER (WHERE {P} AND age_days < {w}) AS orders_{w}d")
@@ -208,8 +228,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
         FROM cat_counts GROUP BY customer_id, cutoff_ts
     )"""
         cat_join = (
-            "LEFT JOIN cats ON cats.customer_id = b.customer_id "
-            "AND cats.cutoff_ts = b.cutoff_ts"
+            "LEFT JOIN cats ON cats.customer_id = b.customer_id AND cats.cutoff_ts = b.cutoff_ts"
         )
         cat_out = (
             f", coalesce(cats.n_categories, 0) AS n_categories, "
@@ -234,26 +253,27 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
                max(age_days) FILTER (WHERE {P}) AS tenure_days,
                count(*) FILTER (WHERE {P}) AS n_orders,
                count(*) FILTER (WHERE is_day) AS n_order_days,
-               {dbl(x=f'sum(amount) FILTER (WHERE {P})')} AS monetary_total,
-               {dbl(x=f'max(amount) FILTER (WHERE {P})')} AS max_order_amount,
-               {dbl(x=last_amount + f' FILTER (WHERE {P})')} AS last_order_amount,
+               {dbl(x=f"sum(amount) FILTER (WHERE {P})")} AS monetary_total,
+               {dbl(x=f"max(amount) FILTER (WHERE {P})")} AS max_order_amount,
+               {dbl(x=last_amount + f" FILTER (WHERE {P})")} AS last_order_amount,
                {win_sel},
                count(*) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180)
                    AS orders_prev_90d,
-               {dbl(x=f'coalesce(sum(amount) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180), 0)')}
+               {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {prev90}), 0)")}
                    AS spend_prev_90d,
                count(*) FILTER (WHERE {P} AND age_days < 180) AS _orders_180,
                count(*) FILTER (WHERE {P} AND age_days >= 180 AND age_days < 360)
                    AS _orders_prev_180,
                count(*) FILTER (WHERE {P} AND age_days < 90) AS _orders_90,
-               {dbl(x=f'coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)')} AS _spend_90,
+               {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)")}
+                   AS _spend_90,
                avg(gap_days) FILTER (WHERE is_day) AS gap_mean_days,
                {median_gap} FILTER (WHERE is_day) AS gap_median_days,
                stddev_samp(gap_days) FILTER (WHERE is_day) AS gap_std_days,
                {d.arg_max.format(value="gap_days", key="order_ts")} FILTER (WHERE is_day)
                    AS last_gap_days,
                count(*) FILTER (WHERE is_return) AS n_returns,
-               {dbl(x=f'coalesce(-sum(amount) FILTER (WHERE is_return), 0)')} AS return_amount,
+               {dbl(x="coalesce(-sum(amount) FILTER (WHERE is_return), 0)")} AS return_amount,
                count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
                count(*) FILTER (WHERE {P} AND age_days >= 275 AND age_days < 365)
                    AS orders_ahead_90d_last_year{chan_sel}
@@ -267,19 +287,19 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
            b.max_order_amount, b.last_order_amount,
            {win_out},
            b.orders_prev_90d, b.spend_prev_90d,
-           {dbl(x='b._orders_90 - b.orders_prev_90d')}
+           {dbl(x="b._orders_90 - b.orders_prev_90d")}
                / nullif(b._orders_90 + b.orders_prev_90d, 0) AS orders_trend_90d,
            b._spend_90 / nullif(b.spend_prev_90d, 0) - 1 AS spend_change_90d,
-           {dbl(x='b._orders_180 - b._orders_prev_180')}
+           {dbl(x="b._orders_180 - b._orders_prev_180")}
                / nullif(b._orders_180 + b._orders_prev_180, 0) AS orders_trend_180d,
-           b.gap_mean_days, {dbl(x='b.gap_median_days')} AS gap_median_days, b.gap_std_days,
-           {dbl(x='b.last_gap_days')} AS last_gap_days,
+           b.gap_mean_days, {dbl(x="b.gap_median_days")} AS gap_median_days, b.gap_std_days,
+           {dbl(x="b.last_gap_days")} AS last_gap_days,
            b.recency_days / nullif(b.gap_mean_days, 0) AS overdue_ratio,
            b.n_orders * 365.0 / greatest(b.tenure_days, 30.0) AS orders_per_year,
            b.n_returns, b.return_amount,
-           {dbl(x='b.n_returns')} / (b.n_orders + b.n_returns) AS return_rate,
+           {dbl(x="b.n_returns")} / (b.n_orders + b.n_returns) AS return_rate,
            b.monetary_total - b.return_amount AS net_spend,
-           {dbl(x='b._weekend_orders')} / b.n_orders AS weekend_share,
+           {dbl(x="b._weekend_orders")} / b.n_orders AS weekend_share,
            b.orders_ahead_90d_last_year{cat_out}{chan_out}
     FROM base b {cat_join}
     ORDER BY b.cutoff_ts, b.customer_id

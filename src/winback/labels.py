@@ -70,7 +70,9 @@ def build_labels(
     if unlabelled:
         log.warning(
             "%d cutoff(s) get no labels: their %d-day horizon runs past the data's end %s: %s",
-            len(unlabelled), horizon_days, f"{end:%Y-%m-%d}",
+            len(unlabelled),
+            horizon_days,
+            f"{end:%Y-%m-%d}",
             ", ".join(f"{t:%Y-%m-%d}" for t in unlabelled),
         )
     engine = DuckDBEngine(orders.con)

@@ -3,7 +3,7 @@
 The orders contract is one row per order::
 
     customer_id  VARCHAR        who bought
-    order_id     VARCHAR        unique per order (made up from customer, day and a counter if absent)
+    order_id     VARCHAR        unique per order (if absent: made of customer, day and a counter)
     order_ts     TIMESTAMP      when, in UTC (stored without a zone; always UTC inside winback)
     amount       DECIMAL(18,4)  net order value; returns and cancellations are negative
     is_return    BOOLEAN        a return or cancellation: never a purchase, but seen by features
@@ -221,9 +221,7 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig)
             names = first_fields
         else:
             names = [f"column{i}" for i in range(len(first_fields))]
-        sel = ", ".join(
-            f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names)
-        )
+        sel = ", ".join(f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names))
         skip = "OFFSET 1" if cfg.csv.header else ""
         con.execute(
             f"""CREATE OR REPLACE TEMP VIEW _raw AS
@@ -275,16 +273,18 @@ def _open_source(
                 "orders (e.g. --set orders.table=orders)."
             )
         con.execute(f"ATTACH {_lit(str(path))} AS _src (READ_ONLY)")
-        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() "
-                                             "WHERE database_name = '_src'").fetchall()}
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = '_src'"
+            ).fetchall()
+        }
         if cfg.table not in tables:
             listed = ", ".join(sorted(tables)) or "none"
             raise DataError(
                 f"{path} has no table '{cfg.table}' (tables: {listed}); set orders.table."
             )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _src.{_quote(cfg.table)}"
-        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _src.{_quote(cfg.table)}")
         return "_raw", f"{path}:{cfg.table}"
     except duckdb.Error as exc:
         raise DataError(f"{path}: could not read it as {fmt} ({_first_line(exc)}).") from None
@@ -414,13 +414,16 @@ def load_orders(
         have = ", ".join(repr(t) for t in list(types)[:20])
         raise DataError(
             f"{label}: missing column(s) {', '.join(missing)}; the input has {have}. "
-            "Map them in the config's orders.columns (e.g. --set orders.columns.order_ts=InvoiceDate)."
+            "Map them in the config's orders.columns "
+            "(e.g. --set orders.columns.order_ts=InvoiceDate)."
         )
     optional = {k: v for k, v in optional.items() if v in types}
 
     rows_read = con.execute("SELECT count(*) FROM _raw").fetchall()[0][0]
     if rows_read == 0:
-        raise DataError(f"{label}: the input is empty (0 rows); point orders.source at the order history.")
+        raise DataError(
+            f"{label}: the input is empty (0 rows); point orders.source at the order history."
+        )
 
     # 1. Stage: typed columns next to their raw text (for examples in messages).
     if cols.amount is not None:
@@ -468,28 +471,60 @@ def load_orders(
     max_abs = cfg.max_abs_amount
     checks: list[tuple[str, str, str, str, str, str, str]] = [
         # check, column, condition, example column, what, policy, fix
-        ("unparsable_date", cols.order_ts, "order_ts IS NULL", "order_ts_raw",
-         "have a missing or unparsable date",
-         pol.unparsable_date,
-         "fix the dates or set orders.date_format (e.g. %d/%m/%Y %H:%M)"),
-        ("null_customer_id", cols.customer_id, "customer_id IS NULL", "customer_id",
-         "have no customer id", pol.null_customer_id,
-         "fill the ids or keep the default policies.null_customer_id=drop"),
-        ("bad_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
-         "amount_f IS NULL OR isnan(amount_f) OR isinf(amount_f)", "amount_raw",
-         "have a missing or non-numeric amount", pol.bad_amount,
-         "fix the amounts or set policies.bad_amount=drop"),
-        ("absurd_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
-         f"abs(amount_f) > {max_abs!r} AND NOT isinf(amount_f)", "amount_raw",
-         f"have an absurd amount (above {max_abs:,.0f} in absolute value)",
-         pol.absurd_amount,
-         "check them, or raise orders.max_abs_amount if they are real"),
-        ("future_date", cols.order_ts, f"order_ts > TIMESTAMP '{as_of_naive.isoformat(sep=' ')}'",
-         "order_ts_raw", f"are dated after the as-of {_fmt_ts(as_of_naive)} (UTC)",
-         pol.future_date, "fix the clock or the as-of, or keep policies.future_date=drop"),
-        ("zero_amount", cols.amount or f"{cols.quantity} x {cols.unit_price}",
-         "amount_f = 0", "amount_raw", "have an amount of exactly 0",
-         pol.zero_amount, "kept as purchases by default; set policies.zero_amount=drop to drop"),
+        (
+            "unparsable_date",
+            cols.order_ts,
+            "order_ts IS NULL",
+            "order_ts_raw",
+            "have a missing or unparsable date",
+            pol.unparsable_date,
+            "fix the dates or set orders.date_format (e.g. %d/%m/%Y %H:%M)",
+        ),
+        (
+            "null_customer_id",
+            cols.customer_id,
+            "customer_id IS NULL",
+            "customer_id",
+            "have no customer id",
+            pol.null_customer_id,
+            "fill the ids or keep the default policies.null_customer_id=drop",
+        ),
+        (
+            "bad_amount",
+            cols.amount or f"{cols.quantity} x {cols.unit_price}",
+            "amount_f IS NULL OR isnan(amount_f) OR isinf(amount_f)",
+            "amount_raw",
+            "have a missing or non-numeric amount",
+            pol.bad_amount,
+            "fix the amounts or set policies.bad_amount=drop",
+        ),
+        (
+            "absurd_amount",
+            cols.amount or f"{cols.quantity} x {cols.unit_price}",
+            f"abs(amount_f) > {max_abs!r} AND NOT isinf(amount_f)",
+            "amount_raw",
+            f"have an absurd amount (above {max_abs:,.0f} in absolute value)",
+            pol.absurd_amount,
+            "check them, or raise orders.max_abs_amount if they are real",
+        ),
+        (
+            "future_date",
+            cols.order_ts,
+            f"order_ts > TIMESTAMP '{as_of_naive.isoformat(sep=' ')}'",
+            "order_ts_raw",
+            f"are dated after the as-of {_fmt_ts(as_of_naive)} (UTC)",
+            pol.future_date,
+            "fix the clock or the as-of, or keep policies.future_date=drop",
+        ),
+        (
+            "zero_amount",
+            cols.amount or f"{cols.quantity} x {cols.unit_price}",
+            "amount_f = 0",
+            "amount_raw",
+            "have an amount of exactly 0",
+            pol.zero_amount,
+            "kept as purchases by default; set policies.zero_amount=drop to drop",
+        ),
     ]
     counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
     counts = con.execute(f"SELECT {counts_sql} FROM _stage").fetchall()[0]
@@ -499,8 +534,9 @@ def load_orders(
         if n == 0:
             continue
         problems.append(
-            Problem(check, column, int(n), rows_read, _examples(con, ex_col, cond),
-                    policy, what, fix)
+            Problem(
+                check, column, int(n), rows_read, _examples(con, ex_col, cond), policy, what, fix
+            )
         )
         if policy == "drop":
             drop_conditions.append(f"({cond})")
@@ -541,18 +577,26 @@ def load_orders(
             "HAVING count(DISTINCT customer_id) > 1)"
         ).fetchall()[0]
         if conflict[0]:
-            ex = tuple(r[0] for r in con.execute(
-                "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
-                f"HAVING count(DISTINCT customer_id) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
-            ).fetchall())
-            problems.append(Problem(
-                "conflicting_customer", cols.order_id or "order_id", int(conflict[1]), rows_read,
-                ex, pol.conflicting_customer,
-                "are lines of an order id that carries more than one customer id",
-                "fix the ids, or set policies.conflicting_customer=drop to drop those orders"))
-        extra_agg = "".join(
-            f", arg_max({k}, abs(amount)) AS {k}" for k in extra
-        )
+            ex = tuple(
+                r[0]
+                for r in con.execute(
+                    "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
+                    f"HAVING count(DISTINCT customer_id) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
+                ).fetchall()
+            )
+            problems.append(
+                Problem(
+                    "conflicting_customer",
+                    cols.order_id or "order_id",
+                    int(conflict[1]),
+                    rows_read,
+                    ex,
+                    pol.conflicting_customer,
+                    "are lines of an order id that carries more than one customer id",
+                    "fix the ids, or set policies.conflicting_customer=drop to drop those orders",
+                )
+            )
+        extra_agg = "".join(f", arg_max({k}, abs(amount)) AS {k}" for k in extra)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
                 SELECT order_id, min(customer_id) AS customer_id, min(order_ts) AS order_ts,
@@ -562,14 +606,12 @@ def load_orders(
                 GROUP BY order_id
                 HAVING count(DISTINCT customer_id) = 1"""
         )
-        if pol.conflicting_customer == "fail" and conflict[0]:
-            pass  # reported below with every other failure
     else:
         id_expr = "order_id" if has_order_id else "NULL::VARCHAR"
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
                 SELECT {id_expr} AS order_id, customer_id, order_ts, amount,
-                       ({is_return}) AS is_return{''.join(', ' + k for k in extra)}
+                       ({is_return}) AS is_return{"".join(", " + k for k in extra)}
                 FROM _clean"""
         )
         if has_order_id:
@@ -578,13 +620,26 @@ def load_orders(
                 "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1)"
             ).fetchall()[0][0]
             if dup:
-                ex = tuple(r[0] for r in con.execute(
-                    "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL GROUP BY order_id "
-                    f"HAVING count(*) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}").fetchall())
-                problems.append(Problem(
-                    "duplicate_order_id", cols.order_id or "order_id", int(dup), rows_read, ex,
-                    pol.duplicate_order_id, "repeat an order id already seen",
-                    "drop the copies (default), or set orders.lines=yes if rows are order lines"))
+                ex = tuple(
+                    r[0]
+                    for r in con.execute(
+                        "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL "
+                        "GROUP BY order_id "
+                        f"HAVING count(*) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
+                    ).fetchall()
+                )
+                problems.append(
+                    Problem(
+                        "duplicate_order_id",
+                        cols.order_id or "order_id",
+                        int(dup),
+                        rows_read,
+                        ex,
+                        pol.duplicate_order_id,
+                        "repeat an order id already seen",
+                        "drop the copies (default), or set orders.lines=yes for order lines",
+                    )
+                )
 
     failures = [p for p in problems if p.policy == "fail"]
     if failures:
@@ -597,9 +652,7 @@ def load_orders(
     dup_policy = cfg.policies.duplicate_order_id
     rank = (
         "row_number() OVER (PARTITION BY order_id "
-        "ORDER BY order_ts, customer_id, amount, is_return"
-        + "".join(f", {k}" for k in extra)
-        + ")"
+        "ORDER BY order_ts, customer_id, amount, is_return" + "".join(f", {k}" for k in extra) + ")"
     )
     made_id = (
         "customer_id || '-' || strftime(order_ts, '%Y%m%d') || '-' || "
@@ -635,13 +688,21 @@ def load_orders(
         f"min(order_ts), max(order_ts) FROM {table}"
     ).fetchall()[0]
     report = ValidationReport(
-        source=label, rows_read=int(rows_read), problems=problems, lines_aggregated=lines,
-        n_orders=int(n), n_customers=int(n_cust), n_returns=int(n_ret), first_ts=lo, last_ts=hi,
+        source=label,
+        rows_read=int(rows_read),
+        problems=problems,
+        lines_aggregated=lines,
+        n_orders=int(n),
+        n_customers=int(n_cust),
+        n_returns=int(n_ret),
+        first_ts=lo,
+        last_ts=hi,
     )
     if n == 0:
         raise DataError(
-            f"{label}: no orders left after validation (" + "; ".join(
-                p.describe() for p in problems) + ")."
+            f"{label}: no orders left after validation ("
+            + "; ".join(p.describe() for p in problems)
+            + ")."
         )
     for line in report.summary_lines():
         log.debug(line)

@@ -264,6 +264,4 @@ def check_sufficiency(
                 f"{cfg.min_per_class:,}: use a shorter horizon"
             )
     if problems:
-        raise InsufficientDataError(
-            "Not enough data to train: " + "; ".join(problems) + "."
-        )
+        raise InsufficientDataError("Not enough data to train: " + "; ".join(problems) + ".")

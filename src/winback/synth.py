@@ -165,5 +165,3 @@ def customers_for_orders(n_orders: int, params: SynthParams | None = None) -> in
     pilot_params = SynthParams(**{**p.__dict__, "n_customers": pilot})
     per_customer = len(generate_orders(pilot_params)) / pilot
     return max(1, int(round(n_orders / per_customer)))
-
-
