@@ -145,12 +145,18 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
     A purchase day exists at T when its first purchase is at or before T, so the days existing at
     T are a prefix of the customer's days and each gap is known exactly when its day is.
     """
-    opt = "".join(f", {c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
-    null_opt = "".join(
-        f", CAST(NULL AS VARCHAR) AS {c}"
-        for c in ("category", "channel")
-        if getattr(spec, f"has_{c}")
-    )
+    # Each purchase numbered within its (customer, category) and (customer, channel) in time
+    # order. At T the largest number over rows <= T is the top category's count, and the rows
+    # numbered 1 count the distinct categories: exact, point in time, no DISTINCT needed.
+    ranks, null_ranks = "", ""
+    for c in ("category", "channel"):
+        if getattr(spec, f"has_{c}"):
+            ranks += (
+                f",\n               CASE WHEN {c} IS NOT NULL AND NOT is_return THEN "
+                f"row_number() OVER (PARTITION BY customer_id, {c}, {c} IS NULL OR is_return "
+                f"ORDER BY order_ts) END AS {c}_rank"
+            )
+            null_ranks += f", CAST(NULL AS BIGINT) AS {c}_rank"
     day = d.to_date.format(ts="order_ts")
     gap = d.date_diff_days.format(earlier="prev_day", later="day")
     return f"""
@@ -170,11 +176,11 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
     ),
     events AS (
         SELECT customer_id, order_ts, amount, is_return, FALSE AS is_day,
-               CAST(NULL AS BIGINT) AS gap_days{opt}
+               CAST(NULL AS BIGINT) AS gap_days{ranks}
         FROM {orders}
         UNION ALL
         SELECT customer_id, day_ts AS order_ts, CAST(0 AS DECIMAL(18,4)) AS amount,
-               FALSE AS is_return, TRUE AS is_day, CAST(gap_days AS BIGINT) AS gap_days{null_opt}
+               FALSE AS is_return, TRUE AS is_day, CAST(gap_days AS BIGINT) AS gap_days{null_ranks}
         FROM day_gaps
     )"""
 
@@ -195,7 +201,9 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     """
     age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
     dbl = d.to_double.format
-    opt = "".join(f", e.{c}" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
+    opt = "".join(
+        f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}")
+    )
     P = "NOT is_return AND NOT is_day"  # a purchase row
     prev90 = f"{P} AND age_days >= 90 AND age_days < 180"
     win = []
@@ -212,32 +220,21 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     last_amount = d.arg_max.format(value="amount", key=d.pair.format(a="order_ts", b="amount"))
     median_gap = d.median.format(x="gap_days")
 
-    cat_cte = ""
-    cat_join = ""
+    cat_sel = ""
     cat_out = ""
     if spec.has_category:
-        cat_cte = f""",
-    cat_counts AS (
-        SELECT customer_id, cutoff_ts, category, count(*) AS n
-        FROM joined WHERE {P} AND category IS NOT NULL
-        GROUP BY customer_id, cutoff_ts, category
-    ),
-    cats AS (
-        SELECT customer_id, cutoff_ts, count(*) AS n_categories, max(n) AS top_n,
-               sum(n) AS n_with_category
-        FROM cat_counts GROUP BY customer_id, cutoff_ts
-    )"""
-        cat_join = (
-            "LEFT JOIN cats ON cats.customer_id = b.customer_id AND cats.cutoff_ts = b.cutoff_ts"
+        cat_sel = (
+            ",\n               count(*) FILTER (WHERE category_rank = 1) AS n_categories,"
+            "\n               max(category_rank) AS _top_n,"
+            "\n               count(category_rank) AS _n_with_category"
         )
         cat_out = (
-            f", coalesce(cats.n_categories, 0) AS n_categories, "
-            f"{dbl(x='cats.top_n')} / cats.n_with_category AS top_category_share"
+            f", b.n_categories, {dbl(x='b._top_n')} / b._n_with_category AS top_category_share"
         )
     chan_sel = ""
     chan_out = ""
     if spec.has_channel:
-        chan_sel = f",\n               count(DISTINCT channel) FILTER (WHERE {P}) AS n_channels"
+        chan_sel = ",\n               count(*) FILTER (WHERE channel_rank = 1) AS n_channels"
         chan_out = ", b.n_channels"
 
     return f"""
@@ -276,11 +273,11 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
                {dbl(x="coalesce(-sum(amount) FILTER (WHERE is_return), 0)")} AS return_amount,
                count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
                count(*) FILTER (WHERE {P} AND age_days >= 275 AND age_days < 365)
-                   AS orders_ahead_90d_last_year{chan_sel}
+                   AS orders_ahead_90d_last_year{cat_sel}{chan_sel}
         FROM joined
         GROUP BY customer_id, cutoff_ts
         HAVING min(age_days) FILTER (WHERE {P}) < {spec.lookback_days}
-    ){cat_cte}
+    )
     SELECT b.customer_id, b.cutoff_ts,
            b.recency_days, b.tenure_days, b.n_orders, b.n_order_days,
            b.monetary_total, b.monetary_total / b.n_orders AS monetary_mean,
@@ -301,7 +298,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
            b.monetary_total - b.return_amount AS net_spend,
            {dbl(x="b._weekend_orders")} / b.n_orders AS weekend_share,
            b.orders_ahead_90d_last_year{cat_out}{chan_out}
-    FROM base b {cat_join}
+    FROM base b
     ORDER BY b.cutoff_ts, b.customer_id
     """
 

@@ -450,7 +450,8 @@ def load_orders(
 
     # 2. Decide whether rows are order lines.
     n_dup_ids = 0
-    if has_order_id:
+    could_be_lines = cols.quantity is not None and cols.unit_price is not None
+    if has_order_id and cfg.lines == "auto" and could_be_lines:
         n_dup_ids = con.execute(
             "SELECT count(*) - count(DISTINCT order_id) FROM _stage WHERE order_id IS NOT NULL"
         ).fetchall()[0][0]
@@ -458,13 +459,7 @@ def load_orders(
         raise ConfigError(
             "orders.lines is 'yes' but no order id column is mapped; set orders.columns.order_id."
         )
-    lines = cfg.lines == "yes" or (
-        cfg.lines == "auto"
-        and has_order_id
-        and n_dup_ids > 0
-        and cols.quantity is not None
-        and cols.unit_price is not None
-    )
+    lines = cfg.lines == "yes" or (cfg.lines == "auto" and n_dup_ids > 0)
 
     # 3. Row checks, all at once.
     pol = cfg.policies
@@ -543,7 +538,7 @@ def load_orders(
 
     keep_rows = "NOT (" + " OR ".join(drop_conditions) + ")" if drop_conditions else "true"
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _clean AS
+        f"""CREATE OR REPLACE TEMP VIEW _clean AS
             SELECT * EXCLUDE (amount_f), round(amount_f, 4)::{_AMOUNT_TYPE} AS amount
             FROM _stage
             WHERE {keep_rows} AND order_ts IS NOT NULL AND customer_id IS NOT NULL
@@ -569,6 +564,7 @@ def load_orders(
     is_return = " OR ".join(ret_terms) if ret_terms else "false"
 
     extra = [k for k in ("category", "channel") if k in optional]
+    dup = 0
     # 5. Aggregate lines to orders, or check order ids for duplicates.
     if lines:
         conflict = con.execute(
@@ -598,7 +594,7 @@ def load_orders(
             )
         extra_agg = "".join(f", arg_max({k}, abs(amount)) AS {k}" for k in extra)
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
+            f"""CREATE OR REPLACE TEMP VIEW _orders0 AS
                 SELECT order_id, min(customer_id) AS customer_id, min(order_ts) AS order_ts,
                        sum(amount)::{_AMOUNT_TYPE} AS amount,
                        bool_or({is_return}) AS is_return{extra_agg}
@@ -609,7 +605,7 @@ def load_orders(
     else:
         id_expr = "order_id" if has_order_id else "NULL::VARCHAR"
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _orders0 AS
+            f"""CREATE OR REPLACE TEMP VIEW _orders0 AS
                 SELECT {id_expr} AS order_id, customer_id, order_ts, amount,
                        ({is_return}) AS is_return{"".join(", " + k for k in extra)}
                 FROM _clean"""
@@ -663,6 +659,8 @@ def load_orders(
     if lines or not has_order_id:
         body = f"""SELECT customer_id, coalesce(order_id, {made_id}) AS order_id, order_ts,
                           amount, is_return{extra_sel} FROM _orders0"""
+    elif dup == 0:  # ids are unique: nothing to rank
+        body = f"SELECT customer_id, order_id, order_ts, amount, is_return{extra_sel} FROM _orders0"
     elif dup_policy == "drop":
         body = f"""SELECT customer_id, coalesce(order_id, {made_id}) AS order_id, order_ts, amount,
                           is_return{extra_sel}
@@ -680,8 +678,9 @@ def load_orders(
                    is_return{extra_sel}
             FROM ({body})"""
     )
-    for tmp in ("_orders0", "_clean", "_stage"):
-        con.execute(f"DROP TABLE IF EXISTS {tmp}")
+    con.execute("DROP VIEW IF EXISTS _orders0")
+    con.execute("DROP VIEW IF EXISTS _clean")
+    con.execute("DROP TABLE IF EXISTS _stage")
 
     n, n_cust, n_ret, lo, hi = con.execute(
         f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "

@@ -34,7 +34,8 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
     g = p.groupby("customer_id", sort=True)
     out["tenure_days"] = g["age"].max()
     out["n_orders"] = g.size()
-    out["n_order_days"] = g["order_ts"].agg(lambda s: s.dt.normalize().nunique())
+    days = p.assign(day=p["order_ts"].dt.normalize())[["customer_id", "day"]].drop_duplicates()
+    out["n_order_days"] = days.groupby("customer_id").size()
     out["monetary_total"] = g["amount"].sum()
     out["monetary_mean"] = out["monetary_total"] / out["n_orders"]
     out["max_order_amount"] = g["amount"].max()
@@ -58,7 +59,6 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
     nprev180, _ = window(180, 360)
     out["orders_trend_180d"] = (n180 - nprev180) / (n180 + nprev180).replace(0, np.nan)
 
-    days = p.assign(day=p["order_ts"].dt.normalize())[["customer_id", "day"]].drop_duplicates()
     days = days.sort_values(["customer_id", "day"])
     days["gap"] = _days(days.groupby("customer_id")["day"].diff()).round()
     gaps = days.dropna(subset=["gap"]).groupby("customer_id")["gap"]

@@ -1,0 +1,162 @@
+"""Feature benchmark: DuckDB path vs the plain-pandas reference vs the bare DuckDB floor.
+
+For each size (default 1M and 10M synthetic orders) and each case, run a fresh subprocess (so
+peak RSS is the case's own), interleaving the cases round by round so that noise on this shared
+machine hits all of them alike; report medians of the rounds.
+
+Cases
+-----
+a  DuckDB path, one cutoff: load + validate the Parquet file, then every feature
+b  the same features from the plain-pandas reference (read Parquet with pandas, then compute)
+c  floor: DuckDB reads the needed columns and counts orders per customer
+d  DuckDB path, 6 monthly cutoffs in one pass
+
+Usage: python benchmarks/bench_features.py [--sizes 1000000,10000000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+CUTOFF = datetime(2024, 9, 30)
+CASES = ("a", "b", "c", "d")
+
+
+def _data_file(n_orders: int) -> Path:
+    from winback.synth import SynthParams, customers_for_orders, generate_orders
+
+    path = DATA / f"synth_{n_orders}.parquet"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        n = customers_for_orders(n_orders)
+        df = generate_orders(SynthParams(n_customers=n, start="2022-01-01", end="2024-12-31"))
+        tmp = path.with_suffix(".tmp")
+        df.to_parquet(tmp, index=False)
+        tmp.rename(path)
+    return path
+
+
+def _run_case(case: str, path: str) -> dict:
+    """Run one case in this process; return wall seconds, rows and peak RSS."""
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if case in ("a", "d"):
+        from winback.config import load_config
+        from winback.features import build_features
+        from winback.orders import load_orders
+
+        cfg = load_config(
+            None, ["orders.columns.category=category", "orders.columns.channel=channel"]
+        )
+        orders = load_orders(path, cfg.orders, as_of=datetime(2025, 1, 1))
+        extra["load_s"] = time.perf_counter() - t0
+        cuts = [CUTOFF] if case == "a" else [CUTOFF - timedelta(days=30 * k) for k in range(6)]
+        feats = build_features(orders, cuts)
+        rows = len(feats)
+    elif case == "b":
+        import pandas as pd
+
+        from winback.engines.reference import reference_features
+        from winback.features import FeatureSpec
+
+        df = pd.read_parquet(
+            path,
+            columns=["customer_id", "order_ts", "amount", "category", "channel"],
+        )
+        df["customer_id"] = df["customer_id"].astype(str)
+        df["is_return"] = df["amount"] < 0
+        df["category"] = df["category"].astype(object)
+        df["channel"] = df["channel"].astype(object)
+        extra["load_s"] = time.perf_counter() - t0
+        spec = FeatureSpec(has_category=True, has_channel=True)
+        rows = len(reference_features(df, [CUTOFF], spec))
+    else:
+        import duckdb
+
+        con = duckdb.connect()
+        rows = con.execute(
+            f"SELECT count(*) FROM (SELECT customer_id, count(*) FROM read_parquet('{path}') "
+            f"WHERE order_ts <= TIMESTAMP '{CUTOFF:%Y-%m-%d}' GROUP BY customer_id)"
+        ).fetchall()[0][0]
+    wall = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"wall_s": wall, "rows": int(rows), "peak_rss_mb": rss_mb, **extra}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(_run_case(args.case, args.path)))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report: dict = {"cutoff": f"{CUTOFF:%Y-%m-%d}", "rounds": args.rounds, "sizes": {}}
+    for n in sizes:
+        path = _data_file(n)
+        runs: dict[str, list[dict]] = {c: [] for c in CASES}
+        for r in range(args.rounds):
+            for case in CASES:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--case", case, "--path", str(path)],
+                    capture_output=True, text=True, check=True,
+                )
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                runs[case].append(res)
+                print(
+                    f"{n:>11,} orders  round {r + 1}  case {case}: {res['wall_s']:7.2f} s  "
+                    f"{res['peak_rss_mb']:8.0f} MB  rows {res['rows']:,}",
+                    flush=True,
+                )
+        med = {
+            c: {
+                "wall_s": statistics.median(x["wall_s"] for x in runs[c]),
+                "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs[c]),
+                "rows": runs[c][0]["rows"],
+                **(
+                    {"load_s": statistics.median(x["load_s"] for x in runs[c])}
+                    if "load_s" in runs[c][0]
+                    else {}
+                ),
+            }
+            for c in CASES
+        }
+        ratios = {
+            "b_over_a": med["b"]["wall_s"] / med["a"]["wall_s"],
+            "a_over_c": med["a"]["wall_s"] / med["c"]["wall_s"],
+            "d_over_a": med["d"]["wall_s"] / med["a"]["wall_s"],
+        }
+        report["sizes"][str(n)] = {"median": med, "ratios": ratios, "runs": runs}
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_file = RESULTS / "features.json"
+    out_file.write_text(json.dumps(report, indent=2))
+    print("\nmedians of", args.rounds, "rounds (wall s / peak RSS MB)")
+    print(f"{'orders':>11}  {'a duckdb':>16}  {'b pandas':>16}  {'c floor':>16}  "
+          f"{'d 6 cutoffs':>16}  b/a    a/c    d/a")
+    for n, rep in report["sizes"].items():
+        m, q = rep["median"], rep["ratios"]
+        cells = "  ".join(f"{m[c]['wall_s']:7.2f} / {m[c]['peak_rss_mb']:6.0f}" for c in CASES)
+        print(f"{int(n):>11,}  {cells}  {q['b_over_a']:5.2f}  {q['a_over_c']:5.2f}  "
+              f"{q['d_over_a']:5.2f}")
+    print("targets at 10M: b/a >= 3, a/c <= 3, d/a <= 4, peak RSS of a and d <= 3072 MB")
+    print(f"written to {out_file}")
+
+
+if __name__ == "__main__":
+    main()
