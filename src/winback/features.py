@@ -201,9 +201,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     """
     age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
     dbl = d.to_double.format
-    opt = "".join(
-        f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}")
-    )
+    opt = "".join(f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
     P = "NOT is_return AND NOT is_day"  # a purchase row
     prev90 = f"{P} AND age_days >= 90 AND age_days < 180"
     win = []

@@ -325,13 +325,16 @@ def _num_expr(col: str, dtype: str) -> str:
     return f"try_cast({c} AS DOUBLE)"
 
 
-def _text_expr(col: str) -> str:
-    return f"nullif(trim({_quote(col)}::VARCHAR), '')"
+def _text_expr(col: str, dtype: str) -> str:
+    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
+        return f"nullif(trim({_quote(col)}), '')"
+    return f"CAST({_quote(col)} AS VARCHAR)"
 
 
 def _examples(con: duckdb.DuckDBPyConnection, col: str, where: str) -> tuple[str, ...]:
+    """A few distinct raw values of the rows that fail a check (read again from the source)."""
     rows = con.execute(
-        f"SELECT DISTINCT coalesce({col}::VARCHAR, '<empty>') AS v FROM _stage WHERE {where} "
+        f"SELECT DISTINCT coalesce({col}::VARCHAR, '<empty>') AS v FROM _stage_raw WHERE {where} "
         f"ORDER BY v LIMIT {_N_EXAMPLES}"
     ).fetchall()
     return tuple(str(r[0]) for r in rows)
@@ -425,7 +428,7 @@ def load_orders(
             f"{label}: the input is empty (0 rows); point orders.source at the order history."
         )
 
-    # 1. Stage: typed columns next to their raw text (for examples in messages).
+    # 1. Stage: typed columns (a table), and a view that adds the raw text for examples.
     if cols.amount is not None:
         amount = _num_expr(cols.amount, types[cols.amount])
         amount_raw = _quote(cols.amount)
@@ -434,19 +437,25 @@ def load_orders(
         amount = f"({_num_expr(q, types[q])} * {_num_expr(u, types[u])})"  # type: ignore[arg-type]
         amount_raw = f"concat({_quote(q)}, ' x ', {_quote(u)})"  # type: ignore[arg-type]
     select = [
-        f"{_text_expr(cols.customer_id)} AS customer_id",
-        f"{_quote(cols.order_ts)}::VARCHAR AS order_ts_raw",
+        f"{_text_expr(cols.customer_id, types[cols.customer_id])} AS customer_id",
         f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg)} AS order_ts",
-        f"{amount_raw}::VARCHAR AS amount_raw",
         f"{amount} AS amount_f",
     ]
     has_order_id = "order_id" in optional
     if has_order_id:
-        select.append(f"{_text_expr(cols.order_id)} AS order_id")  # type: ignore[arg-type]
+        oid = cols.order_id
+        select.append(f"{_text_expr(oid, types[oid])} AS order_id")  # type: ignore[arg-type,index]
     for k in ("category", "channel", "status"):
         if k in optional:
-            select.append(f"{_text_expr(optional[k])} AS {k}")
+            select.append(f"{_text_expr(optional[k], types[optional[k]])} AS {k}")
+    raw = [
+        f"{_quote(cols.order_ts)}::VARCHAR AS order_ts_raw",
+        f"{amount_raw}::VARCHAR AS amount_raw",
+    ]
     con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(select)} FROM _raw")
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _stage_raw AS SELECT {', '.join(select + raw)} FROM _raw"
+    )
 
     # 2. Decide whether rows are order lines.
     n_dup_ids = 0
@@ -680,6 +689,7 @@ def load_orders(
     )
     con.execute("DROP VIEW IF EXISTS _orders0")
     con.execute("DROP VIEW IF EXISTS _clean")
+    con.execute("DROP VIEW IF EXISTS _stage_raw")
     con.execute("DROP TABLE IF EXISTS _stage")
 
     n, n_cust, n_ret, lo, hi = con.execute(
