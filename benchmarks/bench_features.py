@@ -6,8 +6,9 @@ machine hits all of them alike; report medians of the rounds.
 
 Cases
 -----
-a  DuckDB path, one cutoff: load + validate the Parquet file, then every feature
-b  the same features from the plain-pandas reference (read Parquet with pandas, then compute)
+a  DuckDB path, one cutoff: load + validate the Parquet file, every feature, write Parquet
+   (what `winback features` does)
+b  the same features from the plain-pandas reference (read Parquet, compute, write Parquet)
 c  floor: DuckDB reads the needed columns and counts orders per customer
 d  DuckDB path, 6 monthly cutoffs in one pass
 
@@ -49,21 +50,25 @@ def _data_file(n_orders: int) -> Path:
 
 def _run_case(case: str, path: str) -> dict:
     """Run one case in this process; return wall seconds, rows and peak RSS."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp()) / "features.parquet"
     t0 = time.perf_counter()
     extra: dict = {}
     if case in ("a", "d"):
         from winback.config import load_config
-        from winback.features import build_features
+        from winback.engines.duckdb import connect
+        from winback.features import write_features
         from winback.orders import load_orders
 
         cfg = load_config(
             None, ["orders.columns.category=category", "orders.columns.channel=channel"]
         )
-        orders = load_orders(path, cfg.orders, as_of=datetime(2025, 1, 1))
+        con = connect(cfg.engine.memory_limit)
+        orders = load_orders(path, cfg.orders, as_of=datetime(2025, 1, 1), con=con)
         extra["load_s"] = time.perf_counter() - t0
         cuts = [CUTOFF] if case == "a" else [CUTOFF - timedelta(days=30 * k) for k in range(6)]
-        feats = build_features(orders, cuts)
-        rows = len(feats)
+        rows = write_features(orders, cuts, out)
     elif case == "b":
         import pandas as pd
 
@@ -80,7 +85,9 @@ def _run_case(case: str, path: str) -> dict:
         df["channel"] = df["channel"].astype(object)
         extra["load_s"] = time.perf_counter() - t0
         spec = FeatureSpec(has_category=True, has_channel=True)
-        rows = len(reference_features(df, [CUTOFF], spec))
+        feats = reference_features(df, [CUTOFF], spec)
+        feats.to_parquet(out, index=False)
+        rows = len(feats)
     else:
         import duckdb
 
@@ -114,7 +121,9 @@ def main() -> None:
             for case in CASES:
                 out = subprocess.run(
                     [sys.executable, __file__, "--case", case, "--path", str(path)],
-                    capture_output=True, text=True, check=True,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[case].append(res)
@@ -147,13 +156,17 @@ def main() -> None:
     out_file = RESULTS / "features.json"
     out_file.write_text(json.dumps(report, indent=2))
     print("\nmedians of", args.rounds, "rounds (wall s / peak RSS MB)")
-    print(f"{'orders':>11}  {'a duckdb':>16}  {'b pandas':>16}  {'c floor':>16}  "
-          f"{'d 6 cutoffs':>16}  b/a    a/c    d/a")
+    print(
+        f"{'orders':>11}  {'a duckdb':>16}  {'b pandas':>16}  {'c floor':>16}  "
+        f"{'d 6 cutoffs':>16}  b/a    a/c    d/a"
+    )
     for n, rep in report["sizes"].items():
         m, q = rep["median"], rep["ratios"]
         cells = "  ".join(f"{m[c]['wall_s']:7.2f} / {m[c]['peak_rss_mb']:6.0f}" for c in CASES)
-        print(f"{int(n):>11,}  {cells}  {q['b_over_a']:5.2f}  {q['a_over_c']:5.2f}  "
-              f"{q['d_over_a']:5.2f}")
+        print(
+            f"{int(n):>11,}  {cells}  {q['b_over_a']:5.2f}  {q['a_over_c']:5.2f}  "
+            f"{q['d_over_a']:5.2f}"
+        )
     print("targets at 10M: b/a >= 3, a/c <= 3, d/a <= 4, peak RSS of a and d <= 3072 MB")
     print(f"written to {out_file}")
 

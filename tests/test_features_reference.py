@@ -42,3 +42,36 @@ def test_duckdb_labels_equal_pandas_reference(synth_orders):
         got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False
     )
     assert 0.2 < got["churned"].mean() < 0.95
+
+
+def test_customer_partitions_give_exactly_the_single_pass_result(synth_orders):
+    whole = build_features(synth_orders, CUTOFFS, groups_per_pass=10**9)
+    parted = build_features(synth_orders, CUTOFFS, groups_per_pass=700)  # ~13 partitions
+    pd.testing.assert_frame_equal(whole, parted, check_exact=True)
+
+
+def test_write_features_equals_features_joined_with_labels(synth_orders, tmp_path):
+    from winback.features import write_features
+
+    out = tmp_path / "snap.parquet"
+    cuts = [*CUTOFFS, datetime(2023, 12, 1)]  # the last cutoff's 90-day horizon is not observed
+    n = write_features(synth_orders, cuts, out, horizon_days=90, groups_per_pass=1000)
+    got = pd.read_parquet(out)
+    feats = build_features(synth_orders, cuts)
+    labels = build_labels(synth_orders, cuts, horizon_days=90)
+    want = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="left")
+    assert n == len(want) == len(got)
+    assert str(got["cutoff_ts"].dt.tz) == "UTC"
+    last = got["cutoff_ts"] == pd.Timestamp("2023-12-01", tz="UTC")
+    assert last.any() and got.loc[last, "churned"].isna().all()
+    pd.testing.assert_frame_equal(
+        got.drop(columns=["churned", "orders_in_horizon"]),
+        want.drop(columns=["churned", "orders_in_horizon"]),
+        check_exact=True,
+        check_dtype=False,
+    )
+    assert (
+        (got["churned"].astype("boolean") == want["churned"].astype("boolean")).fillna(True).all()
+    )
+    assert list(got.loc[~last, "orders_in_horizon"]) == list(want.loc[~last, "orders_in_horizon"])
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind

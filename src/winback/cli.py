@@ -103,10 +103,17 @@ def _source(path: str | None, cfg: Config) -> str:
     return src
 
 
+def _connect(cfg: Config):
+    from winback.engines.duckdb import connect
+
+    e = cfg.engine
+    return connect(e.memory_limit, e.threads, e.temp_directory)
+
+
 def _load(path: str | None, cfg: Config, as_of: datetime | None):
     from winback.orders import load_orders
 
-    return load_orders(_source(path, cfg), cfg.orders, as_of=as_of)
+    return load_orders(_source(path, cfg), cfg.orders, as_of=as_of, con=_connect(cfg))
 
 
 def _echo_lines(lines: list[str]) -> None:
@@ -215,28 +222,29 @@ def features(
     window before the cutoff). With --horizon-days, labelled cutoffs get 'churned' and
     'orders_in_horizon'; cutoffs whose horizon runs past the data keep empty labels.
     """
-    from winback.features import build_features
-    from winback.labels import build_labels
+    from winback.features import write_features
 
     cfg = _config(config, set_)
     cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
-    feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
-    if horizon_days is not None:
-        labels = build_labels(orders, cuts, horizon_days, cfg.features.lookback_days)
-        feats = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="left")
-        feats["churned"] = feats["churned"].astype("boolean")
-        feats["orders_in_horizon"] = feats["orders_in_horizon"].astype("Int64")
-    _atomic_parquet(feats, out)
-    per_cut = feats.groupby("cutoff_ts").size()
-    typer.echo(
-        f"wrote {len(feats):,} rows x {feats.shape[1]} columns for {len(cuts)} cutoff(s) to {out} "
-        f"in {time.perf_counter() - t0:.1f}s"
+    n = write_features(
+        orders,
+        cuts,
+        out,
+        cfg.features.lookback_days,
+        cfg.features.windows_days,
+        horizon_days=horizon_days,
     )
-    for ts, n in per_cut.items():
-        typer.echo(f"  {ts:%Y-%m-%d}: {n:,} customers")
+    typer.echo(
+        f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
+    )
+    per_cut = orders.con.execute(
+        "SELECT cutoff_ts, count(*) FROM read_parquet(?) GROUP BY 1 ORDER BY 1", [str(out)]
+    ).fetchall()
+    for ts, k in per_cut:
+        typer.echo(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
 
 @app.command()
@@ -293,7 +301,7 @@ def demo(
     typer.echo(f"    {len(df):,} orders -> {orders_file}")
 
     typer.echo("2/5 validate")
-    orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1))
+    orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
     _echo_lines(["    " + line for line in orders.report.summary_lines()])
 
     typer.echo("3/5 profile")

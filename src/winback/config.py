@@ -17,6 +17,7 @@ from winback.errors import ConfigError
 
 __all__ = [
     "Config",
+    "EngineConfig",
     "OrdersConfig",
     "ColumnsConfig",
     "ReturnsConfig",
@@ -143,9 +144,19 @@ class SufficiencyConfig(_Section):
     min_per_class: int = Field(50, ge=1)
 
 
+class EngineConfig(_Section):
+    """Where and how features run. DuckDB spills to ``temp_directory`` past ``memory_limit``."""
+
+    name: Literal["duckdb"] = "duckdb"
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    threads: int | None = Field(None, ge=1, description="Default: every core.")
+    temp_directory: str | None = Field(None, description="Spill folder; default DuckDB's .tmp.")
+
+
 class Config(_Section):
     """The whole winback configuration."""
 
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     orders: OrdersConfig = Field(default_factory=OrdersConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)

@@ -35,14 +35,20 @@ n_channels                        when a channel column exists
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 
 from winback.errors import UsageError
 from winback.orders import Orders
+
+#: (customer, cutoff) pairs aggregated in one pass; about 2 KB of state each in DuckDB.
+GROUPS_PER_PASS = 400_000
 
 __all__ = [
     "FeatureSpec",
@@ -56,6 +62,7 @@ __all__ = [
     "cutoff_schedule",
     "normalize_cutoffs",
     "build_features",
+    "write_features",
 ]
 
 
@@ -92,6 +99,8 @@ class Dialect:
     arg_max: str = "arg_max({value}, {key})"
     # an orderable pair, compared on a then b
     pair: str = "({a}, {b})"
+    # a stable bucket in [0, k) from a column's hash
+    hash_mod: str = "hash({col}) % {k}"
     to_double: str = "CAST({x} AS DOUBLE)"
     add_days: str = "{ts} + to_days({days})"
 
@@ -140,7 +149,9 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 
 def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
-    """Orders plus one 'day' row per customer and purchase day, carrying the gap to the day before.
+    """CTEs: ``day_gaps`` has one row per customer and purchase day with the gap (whole days) to
+    the day before; ``events`` has the orders, each purchase numbered within its category and
+    channel.
 
     A purchase day exists at T when its first purchase is at or before T, so the days existing at
     T are a prefix of the customer's days and each gap is known exactly when its day is.
@@ -148,7 +159,7 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
     # Each purchase numbered within its (customer, category) and (customer, channel) in time
     # order. At T the largest number over rows <= T is the top category's count, and the rows
     # numbered 1 count the distinct categories: exact, point in time, no DISTINCT needed.
-    ranks, null_ranks = "", ""
+    ranks = ""
     for c in ("category", "channel"):
         if getattr(spec, f"has_{c}"):
             ranks += (
@@ -156,7 +167,6 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
                 f"row_number() OVER (PARTITION BY customer_id, {c}, {c} IS NULL OR is_return "
                 f"ORDER BY order_ts) END AS {c}_rank"
             )
-            null_ranks += f", CAST(NULL AS BIGINT) AS {c}_rank"
     day = d.to_date.format(ts="order_ts")
     gap = d.date_diff_days.format(earlier="prev_day", later="day")
     return f"""
@@ -175,17 +185,18 @@ def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
         ) AS t
     ),
     events AS (
-        SELECT customer_id, order_ts, amount, is_return, FALSE AS is_day,
-               CAST(NULL AS BIGINT) AS gap_days{ranks}
+        SELECT customer_id, order_ts, amount, is_return{ranks}
         FROM {orders}
-        UNION ALL
-        SELECT customer_id, day_ts AS order_ts, CAST(0 AS DECIMAL(18,4)) AS amount,
-               FALSE AS is_return, TRUE AS is_day, CAST(gap_days AS BIGINT) AS gap_days{null_ranks}
-        FROM day_gaps
     )"""
 
 
-def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKDB) -> str:
+def feature_sql(
+    orders: str,
+    cutoffs: str,
+    spec: FeatureSpec,
+    d: Dialect = DUCKDB,
+    partition: tuple[int, int] | None = None,
+) -> str:
     """SQL that returns one row per ``(customer_id, cutoff_ts)`` of the active population.
 
     Parameters
@@ -198,11 +209,20 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
         Lookback, windows and optional columns.
     d : Dialect
         The engine's SQL spellings.
+    partition : (i, k), optional
+        Only the customers whose id hashes to ``i`` modulo ``k``: k such queries cover every
+        customer once, each with all cutoffs, and bound the memory of the aggregation.
     """
+    if partition is not None:
+        i, k = partition
+        orders = (
+            f"(SELECT * FROM {orders} WHERE {d.hash_mod.format(col='customer_id', k=int(k))} "
+            f"= {int(i)}) AS part"
+        )
     age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
     dbl = d.to_double.format
     opt = "".join(f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
-    P = "NOT is_return AND NOT is_day"  # a purchase row
+    P = "NOT is_return"  # a purchase row
     prev90 = f"{P} AND age_days >= 90 AND age_days < 180"
     win = []
     for w in spec.windows_days:
@@ -216,7 +236,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     weekend = d.weekend.format(ts="order_ts")
     # the last purchase's amount; of several at the same instant, the largest
     last_amount = d.arg_max.format(value="amount", key=d.pair.format(a="order_ts", b="amount"))
-    median_gap = d.median.format(x="gap_days")
+    median_gap = d.median.format(x="g.gap_days")
 
     cat_sel = ""
     cat_out = ""
@@ -238,16 +258,25 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
     return f"""
     WITH {_events_sql(orders, spec, d).strip()},
     joined AS (
-        SELECT c.cutoff_ts, e.customer_id, e.order_ts, e.amount, e.is_return, e.is_day,
-               e.gap_days{opt}, {age} AS age_days
+        SELECT c.cutoff_ts, e.customer_id, e.order_ts, e.amount, e.is_return{opt},
+               {age} AS age_days
         FROM events e JOIN {cutoffs} c ON e.order_ts <= c.cutoff_ts
+    ),
+    days AS (
+        SELECT g.customer_id, c.cutoff_ts,
+               count(*) AS n_order_days,
+               avg(g.gap_days) AS gap_mean_days,
+               {median_gap} AS gap_median_days,
+               stddev_samp(g.gap_days) AS gap_std_days,
+               {d.arg_max.format(value="g.gap_days", key="g.day_ts")} AS last_gap_days
+        FROM day_gaps g JOIN {cutoffs} c ON g.day_ts <= c.cutoff_ts
+        GROUP BY g.customer_id, c.cutoff_ts
     ),
     base AS (
         SELECT customer_id, cutoff_ts,
                min(age_days) FILTER (WHERE {P}) AS recency_days,
                max(age_days) FILTER (WHERE {P}) AS tenure_days,
                count(*) FILTER (WHERE {P}) AS n_orders,
-               count(*) FILTER (WHERE is_day) AS n_order_days,
                {dbl(x=f"sum(amount) FILTER (WHERE {P})")} AS monetary_total,
                {dbl(x=f"max(amount) FILTER (WHERE {P})")} AS max_order_amount,
                {dbl(x=last_amount + f" FILTER (WHERE {P})")} AS last_order_amount,
@@ -262,11 +291,6 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
                count(*) FILTER (WHERE {P} AND age_days < 90) AS _orders_90,
                {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)")}
                    AS _spend_90,
-               avg(gap_days) FILTER (WHERE is_day) AS gap_mean_days,
-               {median_gap} FILTER (WHERE is_day) AS gap_median_days,
-               stddev_samp(gap_days) FILTER (WHERE is_day) AS gap_std_days,
-               {d.arg_max.format(value="gap_days", key="order_ts")} FILTER (WHERE is_day)
-                   AS last_gap_days,
                count(*) FILTER (WHERE is_return) AS n_returns,
                {dbl(x="coalesce(-sum(amount) FILTER (WHERE is_return), 0)")} AS return_amount,
                count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
@@ -277,7 +301,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
         HAVING min(age_days) FILTER (WHERE {P}) < {spec.lookback_days}
     )
     SELECT b.customer_id, b.cutoff_ts,
-           b.recency_days, b.tenure_days, b.n_orders, b.n_order_days,
+           b.recency_days, b.tenure_days, b.n_orders, g.n_order_days,
            b.monetary_total, b.monetary_total / b.n_orders AS monetary_mean,
            b.max_order_amount, b.last_order_amount,
            {win_out},
@@ -287,9 +311,9 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
            b._spend_90 / nullif(b.spend_prev_90d, 0) - 1 AS spend_change_90d,
            {dbl(x="b._orders_180 - b._orders_prev_180")}
                / nullif(b._orders_180 + b._orders_prev_180, 0) AS orders_trend_180d,
-           b.gap_mean_days, {dbl(x="b.gap_median_days")} AS gap_median_days, b.gap_std_days,
-           {dbl(x="b.last_gap_days")} AS last_gap_days,
-           b.recency_days / nullif(b.gap_mean_days, 0) AS overdue_ratio,
+           g.gap_mean_days, {dbl(x="g.gap_median_days")} AS gap_median_days, g.gap_std_days,
+           {dbl(x="g.last_gap_days")} AS last_gap_days,
+           b.recency_days / nullif(g.gap_mean_days, 0) AS overdue_ratio,
            b.n_orders * 365.0 / greatest(b.tenure_days, 30.0) AS orders_per_year,
            b.n_returns, b.return_amount,
            {dbl(x="b.n_returns")} / (b.n_orders + b.n_returns) AS return_rate,
@@ -297,7 +321,7 @@ def feature_sql(orders: str, cutoffs: str, spec: FeatureSpec, d: Dialect = DUCKD
            {dbl(x="b._weekend_orders")} / b.n_orders AS weekend_share,
            b.orders_ahead_90d_last_year{cat_out}{chan_out}
     FROM base b
-    ORDER BY b.cutoff_ts, b.customer_id
+    JOIN days g ON g.customer_id = b.customer_id AND g.cutoff_ts = b.cutoff_ts
     """
 
 
@@ -385,8 +409,12 @@ def build_features(
     cutoffs: Iterable[str | date | datetime] | str,
     lookback_days: int = 365,
     windows_days: Iterable[int] = (30, 90, 180, 365),
+    groups_per_pass: int = GROUPS_PER_PASS,
 ) -> pd.DataFrame:
     """Features of the active population at each cutoff, all cutoffs in one pass (DuckDB).
+
+    When customers x cutoffs exceeds ``groups_per_pass``, customers are split into hash
+    partitions, each run with all cutoffs at once, so memory stays bounded on large histories.
 
     Parameters
     ----------
@@ -398,6 +426,8 @@ def build_features(
         Population: customers with a purchase in ``(T - lookback_days, T]``.
     windows_days : ints
         Windows for ``orders_{w}d`` and ``spend_{w}d``.
+    groups_per_pass : int
+        Most (customer, cutoff) pairs aggregated at once.
 
     Returns
     -------
@@ -407,15 +437,97 @@ def build_features(
     """
     from winback.engines.duckdb import DuckDBEngine
 
-    spec = FeatureSpec(
+    spec = _spec_for(orders, lookback_days, windows_days)
+    engine = DuckDBEngine(orders.con)
+    table = _feature_table(orders, engine, spec, normalize_cutoffs(cutoffs), groups_per_pass)
+    try:
+        return engine.query_df(f"SELECT * FROM {table} ORDER BY cutoff_ts, customer_id")
+    finally:
+        engine.drop(table)
+
+
+def _spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -> FeatureSpec:
+    return FeatureSpec(
         lookback_days=int(lookback_days),
         windows_days=tuple(sorted(set(int(w) for w in windows_days))),
         has_category=orders.has_category,
         has_channel=orders.has_channel,
     )
-    engine = DuckDBEngine(orders.con)
-    table = engine.register_cutoffs(normalize_cutoffs(cutoffs))
+
+
+def _feature_table(
+    orders: Orders, engine, spec: FeatureSpec, cuts: list[datetime], groups_per_pass: int
+) -> str:
+    """Compute features into a temporary table (in customer hash partitions when large)."""
+    # every (customer, cutoff) pair is a group of the aggregation; bound them per pass
+    groups = max(orders.report.n_customers, 1) * len(cuts)
+    k = max(1, math.ceil(groups / max(int(groups_per_pass), 1)))
+    cut_table = engine.register_cutoffs(cuts)
     try:
-        return engine.query_df(feature_sql(orders.table, table, spec, DUCKDB))
+        parts = [
+            feature_sql(orders.table, cut_table, spec, DUCKDB, (i, k) if k > 1 else None)
+            for i in range(k)
+        ]
+        return engine.materialize_parts(parts)
+    finally:
+        engine.drop(cut_table)
+
+
+def write_features(
+    orders: Orders,
+    cutoffs: Iterable[str | date | datetime] | str,
+    path: str | Path,
+    lookback_days: int = 365,
+    windows_days: Iterable[int] = (30, 90, 180, 365),
+    horizon_days: int | None = None,
+    observed_until: datetime | None = None,
+    groups_per_pass: int = GROUPS_PER_PASS,
+) -> int:
+    """Compute features (and labels, with ``horizon_days``) and write them to a Parquet file.
+
+    The same rows as :func:`build_features` (plus ``orders_in_horizon`` and ``churned``, empty
+    for cutoffs whose horizon runs past the data), written by DuckDB without passing through
+    pandas, so the output can be larger than memory. The file is written under a temporary
+    name and renamed, so a crash never leaves a half file. Returns the number of rows.
+    """
+    from winback.engines.duckdb import DuckDBEngine
+
+    spec = _spec_for(orders, lookback_days, windows_days)
+    cuts = normalize_cutoffs(cutoffs)
+    engine = DuckDBEngine(orders.con)
+    table = _feature_table(orders, engine, spec, cuts, groups_per_pass)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    label_table = None
+    try:
+        sql = f"SELECT * REPLACE (CAST(cutoff_ts AS TIMESTAMPTZ) AS cutoff_ts) FROM {table} f"
+        if horizon_days is not None:
+            from winback.labels import split_labelled_cutoffs
+
+            end = observed_until or orders.last_ts
+            labelled, _ = split_labelled_cutoffs(cuts, end, horizon_days)
+            if labelled:
+                lab_cuts = engine.register_cutoffs(labelled)
+                label_table = engine.materialize_parts(
+                    [label_sql(orders.table, lab_cuts, spec.lookback_days, horizon_days)]
+                )
+                engine.drop(lab_cuts)
+                sql = f"""SELECT f.* REPLACE (CAST(f.cutoff_ts AS TIMESTAMPTZ) AS cutoff_ts),
+                                 l.orders_in_horizon, l.churned
+                          FROM {table} f LEFT JOIN {label_table} l
+                            ON l.customer_id = f.customer_id AND l.cutoff_ts = f.cutoff_ts"""
+            else:
+                sql = (
+                    f"SELECT *, CAST(NULL AS BIGINT) AS orders_in_horizon, "
+                    f"CAST(NULL AS BOOLEAN) AS churned FROM ({sql})"
+                )
+        n = engine.copy_to_parquet(f"{sql} ORDER BY cutoff_ts, customer_id", str(tmp))
+        os.replace(tmp, out)
+        return n
     finally:
         engine.drop(table)
+        if label_table:
+            engine.drop(label_table)
+        if tmp.exists():
+            tmp.unlink()

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 def split_labelled_cutoffs(
     cutoffs: Sequence[datetime], observed_until: datetime, horizon_days: int
 ) -> tuple[list[datetime], list[datetime]]:
-    """Split cutoffs into (labelled, unlabelled): labelled when ``T + H <= observed_until``."""
+    """Split cutoffs into (labelled, unlabelled): labelled when ``T + H <= observed_until``.
+
+    Unlabelled cutoffs are logged as a warning, so they are never left out silently."""
     if horizon_days < 1:
         raise UsageError(
             f"The 'horizon_days' setting must be a whole number of days >= 1; got {horizon_days}."
@@ -33,6 +35,14 @@ def split_labelled_cutoffs(
     h = timedelta(days=horizon_days)
     labelled = [t for t in cutoffs if t + h <= observed_until]
     unlabelled = [t for t in cutoffs if t + h > observed_until]
+    if unlabelled:
+        log.warning(
+            "%d cutoff(s) get no labels: their %d-day horizon runs past the data's end %s: %s",
+            len(unlabelled),
+            horizon_days,
+            f"{observed_until:%Y-%m-%d}",
+            ", ".join(f"{t:%Y-%m-%d}" for t in unlabelled),
+        )
     return labelled, unlabelled
 
 
@@ -66,15 +76,7 @@ def build_labels(
     """
     cuts = normalize_cutoffs(cutoffs)
     end = parse_cutoff(observed_until) if observed_until is not None else orders.last_ts
-    labelled, unlabelled = split_labelled_cutoffs(cuts, end, horizon_days)
-    if unlabelled:
-        log.warning(
-            "%d cutoff(s) get no labels: their %d-day horizon runs past the data's end %s: %s",
-            len(unlabelled),
-            horizon_days,
-            f"{end:%Y-%m-%d}",
-            ", ".join(f"{t:%Y-%m-%d}" for t in unlabelled),
-        )
+    labelled, _ = split_labelled_cutoffs(cuts, end, horizon_days)
     engine = DuckDBEngine(orders.con)
     if not labelled:
         return pd.DataFrame(

@@ -28,6 +28,7 @@ import duckdb
 import pandas as pd
 
 from winback.config import OrdersConfig
+from winback.engines.duckdb import connect
 from winback.errors import ConfigError, DataError
 
 __all__ = ["Orders", "Problem", "ValidationReport", "load_orders", "orders_from_frame"]
@@ -383,7 +384,7 @@ def load_orders(
             f"The 'orders.timezone' setting must be an IANA zone such as UTC or Europe/Berlin; "
             f"got {cfg.timezone!r}."
         ) from None
-    con = con or duckdb.connect()
+    con = con or connect()
     if isinstance(source, pd.DataFrame):
         con.register("_raw_frame", source)
         con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _raw_frame")

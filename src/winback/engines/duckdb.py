@@ -9,9 +9,24 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-__all__ = ["DuckDBEngine"]
+__all__ = ["DuckDBEngine", "connect"]
 
 _counter = itertools.count()
+
+
+def connect(
+    memory_limit: str = "2GB", threads: int | None = None, temp_directory: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that spills to disk past ``memory_limit``."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    if temp_directory is not None:
+        con.execute("SET temp_directory = ?", [str(temp_directory)])
+    return con
 
 
 class DuckDBEngine:
@@ -42,6 +57,27 @@ class DuckDBEngine:
 
     def drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def materialize_parts(self, parts: Sequence[str]) -> str:
+        """Run queries with the same columns one after another into one temporary table and
+        return its name. Only one part's working memory is live at a time."""
+        name = f"_parts_{next(_counter)}"
+        self.con.execute(f"CREATE TEMP TABLE {name} AS {parts[0]}")
+        try:
+            for sql in parts[1:]:
+                self.con.execute(f"INSERT INTO {name} {sql}")
+        except BaseException:
+            self.drop(name)
+            raise
+        return name
+
+    def copy_to_parquet(self, sql: str, path: str) -> int:
+        """Write a query's rows to a Parquet file (streamed by DuckDB); return the row count."""
+        quoted = "'" + str(path).replace("'", "''") + "'"
+        self.con.execute(f"COPY ({sql}) TO {quoted} (FORMAT parquet, COMPRESSION zstd)")
+        return int(
+            self.con.execute(f"SELECT count(*) FROM read_parquet({quoted})").fetchall()[0][0]
+        )
 
     def query_df(self, sql: str) -> pd.DataFrame:
         """Run a query; timestamp columns come back tz-aware UTC."""
