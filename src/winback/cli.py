@@ -11,6 +11,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +42,10 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a setting: key=value, e.g. labels.horizon_days=90."),
+]
+PathArg = Annotated[
+    str | None,
+    typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file (or orders.source)."),
 ]
 AsOfOpt = Annotated[
     str | None,
@@ -113,7 +119,32 @@ def _connect(cfg: Config):
 def _load(path: str | None, cfg: Config, as_of: datetime | None):
     from winback.orders import load_orders
 
-    return load_orders(_source(path, cfg), cfg.orders, as_of=as_of, con=_connect(cfg))
+    with _progress("reading and validating orders"):
+        return load_orders(_source(path, cfg), cfg.orders, as_of=as_of, con=_connect(cfg))
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr when it is a terminal; yields an ``update(done, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def _echo_lines(lines: list[str]) -> None:
@@ -122,21 +153,15 @@ def _echo_lines(lines: list[str]) -> None:
 
 
 def _atomic_parquet(df, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    from winback.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @app.command()
 def validate(
-    path: Annotated[
-        str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")
-    ] = None,
+    path: PathArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_of: AsOfOpt = None,
@@ -152,9 +177,7 @@ def validate(
 
 @app.command()
 def profile(
-    path: Annotated[
-        str | None, typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file.")
-    ] = None,
+    path: PathArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_of: AsOfOpt = None,
@@ -229,14 +252,16 @@ def features(
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
-    n = write_features(
-        orders,
-        cuts,
-        out,
-        cfg.features.lookback_days,
-        cfg.features.windows_days,
-        horizon_days=horizon_days,
-    )
+    with _progress(f"features at {len(cuts)} cutoff(s)") as update:
+        n = write_features(
+            orders,
+            cuts,
+            out,
+            cfg.features.lookback_days,
+            cfg.features.windows_days,
+            horizon_days=horizon_days,
+            on_part=update,
+        )
     typer.echo(
         f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
     )

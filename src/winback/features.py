@@ -36,14 +36,14 @@ n_channels                        when a channel column exists
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from winback.atomic import atomic_path
 from winback.errors import UsageError
 from winback.orders import Orders
 
@@ -456,7 +456,12 @@ def _spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -
 
 
 def _feature_table(
-    orders: Orders, engine, spec: FeatureSpec, cuts: list[datetime], groups_per_pass: int
+    orders: Orders,
+    engine,
+    spec: FeatureSpec,
+    cuts: list[datetime],
+    groups_per_pass: int,
+    on_part: Callable[[int, int], None] | None = None,
 ) -> str:
     """Compute features into a temporary table (in customer hash partitions when large)."""
     # every (customer, cutoff) pair is a group of the aggregation; bound them per pass
@@ -468,7 +473,7 @@ def _feature_table(
             feature_sql(orders.table, cut_table, spec, DUCKDB, (i, k) if k > 1 else None)
             for i in range(k)
         ]
-        return engine.materialize_parts(parts)
+        return engine.materialize_parts(parts, on_part)
     finally:
         engine.drop(cut_table)
 
@@ -482,23 +487,22 @@ def write_features(
     horizon_days: int | None = None,
     observed_until: datetime | None = None,
     groups_per_pass: int = GROUPS_PER_PASS,
+    on_part: Callable[[int, int], None] | None = None,
 ) -> int:
     """Compute features (and labels, with ``horizon_days``) and write them to a Parquet file.
 
     The same rows as :func:`build_features` (plus ``orders_in_horizon`` and ``churned``, empty
     for cutoffs whose horizon runs past the data), written by DuckDB without passing through
     pandas, so the output can be larger than memory. The file is written under a temporary
-    name and renamed, so a crash never leaves a half file. Returns the number of rows.
+    name and renamed, so a crash never leaves a half file. ``on_part(done, total)`` is called
+    after each customer partition (for a progress bar). Returns the number of rows.
     """
     from winback.engines.duckdb import DuckDBEngine
 
     spec = _spec_for(orders, lookback_days, windows_days)
     cuts = normalize_cutoffs(cutoffs)
     engine = DuckDBEngine(orders.con)
-    table = _feature_table(orders, engine, spec, cuts, groups_per_pass)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    table = _feature_table(orders, engine, spec, cuts, groups_per_pass, on_part)
     label_table = None
     try:
         sql = f"SELECT * REPLACE (CAST(cutoff_ts AS TIMESTAMPTZ) AS cutoff_ts) FROM {table} f"
@@ -522,12 +526,9 @@ def write_features(
                     f"SELECT *, CAST(NULL AS BIGINT) AS orders_in_horizon, "
                     f"CAST(NULL AS BOOLEAN) AS churned FROM ({sql})"
                 )
-        n = engine.copy_to_parquet(f"{sql} ORDER BY cutoff_ts, customer_id", str(tmp))
-        os.replace(tmp, out)
-        return n
+        with atomic_path(path) as tmp:
+            return engine.copy_to_parquet(f"{sql} ORDER BY cutoff_ts, customer_id", str(tmp))
     finally:
         engine.drop(table)
         if label_table:
             engine.drop(label_table)
-        if tmp.exists():
-            tmp.unlink()

@@ -577,6 +577,20 @@ def load_orders(
     dup = 0
     # 5. Aggregate lines to orders, or check order ids for duplicates.
     if lines:
+        no_id = con.execute("SELECT count(*) FROM _clean WHERE order_id IS NULL").fetchall()[0][0]
+        if no_id:
+            problems.append(
+                Problem(
+                    "null_order_id",
+                    cols.order_id or "order_id",
+                    int(no_id),
+                    rows_read,
+                    (),
+                    "drop",
+                    "are order lines without an order id",
+                    "fill the order ids: lines cannot be grouped into orders without them",
+                )
+            )
         conflict = con.execute(
             "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT order_id, count(*) AS n FROM _clean "
             "WHERE order_id IS NOT NULL GROUP BY order_id "

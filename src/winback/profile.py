@@ -243,25 +243,28 @@ def check_sufficiency(
             [last_cut, last_cut - timedelta(days=lookback_days)],
         ).fetchall()[0][0]
         where = f"at the last training cutoff {last_cut:%Y-%m-%d}"
-        if n < cfg.min_customers:
-            problems.append(
-                f"{n:,} active customers {where}, fewer than sufficiency.min_customers="
-                f"{cfg.min_customers:,}"
-            )
-        if repeat < cfg.min_repeat_buyers:
-            problems.append(
-                f"{repeat:,} repeat buyers {where}, fewer than sufficiency.min_repeat_buyers="
-                f"{cfg.min_repeat_buyers:,}"
-            )
-        if churned < cfg.min_per_class:
-            problems.append(
-                f"{churned:,} churned customers {where}, fewer than sufficiency.min_per_class="
-                f"{cfg.min_per_class:,}: use a longer horizon"
-            )
-        if retained < cfg.min_per_class:
-            problems.append(
-                f"{retained:,} retained customers {where}, fewer than sufficiency.min_per_class="
-                f"{cfg.min_per_class:,}: use a shorter horizon"
-            )
+        checks = [  # (count, what, setting, minimum, hint)
+            (n, "active customers", "min_customers", cfg.min_customers, ""),
+            (repeat, "repeat buyers", "min_repeat_buyers", cfg.min_repeat_buyers, ""),
+            (
+                churned,
+                "churned customers",
+                "min_per_class",
+                cfg.min_per_class,
+                ": use a longer horizon",
+            ),
+            (
+                retained,
+                "retained customers",
+                "min_per_class",
+                cfg.min_per_class,
+                ": use a shorter horizon",
+            ),
+        ]
+        problems += [
+            f"{count:,} {what} {where}, fewer than sufficiency.{setting}={minimum:,}{hint}"
+            for count, what, setting, minimum, hint in checks
+            if count < minimum
+        ]
     if problems:
         raise InsufficientDataError("Not enough data to train: " + "; ".join(problems) + ".")

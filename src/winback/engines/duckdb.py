@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import duckdb
@@ -58,14 +58,21 @@ class DuckDBEngine:
     def drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
 
-    def materialize_parts(self, parts: Sequence[str]) -> str:
+    def materialize_parts(
+        self, parts: Sequence[str], on_part: Callable[[int, int], None] | None = None
+    ) -> str:
         """Run queries with the same columns one after another into one temporary table and
-        return its name. Only one part's working memory is live at a time."""
+        return its name. Only one part's working memory is live at a time; ``on_part(done,
+        total)`` is called after each."""
         name = f"_parts_{next(_counter)}"
         self.con.execute(f"CREATE TEMP TABLE {name} AS {parts[0]}")
         try:
-            for sql in parts[1:]:
+            if on_part:
+                on_part(1, len(parts))
+            for i, sql in enumerate(parts[1:], start=2):
                 self.con.execute(f"INSERT INTO {name} {sql}")
+                if on_part:
+                    on_part(i, len(parts))
         except BaseException:
             self.drop(name)
             raise
