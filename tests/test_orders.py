@@ -281,18 +281,32 @@ def test_cli_bad_config_key_is_a_one_line_error(tmp_path):
 
 def test_order_lines_without_an_order_id_are_dropped_and_counted(tmp_path):
     text = "order_id,customer_id,order_ts,qty,price\n1,a,2024-01-01,2,5\n1,a,2024-01-01,1,4\n,a,2024-01-02,1,9\n"
-    o = _load(_write(tmp_path, text), "orders.columns.amount=null", "orders.columns.quantity=qty",
-              "orders.columns.unit_price=price")
+    o = _load(
+        _write(tmp_path, text),
+        "orders.columns.amount=null",
+        "orders.columns.quantity=qty",
+        "orders.columns.unit_price=price",
+    )
     assert o.report.lines_aggregated and o.report.n_orders == 1
     [p] = [p for p in o.report.problems if p.check == "null_order_id"]
-    assert p.count == 1 and "column 'order_id': 1 of 3 rows are order lines without an order id" in p.describe()
+    assert (
+        p.count == 1
+        and "column 'order_id': 1 of 3 rows are order lines without an order id" in p.describe()
+    )
     assert o.to_pandas()["amount"].tolist() == [14.0]
 
 
 def test_conflicting_customers_in_one_order_fail_by_default(tmp_path):
     text = "order_id,customer_id,order_ts,qty,price\n1,a,2024-01-01,2,5\n1,b,2024-01-01,1,4\n2,a,2024-01-03,1,1\n"
-    args = ("orders.columns.amount=null", "orders.columns.quantity=qty", "orders.columns.unit_price=price")
-    with pytest.raises(DataError, match="column 'order_id': 2 of 3 rows are lines of an order id that carries more than one customer id"):
+    args = (
+        "orders.columns.amount=null",
+        "orders.columns.quantity=qty",
+        "orders.columns.unit_price=price",
+    )
+    with pytest.raises(
+        DataError,
+        match="column 'order_id': 2 of 3 rows are lines of an order id that carries more than one customer id",
+    ):
         _load(_write(tmp_path, text), *args)
     o = _load(_write(tmp_path, text), *args, "orders.policies.conflicting_customer=drop")
     assert o.report.n_orders == 1
