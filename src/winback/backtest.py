@@ -1,0 +1,147 @@
+"""Out-of-time backtests: train on what was knowable at T, score T, evaluate on (T, T + H].
+
+For an evaluation cutoff T the training snapshots sit at cutoffs ``T - H``, ``T - H - spacing``,
+... (``n_cutoffs`` of them, none before the data has ``MIN_TRAINING_HISTORY_DAYS`` of history),
+so every training label ends at or before T. Nothing after T reaches the model, the BG/NBD fit
+or the features at T; orders after T are read only to label the evaluation rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from winback.errors import InsufficientDataError
+from winback.evaluate import RfmLogit, baseline_scores, score_metrics
+from winback.features import cutoff_schedule, normalize_cutoffs
+from winback.model import ChurnModel
+from winback.orders import Orders
+from winback.snapshots import build_snapshots
+
+__all__ = ["BacktestResult", "training_cutoffs", "run_backtest", "MIN_TRAINING_HISTORY_DAYS"]
+
+log = logging.getLogger(__name__)
+
+#: A training cutoff needs at least this much history before it.
+MIN_TRAINING_HISTORY_DAYS = 28
+
+
+def training_cutoffs(
+    as_of: datetime,
+    horizon_days: int,
+    spacing_days: int,
+    n_cutoffs: int,
+    first_ts: datetime,
+) -> list[datetime]:
+    """Training cutoffs for a model used at ``as_of``: the latest is ``as_of - horizon_days``."""
+    last = as_of - timedelta(days=horizon_days)
+    start = max(
+        first_ts + timedelta(days=MIN_TRAINING_HISTORY_DAYS),
+        last - timedelta(days=spacing_days * (n_cutoffs - 1)),
+    )
+    if last < start:
+        raise InsufficientDataError(
+            f"No training cutoff fits before {as_of:%Y-%m-%d}: the data starts "
+            f"{first_ts:%Y-%m-%d} and labels need {horizon_days} days after a cutoff plus "
+            f"{MIN_TRAINING_HISTORY_DAYS} days of history before it. Use a later as-of or a "
+            "shorter horizon."
+        )
+    return cutoff_schedule(start, last, spacing_days)
+
+
+@dataclass
+class BacktestResult:
+    """Predictions and metrics of a backtest, per evaluation cutoff and pooled."""
+
+    predictions: pd.DataFrame
+    metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    models: dict[str, ChurnModel] = field(default_factory=dict)
+    training: dict[str, list[str]] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """Every metric row with its cutoff ('pooled' for all cutoffs together)."""
+        return pd.concat({k: v for k, v in self.metrics.items()}, names=["cutoff", "score"])
+
+
+def run_backtest(
+    orders: Orders,
+    as_of: Sequence[datetime | str] | str,
+    horizon_days: int,
+    lookback_days: int = 365,
+    windows_days: Sequence[int] = (30, 90, 180, 365),
+    spacing_days: int = 14,
+    n_cutoffs: int = 24,
+    model_params: dict | None = None,
+    n_boot: int = 500,
+    random_state: int = 42,
+    on_step: Callable[[str], None] | None = None,
+) -> BacktestResult:
+    """Backtest the churn model and the baselines at each evaluation cutoff (rolling origin).
+
+    Returns
+    -------
+    BacktestResult
+        ``predictions`` has ``customer_id, cutoff_ts, p_churn, churned`` (empty where the data
+        does not cover ``(T, T + H]``) and one column per baseline score.
+    """
+    step = on_step or (lambda _msg: None)
+    evals = normalize_cutoffs(as_of)
+    params = {
+        "horizon_days": horizon_days,
+        "lookback_days": lookback_days,
+        "random_state": random_state,
+        **(model_params or {}),
+    }
+    preds, metrics, models, training = [], {}, {}, {}
+    for t in evals:
+        key = f"{t:%Y-%m-%d}"
+        cuts = training_cutoffs(t, horizon_days, spacing_days, n_cutoffs, orders.first_ts)
+        step(f"{key}: snapshots at {len(cuts)} training cutoffs")
+        train = build_snapshots(
+            orders, cuts, horizon_days, lookback_days, windows_days, observed_until=t
+        )
+        step(f"{key}: training on {len(train):,} rows")
+        model = ChurnModel(**params).fit(train, train["churned"])
+        logit = RfmLogit(random_state=random_state).fit(train, train["churned"])
+        labelled = t + timedelta(days=horizon_days) <= orders.last_ts
+        test = build_snapshots(
+            orders, [t], horizon_days, lookback_days, windows_days, labels=labelled
+        )
+        out = test[["customer_id", "cutoff_ts"]].copy()
+        out["p_churn"] = model.predict_proba(test)[:, 1]
+        out["churned"] = test["churned"].astype("boolean") if labelled else pd.NA
+        for name, s in baseline_scores(test, logit).items():
+            out[name] = s
+        preds.append(out)
+        models[key], training[key] = model, model.training_cutoffs_
+        if labelled:
+            step(f"{key}: evaluating {len(out):,} customers")
+            metrics[key] = _metrics(out, n_boot, random_state)
+        else:
+            log.warning(
+                "%s: the data ends before %s + %d days; scored, not evaluated",
+                key,
+                key,
+                horizon_days,
+            )
+    predictions = pd.concat(preds, ignore_index=True)
+    done = predictions[predictions["churned"].notna()]
+    if len(metrics) > 1:
+        metrics["pooled"] = _metrics(done, n_boot, random_state)
+    return BacktestResult(predictions, metrics, models, training)
+
+
+def _metrics(pred: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    scores = {"model": pred["p_churn"].to_numpy()}
+    for name in ("bgnbd", "logreg", "rfm", "recency"):
+        scores[name] = pred[name].to_numpy()
+    y = pred["churned"].astype(bool).to_numpy()
+    table = score_metrics(y, scores, n_boot=n_boot, seed=seed)
+    table.insert(0, "customers", len(pred))
+    table.insert(1, "churn_rate", float(np.mean(y)))
+    return table

@@ -1,0 +1,208 @@
+"""Metrics, baselines on the same population, and plots.
+
+Every score is "higher = more likely to churn". Baselines:
+
+- ``recency``: days since the last purchase.
+- ``rfm``: the RFM 5x5x5 score: quintiles of recency (5 = most recent), order count and total
+  spend, summed; the churn score is minus that sum.
+- ``bgnbd``: BG/NBD's P(no purchase in the next H days), fitted at the cutoff.
+- ``logreg``: logistic regression on log recency, log order count and log total spend, trained
+  on the same stacked training snapshots as the model.
+
+Confidence intervals are percentile bootstraps over customers; differences to BG/NBD are paired
+(the same resample for both scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "PROBABILITY_SCORES",
+    "RfmLogit",
+    "rfm_score",
+    "baseline_scores",
+    "fast_auc",
+    "score_metrics",
+    "plot_gains",
+    "plot_calibration",
+    "plot_importance",
+]
+
+#: Scores that are probabilities (so Brier and calibration error apply).
+PROBABILITY_SCORES = ("model", "bgnbd", "logreg")
+_RFM_COLUMNS = ["recency_days", "n_orders", "monetary_total"]
+
+
+def _quintile(s: pd.Series) -> np.ndarray:
+    return np.clip(np.ceil(s.rank(pct=True, method="average").to_numpy() * 5), 1, 5)
+
+
+def rfm_score(snap: pd.DataFrame) -> np.ndarray:
+    """Minus the RFM 5x5x5 sum (R: 5 = most recent; F: order count; M: total spend), so that
+    higher means more likely to churn. Quintiles are taken within ``snap``."""
+    r = _quintile(-snap["recency_days"])
+    f = _quintile(snap["n_orders"])
+    m = _quintile(snap["monetary_total"])
+    return -(r + f + m)
+
+
+@dataclass
+class RfmLogit:
+    """Logistic regression on log recency, log frequency and log spend."""
+
+    random_state: int = 42
+
+    def _x(self, snap: pd.DataFrame) -> np.ndarray:
+        return np.log1p(snap[_RFM_COLUMNS].clip(lower=0).to_numpy(dtype=float))
+
+    def fit(self, snap: pd.DataFrame, y) -> RfmLogit:
+        self.pipe_ = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        self.pipe_.fit(self._x(snap), np.asarray(y, dtype=int))
+        return self
+
+    def predict_proba(self, snap: pd.DataFrame) -> np.ndarray:
+        return self.pipe_.predict_proba(self._x(snap))
+
+
+def baseline_scores(snap: pd.DataFrame, logit: RfmLogit | None = None) -> dict[str, np.ndarray]:
+    """Every baseline's churn score for the rows of ``snap`` (one cutoff)."""
+    out = {
+        "recency": snap["recency_days"].to_numpy(dtype=float),
+        "rfm": rfm_score(snap),
+        "bgnbd": snap["bgnbd_p_no_purchase"].to_numpy(dtype=float),
+    }
+    if logit is not None:
+        out["logreg"] = logit.predict_proba(snap)[:, 1]
+    return out
+
+
+def fast_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC-AUC from average ranks (ties count half), as scikit-learn computes it."""
+    y = np.asarray(y, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(s).rank(method="average").to_numpy()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-count bins of the predicted probability."""
+    order = np.argsort(p, kind="stable")
+    err = 0.0
+    for idx in np.array_split(order, bins):
+        if idx.size:
+            err += idx.size * abs(p[idx].mean() - y[idx].mean())
+    return float(err / y.size)
+
+
+def _top(y: np.ndarray, s: np.ndarray, share: float) -> tuple[float, float]:
+    """(lift, capture) among the ``share`` of customers with the highest score."""
+    k = max(1, int(round(share * y.size)))
+    top = np.argsort(-s, kind="stable")[:k]
+    rate = y[top].mean()
+    base = y.mean()
+    return float(rate / base) if base else float("nan"), float(y[top].sum() / max(y.sum(), 1))
+
+
+def score_metrics(
+    y, scores: dict[str, np.ndarray], n_boot: int = 500, seed: int = 0, reference: str = "bgnbd"
+) -> pd.DataFrame:
+    """Metrics of each score on the same customers.
+
+    Returns
+    -------
+    DataFrame
+        One row per score: ``auc, auc_lo, auc_hi, pr_auc, brier, ece, lift_10, capture_10,
+        lift_20, capture_20, auc_minus_<reference>, ..._lo, ..._hi`` (95% percentile bootstrap).
+    """
+    y = np.asarray(y, dtype=int)
+    rng = np.random.default_rng(seed)
+    samples = [rng.integers(0, y.size, y.size) for _ in range(n_boot)]
+    boot = {
+        name: np.array([fast_auc(y[i], np.asarray(s)[i]) for i in samples])
+        for name, s in scores.items()
+    }
+    rows = []
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=float)
+        row = {"score": name, "auc": fast_auc(y, s)}
+        row["auc_lo"], row["auc_hi"] = np.nanpercentile(boot[name], [2.5, 97.5])
+        row["pr_auc"] = float(average_precision_score(y, s))
+        if name in PROBABILITY_SCORES:
+            row["brier"] = float(np.mean((s - y) ** 2))
+            row["ece"] = _ece(y, s)
+        else:
+            row["brier"] = row["ece"] = float("nan")
+        row["lift_10"], row["capture_10"] = _top(y, s, 0.10)
+        row["lift_20"], row["capture_20"] = _top(y, s, 0.20)
+        if reference in scores:
+            diff = boot[name] - boot[reference]
+            row[f"auc_minus_{reference}"] = row["auc"] - fast_auc(y, scores[reference])
+            lo, hi = np.nanpercentile(diff, [2.5, 97.5])
+            row[f"auc_minus_{reference}_lo"], row[f"auc_minus_{reference}_hi"] = lo, hi
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("score")
+
+
+def plot_gains(y, scores: dict[str, np.ndarray], ax=None):
+    """Cumulative gains: share of churners captured against share of customers contacted."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4.5))[1]
+    y = np.asarray(y, dtype=int)
+    x = np.arange(1, y.size + 1) / y.size
+    for name, s in scores.items():
+        order = np.argsort(-np.asarray(s, dtype=float), kind="stable")
+        ax.plot(x, np.cumsum(y[order]) / max(y.sum(), 1), label=name, lw=1.5)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="random")
+    ax.set(
+        xlabel="share of customers, highest risk first",
+        ylabel="share of churners captured",
+        title="Gains",
+    )
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_calibration(y, scores: dict[str, np.ndarray], bins: int = 10, ax=None):
+    """Observed churn rate against predicted probability (equal-count bins)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 5))[1]
+    y = np.asarray(y, dtype=int)
+    for name, p in scores.items():
+        p = np.asarray(p, dtype=float)
+        order = np.argsort(p, kind="stable")
+        parts = [i for i in np.array_split(order, bins) if i.size]
+        ax.plot([p[i].mean() for i in parts], [y[i].mean() for i in parts], marker="o", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.set(
+        xlabel="predicted churn probability",
+        ylabel="observed churn rate",
+        title="Calibration",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_importance(importance: pd.Series, top: int = 20, ax=None):
+    """Horizontal bars of the largest feature importances."""
+    import matplotlib.pyplot as plt
+
+    imp = importance.head(top)[::-1]
+    ax = ax or plt.subplots(figsize=(6, 0.3 * len(imp) + 1))[1]
+    ax.barh(imp.index, imp.to_numpy())
+    ax.set(xlabel="total gain", title="Feature importance")
+    return ax
