@@ -4,10 +4,11 @@
 the id, so the same on every run) is held out whole: rows of one customer at neighbouring
 cutoffs share most of their label window, so holding out a cutoff of customers the booster saw
 would reward memorising them. LightGBM trains on the other customers with early stopping on the
-held-out customers' rows (by ROC-AUC, which class weights do not bias), then a logistic (Platt) calibrator on the logit of the raw score is
-fitted on the held-out customers' rows at the most recent ``calibration_cutoffs`` cutoffs.
-Platt scaling is monotone, so it fixes the probabilities (which class weighting shifts) without
-changing the ranking. The evaluation cutoff of a backtest is never among the training rows.
+held-out customers' rows (by ROC-AUC, which class weights do not bias), then a logistic (Platt)
+calibrator on the logit of the raw score is fitted on the held-out customers' rows at the most
+recent ``calibration_cutoffs`` cutoffs. Platt scaling is monotone, so it fixes the
+probabilities (which class weighting shifts) without changing the ranking. The evaluation
+cutoff of a backtest is never among the training rows.
 """
 
 from __future__ import annotations
