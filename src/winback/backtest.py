@@ -8,14 +8,17 @@ or the features at T; orders after T are read only to label the evaluation rows.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from winback.atomic import atomic_path
 from winback.errors import InsufficientDataError
 from winback.evaluate import RfmLogit, baseline_scores, score_metrics
 from winback.features import cutoff_schedule, normalize_cutoffs
@@ -23,7 +26,13 @@ from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.snapshots import build_snapshots
 
-__all__ = ["BacktestResult", "training_cutoffs", "run_backtest", "MIN_TRAINING_HISTORY_DAYS"]
+__all__ = [
+    "BacktestResult",
+    "training_cutoffs",
+    "run_backtest",
+    "write_backtest",
+    "MIN_TRAINING_HISTORY_DAYS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +154,63 @@ def _metrics(pred: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     table.insert(0, "customers", len(pred))
     table.insert(1, "churn_rate", float(np.mean(y)))
     return table
+
+
+def _jsonable(table: pd.DataFrame) -> dict:
+    return {
+        score: {k: (None if pd.isna(v) else float(v)) for k, v in row.items()}
+        for score, row in table.iterrows()
+    }
+
+
+def write_backtest(result: BacktestResult, out_dir: str | Path, params: dict) -> list[Path]:
+    """Write predictions, metrics and plots to ``out_dir``; return the files written.
+
+    ``predictions.parquet``, ``metrics.json`` (per cutoff and pooled, with ``params`` and the
+    training cutoffs), and for the last evaluated cutoff (or the pooled predictions)
+    ``gains.png``, ``calibration.png`` and ``importance.png``.
+    """
+    from winback.evaluate import plot_calibration, plot_gains, plot_importance
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    with atomic_path(out / "predictions.parquet") as tmp:
+        result.predictions.to_parquet(tmp, index=False)
+    files.append(out / "predictions.parquet")
+    doc = {
+        "params": params,
+        "training_cutoffs": result.training,
+        "metrics": {k: _jsonable(v) for k, v in result.metrics.items()},
+    }
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, default=str))
+    files.append(out / "metrics.json")
+
+    done = result.predictions[result.predictions["churned"].notna()]
+    if len(done):
+        y = done["churned"].astype(bool).to_numpy()
+        scores = {
+            n: done[c].to_numpy()
+            for n, c in (
+                ("model", "p_churn"),
+                ("bgnbd", "bgnbd"),
+                ("logreg", "logreg"),
+                ("rfm", "rfm"),
+                ("recency", "recency"),
+            )
+        }
+        probs = {k: scores[k] for k in ("model", "bgnbd", "logreg")}
+        for name, ax in (
+            ("gains.png", plot_gains(y, scores)),
+            ("calibration.png", plot_calibration(y, probs)),
+        ):
+            with atomic_path(out / name) as tmp:
+                ax.figure.savefig(tmp, dpi=110, format="png")
+            files.append(out / name)
+    last = list(result.models.values())[-1]
+    ax = plot_importance(last.feature_importance())
+    with atomic_path(out / "importance.png") as tmp:
+        ax.figure.savefig(tmp, dpi=110, format="png")
+    files.append(out / "importance.png")
+    return files

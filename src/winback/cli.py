@@ -272,6 +272,214 @@ def features(
         typer.echo(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
 
+def _print_metrics(metrics: dict) -> None:
+    typer.echo(
+        f"{'cutoff':<11} {'score':<8} {'customers':>9} {'churn':>6} {'ROC-AUC [95% CI]':>24} "
+        f"{'Brier':>6} {'lift@10':>7} {'vs BG/NBD [95% CI]':>27}"
+    )
+    for key, table in metrics.items():
+        for score, r in table.iterrows():
+            brier = "" if r["brier"] != r["brier"] else f"{r['brier']:.4f}"
+            typer.echo(
+                f"{key:<11} {score:<8} {int(r['customers']):>9,} {r['churn_rate']:>6.3f} "
+                f"{r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] {brier:>6} "
+                f"{r['lift_10']:>7.3f} {r['auc_minus_bgnbd']:+.4f} "
+                f"[{r['auc_minus_bgnbd_lo']:+.4f}, {r['auc_minus_bgnbd_hi']:+.4f}]"
+            )
+
+
+HorizonOpt = Annotated[
+    int | None,
+    typer.Option("--horizon-days", help="Churn horizon H in days (default labels.horizon_days)."),
+]
+LookbackOpt = Annotated[
+    int | None,
+    typer.Option("--lookback-days", help="Population lookback (default features.lookback_days)."),
+]
+TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")]
+
+
+def _with_windows(cfg: Config, horizon_days: int | None, lookback_days: int | None) -> Config:
+    updates = {}
+    if horizon_days is not None:
+        updates["labels"] = cfg.labels.model_copy(update={"horizon_days": horizon_days})
+    if lookback_days is not None:
+        updates["features"] = cfg.features.model_copy(update={"lookback_days": lookback_days})
+    return cfg.model_copy(update=updates)
+
+
+def _run_params(cfg: Config, **extra) -> dict:
+    return {
+        "horizon_days": cfg.labels.horizon_days,
+        "lookback_days": cfg.features.lookback_days,
+        "training": cfg.training.model_dump(),
+        "model": cfg.model.model_dump(),
+        "random_state": cfg.random_state,
+        **extra,
+    }
+
+
+@app.command()
+def backtest(
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders file or folder.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Evaluation cutoff(s) T, comma-separated for rolling origin."),
+    ] = None,
+    horizon_days: HorizonOpt = None,
+    lookback_days: LookbackOpt = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for predictions, metrics, plots.")
+    ] = Path("backtest"),
+    track: TrackOpt = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Out-of-time backtest of the churn model against the baselines.
+
+    For each T, trains only on labels observable at T (cutoffs <= T - H), scores the customers
+    active at T and, where the data covers (T, T + H], evaluates the model, BG/NBD, logistic
+    regression on RFM, the RFM score and recency on the same customers. Writes
+    predictions.parquet, metrics.json and PNG plots to --out, and logs the run to MLflow.
+    """
+    from winback.backtest import run_backtest, write_backtest
+    from winback.features import normalize_cutoffs
+
+    if as_of is None:
+        raise UsageError("--as-of is required: the evaluation cutoff(s), e.g. 1998-03-31.")
+    cfg = _with_windows(_config(config, set_), horizon_days, lookback_days)
+    cuts = normalize_cutoffs(as_of)
+    orders = _load(orders_path, cfg, None)
+    t0 = time.perf_counter()
+    with _progress("backtest") as update:
+        steps = iter(range(1, 10_000))
+        result = run_backtest(
+            orders,
+            cuts,
+            cfg.labels.horizon_days,
+            cfg.features.lookback_days,
+            cfg.features.windows_days,
+            cfg.training.spacing_days,
+            cfg.training.n_cutoffs,
+            cfg.model_params(),
+            cfg.evaluation.n_bootstrap,
+            cfg.random_state,
+            on_step=lambda msg: (log.debug(msg), update(next(steps), 4 * len(cuts))),
+        )
+    params = _run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cuts])
+    files = write_backtest(result, out, params)
+    if result.metrics:
+        _print_metrics(result.metrics)
+    else:
+        typer.echo("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
+    typer.echo(
+        f"wrote {', '.join(f.name for f in files)} to {out} in {time.perf_counter() - t0:.1f}s"
+    )
+    if track:
+        from winback.tracking import log_backtest, tracking_uri
+
+        uri = tracking_uri(cfg.tracking.uri)
+        run_id = log_backtest(
+            uri, cfg.tracking.experiment, params, result.metrics, files, orders.fingerprint()
+        )
+        typer.echo(f"MLflow run {run_id} in {uri}")
+
+
+@app.command()
+def train(
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders file or folder.")
+    ] = None,
+    as_of: AsOfOpt = None,
+    horizon_days: HorizonOpt = None,
+    lookback_days: LookbackOpt = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Make this version the champion whatever it scores.")
+    ] = False,
+    track: TrackOpt = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the production model as of T on every labelled cutoff up to T - H.
+
+    Runs the sufficiency gate first, backtests the same configuration at T - H (so that
+    versions can be compared), saves the model under models_dir with its metadata and checksum,
+    and registers it in MLflow; it becomes the 'champion' only if it beats the champion on the
+    same backtest, or with --promote.
+    """
+    from winback.backtest import run_backtest, training_cutoffs, write_backtest
+    from winback.model import ChurnModel, save_model
+    from winback.profile import check_sufficiency
+    from winback.snapshots import build_snapshots
+
+    cfg = _with_windows(_config(config, set_), horizon_days, lookback_days)
+    orders = _load(orders_path, cfg, None)
+    t = _as_of(as_of) or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
+    check_sufficiency(orders, t, h, lb, cfg.sufficiency)
+    t0 = time.perf_counter()
+    eval_at = t - timedelta(days=h)
+    with _progress("training") as update:
+        update(1, 4)
+        bt = run_backtest(
+            orders,
+            [eval_at],
+            h,
+            lb,
+            cfg.features.windows_days,
+            cfg.training.spacing_days,
+            cfg.training.n_cutoffs,
+            cfg.model_params(),
+            cfg.evaluation.n_bootstrap,
+            cfg.random_state,
+        )
+        update(2, 4)
+        cuts = training_cutoffs(
+            t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
+        )
+        snaps = build_snapshots(orders, cuts, h, lb, cfg.features.windows_days, observed_until=t)
+        update(3, 4)
+        model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(snaps, snaps["churned"])
+        model.data_fingerprint_ = orders.fingerprint()
+        update(4, 4)
+    name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{datetime.now(UTC):%Y%m%dT%H%M%S}.joblib"
+    path = save_model(model, Path(cfg.models_dir) / name)
+    _print_metrics(bt.metrics)
+    typer.echo(
+        f"trained on {len(snaps):,} rows at {len(cuts)} cutoffs "
+        f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}), {model.best_iteration_} trees, "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+    typer.echo(f"saved {path} (+ .json with metadata and sha256)")
+    if track:
+        from winback.tracking import log_training, tracking_uri
+
+        uri = tracking_uri(cfg.tracking.uri)
+        files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), _run_params(cfg))
+        files.append(path.with_suffix(path.suffix + ".json"))
+        key = f"T={eval_at:%Y-%m-%d},H={h},L={lb}"
+        result = log_training(
+            uri,
+            cfg.tracking.experiment,
+            cfg.tracking.model_name,
+            model,
+            snaps.head(200),
+            _run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path)),
+            bt.metrics,
+            files,
+            orders.fingerprint(),
+            key,
+            promote=promote,
+        )
+        verdict = "champion" if result.promoted else "not promoted"
+        typer.echo(
+            f"MLflow: {cfg.tracking.model_name} v{result.version} ({verdict}: {result.reason}); "
+            f"run {result.run_id} in {uri}"
+        )
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(

@@ -25,6 +25,10 @@ __all__ = [
     "FeaturesConfig",
     "LabelsConfig",
     "SufficiencyConfig",
+    "TrainingConfig",
+    "ModelConfig",
+    "EvaluationConfig",
+    "TrackingConfig",
     "load_config",
     "apply_overrides",
 ]
@@ -153,6 +157,42 @@ class EngineConfig(_Section):
     temp_directory: str | None = Field(None, description="Spill folder; default DuckDB's .tmp.")
 
 
+class TrainingConfig(_Section):
+    """Which snapshots a model learns from: cutoffs every ``spacing_days`` back from T - H."""
+
+    spacing_days: int = Field(14, ge=1)
+    n_cutoffs: int = Field(24, ge=2)
+    holdout_share: float = Field(0.2, gt=0, lt=1)
+    calibration_cutoffs: int = Field(1, ge=1)
+
+
+class ModelConfig(_Section):
+    """LightGBM settings of the churn model."""
+
+    n_estimators: int = Field(2000, ge=1)
+    learning_rate: float = Field(0.03, gt=0, le=1)
+    num_leaves: int = Field(15, ge=2)
+    min_child_samples: int = Field(100, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    balance_classes: bool = True
+
+
+class EvaluationConfig(_Section):
+    """How backtests are scored."""
+
+    n_bootstrap: int = Field(500, ge=50)
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs go (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
+
+    uri: str | None = None
+    experiment: str = "winback"
+    model_name: str = "winback-churn"
+
+
 class Config(_Section):
     """The whole winback configuration."""
 
@@ -161,7 +201,22 @@ class Config(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     sufficiency: SufficiencyConfig = Field(default_factory=SufficiencyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    models_dir: str = "models"
     random_state: int = 42
+
+    def model_params(self) -> dict:
+        """Constructor settings of :class:`winback.model.ChurnModel` from this config."""
+        return {
+            **self.model.model_dump(),
+            "holdout_share": self.training.holdout_share,
+            "calibration_cutoffs": self.training.calibration_cutoffs,
+            "lookback_days": self.features.lookback_days,
+            "random_state": self.random_state,
+        }
 
 
 def _format_validation_error(exc: ValidationError, origin: str) -> str:

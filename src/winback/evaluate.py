@@ -154,11 +154,16 @@ def score_metrics(
     return pd.DataFrame(rows).set_index("score")
 
 
+def _new_ax(size: tuple[float, float]):
+    """An axes on a fresh figure, without pyplot's global state."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, layout="constrained").subplots()
+
+
 def plot_gains(y, scores: dict[str, np.ndarray], ax=None):
     """Cumulative gains: share of churners captured against share of customers contacted."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4.5))[1]
+    ax = ax or _new_ax((6, 4.5))
     y = np.asarray(y, dtype=int)
     x = np.arange(1, y.size + 1) / y.size
     for name, s in scores.items():
@@ -176,9 +181,7 @@ def plot_gains(y, scores: dict[str, np.ndarray], ax=None):
 
 def plot_calibration(y, scores: dict[str, np.ndarray], bins: int = 10, ax=None):
     """Observed churn rate against predicted probability (equal-count bins)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5, 5))[1]
+    ax = ax or _new_ax((5, 5))
     y = np.asarray(y, dtype=int)
     for name, p in scores.items():
         p = np.asarray(p, dtype=float)
@@ -199,10 +202,8 @@ def plot_calibration(y, scores: dict[str, np.ndarray], bins: int = 10, ax=None):
 
 def plot_importance(importance: pd.Series, top: int = 20, ax=None):
     """Horizontal bars of the largest feature importances."""
-    import matplotlib.pyplot as plt
-
     imp = importance.head(top)[::-1]
-    ax = ax or plt.subplots(figsize=(6, 0.3 * len(imp) + 1))[1]
+    ax = ax or _new_ax((6, 0.3 * len(imp) + 1.2))
     ax.barh(imp.index, imp.to_numpy())
     ax.set(xlabel="total gain", title="Feature importance")
     return ax

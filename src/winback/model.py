@@ -14,6 +14,7 @@ cutoff of a backtest is never among the training rows.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import platform
 from datetime import UTC, datetime
@@ -50,6 +51,13 @@ def _held_out(customer_id: pd.Series, share: float, seed: int) -> np.ndarray:
     """A reproducible share of customers (by a seeded hash of the id), as a row mask."""
     h = pd.util.hash_pandas_object(customer_id.astype(str), index=False, hash_key=f"{seed:016d}")
     return ((h.to_numpy() % 10_000) < int(round(share * 10_000))).astype(bool)
+
+
+def _eval_args(X: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
+    """The validation set in the spelling of the installed LightGBM (eval_X from 4.6 on)."""
+    if "eval_X" in inspect.signature(lgb.LGBMClassifier.fit).parameters:
+        return {"eval_X": (X,), "eval_y": (y,)}
+    return {"eval_set": [(X, y)]}
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -152,7 +160,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         booster.fit(
             Xf[~hold],
             y[~hold],
-            eval_set=[(Xf[hold], y[hold])],
+            **_eval_args(Xf[hold], y[hold]),
             callbacks=[lgb.early_stopping(100, verbose=False)],
         )
         self.booster_ = booster

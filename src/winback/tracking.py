@@ -1,0 +1,204 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Runs log their params, metrics (per cutoff and pooled, model and baselines), plots, the data
+fingerprint and the git commit. ``train`` also logs the model with its input signature and
+registers it; the alias ``champion`` marks the version production scores with. A new version
+takes the alias only when it beats the champion on the same backtest (same evaluation cutoff and
+horizon), or when promotion is forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from winback.errors import WinbackError
+
+__all__ = ["tracking_uri", "log_backtest", "log_training", "Promotion", "CHAMPION"]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The tracking store: config, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _mlflow(uri: str, experiment: str):
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear line
+        raise WinbackError(
+            f"Cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); check tracking.uri or MLFLOW_TRACKING_URI."
+        ) from None
+    return mlflow
+
+
+def _flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_params(v, f"{key}."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+def _metric_dict(metrics: dict[str, pd.DataFrame]) -> dict[str, float]:
+    out = {}
+    for cutoff, table in metrics.items():
+        tag = "pooled" if cutoff == "pooled" else cutoff.replace("-", "")
+        for score, row in table.iterrows():
+            for name in (
+                "auc",
+                "auc_lo",
+                "auc_hi",
+                "pr_auc",
+                "brier",
+                "ece",
+                "lift_10",
+                "capture_10",
+                "lift_20",
+                "capture_20",
+                "auc_minus_bgnbd",
+            ):
+                value = row.get(name)
+                if value is not None and pd.notna(value):
+                    out[f"{tag}.{score}.{name}"] = float(value)
+    return out
+
+
+def _log_common(mlflow, params, metrics, files, fingerprint, kind):
+    mlflow.set_tag("winback.kind", kind)
+    commit = _git_commit()
+    if commit:
+        mlflow.set_tag("git_commit", commit)
+    mlflow.log_params(_flat_params(params))
+    for k, v in (fingerprint or {}).items():
+        mlflow.set_tag(f"data.{k}", str(v))
+    mlflow.log_metrics(_metric_dict(metrics))
+    for f in files:
+        mlflow.log_artifact(str(f))
+
+
+def log_backtest(
+    uri: str,
+    experiment: str,
+    params: dict[str, Any],
+    metrics: dict[str, pd.DataFrame],
+    files: Iterable[Path],
+    fingerprint: dict[str, Any] | None = None,
+) -> str:
+    """Log a backtest run; return its run id."""
+    mlflow = _mlflow(uri, experiment)
+    with mlflow.start_run(run_name="backtest") as run:
+        _log_common(mlflow, params, metrics, files, fingerprint, "backtest")
+        return run.info.run_id
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What happened to the ``champion`` alias."""
+
+    run_id: str
+    version: str
+    promoted: bool
+    reason: str
+
+
+def log_training(
+    uri: str,
+    experiment: str,
+    model_name: str,
+    model,
+    sample: pd.DataFrame,
+    params: dict[str, Any],
+    metrics: dict[str, pd.DataFrame],
+    files: Iterable[Path],
+    fingerprint: dict[str, Any] | None,
+    backtest_key: str,
+    promote: bool = False,
+) -> Promotion:
+    """Log a trained model, register it as a new version, and move ``champion`` if it wins.
+
+    The comparison uses the model's backtest AUC at ``backtest_key`` (evaluation cutoff and
+    horizon); the champion's run must have been backtested the same way.
+    """
+    mlflow = _mlflow(uri, experiment)
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    client = MlflowClient()
+    x = sample[model.features_].astype(float)
+    signature = infer_signature(x, model.predict_proba(sample)[:, 1])
+    auc = float(next(iter(metrics.values())).loc["model", "auc"]) if metrics else float("nan")
+    with mlflow.start_run(run_name="train") as run:
+        _log_common(mlflow, params, metrics, files, fingerprint, "train")
+        mlflow.set_tag("winback.backtest_key", backtest_key)
+        mlflow.log_metric("backtest_auc", auc)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=x.head(3),
+            serialization_format="cloudpickle",
+        )
+        run_id = run.info.run_id
+    version = mlflow.register_model(info.model_uri, model_name).version
+
+    promoted, reason = False, ""
+    try:
+        champ = client.get_model_version_by_alias(model_name, CHAMPION)
+    except Exception:  # noqa: BLE001 - no champion yet
+        champ = None
+    if promote:
+        promoted, reason = True, "promotion forced (--promote)"
+    elif champ is None:
+        promoted, reason = True, "first version: no champion yet"
+    else:
+        champ_run = client.get_run(champ.run_id) if champ.run_id else None
+        champ_key = champ_run.data.tags.get("winback.backtest_key") if champ_run else None
+        champ_auc = champ_run.data.metrics.get("backtest_auc") if champ_run else None
+        if champ_key != backtest_key or champ_auc is None:
+            reason = (
+                f"champion v{champ.version} was backtested differently ({champ_key}), not "
+                f"comparable with {backtest_key}; kept it (use --promote to replace it)"
+            )
+        elif auc > champ_auc:
+            promoted = True
+            reason = f"backtest AUC {auc:.4f} beats champion v{champ.version} ({champ_auc:.4f})"
+        else:
+            reason = (
+                f"backtest AUC {auc:.4f} does not beat champion v{champ.version} "
+                f"({champ_auc:.4f}); kept the champion"
+            )
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    client.set_model_version_tag(model_name, version, "winback.promoted", str(promoted))
+    return Promotion(run_id=run_id, version=str(version), promoted=promoted, reason=reason)
