@@ -35,9 +35,15 @@ def tracking_uri(configured: str | None = None) -> str:
 
 
 def _git_commit() -> str | None:
+    """The commit of the winback code that runs (when it runs from a git checkout)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):

@@ -1,0 +1,166 @@
+"""Backtests: nothing after T reaches the model or the scores; outputs and tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, orders_of
+from winback.backtest import run_backtest
+
+T = datetime(2023, 9, 1)
+H = 60
+SMALL = dict(spacing_days=30, n_cutoffs=6, n_boot=50, model_params={"n_estimators": 300})
+
+
+def test_orders_after_the_cutoff_never_change_predictions(synth_frame):
+    full = orders_of(synth_frame, category="category", channel="channel")
+    cut_frame = synth_frame[synth_frame["order_ts"] <= pd.Timestamp(T, tz="UTC")]
+    cut = orders_of(cut_frame, category="category", channel="channel")
+    assert full.report.n_orders > cut.report.n_orders
+    a = run_backtest(full, [T], H, **SMALL)
+    b = run_backtest(cut, [T], H, **SMALL)
+    cols = ["customer_id", "cutoff_ts", "p_churn", "bgnbd", "logreg", "rfm", "recency"]
+    pd.testing.assert_frame_equal(a.predictions[cols], b.predictions[cols], check_exact=True)
+    assert a.predictions["churned"].notna().all()  # the full file can evaluate ...
+    assert b.predictions["churned"].isna().all()  # ... the cut one only scores
+    assert "2023-09-01" in a.metrics and not b.metrics
+
+
+def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "winback", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, synth_frame):
+    d = tmp_path_factory.mktemp("track")
+    synth_frame.to_parquet(d / "orders.parquet")
+    return d
+
+
+FAST = [
+    "--set",
+    "training.spacing_days=30",
+    "--set",
+    "training.n_cutoffs=6",
+    "--set",
+    "evaluation.n_bootstrap=50",
+    "--set",
+    "model.n_estimators=300",
+    "--set",
+    "sufficiency.min_customers=100",
+    "--set",
+    "sufficiency.min_repeat_buyers=50",
+]
+
+
+def test_backtest_cli_writes_predictions_metrics_plots_and_a_run(workdir):
+    uri = f"sqlite:///{workdir / 'bt.db'}"
+    res = _cli(
+        "backtest",
+        "--orders",
+        "orders.parquet",
+        "--as-of",
+        "2023-07-01,2023-09-01",
+        "--horizon-days",
+        str(H),
+        "--out",
+        "bt",
+        *FAST,
+        cwd=workdir,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert res.returncode == 0, res.stderr
+    out = workdir / "bt"
+    for name in (
+        "predictions.parquet",
+        "metrics.json",
+        "gains.png",
+        "calibration.png",
+        "importance.png",
+    ):
+        assert (out / name).stat().st_size > 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"2023-07-01", "2023-09-01", "pooled"}
+    assert set(metrics["pooled"]) == {"model", "bgnbd", "logreg", "rfm", "recency"}
+    assert "pooled      model" in res.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("winback").experiment_id])
+    assert run.data.tags["winback.kind"] == "backtest"
+    assert "pooled.model.auc" in run.data.metrics and "20230701.bgnbd.auc" in run.data.metrics
+    assert run.data.tags["data.rows"] == str(len(pd.read_parquet(workdir / "orders.parquet")))
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"gains.png", "metrics.json"} <= arts
+
+
+def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir):
+    uri = f"sqlite:///{workdir / 'train.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    args = (
+        "train",
+        "--orders",
+        "orders.parquet",
+        "--as-of",
+        "2023-12-01",
+        "--horizon-days",
+        str(H),
+        *FAST,
+    )
+    first = _cli(*args, cwd=workdir, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "v1 (champion: first version" in first.stdout
+    saved = list((workdir / "models").glob("*.joblib"))
+    assert len(saved) == 1 and saved[0].with_suffix(".joblib.json").is_file()
+
+    worse = _cli(
+        *args, "--set", "model.n_estimators=1", "--set", "model.num_leaves=2", cwd=workdir, env=env
+    )
+    assert worse.returncode == 0, worse.stderr
+    assert "v2 (not promoted" in worse.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    champ = client.get_model_version_by_alias("winback-churn", "champion")
+    assert str(champ.version) == "1"
+    run = client.get_run(champ.run_id)
+    assert run.data.params["horizon_days"] == str(H)
+    assert run.data.metrics["backtest_auc"] > 0.6
+    assert "git_commit" in run.data.tags or not (ROOT / ".git").exists()
+
+    forced = _cli(*args, "--set", "model.n_estimators=1", "--promote", cwd=workdir, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert str(client.get_model_version_by_alias("winback-churn", "champion").version) == "3"
+
+
+def test_train_refuses_too_little_data(workdir):
+    res = _cli(
+        "train",
+        "--orders",
+        "orders.parquet",
+        "--as-of",
+        "2022-05-01",
+        "--horizon-days",
+        "90",
+        "--no-track",
+        cwd=workdir,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "Not enough data to train" in res.stderr

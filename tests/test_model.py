@@ -1,0 +1,84 @@
+"""The churn model: fit on stacked snapshots, calibrated, saved with a checksum."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from tests.conftest import orders_of
+from winback.backtest import training_cutoffs
+from winback.errors import DataError, InsufficientDataError, WinbackError
+from winback.model import ChurnModel, load_model, save_model
+from winback.snapshots import build_snapshots
+
+
+@pytest.fixture(scope="module")
+def snaps(synth_frame):
+    o = orders_of(synth_frame, category="category", channel="channel")
+    cuts = training_cutoffs(datetime(2023, 9, 30), 60, 30, 8, o.first_ts)
+    return build_snapshots(o, cuts, 60)
+
+
+@pytest.fixture(scope="module")
+def model(snaps):
+    return ChurnModel(horizon_days=60, n_estimators=300).fit(snaps, snaps["churned"])
+
+
+def test_training_cutoffs_by_hand():
+    cuts = training_cutoffs(datetime(2024, 6, 30), 90, 30, 3, datetime(2023, 1, 1))
+    assert cuts == [datetime(2024, 2, 1), datetime(2024, 3, 2), datetime(2024, 4, 1)]
+    # never earlier than 28 days into the data
+    cuts = training_cutoffs(datetime(2024, 6, 30), 90, 30, 10, datetime(2024, 2, 20))
+    assert cuts[0] >= datetime(2024, 3, 19) and cuts[-1] == datetime(2024, 4, 1)
+    with pytest.raises(InsufficientDataError, match="No training cutoff fits"):
+        training_cutoffs(datetime(2024, 6, 30), 90, 30, 3, datetime(2024, 3, 20))
+
+
+def test_model_is_calibrated_and_carries_its_metadata(model, snaps):
+    p = model.predict_proba(snaps)[:, 1]
+    assert ((p > 0) & (p < 1)).all()
+    # calibrated on held-out customers: the mean prediction is close to the churn rate
+    assert abs(p.mean() - snaps["churned"].mean()) < 0.03
+    meta = model.metadata()
+    assert meta["horizon_days"] == 60 and "bgnbd_p_no_purchase" in meta["features"]
+    assert len(meta["training_cutoffs"]) == snaps["cutoff_ts"].nunique()
+    assert set(meta["versions"]) >= {"lightgbm", "scikit-learn"}
+    contrib = model.contributions(snaps.head(5))
+    assert list(contrib.columns) == model.features_ and contrib.shape == (5, len(model.features_))
+
+
+def test_refitting_gives_the_same_model(snaps, model):
+    again = ChurnModel(horizon_days=60, n_estimators=300).fit(snaps, snaps["churned"])
+    np.testing.assert_array_equal(again.predict_proba(snaps), model.predict_proba(snaps))
+
+
+def test_save_load_roundtrip_and_tampering_is_refused(model, snaps, tmp_path):
+    path = save_model(model, tmp_path / "m.joblib")
+    meta = json.loads((tmp_path / "m.joblib.json").read_text())
+    assert len(meta["sha256"]) == 64
+    again = load_model(path)
+    np.testing.assert_array_equal(again.predict_proba(snaps), model.predict_proba(snaps))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WinbackError, match="does not match its checksum"):
+        load_model(path)
+    (tmp_path / "m.joblib.json").unlink()
+    with pytest.raises(WinbackError, match="metadata .* is missing"):
+        load_model(path)
+    with pytest.raises(WinbackError, match="does not exist"):
+        load_model(tmp_path / "none.joblib")
+
+
+def test_missing_features_are_named(model, snaps):
+    with pytest.raises(DataError, match="missing"):
+        model.predict_proba(snaps.drop(columns=["recency_days"]))
+
+
+def test_one_class_only_is_refused(snaps):
+    y = np.zeros(len(snaps), dtype=int)
+    with pytest.raises(DataError, match="only one class"):
+        ChurnModel(n_estimators=10).fit(snaps, y)
