@@ -131,7 +131,10 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / "demo" / name).is_file()
     snap = pd.read_parquet(tmp_path / "demo" / "snapshots.parquet")
     assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
-    assert "5/5 labels" in res.stdout
+    assert "5/6 labels" in res.stdout and "6/6 backtest" in res.stdout
+    assert "  model  " in res.stdout and "  bgnbd  " in res.stdout
+    assert (tmp_path / "demo" / "backtest" / "metrics.json").is_file()
+    assert (tmp_path / "demo" / "mlflow.db").is_file()
 
 
 def test_python_m_and_console_script_agree():

@@ -517,7 +517,12 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", help="Synthetic customers.")] = 20_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
 ) -> None:
-    """Run the pipeline end to end on synthetic data: synth, validate, profile, features, labels."""
+    """Run the pipeline end to end on synthetic data.
+
+    synth -> validate -> profile -> features -> labels -> backtest of the churn model against
+    the baselines, logged to an MLflow store inside --out.
+    """
+    from winback.backtest import run_backtest, write_backtest
     from winback.features import build_features, cutoff_schedule
     from winback.labels import build_labels
     from winback.orders import load_orders
@@ -527,29 +532,29 @@ def demo(
     cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"1/5 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
+    typer.echo(f"1/6 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
     df = generate_orders(SynthParams(n_customers=customers, seed=seed))
     orders_file = out / "orders.parquet"
     _atomic_parquet(df, orders_file)
     typer.echo(f"    {len(df):,} orders -> {orders_file}")
 
-    typer.echo("2/5 validate")
+    typer.echo("2/6 validate")
     orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
     _echo_lines(["    " + line for line in orders.report.summary_lines()])
 
-    typer.echo("3/5 profile")
+    typer.echo("3/6 profile")
     prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
     _echo_lines(["    " + line for line in prof.summary_lines()])
 
     horizon = prof.suggested_horizon_days or cfg.labels.horizon_days
     last = orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     cuts = cutoff_schedule(last - timedelta(days=365), last, 30)
-    typer.echo(f"4/5 features at {len(cuts)} monthly cutoffs in one pass")
+    typer.echo(f"4/6 features at {len(cuts)} monthly cutoffs in one pass")
     feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
     _atomic_parquet(feats, out / "features.parquet")
     typer.echo(f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
 
-    typer.echo(f"5/5 labels: churned = no purchase within H = {horizon} days after the cutoff")
+    typer.echo(f"5/6 labels: churned = no purchase within H = {horizon} days after the cutoff")
     labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
     snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
     _atomic_parquet(snap, out / "snapshots.parquet")
@@ -565,6 +570,36 @@ def demo(
             f"{row.median_recency_days:>21.0f}"
         )
     typer.echo(f"    labelled snapshots -> {out / 'snapshots.parquet'}")
+
+    eval_at = last - timedelta(days=horizon)
+    typer.echo(
+        f"6/6 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
+        "compare with the baselines"
+    )
+    bt = run_backtest(
+        orders,
+        [eval_at],
+        horizon,
+        cfg.features.lookback_days,
+        cfg.features.windows_days,
+        cfg.training.spacing_days,
+        cfg.training.n_cutoffs,
+        cfg.model_params(),
+        cfg.evaluation.n_bootstrap,
+        cfg.random_state,
+    )
+    params = _run_params(
+        cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"horizon_days": horizon})}),
+        evaluation_cutoffs=[f"{eval_at:%Y-%m-%d}"],
+    )
+    files = write_backtest(bt, out / "backtest", params)
+    _print_metrics(bt.metrics)
+    from winback.tracking import log_backtest
+
+    uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    run_id = log_backtest(uri, "winback-demo", params, bt.metrics, files, orders.fingerprint())
+    typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
+    typer.echo(f"    MLflow run {run_id}; look at it with: mlflow ui --backend-store-uri {uri}")
     typer.echo(f"done in {time.perf_counter() - t0:.1f}s")
 
 
