@@ -1,0 +1,234 @@
+"""Campaign steps for win-back lists: segments, control groups, list size, reasons, safe CSV.
+
+Pure functions over frames and arrays; the scoring job composes them.
+
+RFM segments
+------------
+R and F are quintile scores (5 = most recent, most frequent) within the scored population. The
+segment is read off the R x F grid that merchants use:
+
+==================  =====================
+segment             R, F
+==================  =====================
+Champions           R 5, F 4-5
+Loyal               R 3-4, F 4-5
+Potential loyalist  R 4-5, F 2-3
+New                 R 5, F 1
+Promising           R 4, F 1
+Needs attention     R 3, F 3
+About to sleep      R 3, F 1-2
+At risk             R 1-2, F 3-4
+Can't lose them     R 1-2, F 5
+Hibernating         R 2, F 1-2
+Lost                R 1, F 1-2
+==================  =====================
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from winback.errors import UsageError
+
+__all__ = [
+    "SEGMENTS",
+    "rfm_segments",
+    "control_flags",
+    "expected_gain",
+    "size_list",
+    "reasons",
+    "neutralize_csv",
+]
+
+SEGMENTS = (
+    "Champions",
+    "Loyal",
+    "Potential loyalist",
+    "New",
+    "Promising",
+    "Needs attention",
+    "About to sleep",
+    "At risk",
+    "Can't lose them",
+    "Hibernating",
+    "Lost",
+)
+
+
+def _quintile(values: pd.Series) -> np.ndarray:
+    return np.clip(np.ceil(values.rank(pct=True, method="average").to_numpy() * 5), 1, 5)
+
+
+def _segment(r: int, f: int) -> str:
+    if r == 5 and f >= 4:
+        return "Champions"
+    if r >= 3 and f >= 4:
+        return "Loyal"
+    if r >= 4 and f >= 2:
+        return "Potential loyalist"
+    if r == 5:
+        return "New"
+    if r == 4:
+        return "Promising"
+    if r == 3 and f == 3:
+        return "Needs attention"
+    if r == 3:
+        return "About to sleep"
+    if f == 5:
+        return "Can't lose them"
+    if f >= 3:
+        return "At risk"
+    if r == 2:
+        return "Hibernating"
+    return "Lost"
+
+
+def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
+    """The RFM segment name of each customer (quintiles within the given customers)."""
+    r = _quintile(-recency_days.astype(float))
+    f = _quintile(n_orders.astype(float))
+    names = [_segment(int(a), int(b)) for a, b in zip(r, f, strict=True)]
+    return pd.Series(names, index=recency_days.index, dtype="string")
+
+
+def control_flags(
+    customer_ids: Iterable[str], campaign: str, salt: str, share: float
+) -> np.ndarray:
+    """True for customers in the control group: ``sha256(salt|campaign|id)`` read as a number in
+    [0, 1) falls below ``share``. The same customer gets the same flag on every run."""
+    if not 0.0 <= share < 1.0:
+        raise UsageError(f"The control share must be in [0, 1); got {share}.")
+    prefix = f"{salt}|{campaign}|".encode()
+    out = []
+    for cid in customer_ids:
+        digest = hashlib.sha256(prefix + str(cid).encode()).digest()
+        out.append(int.from_bytes(digest[:8], "big") / 2**64 < share)
+    return np.array(out, dtype=bool)
+
+
+def expected_gain(
+    p_churn, value, save_rate: float, contact_cost: float, offer_cost: float
+) -> np.ndarray:
+    """Expected gain of contacting a customer: ``p_churn x save_rate x value - contact - offer``.
+
+    ``value`` is what the customer is worth if kept (e.g. spend over the next period); the offer
+    cost is paid by every contacted customer (a simplification that errs on the side of cost).
+    """
+    p = np.asarray(p_churn, dtype=float)
+    v = np.asarray(value, dtype=float)
+    return p * save_rate * v - contact_cost - offer_cost
+
+
+def size_list(
+    scores: pd.DataFrame,
+    method: str = "profit",
+    k: int | None = None,
+    threshold: float | None = None,
+    capacity: int | None = None,
+) -> pd.DataFrame:
+    """Choose who gets contacted.
+
+    ``scores`` has ``p_churn`` and, for ``profit``, ``expected_gain``. Methods: ``profit`` (every
+    customer with a positive expected gain, best first), ``top_k`` (the k riskiest) and
+    ``threshold`` (``p_churn >= threshold``). ``capacity`` caps the list. Ties are broken by
+    ``customer_id`` so the list is the same on every run. Returns the chosen rows, in order, with
+    ``cumulative_gain`` when the gain is known.
+    """
+    if method == "profit":
+        if "expected_gain" not in scores.columns:
+            raise UsageError("size_list(method='profit') needs an 'expected_gain' column.")
+        ranked = scores.sort_values(["expected_gain", "customer_id"], ascending=[False, True])
+        chosen = ranked[ranked["expected_gain"] > 0]
+    elif method == "top_k":
+        if k is None or k < 0:
+            raise UsageError("size_list(method='top_k') needs k >= 0.")
+        ranked = scores.sort_values(["p_churn", "customer_id"], ascending=[False, True])
+        chosen = ranked.head(k)
+    elif method == "threshold":
+        if threshold is None or not 0 <= threshold <= 1:
+            raise UsageError("size_list(method='threshold') needs a threshold in [0, 1].")
+        ranked = scores.sort_values(["p_churn", "customer_id"], ascending=[False, True])
+        chosen = ranked[ranked["p_churn"] >= threshold]
+    else:
+        raise UsageError(
+            f"The list size method must be one of 'profit', 'top_k' or 'threshold'; got {method!r}."
+        )
+    if capacity is not None:
+        chosen = chosen.head(max(int(capacity), 0))
+    chosen = chosen.copy()
+    if "expected_gain" in chosen.columns:
+        chosen["cumulative_gain"] = chosen["expected_gain"].cumsum()
+    return chosen
+
+
+def _days(x: float) -> str:
+    return f"{x:.0f} day" + ("" if round(x) == 1 else "s")
+
+
+def _reason(name: str, row: pd.Series) -> str | None:
+    """A plain-language sentence for a feature that raises a customer's risk."""
+    v = row.get(name)
+    if v is None or pd.isna(v):
+        return None
+    rec = row.get("recency_days")
+    gap = row.get("gap_mean_days")
+    if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
+        if row.get("n_order_days", 2) == 1 and rec is not None:
+            return f"bought once, {_days(rec)} ago"
+        if gap and not pd.isna(gap) and gap > 0 and rec is not None:
+            return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
+        return f"no order for {_days(rec)}" if rec is not None else None
+    if name == "spend_change_90d" and v < 0:
+        return f"spend down {-v:.0%} vs the previous 90 days"
+    if name in ("orders_trend_90d", "orders_trend_180d") and v < 0:
+        return "ordering less often than before"
+    if name in ("return_rate", "n_returns") and row.get("n_returns", 0) > 0:
+        return f"returned {int(row['n_returns'])} order(s)"
+    if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
+        n = int(row.get("n_orders", 0))
+        return f"only {n} order" + ("" if n == 1 else "s") + " so far"
+    if name.startswith("orders_") and name.endswith("d") and v == 0:
+        return f"no order in the last {name[len('orders_') : -1]} days"
+    if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
+        return "low spend so far"
+    if name == "tenure_days":
+        return f"customer for {_days(v)}"
+    return None
+
+
+def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -> pd.Series:
+    """The top drivers of each customer's risk, in plain language, joined by '; '.
+
+    ``contributions`` are per-feature contributions to the churn log-odds (positive = more
+    risk), aligned with ``features`` by index. Features whose sentence would repeat another's are
+    skipped; features without a sentence are skipped.
+    """
+    out = []
+    for idx, contrib in contributions.iterrows():
+        row = features.loc[idx]
+        said: list[str] = []
+        for name in contrib[contrib > 0].sort_values(ascending=False).index:
+            text = _reason(name, row)
+            if text and text not in said:
+                said.append(text)
+            if len(said) == top:
+                break
+        out.append("; ".join(said))
+    return pd.Series(out, index=contributions.index, dtype="string")
+
+
+def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells starting with ``=``, ``+``, ``-`` or ``@`` with a quote, so spreadsheets
+    show them instead of running them (CSV injection). Numbers are left alone."""
+    out = frame.copy()
+    for col in out.columns:
+        s = out[col]
+        if pd.api.types.is_string_dtype(s) or s.dtype == object:
+            text = s.astype("string")
+            risky = text.str.match(r"^[=+\-@\t\r]", na=False)
+            out[col] = text.where(~risky, "'" + text)
+    return out

@@ -1,0 +1,123 @@
+"""Campaign steps: segments, control groups, list size, reasons, CSV safety (by hand)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from winback.campaigns import (
+    control_flags,
+    expected_gain,
+    neutralize_csv,
+    reasons,
+    rfm_segments,
+    size_list,
+)
+from winback.errors import UsageError
+
+
+def test_expected_profit_list_by_hand():
+    # gain = p x 0.2 x value - 1 (contact) - 4 (offer)
+    scores = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e"],
+            "p_churn": [0.9, 0.5, 0.8, 0.3, 0.5],
+            "value": [100.0, 200.0, 20.0, 500.0, 50.0],
+        }
+    )
+    scores["expected_gain"] = expected_gain(scores["p_churn"], scores["value"], 0.2, 1.0, 4.0)
+    # a: 18 - 5 = 13; b: 20 - 5 = 15; c: 3.2 - 5 = -1.8; d: 30 - 5 = 25; e: 5 - 5 = 0
+    assert scores["expected_gain"].round(6).tolist() == [13.0, 15.0, -1.8, 25.0, 0.0]
+    chosen = size_list(scores)
+    assert chosen["customer_id"].tolist() == ["d", "b", "a"]  # positive gains only, best first
+    assert chosen["cumulative_gain"].tolist() == [25.0, 40.0, 53.0]
+    assert size_list(scores, capacity=2)["customer_id"].tolist() == ["d", "b"]
+    assert size_list(scores, "top_k", k=2)["customer_id"].tolist() == ["a", "c"]
+    # ties on p_churn (b, e at 0.5) are broken by id, so the list is stable
+    assert size_list(scores, "threshold", threshold=0.5)["customer_id"].tolist() == [
+        "a",
+        "c",
+        "b",
+        "e",
+    ]
+    with pytest.raises(UsageError, match="one of 'profit', 'top_k' or 'threshold'"):
+        size_list(scores, "random")
+
+
+def test_control_group_share_and_stability():
+    ids = [f"C{i:06d}" for i in range(100_000)]
+    flags = control_flags(ids, "at_risk", "salt-1", 0.10)
+    assert abs(flags.mean() - 0.10) < 0.005  # 3 standard errors of a 10% share at n=100k
+    np.testing.assert_array_equal(flags, control_flags(ids, "at_risk", "salt-1", 0.10))
+    other = control_flags(ids, "lapsed", "salt-1", 0.10)
+    assert 0.005 < (flags & other).mean() < 0.015  # independent across campaigns (about 1%)
+    # a larger share keeps everyone already in control
+    assert (control_flags(ids, "at_risk", "salt-1", 0.2) | ~flags).all()
+    with pytest.raises(UsageError, match="control share"):
+        control_flags(ids[:3], "x", "s", 1.0)
+
+
+def test_rfm_segments_from_the_grid():
+    # 10 customers: R quintile from recency (lower = better), F quintile from order count
+    recency = pd.Series([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dtype=float)
+    orders = pd.Series([10, 9, 1, 2, 8, 7, 3, 4, 1, 6], dtype=float)
+    seg = rfm_segments(recency, orders)
+    # R: customers 0-1 -> 5, 2-3 -> 4, 4-5 -> 3, 6-7 -> 2, 8-9 -> 1 (pct rank x 5, rounded up)
+    # customer 2: R 4, F 1 -> Promising ("New" needs R 5)
+    # F (ranks of orders, ties averaged): 10,9 -> 5; 8,7 -> 4; 6,4 -> 3; 3,2 -> 2; 1,1 -> 1
+    assert seg.tolist() == [
+        "Champions",
+        "Champions",
+        "Promising",
+        "Potential loyalist",
+        "Loyal",
+        "Loyal",
+        "Hibernating",
+        "At risk",
+        "Lost",
+        "At risk",
+    ]
+
+
+def test_reasons_in_plain_language():
+    feats = pd.DataFrame(
+        {
+            "recency_days": [142.0, 120.0],
+            "gap_mean_days": [59.0, np.nan],
+            "n_order_days": [5, 1],
+            "n_orders": [6, 1],
+            "spend_change_90d": [-0.6, np.nan],
+            "n_returns": [0, 1],
+            "return_rate": [0.0, 0.5],
+        }
+    )
+    contrib = pd.DataFrame(
+        {
+            "recency_days": [0.9, 0.7],
+            "gap_mean_days": [0.0, 0.0],
+            "n_order_days": [0.0, 0.0],
+            "n_orders": [-0.2, 0.5],
+            "spend_change_90d": [0.4, 0.0],
+            "n_returns": [0.0, 0.0],
+            "return_rate": [0.0, 0.3],
+        }
+    )
+    got = reasons(contrib, feats)
+    assert (
+        got[0]
+        == "no order for 142 days, 2.4x their usual gap; spend down 60% vs the previous 90 days"
+    )
+    assert got[1] == "bought once, 120 days ago; only 1 order so far; returned 1 order(s)"
+
+
+def test_csv_injection_is_neutralised():
+    df = pd.DataFrame(
+        {
+            "name": ['=HYPERLINK("x")', "+1", "-2", "@SUM(A1)", "ok"],
+            "amount": [-5.0, 1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    out = neutralize_csv(df)
+    assert out["name"].tolist() == ['\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "ok"]
+    assert out["amount"].tolist() == [-5.0, 1.0, 2.0, 3.0, 4.0]  # numbers untouched
