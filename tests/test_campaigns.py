@@ -121,3 +121,13 @@ def test_csv_injection_is_neutralised():
     out = neutralize_csv(df)
     assert out["name"].tolist() == ['\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "ok"]
     assert out["amount"].tolist() == [-5.0, 1.0, 2.0, 3.0, 4.0]  # numbers untouched
+
+
+def test_an_infrequent_buyer_is_not_called_overdue():
+    feats = pd.DataFrame(
+        {"recency_days": [35.0], "gap_mean_days": [700.0], "n_order_days": [2], "n_orders": [2]}
+    )
+    contrib = pd.DataFrame(
+        {"recency_days": [0.5], "gap_mean_days": [0.0], "n_order_days": [0.0], "n_orders": [0.0]}
+    )
+    assert reasons(contrib, feats)[0] == "buys rarely: about every 700 days"

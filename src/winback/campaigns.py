@@ -180,7 +180,9 @@ def _reason(name: str, row: pd.Series) -> str | None:
         if row.get("n_order_days", 2) == 1 and rec is not None:
             return f"bought once, {_days(rec)} ago"
         if gap and not pd.isna(gap) and gap > 0 and rec is not None:
-            return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
+            if rec >= gap:
+                return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
+            return f"buys rarely: about every {_days(gap)}"
         return f"no order for {_days(rec)}" if rec is not None else None
     if name == "spend_change_90d" and v < 0:
         return f"spend down {-v:.0%} vs the previous 90 days"

@@ -481,6 +481,96 @@ def train(
 
 
 @app.command()
+def score(
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders file or folder.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Date to score at (default: the last order; 'today' allowed)."
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="'champion' (from MLflow) or a saved model file.")
+    ] = "champion",
+    out: Annotated[
+        Path, typer.Option("--out", help="Export folder; lists go to OUT/<as-of>/.")
+    ] = Path("exports"),
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for another run writing OUT.")
+    ] = 0.0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score every customer as of a date and export the win-back lists (the nightly job).
+
+    Writes at_risk and lapsed lists (CSV and Parquet), scores.parquet and manifest.json to
+    OUT/<as-of>/ atomically: a crash leaves the previous complete export or the new one. Exit
+    codes: 0 done, 1 data or model problem, 2 usage.
+    """
+    import hashlib
+    import json
+
+    from winback.export import export_lists
+    from winback.model import load_model
+    from winback.scoring import build_lists, score_customers
+
+    t0 = time.perf_counter()
+    cfg = _config(config, set_)
+    run_id, version = "", ""
+    if model == "champion":
+        from winback.tracking import champion_model_file, tracking_uri
+
+        path, version, run_id = champion_model_file(
+            tracking_uri(cfg.tracking.uri), cfg.tracking.model_name
+        )
+    else:
+        path = Path(model)
+    churn_model = load_model(path)
+    version = version or path.name
+    orders = _load(orders_path, cfg, None)
+    t = _as_of(as_of) or orders.last_ts
+    key = f"{t:%Y-%m-%d}"
+    with _progress("scoring"):
+        scores = score_customers(
+            orders,
+            churn_model,
+            t,
+            cfg.campaigns,
+            cfg.features.windows_days,
+            model_version=str(version),
+        )
+        lists = build_lists(scores, cfg.campaigns)
+    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    manifest = {
+        "as_of": t.isoformat(),
+        "input": orders.fingerprint(),
+        "config_sha256": config_hash,
+        "model_version": str(version),
+        "model_file": str(path),
+        "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())["sha256"],
+        "mlflow_run": run_id or None,
+        "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
+        "winback_version": __version__,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    folder = export_lists(out, key, lists, scores, manifest, wait_seconds=wait)
+    at_risk = lists["at_risk"]
+    typer.echo(
+        f"scored {len(scores):,} customers as of {key} with model {version}; "
+        f"at_risk list {len(at_risk):,} ({int((at_risk['group'] == 'control').sum()):,} control), "
+        f"lapsed list {len(lists['lapsed']):,} -> {folder}"
+    )
+    top = at_risk.head(10)
+    for r in top.itertuples():
+        typer.echo(
+            f"  {r.rank:>6} {r.customer_id:<12} p={r.p_churn:.2f} value={r.value:9.2f} "
+            f"{r.segment:<18} {r.campaign:<16} {r.group:<9} {r.reasons}"
+        )
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
         "orders.parquet"

@@ -29,6 +29,8 @@ __all__ = [
     "ModelConfig",
     "EvaluationConfig",
     "TrackingConfig",
+    "CampaignsConfig",
+    "CampaignGroupConfig",
     "load_config",
     "apply_overrides",
 ]
@@ -193,6 +195,77 @@ class TrackingConfig(_Section):
     model_name: str = "winback-churn"
 
 
+class CampaignGroupConfig(_Section):
+    """One campaign group: who is in it, what they are offered, and what it costs.
+
+    A customer joins the first group (in config order) whose rules all hold. ``list`` is
+    ``at_risk`` or ``lapsed``; ``min_spend_share`` takes the customers whose spend over the last
+    365 days is in the top share of that list (0.2 = the top 20%).
+    """
+
+    name: str
+    list: Literal["at_risk", "lapsed"] = "at_risk"
+    min_order_days: int | None = Field(None, ge=1)
+    max_order_days: int | None = Field(None, ge=1)
+    min_spend_share: float | None = Field(None, gt=0, le=1)
+    offer: str
+    channel: str = "email"
+    contact_cost: float = Field(0.1, ge=0)
+    offer_cost: float = Field(0.0, ge=0)
+    save_rate: float = Field(0.1, ge=0, le=1)
+    capacity: int | None = Field(None, ge=0)
+
+
+def _default_groups() -> list[CampaignGroupConfig]:
+    return [
+        CampaignGroupConfig(
+            name="high_spenders",
+            min_spend_share=0.2,
+            offer="VIP offer and free shipping",
+            contact_cost=0.5,
+            offer_cost=8.0,
+            save_rate=0.2,
+        ),
+        CampaignGroupConfig(
+            name="repeat_buyers",
+            min_order_days=2,
+            offer="loyalty points",
+            contact_cost=0.1,
+            offer_cost=2.0,
+            save_rate=0.1,
+        ),
+        CampaignGroupConfig(
+            name="one_time_buyers",
+            max_order_days=1,
+            offer="discount on the second purchase",
+            contact_cost=0.1,
+            offer_cost=3.0,
+            save_rate=0.08,
+        ),
+        CampaignGroupConfig(
+            name="lapsed",
+            list="lapsed",
+            offer="reactivation offer",
+            contact_cost=0.1,
+            offer_cost=5.0,
+            save_rate=0.05,
+        ),
+    ]
+
+
+class CampaignsConfig(_Section):
+    """Win-back lists: groups and offers, control group, list size."""
+
+    groups: list[CampaignGroupConfig] = Field(default_factory=_default_groups)
+    control_share: float = Field(0.10, ge=0, lt=1)
+    salt: str = "winback"
+    size_by: Literal["profit", "top_k", "threshold"] = "profit"
+    top_k: int | None = Field(None, ge=0)
+    threshold: float | None = Field(None, ge=0, le=1)
+    reactivation_days: int = Field(730, ge=1)
+    value_days: int = Field(365, ge=1, description="Customer value: spend over these last days.")
+
+
 class Config(_Section):
     """The whole winback configuration."""
 
@@ -205,6 +278,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
     models_dir: str = "models"
     random_state: int = 42
 

@@ -21,7 +21,14 @@ import pandas as pd
 
 from winback.errors import WinbackError
 
-__all__ = ["tracking_uri", "log_backtest", "log_training", "Promotion", "CHAMPION"]
+__all__ = [
+    "tracking_uri",
+    "log_backtest",
+    "log_training",
+    "champion_model_file",
+    "Promotion",
+    "CHAMPION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +215,28 @@ def log_training(
         client.set_registered_model_alias(model_name, CHAMPION, version)
     client.set_model_version_tag(model_name, version, "winback.promoted", str(promoted))
     return Promotion(run_id=run_id, version=str(version), promoted=promoted, reason=reason)
+
+
+def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
+    """(local model file, version, run id) of the version with the ``champion`` alias.
+
+    The file is the one ``train`` saved (its path is a param of the run), so scoring loads the
+    same checksummed model whether or not the tracking store is reachable later.
+    """
+    mlflow = _mlflow(uri, "winback")
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(model_name, CHAMPION)
+    except Exception:  # noqa: BLE001 - the registry says no in several ways
+        raise WinbackError(
+            f"No '{CHAMPION}' version of model '{model_name}' in {uri}; train one with "
+            "'winback train', or pass --model PATH to a saved model."
+        ) from None
+    run = client.get_run(mv.run_id)
+    path = run.data.params.get("model_file")
+    if not path:
+        raise WinbackError(
+            f"The champion v{mv.version} of '{model_name}' has no model_file param; "
+            "pass --model PATH."
+        )
+    return Path(path), str(mv.version), mv.run_id

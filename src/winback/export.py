@@ -1,0 +1,157 @@
+"""Atomic exports of the win-back lists: all files or none, never a mix.
+
+``DIR/<as-of>`` is a symbolic link to an immutable folder under ``DIR/.versions/``. A run
+writes every file into a fresh folder there, the manifest last, and then swaps the link with one
+atomic rename. A crash (even ``kill -9``) at any moment leaves the link on the previous complete
+export or on the new complete one; leftovers of crashed runs are removed by the next run. A lock
+(``flock`` on ``DIR/.winback.lock``, released by the kernel when a process dies) keeps two runs
+from writing the same ``DIR`` at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from winback.campaigns import neutralize_csv
+from winback.errors import WinbackError
+
+__all__ = ["export_lists", "export_lock", "read_manifest"]
+
+_VERSIONS = ".versions"
+
+
+@contextmanager
+def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold the export lock of ``out_dir``; wait up to ``wait_seconds`` for another run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".winback.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    raise WinbackError(
+                        f"Another winback run (pid {holder}) is writing {out_dir}; wait for it "
+                        "to finish, or pass --wait SECONDS to queue behind it."
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    neutralize_csv(frame).to_csv(path, index=False, lineterminator="\n")
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cleanup(out_dir: Path, keep: set[str]) -> None:
+    """Remove version folders that no link points to (finished or crashed runs)."""
+    versions = out_dir / _VERSIONS
+    if not versions.is_dir():
+        return
+    linked = {os.readlink(p).split("/")[-1] for p in out_dir.iterdir() if p.is_symlink()} | keep
+    for v in versions.iterdir():
+        if v.name not in linked:
+            shutil.rmtree(v, ignore_errors=True)
+    for stray in out_dir.glob(".*.link-*"):
+        stray.unlink(missing_ok=True)
+
+
+def export_lists(
+    out_dir: str | Path,
+    as_of_key: str,
+    lists: dict[str, pd.DataFrame],
+    scores: pd.DataFrame,
+    manifest: dict[str, Any],
+    wait_seconds: float = 0.0,
+) -> Path:
+    """Write ``<list>.csv`` and ``.parquet`` for each list, ``scores.parquet`` and
+    ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
+
+    The manifest gets ``files`` (name -> sha256 and rows) added to the given fields.
+    """
+    out = Path(out_dir)
+    link = out / as_of_key
+    with export_lock(out, wait_seconds):
+        if link.exists() and not link.is_symlink():
+            raise WinbackError(
+                f"{link} is a plain folder, not a winback export; move it away and rerun."
+            )
+        versions = out / _VERSIONS
+        versions.mkdir(exist_ok=True)
+        _cleanup(out, keep=set())
+        stamp = f"{as_of_key}-{time.time_ns()}-{os.getpid()}"
+        folder = versions / stamp
+        folder.mkdir()
+        files: dict[str, dict[str, Any]] = {}
+        for name, frame in lists.items():
+            _write_csv(frame, folder / f"{name}.csv")
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+            for ext in ("csv", "parquet"):
+                f = folder / f"{name}.{ext}"
+                files[f.name] = {"rows": len(frame), "sha256": _sha256(f)}
+        scores.to_parquet(folder / "scores.parquet", index=False)
+        files["scores.parquet"] = {
+            "rows": len(scores),
+            "sha256": _sha256(folder / "scores.parquet"),
+        }
+        doc = {**manifest, "files": files}
+        (folder / "manifest.json").write_text(json.dumps(doc, indent=2, default=str))
+        for f in folder.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        _sync_dir(folder)
+        tmp_link = out / f".{as_of_key}.link-{os.getpid()}"
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(f"{_VERSIONS}/{stamp}", tmp_link)
+        os.replace(tmp_link, link)  # the one atomic step
+        _sync_dir(out)
+        _cleanup(out, keep={stamp})
+    return link
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an export, after checking every file against its sha256."""
+    d = Path(export_dir)
+    path = d / "manifest.json"
+    if not path.is_file():
+        raise WinbackError(f"{d} has no manifest.json: not a complete winback export.")
+    doc = json.loads(path.read_text())
+    for name, meta in doc.get("files", {}).items():
+        if _sha256(d / name) != meta["sha256"]:
+            raise WinbackError(f"{d / name} does not match the manifest's sha256.")
+    return doc

@@ -1,0 +1,150 @@
+"""Score customers as of a date and build the win-back lists.
+
+Two lists, both ranked by the model's calibrated ``p_churn``:
+
+- ``at_risk``: customers whose last purchase is at most H days before the as-of (prevention);
+- ``lapsed``: last purchase more than H days ago but within ``campaigns.reactivation_days``
+  (reactivation). Lapsed customers older than the model's lookback are scored by extrapolation:
+  use their ranking, not their probability at face value.
+
+Each customer gets ``value`` (spend over the last ``value_days``), ``expected_value`` (BG/NBD's
+expected purchases over H times their mean order value), ``value_at_risk = p_churn x value``, an
+RFM segment, the first campaign group whose rules hold (with its offer, channel and costs),
+``expected_gain = p_churn x save_rate x value - contact_cost - offer_cost``, and the top three
+reasons for their risk. Each group's list is sized by maximum expected profit (or top-k, or a
+threshold) and capped by its capacity; then a deterministic share of it becomes the control
+group, which is not contacted and measures the campaign later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from winback.campaigns import control_flags, expected_gain, reasons, rfm_segments, size_list
+from winback.config import CampaignGroupConfig, CampaignsConfig
+from winback.model import ChurnModel
+from winback.orders import Orders
+from winback.snapshots import build_snapshots
+
+__all__ = ["score_customers", "build_lists", "LIST_COLUMNS"]
+
+LIST_COLUMNS = [
+    "customer_id",
+    "as_of",
+    "list",
+    "rank",
+    "p_churn",
+    "risk_decile",
+    "value",
+    "expected_value",
+    "value_at_risk",
+    "segment",
+    "campaign",
+    "offer",
+    "channel",
+    "expected_gain",
+    "group",
+    "reasons",
+    "model_version",
+]
+
+
+def score_customers(
+    orders: Orders,
+    model: ChurnModel,
+    as_of: datetime,
+    campaigns: CampaignsConfig,
+    windows_days=(30, 90, 180, 365),
+    model_version: str = "",
+) -> pd.DataFrame:
+    """Every customer of both lists with their scores, before list sizing and control groups."""
+    h = int(model.horizon_days)
+    lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
+    windows = sorted(set(windows_days) | {int(campaigns.value_days)})
+    snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
+    if snap.empty:
+        return pd.DataFrame(columns=LIST_COLUMNS)
+    snap = snap.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    out = pd.DataFrame({"customer_id": snap["customer_id"]})
+    out["as_of"] = f"{as_of:%Y-%m-%d}"
+    out["list"] = np.where(snap["recency_days"] <= h, "at_risk", "lapsed")
+    out["p_churn"] = model.predict_proba(snap)[:, 1]
+    out["value"] = snap[f"spend_{campaigns.value_days}d"].astype(float)
+    out["expected_value"] = (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float)
+    out["value_at_risk"] = out["p_churn"] * out["value"]
+    out["segment"] = rfm_segments(snap["recency_days"], snap["n_orders"])
+    out["reasons"] = reasons(model.contributions(snap), snap)
+    out["model_version"] = model_version
+    out["n_order_days"] = snap["n_order_days"]
+    for _, part in out.groupby("list"):
+        ranked = part.sort_values(["p_churn", "customer_id"], ascending=[False, True])
+        out.loc[ranked.index, "rank"] = np.arange(1, len(ranked) + 1)
+        out.loc[ranked.index, "risk_decile"] = np.ceil(
+            np.arange(1, len(ranked) + 1) * 10 / len(ranked)
+        )
+    out["rank"] = out["rank"].astype(int)
+    out["risk_decile"] = out["risk_decile"].astype(int)
+    _assign_groups(out, campaigns.groups)
+    return out
+
+
+def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
+    out["campaign"] = pd.Series(pd.NA, index=out.index, dtype="string")
+    for g in groups:
+        free = out["campaign"].isna() & (out["list"] == g.list)
+        rule = free.copy()
+        if g.min_order_days is not None:
+            rule &= out["n_order_days"] >= g.min_order_days
+        if g.max_order_days is not None:
+            rule &= out["n_order_days"] <= g.max_order_days
+        if g.min_spend_share is not None:
+            in_list = out["list"] == g.list
+            cut = out.loc[in_list, "value"].quantile(1 - g.min_spend_share)
+            rule &= out["value"] >= cut
+        out.loc[rule, "campaign"] = g.name
+        out.loc[rule, "offer"] = g.offer
+        out.loc[rule, "channel"] = g.channel
+        out.loc[rule, "expected_gain"] = expected_gain(
+            out.loc[rule, "p_churn"],
+            out.loc[rule, "value"],
+            g.save_rate,
+            g.contact_cost,
+            g.offer_cost,
+        )
+
+
+def build_lists(scores: pd.DataFrame, campaigns: CampaignsConfig) -> dict[str, pd.DataFrame]:
+    """The ``at_risk`` and ``lapsed`` lists: each group sized and capped, then split into
+    treatment and control. Rows are ordered by list rank."""
+    lists = {}
+    for list_name in ("at_risk", "lapsed"):
+        parts = []
+        for g in campaigns.groups:
+            if g.list != list_name:
+                continue
+            members = scores[(scores["campaign"] == g.name) & (scores["list"] == list_name)]
+            chosen = size_list(
+                members,
+                campaigns.size_by,
+                k=campaigns.top_k,
+                threshold=campaigns.threshold,
+                capacity=g.capacity,
+            )
+            chosen = chosen.assign(
+                group=np.where(
+                    control_flags(
+                        chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share
+                    ),
+                    "control",
+                    "treatment",
+                )
+            )
+            parts.append(chosen)
+        frame = pd.concat(parts) if parts else scores.head(0).assign(group="")
+        lists[list_name] = frame.sort_values("rank", kind="stable")[LIST_COLUMNS].reset_index(
+            drop=True
+        )
+    return lists

@@ -1,0 +1,204 @@
+"""The nightly job: score, lists, atomic exports, locks, and refusing bad models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import orders_of
+from winback.backtest import training_cutoffs
+from winback.config import CampaignsConfig
+from winback.errors import WinbackError
+from winback.export import export_lock, read_manifest
+from winback.model import ChurnModel, save_model
+from winback.scoring import LIST_COLUMNS, build_lists, score_customers
+from winback.snapshots import build_snapshots
+
+AS_OF = "2023-12-31"
+MAP = ["--set", "orders.columns.category=category", "--set", "orders.columns.channel=channel"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, synth_frame):
+    d = tmp_path_factory.mktemp("score")
+    synth_frame.to_parquet(d / "orders.parquet")
+    o = orders_of(synth_frame, category="category", channel="channel")
+    cuts = training_cutoffs(datetime(2023, 12, 31), 60, 30, 6, o.first_ts)
+    snaps = build_snapshots(o, cuts, 60)
+    model = ChurnModel(horizon_days=60, n_estimators=200).fit(snaps, snaps["churned"])
+    save_model(model, d / "model.joblib")
+    return d, o, model
+
+
+def _score(d: Path, *extra: str, out: str = "exports") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "winback",
+            "score",
+            "--orders",
+            "orders.parquet",
+            "--as-of",
+            AS_OF,
+            "--model",
+            "model.joblib",
+            "--out",
+            out,
+            *MAP,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=d,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/unreachable"},
+    )
+
+
+def test_lists_have_every_column_and_follow_the_rules(setup):
+    _, o, model = setup
+    cfg = CampaignsConfig()
+    scores = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
+    lists = build_lists(scores, cfg)
+    for name, frame in lists.items():
+        assert list(frame.columns) == LIST_COLUMNS
+        assert (frame["list"] == name).all() and frame["rank"].is_monotonic_increasing
+    at_risk, lapsed = lists["at_risk"], lists["lapsed"]
+    assert len(at_risk) > 0 and len(lapsed) > 0
+    assert (at_risk["expected_gain"] > 0).all()  # maximum expected profit: positive gains only
+    assert set(at_risk["campaign"]) <= {"high_spenders", "repeat_buyers", "one_time_buyers"}
+    assert set(lapsed["campaign"]) == {"lapsed"}
+    assert set(at_risk["group"]) == {"treatment", "control"}
+    assert (at_risk["value_at_risk"] - at_risk["p_churn"] * at_risk["value"]).abs().max() < 1e-9
+    assert at_risk["reasons"].str.len().gt(0).all()
+    assert (scores["risk_decile"].between(1, 10)).all()
+
+
+def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
+    d, _, _ = setup
+    first = _score(d)  # the tracking store is unreachable: a model path needs none
+    assert first.returncode == 0, first.stderr
+    folder = d / "exports" / AS_OF
+    assert folder.is_symlink()
+    doc = read_manifest(folder)
+    assert set(doc["files"]) == {
+        "at_risk.csv",
+        "at_risk.parquet",
+        "lapsed.csv",
+        "lapsed.parquet",
+        "scores.parquet",
+    }
+    assert doc["rows"]["at_risk"] == len(pd.read_parquet(folder / "at_risk.parquet"))
+    assert doc["input"]["rows"] > 0 and len(doc["config_sha256"]) == 64
+    before = {n: m["sha256"] for n, m in doc["files"].items()}
+    second = _score(d)
+    assert second.returncode == 0, second.stderr
+    after = {n: m["sha256"] for n, m in read_manifest(folder)["files"].items()}
+    assert after == before
+    # only the current version is kept
+    assert len(list((d / "exports" / ".versions").iterdir())) == 1
+
+
+def test_a_second_run_on_the_same_folder_is_refused(setup):
+    d, _, _ = setup
+    with export_lock(d / "locked"):
+        res = _score(d, out="locked")
+    assert res.returncode == 1
+    assert "Another winback run" in res.stderr and "--wait" in res.stderr
+
+
+def test_tampered_or_missing_model_is_refused(setup, tmp_path):
+    d, _, model = setup
+    bad = d / "bad.joblib"
+    save_model(model, bad)
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 0x01
+    bad.write_bytes(bytes(data))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "winback",
+            "score",
+            "--orders",
+            "orders.parquet",
+            "--model",
+            "bad.joblib",
+            "--out",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=d,
+        timeout=120,
+    )
+    assert res.returncode == 1 and "does not match its checksum" in res.stderr
+    assert not (d / "x").exists()  # nothing written
+
+
+def test_kill_9_never_leaves_a_partial_or_mixed_export(setup):
+    d, _, _ = setup
+    out = "killed"
+    assert _score(d, out=out).returncode == 0
+    folder = d / out / AS_OF
+    rng = random.Random(5)
+    for _ in range(8):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "winback",
+                "score",
+                "--orders",
+                "orders.parquet",
+                "--as-of",
+                AS_OF,
+                "--model",
+                "model.joblib",
+                "--out",
+                out,
+                "--wait",
+                "30",
+                *MAP,
+            ],
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        doc = read_manifest(folder)  # every file matches the manifest: complete, not mixed
+        assert doc["rows"]["scores"] > 0
+    assert _score(d, out=out).returncode == 0
+    assert len(list((d / out / ".versions").iterdir())) == 1
+
+
+def test_csv_cells_are_neutralised_in_exports(tmp_path):
+    from winback.export import export_lists
+
+    frame = pd.DataFrame({"customer_id": ["=1+2", "ok"], "p_churn": [0.5, 0.4]})
+    folder = export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {"as_of": "x"})
+    text = (folder / "at_risk.csv").read_text()
+    assert "'=1+2" in text and "\n=1+2" not in text
+    assert json.loads((folder / "manifest.json").read_text())["files"]["at_risk.csv"]["rows"] == 2
+
+
+def test_export_refuses_to_replace_a_plain_folder(tmp_path):
+    from winback.export import export_lists
+
+    (tmp_path / "2024-01-01").mkdir()
+    frame = pd.DataFrame({"customer_id": ["a"]})
+    with pytest.raises(WinbackError, match="plain folder"):
+        export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {})
