@@ -131,3 +131,9 @@ def test_an_infrequent_buyer_is_not_called_overdue():
         {"recency_days": [0.5], "gap_mean_days": [0.0], "n_order_days": [0.0], "n_orders": [0.0]}
     )
     assert reasons(contrib, feats)[0] == "buys rarely: about every 700 days"
+
+
+def test_window_reasons_name_real_windows_only():
+    feats = pd.DataFrame({"orders_90d": [0], "orders_prev_90d": [0], "recency_days": [100.0]})
+    contrib = pd.DataFrame({"orders_90d": [0.3], "orders_prev_90d": [0.5], "recency_days": [0.0]})
+    assert reasons(contrib, feats)[0] == "no order in the last 90 days"

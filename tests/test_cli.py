@@ -131,7 +131,11 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / "demo" / name).is_file()
     snap = pd.read_parquet(tmp_path / "demo" / "snapshots.parquet")
     assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
-    assert "5/6 labels" in res.stdout and "6/6 backtest" in res.stdout
+    assert "5/8 labels" in res.stdout and "6/8 backtest" in res.stdout
+    assert "v1 (champion" in res.stdout and "8/8 score" in res.stdout
+    export = tmp_path / "demo" / "exports"
+    [folder] = [p for p in export.iterdir() if p.is_symlink()]
+    assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
     assert "  model  " in res.stdout and "  bgnbd  " in res.stdout
     assert (tmp_path / "demo" / "backtest" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "mlflow.db").is_file()

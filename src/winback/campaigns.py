@@ -27,6 +27,7 @@ Lost                R 1, F 1-2
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -193,8 +194,9 @@ def _reason(name: str, row: pd.Series) -> str | None:
     if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
         n = int(row.get("n_orders", 0))
         return f"only {n} order" + ("" if n == 1 else "s") + " so far"
-    if name.startswith("orders_") and name.endswith("d") and v == 0:
-        return f"no order in the last {name[len('orders_') : -1]} days"
+    window = re.fullmatch(r"orders_(\d+)d", name)
+    if window and v == 0:
+        return f"no order in the last {window.group(1)} days"
     if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
         return "low spend so far"
     if name == "tenure_days":

@@ -309,14 +309,9 @@ def _with_windows(cfg: Config, horizon_days: int | None, lookback_days: int | No
 
 
 def _run_params(cfg: Config, **extra) -> dict:
-    return {
-        "horizon_days": cfg.labels.horizon_days,
-        "lookback_days": cfg.features.lookback_days,
-        "training": cfg.training.model_dump(),
-        "model": cfg.model.model_dump(),
-        "random_state": cfg.random_state,
-        **extra,
-    }
+    from winback.jobs import run_params
+
+    return run_params(cfg, **extra)
 
 
 @app.command()
@@ -409,74 +404,29 @@ def train(
     and registers it in MLflow; it becomes the 'champion' only if it beats the champion on the
     same backtest, or with --promote.
     """
-    from winback.backtest import run_backtest, training_cutoffs, write_backtest
-    from winback.model import ChurnModel, save_model
-    from winback.profile import check_sufficiency
-    from winback.snapshots import build_snapshots
+    from winback.jobs import train_job
 
     cfg = _with_windows(_config(config, set_), horizon_days, lookback_days)
     orders = _load(orders_path, cfg, None)
-    t = _as_of(as_of) or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
-    h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
-    check_sufficiency(orders, t, h, lb, cfg.sufficiency)
-    t0 = time.perf_counter()
-    eval_at = t - timedelta(days=h)
     with _progress("training") as update:
-        update(1, 4)
-        bt = run_backtest(
-            orders,
-            [eval_at],
-            h,
-            lb,
-            cfg.features.windows_days,
-            cfg.training.spacing_days,
-            cfg.training.n_cutoffs,
-            cfg.model_params(),
-            cfg.evaluation.n_bootstrap,
-            cfg.random_state,
-        )
-        update(2, 4)
-        cuts = training_cutoffs(
-            t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
-        )
-        snaps = build_snapshots(orders, cuts, h, lb, cfg.features.windows_days, observed_until=t)
-        update(3, 4)
-        model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(snaps, snaps["churned"])
-        model.data_fingerprint_ = orders.fingerprint()
-        update(4, 4)
-    name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{datetime.now(UTC):%Y%m%dT%H%M%S}.joblib"
-    path = save_model(model, Path(cfg.models_dir) / name)
-    _print_metrics(bt.metrics)
-    typer.echo(
-        f"trained on {len(snaps):,} rows at {len(cuts)} cutoffs "
-        f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}), {model.best_iteration_} trees, "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
-    typer.echo(f"saved {path} (+ .json with metadata and sha256)")
-    if track:
-        from winback.tracking import log_training, tracking_uri
+        res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, on_step=update)
+    _print_metrics(res.backtest.metrics)
+    _echo_train(res)
 
-        uri = tracking_uri(cfg.tracking.uri)
-        files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), _run_params(cfg))
-        files.append(path.with_suffix(path.suffix + ".json"))
-        key = f"T={eval_at:%Y-%m-%d},H={h},L={lb}"
-        result = log_training(
-            uri,
-            cfg.tracking.experiment,
-            cfg.tracking.model_name,
-            model,
-            snaps.head(200),
-            _run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path)),
-            bt.metrics,
-            files,
-            orders.fingerprint(),
-            key,
-            promote=promote,
-        )
-        verdict = "champion" if result.promoted else "not promoted"
+
+def _echo_train(res) -> None:
+    cuts = res.cutoffs
+    typer.echo(
+        f"trained on {res.n_rows:,} rows at {len(cuts)} cutoffs "
+        f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}), {res.model.best_iteration_} trees, "
+        f"in {res.seconds:.1f}s"
+    )
+    typer.echo(f"saved {res.path} (+ .json with metadata and sha256)")
+    if res.promotion is not None:
+        p = res.promotion
+        verdict = "champion" if p.promoted else "not promoted"
         typer.echo(
-            f"MLflow: {cfg.tracking.model_name} v{result.version} ({verdict}: {result.reason}); "
-            f"run {result.run_id} in {uri}"
+            f"MLflow: v{p.version} ({verdict}: {p.reason}); run {p.run_id} in {res.tracking_uri}"
         )
 
 
@@ -509,63 +459,30 @@ def score(
     OUT/<as-of>/ atomically: a crash leaves the previous complete export or the new one. Exit
     codes: 0 done, 1 data or model problem, 2 usage.
     """
-    import hashlib
-    import json
+    from winback.jobs import score_job
 
-    from winback.export import export_lists
-    from winback.model import load_model
-    from winback.scoring import build_lists, score_customers
-
-    t0 = time.perf_counter()
     cfg = _config(config, set_)
-    run_id, version = "", ""
-    if model == "champion":
-        from winback.tracking import champion_model_file, tracking_uri
-
-        path, version, run_id = champion_model_file(
-            tracking_uri(cfg.tracking.uri), cfg.tracking.model_name
-        )
-    else:
-        path = Path(model)
-    churn_model = load_model(path)
-    version = version or path.name
     orders = _load(orders_path, cfg, None)
-    t = _as_of(as_of) or orders.last_ts
-    key = f"{t:%Y-%m-%d}"
     with _progress("scoring"):
-        scores = score_customers(
-            orders,
-            churn_model,
-            t,
-            cfg.campaigns,
-            cfg.features.windows_days,
-            model_version=str(version),
-        )
-        lists = build_lists(scores, cfg.campaigns)
-    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
-    manifest = {
-        "as_of": t.isoformat(),
-        "input": orders.fingerprint(),
-        "config_sha256": config_hash,
-        "model_version": str(version),
-        "model_file": str(path),
-        "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())["sha256"],
-        "mlflow_run": run_id or None,
-        "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
-        "winback_version": __version__,
-        "wall_seconds": round(time.perf_counter() - t0, 3),
-    }
-    folder = export_lists(out, key, lists, scores, manifest, wait_seconds=wait)
-    at_risk = lists["at_risk"]
+        res = score_job(orders, cfg, out, _as_of(as_of), model, wait_seconds=wait)
+    _echo_score(res)
+
+
+def _echo_score(res) -> None:
+    at_risk = res.lists["at_risk"]
+    n_control = int((at_risk["group"] == "control").sum())
     typer.echo(
-        f"scored {len(scores):,} customers as of {key} with model {version}; "
-        f"at_risk list {len(at_risk):,} ({int((at_risk['group'] == 'control').sum()):,} control), "
-        f"lapsed list {len(lists['lapsed']):,} -> {folder}"
+        f"scored {len(res.scores):,} customers as of {res.as_of:%Y-%m-%d} with model "
+        f"{res.model_version}; at_risk list {len(at_risk):,} ({n_control:,} control), "
+        f"lapsed list {len(res.lists['lapsed']):,} -> {res.folder}"
     )
-    top = at_risk.head(10)
-    for r in top.itertuples():
+    typer.echo(
+        f"  {'rank':>6} {'customer':<12} {'p':>4} {'value':>9} {'segment':<18} "
+        f"{'campaign':<16} {'group':<9} reasons"
+    )
+    for r in at_risk.head(10).itertuples():
         typer.echo(
-            f"  {r.rank:>6} {r.customer_id:<12} p={r.p_churn:.2f} value={r.value:9.2f} "
+            f"  {r.rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
             f"{r.segment:<18} {r.campaign:<16} {r.group:<9} {r.reasons}"
         )
 
@@ -622,29 +539,29 @@ def demo(
     cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"1/6 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
+    typer.echo(f"1/8 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
     df = generate_orders(SynthParams(n_customers=customers, seed=seed))
     orders_file = out / "orders.parquet"
     _atomic_parquet(df, orders_file)
     typer.echo(f"    {len(df):,} orders -> {orders_file}")
 
-    typer.echo("2/6 validate")
+    typer.echo("2/8 validate")
     orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
     _echo_lines(["    " + line for line in orders.report.summary_lines()])
 
-    typer.echo("3/6 profile")
+    typer.echo("3/8 profile")
     prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
     _echo_lines(["    " + line for line in prof.summary_lines()])
 
     horizon = prof.suggested_horizon_days or cfg.labels.horizon_days
     last = orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     cuts = cutoff_schedule(last - timedelta(days=365), last, 30)
-    typer.echo(f"4/6 features at {len(cuts)} monthly cutoffs in one pass")
+    typer.echo(f"4/8 features at {len(cuts)} monthly cutoffs in one pass")
     feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
     _atomic_parquet(feats, out / "features.parquet")
     typer.echo(f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
 
-    typer.echo(f"5/6 labels: churned = no purchase within H = {horizon} days after the cutoff")
+    typer.echo(f"5/8 labels: churned = no purchase within H = {horizon} days after the cutoff")
     labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
     snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
     _atomic_parquet(snap, out / "snapshots.parquet")
@@ -663,7 +580,7 @@ def demo(
 
     eval_at = last - timedelta(days=horizon)
     typer.echo(
-        f"6/6 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
+        f"6/8 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
         "compare with the baselines"
     )
     bt = run_backtest(
@@ -689,7 +606,26 @@ def demo(
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
     run_id = log_backtest(uri, "winback-demo", params, bt.metrics, files, orders.fingerprint())
     typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
-    typer.echo(f"    MLflow run {run_id}; look at it with: mlflow ui --backend-store-uri {uri}")
+    typer.echo(f"    MLflow run {run_id}")
+
+    from winback.jobs import score_job, train_job
+
+    prod = cfg.model_copy(
+        update={
+            "labels": cfg.labels.model_copy(update={"horizon_days": horizon}),
+            "models_dir": str(out / "models"),
+            "tracking": cfg.tracking.model_copy(update={"uri": uri, "experiment": "winback-demo"}),
+        }
+    )
+    typer.echo(f"7/8 train the production model as of {last:%Y-%m-%d} and register it in MLflow")
+    res = train_job(orders, prod, last)
+    _echo_train(res)
+    typer.echo(f"8/8 score every customer as of {last:%Y-%m-%d} and export the win-back lists")
+    scored = score_job(orders, prod, out / "exports", last, "champion")
+    _echo_score(scored)
+    typer.echo(
+        f"look at the runs and the registered model with: mlflow ui --backend-store-uri {uri}"
+    )
     typer.echo(f"done in {time.perf_counter() - t0:.1f}s")
 
 

@@ -1,0 +1,171 @@
+"""Jobs: the steps of ``train`` and ``score`` put together, for the CLI and the demo.
+
+cli -> jobs -> core: a job takes validated orders and a config, calls the library, writes its
+files and (for training) tracks the run; it prints nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from winback import __version__
+from winback.backtest import BacktestResult, run_backtest, training_cutoffs, write_backtest
+from winback.config import Config
+from winback.export import export_lists
+from winback.model import ChurnModel, load_model, save_model
+from winback.orders import Orders
+from winback.profile import check_sufficiency
+from winback.scoring import build_lists, score_customers
+from winback.snapshots import build_snapshots
+
+__all__ = ["TrainResult", "ScoreResult", "run_params", "train_job", "score_job"]
+
+
+def run_params(cfg: Config, **extra) -> dict:
+    """The settings a run is logged with."""
+    return {
+        "horizon_days": cfg.labels.horizon_days,
+        "lookback_days": cfg.features.lookback_days,
+        "training": cfg.training.model_dump(),
+        "model": cfg.model.model_dump(),
+        "random_state": cfg.random_state,
+        **extra,
+    }
+
+
+@dataclass
+class TrainResult:
+    model: ChurnModel
+    path: Path
+    backtest: BacktestResult
+    cutoffs: list[datetime]
+    n_rows: int
+    seconds: float
+    promotion: object | None = None  # tracking.Promotion when tracked
+    tracking_uri: str | None = None
+
+
+def train_job(
+    orders: Orders,
+    cfg: Config,
+    as_of: datetime | None = None,
+    track: bool = True,
+    promote: bool = False,
+    tracking_uri: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Gate, backtest at T - H, train on every training cutoff up to T - H, save, register."""
+    step = on_step or (lambda _d, _t: None)
+    t = as_of or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
+    check_sufficiency(orders, t, h, lb, cfg.sufficiency)
+    t0 = time.perf_counter()
+    eval_at = t - timedelta(days=h)
+    step(1, 4)
+    bt = run_backtest(
+        orders,
+        [eval_at],
+        h,
+        lb,
+        cfg.features.windows_days,
+        cfg.training.spacing_days,
+        cfg.training.n_cutoffs,
+        cfg.model_params(),
+        cfg.evaluation.n_bootstrap,
+        cfg.random_state,
+    )
+    step(2, 4)
+    cuts = training_cutoffs(
+        t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
+    )
+    snaps = build_snapshots(orders, cuts, h, lb, cfg.features.windows_days, observed_until=t)
+    step(3, 4)
+    model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(snaps, snaps["churned"])
+    model.data_fingerprint_ = orders.fingerprint()
+    step(4, 4)
+    name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{datetime.now(UTC):%Y%m%dT%H%M%S}.joblib"
+    path = save_model(model, Path(cfg.models_dir) / name)
+    result = TrainResult(model, path, bt, cuts, len(snaps), time.perf_counter() - t0)
+    if track:
+        from winback.tracking import log_training
+        from winback.tracking import tracking_uri as resolve
+
+        uri = resolve(tracking_uri or cfg.tracking.uri)
+        files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), run_params(cfg))
+        files.append(path.with_suffix(path.suffix + ".json"))
+        result.promotion = log_training(
+            uri,
+            cfg.tracking.experiment,
+            cfg.tracking.model_name,
+            model,
+            snaps.head(200),
+            run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path.resolve())),
+            bt.metrics,
+            files,
+            orders.fingerprint(),
+            f"T={eval_at:%Y-%m-%d},H={h},L={lb}",
+            promote=promote,
+        )
+        result.tracking_uri = uri
+    return result
+
+
+@dataclass
+class ScoreResult:
+    folder: Path
+    scores: pd.DataFrame
+    lists: dict[str, pd.DataFrame]
+    as_of: datetime
+    model_version: str
+
+
+def score_job(
+    orders: Orders,
+    cfg: Config,
+    out: Path,
+    as_of: datetime | None = None,
+    model: str = "champion",
+    tracking_uri: str | None = None,
+    wait_seconds: float = 0.0,
+) -> ScoreResult:
+    """Score as of a date with the champion (or a model file) and export the lists atomically."""
+    t0 = time.perf_counter()
+    run_id, version = "", ""
+    if model == "champion":
+        from winback.tracking import champion_model_file
+        from winback.tracking import tracking_uri as resolve
+
+        path, version, run_id = champion_model_file(
+            resolve(tracking_uri or cfg.tracking.uri), cfg.tracking.model_name
+        )
+    else:
+        path = Path(model)
+    churn_model = load_model(path)
+    version = version or path.name
+    t = as_of or orders.last_ts
+    scores = score_customers(
+        orders, churn_model, t, cfg.campaigns, cfg.features.windows_days, model_version=str(version)
+    )
+    lists = build_lists(scores, cfg.campaigns)
+    manifest = {
+        "as_of": t.isoformat(),
+        "input": orders.fingerprint(),
+        "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+        "model_version": str(version),
+        "model_file": str(path),
+        "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())["sha256"],
+        "mlflow_run": run_id or None,
+        "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
+        "winback_version": __version__,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    folder = export_lists(out, f"{t:%Y-%m-%d}", lists, scores, manifest, wait_seconds)
+    return ScoreResult(folder, scores, lists, t, str(version))
