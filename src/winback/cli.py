@@ -339,8 +339,9 @@ def backtest(
     regression on RFM, the RFM score and recency on the same customers. Writes
     predictions.parquet, metrics.json and PNG plots to --out, and logs the run to MLflow.
     """
-    from winback.backtest import run_backtest, write_backtest
+    from winback.backtest import write_backtest
     from winback.features import normalize_cutoffs
+    from winback.jobs import backtest_job
 
     if as_of is None:
         raise UsageError("--as-of is required: the evaluation cutoff(s), e.g. 1998-03-31.")
@@ -350,17 +351,10 @@ def backtest(
     t0 = time.perf_counter()
     with _progress("backtest") as update:
         steps = iter(range(1, 10_000))
-        result = run_backtest(
+        result = backtest_job(
             orders,
+            cfg,
             cuts,
-            cfg.labels.horizon_days,
-            cfg.features.lookback_days,
-            cfg.features.windows_days,
-            cfg.training.spacing_days,
-            cfg.training.n_cutoffs,
-            cfg.model_params(),
-            cfg.evaluation.n_bootstrap,
-            cfg.random_state,
             on_step=lambda msg: (log.debug(msg), update(next(steps), 4 * len(cuts))),
         )
     params = _run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cuts])
@@ -529,8 +523,9 @@ def demo(
     synth -> validate -> profile -> features -> labels -> backtest of the churn model against
     the baselines, logged to an MLflow store inside --out.
     """
-    from winback.backtest import run_backtest, write_backtest
+    from winback.backtest import write_backtest
     from winback.features import build_features, cutoff_schedule
+    from winback.jobs import backtest_job
     from winback.labels import build_labels
     from winback.orders import load_orders
     from winback.profile import build_profile
@@ -583,22 +578,11 @@ def demo(
         f"6/8 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
         "compare with the baselines"
     )
-    bt = run_backtest(
-        orders,
-        [eval_at],
-        horizon,
-        cfg.features.lookback_days,
-        cfg.features.windows_days,
-        cfg.training.spacing_days,
-        cfg.training.n_cutoffs,
-        cfg.model_params(),
-        cfg.evaluation.n_bootstrap,
-        cfg.random_state,
+    demo_cfg = cfg.model_copy(
+        update={"labels": cfg.labels.model_copy(update={"horizon_days": horizon})}
     )
-    params = _run_params(
-        cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"horizon_days": horizon})}),
-        evaluation_cutoffs=[f"{eval_at:%Y-%m-%d}"],
-    )
+    bt = backtest_job(orders, demo_cfg, [eval_at])
+    params = _run_params(demo_cfg, evaluation_cutoffs=[f"{eval_at:%Y-%m-%d}"])
     files = write_backtest(bt, out / "backtest", params)
     _print_metrics(bt.metrics)
     from winback.tracking import log_backtest
@@ -610,9 +594,8 @@ def demo(
 
     from winback.jobs import score_job, train_job
 
-    prod = cfg.model_copy(
+    prod = demo_cfg.model_copy(
         update={
-            "labels": cfg.labels.model_copy(update={"horizon_days": horizon}),
             "models_dir": str(out / "models"),
             "tracking": cfg.tracking.model_copy(update={"uri": uri, "experiment": "winback-demo"}),
         }

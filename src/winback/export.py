@@ -11,7 +11,6 @@ from writing the same ``DIR`` at once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from winback.atomic import sha256_file
 from winback.campaigns import neutralize_csv
 from winback.errors import WinbackError
 
@@ -56,14 +56,6 @@ def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -123,11 +115,11 @@ def export_lists(
             frame.to_parquet(folder / f"{name}.parquet", index=False)
             for ext in ("csv", "parquet"):
                 f = folder / f"{name}.{ext}"
-                files[f.name] = {"rows": len(frame), "sha256": _sha256(f)}
+                files[f.name] = {"rows": len(frame), "sha256": sha256_file(f)}
         scores.to_parquet(folder / "scores.parquet", index=False)
         files["scores.parquet"] = {
             "rows": len(scores),
-            "sha256": _sha256(folder / "scores.parquet"),
+            "sha256": sha256_file(folder / "scores.parquet"),
         }
         doc = {**manifest, "files": files}
         (folder / "manifest.json").write_text(json.dumps(doc, indent=2, default=str))
@@ -152,6 +144,6 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         raise WinbackError(f"{d} has no manifest.json: not a complete winback export.")
     doc = json.loads(path.read_text())
     for name, meta in doc.get("files", {}).items():
-        if _sha256(d / name) != meta["sha256"]:
+        if sha256_file(d / name) != meta["sha256"]:
             raise WinbackError(f"{d / name} does not match the manifest's sha256.")
     return doc

@@ -26,7 +26,7 @@ from winback.profile import check_sufficiency
 from winback.scoring import build_lists, score_customers
 from winback.snapshots import build_snapshots
 
-__all__ = ["TrainResult", "ScoreResult", "run_params", "train_job", "score_job"]
+__all__ = ["TrainResult", "ScoreResult", "run_params", "backtest_job", "train_job", "score_job"]
 
 
 def run_params(cfg: Config, **extra) -> dict:
@@ -39,6 +39,28 @@ def run_params(cfg: Config, **extra) -> dict:
         "random_state": cfg.random_state,
         **extra,
     }
+
+
+def backtest_job(
+    orders: Orders,
+    cfg: Config,
+    cutoffs: list[datetime],
+    on_step: Callable[[str], None] | None = None,
+) -> BacktestResult:
+    """Backtest the configured model and the baselines at each cutoff (see run_backtest)."""
+    return run_backtest(
+        orders,
+        cutoffs,
+        cfg.labels.horizon_days,
+        cfg.features.lookback_days,
+        cfg.features.windows_days,
+        cfg.training.spacing_days,
+        cfg.training.n_cutoffs,
+        cfg.model_params(),
+        cfg.evaluation.n_bootstrap,
+        cfg.random_state,
+        on_step=on_step,
+    )
 
 
 @dataclass

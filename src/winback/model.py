@@ -13,7 +13,6 @@ cutoff of a backtest is never among the training rows.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import platform
@@ -29,7 +28,7 @@ import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
-from winback.atomic import atomic_path
+from winback.atomic import atomic_path, sha256_file
 from winback.errors import DataError, WinbackError
 
 __all__ = ["ChurnModel", "NON_FEATURES", "feature_columns", "save_model", "load_model"]
@@ -229,20 +228,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_model(model: ChurnModel, path: str | Path) -> Path:
     """Save with joblib, plus ``<path>.json`` holding the metadata and the file's sha256."""
     path = Path(path)
     with atomic_path(path) as tmp:
         joblib.dump(model, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     meta = {**model.metadata(), "sha256": digest, "file": path.name}
     with atomic_path(path.with_suffix(path.suffix + ".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
@@ -261,7 +252,7 @@ def load_model(path: str | Path) -> ChurnModel:
             "save models with winback."
         )
     want = json.loads(meta_path.read_text()).get("sha256")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != want:
         raise WinbackError(
             f"Model file {path} does not match its checksum (sha256 {got[:12]}..., expected "
