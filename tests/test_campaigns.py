@@ -137,3 +137,46 @@ def test_window_reasons_name_real_windows_only():
     feats = pd.DataFrame({"orders_90d": [0], "orders_prev_90d": [0], "recency_days": [100.0]})
     contrib = pd.DataFrame({"orders_90d": [0.3], "orders_prev_90d": [0.5], "recency_days": [0.0]})
     assert reasons(contrib, feats)[0] == "no order in the last 90 days"
+
+
+def test_suppression_by_hand():
+    from winback.campaigns import suppressed
+
+    ids = pd.Series(["a", "b", "c", "d"])
+    contacts = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "b", "c"],
+            "contacted_at": ["2024-01-01", "2024-01-25", "2023-12-01", "2024-02-05"],
+        }
+    )
+    why = suppressed(
+        ids, pd.Timestamp("2024-01-31"), contacts, cooldown_days=30, opted_out=["d", "c"]
+    )
+    # a: last contact 6 days before; b: 61 days before (free); c: opted out (its contact is
+    # after the as-of and ignored); d: opted out
+    assert why.tolist()[0] == "contacted on 2024-01-25"
+    assert pd.isna(why[1])
+    assert why.tolist()[2:] == ["opted out", "opted out"]
+
+
+def test_delta_by_hand():
+    from winback.scoring import delta
+
+    def lst(ids):
+        return pd.DataFrame(
+            {
+                "customer_id": ids,
+                "p_churn": [0.5] * len(ids),
+                "campaign": ["x"] * len(ids),
+                "reasons": ["r"] * len(ids),
+            }
+        )
+
+    d = delta({"at_risk": lst(["a", "b", "c"])}, {"at_risk": lst(["b", "d"])})
+    assert d[["change", "customer_id"]].values.tolist() == [
+        ["entered", "a"],
+        ["entered", "c"],
+        ["left", "d"],
+    ]
+    first = delta({"at_risk": lst(["a"])}, None)
+    assert first["change"].tolist() == ["entered"]

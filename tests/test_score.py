@@ -98,6 +98,9 @@ def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
         "lapsed.csv",
         "lapsed.parquet",
         "scores.parquet",
+        "delta.csv",
+        "profit_curve.csv",
+        "profit_curve.png",
     }
     assert doc["rows"]["at_risk"] == len(pd.read_parquet(folder / "at_risk.parquet"))
     assert doc["input"]["rows"] > 0 and len(doc["config_sha256"]) == 64
@@ -202,3 +205,74 @@ def test_export_refuses_to_replace_a_plain_folder(tmp_path):
     frame = pd.DataFrame({"customer_id": ["a"]})
     with pytest.raises(WinbackError, match="plain folder"):
         export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {})
+
+
+def test_suppression_delta_and_profit_curve_through_the_cli(setup):
+    d, _, _ = setup
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "winback",
+            "score",
+            "--orders",
+            "orders.parquet",
+            "--as-of",
+            "2023-11-30",
+            "--model",
+            "model.joblib",
+            "--out",
+            "nightly",
+            *MAP,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=d,
+    )
+    assert res.returncode == 0, res.stderr
+    nov = pd.read_parquet(d / "nightly" / "2023-11-30" / "at_risk.parquet")
+    # suppress two customers of November's list: one contacted 5 days before the as-of, one
+    # opted out; a contact 40 days before (outside the 30-day cooldown) suppresses nobody
+    a, b, c = nov["customer_id"].iloc[:3]
+    pd.DataFrame({"customer_id": [a, c], "contacted_at": ["2023-12-26", "2023-11-21"]}).to_csv(
+        d / "contacts.csv", index=False
+    )
+    pd.DataFrame({"customer_id": [b]}).to_csv(d / "optout.csv", index=False)
+    res = _score(
+        d,
+        "--set",
+        "campaigns.contact_history=contacts.csv",
+        "--set",
+        "campaigns.opt_out=optout.csv",
+        out="nightly",
+    )
+    assert res.returncode == 0, res.stderr
+    dec = d / "nightly" / AS_OF
+    doc = read_manifest(dec)
+    assert doc["previous_export"] == "2023-11-30"
+    assert doc["suppressed"] == {"opted_out": 1, "cooldown": 1}
+    at_risk = pd.read_parquet(dec / "at_risk.parquet")
+    assert a not in set(at_risk["customer_id"]) and b not in set(at_risk["customer_id"])
+    scores = pd.read_parquet(dec / "scores.parquet").set_index("customer_id")
+    assert scores.loc[a, "suppressed"] == "contacted on 2023-12-26"
+    assert scores.loc[b, "suppressed"] == "opted out"
+    assert pd.isna(scores.loc[c, "suppressed"])
+    changes = pd.read_csv(dec / "delta.csv", dtype={"customer_id": str})
+    left = changes[(changes["list"] == "at_risk") & (changes["change"] == "left")]
+    assert {a, b} <= set(left["customer_id"])
+    assert doc["delta"]["left"] == len(changes[changes["change"] == "left"])
+    curve = pd.read_csv(dec / "profit_curve.csv")
+    best = curve[curve["list"] == "at_risk"]["cumulative_gain"].max()
+    assert best == pytest.approx(
+        curve[curve["list"] == "at_risk"].query("expected_gain > 0")["expected_gain"].sum()
+    )
+    assert (dec / "profit_curve.png").stat().st_size > 0
+
+
+def test_a_contact_file_without_the_columns_is_a_clear_error(setup):
+    d, _, _ = setup
+    pd.DataFrame({"id": ["x"]}).to_csv(d / "bad_contacts.csv", index=False)
+    res = _score(d, "--set", "campaigns.contact_history=bad_contacts.csv", out="badc")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "lacks column(s) ['customer_id', 'contacted_at']" in res.stderr

@@ -37,6 +37,7 @@ from winback.errors import UsageError
 
 __all__ = [
     "SEGMENTS",
+    "suppressed",
     "rfm_segments",
     "control_flags",
     "expected_gain",
@@ -236,3 +237,31 @@ def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
             risky = text.str.match(r"^[=+\-@\t\r]", na=False)
             out[col] = text.where(~risky, "'" + text)
     return out
+
+
+def suppressed(
+    customer_ids: pd.Series,
+    as_of: pd.Timestamp,
+    contacts: pd.DataFrame | None = None,
+    cooldown_days: int = 30,
+    opted_out: Iterable[str] | None = None,
+) -> pd.Series:
+    """Why each customer must not be contacted: ``"opted out"``, ``"contacted on <date>"``
+    (within ``cooldown_days`` before ``as_of``), or missing when they may be.
+
+    ``contacts`` has ``customer_id`` and ``contacted_at``; contacts after ``as_of`` are ignored.
+    """
+    ids = customer_ids.astype(str)
+    why = pd.Series(pd.NA, index=customer_ids.index, dtype="string")
+    if contacts is not None and len(contacts):
+        c = contacts.assign(customer_id=contacts["customer_id"].astype(str))
+        at = pd.to_datetime(c["contacted_at"], utc=True)
+        t = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+        recent = c[(at <= t) & (at > t - pd.Timedelta(days=cooldown_days))]
+        last = pd.to_datetime(recent["contacted_at"], utc=True).groupby(recent["customer_id"]).max()
+        hit = ids.map(last)
+        why = why.where(hit.isna(), "contacted on " + hit.dt.strftime("%Y-%m-%d"))
+    if opted_out is not None:
+        out = set(str(x) for x in opted_out)
+        why = why.mask(ids.isin(out), "opted out")
+    return why

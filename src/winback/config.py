@@ -264,6 +264,11 @@ class CampaignsConfig(_Section):
     threshold: float | None = Field(None, ge=0, le=1)
     reactivation_days: int = Field(730, ge=1)
     value_days: int = Field(365, ge=1, description="Customer value: spend over these last days.")
+    contact_history: str | None = Field(
+        None, description="CSV or Parquet with customer_id and contacted_at (past contacts)."
+    )
+    cooldown_days: int = Field(30, ge=0)
+    opt_out: str | None = Field(None, description="CSV or Parquet with a customer_id column.")
 
 
 class Config(_Section):

@@ -34,6 +34,7 @@ __all__ = [
     "plot_gains",
     "plot_calibration",
     "plot_importance",
+    "plot_profit_curve",
 ]
 
 #: Scores that are probabilities (so Brier and calibration error apply).
@@ -206,4 +207,23 @@ def plot_importance(importance: pd.Series, top: int = 20, ax=None):
     ax = ax or _new_ax((6, 0.3 * len(imp) + 1.2))
     ax.barh(imp.index, imp.to_numpy())
     ax.set(xlabel="total gain", title="Feature importance")
+    return ax
+
+
+def plot_profit_curve(curve: pd.DataFrame, ax=None):
+    """Cumulative expected profit against customers contacted, one line per list, with the
+    profit-maximising list size marked."""
+    ax = ax or _new_ax((6, 4.5))
+    for name, part in curve.groupby("list", sort=True):
+        ax.plot(part["n_contacted"], part["cumulative_gain"], label=name, lw=1.5)
+        best = part.loc[part["cumulative_gain"].idxmax()]
+        ax.scatter([best["n_contacted"]], [best["cumulative_gain"]], zorder=3)
+    ax.axhline(0, color="grey", lw=1, ls="--")
+    ax.set(
+        xlabel="customers contacted, highest expected gain first",
+        ylabel="cumulative expected profit",
+        title="Expected profit by list size",
+    )
+    if len(curve):
+        ax.legend(loc="lower left")
     return ax

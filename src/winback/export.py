@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from winback.atomic import sha256_file
 from winback.campaigns import neutralize_csv
 from winback.errors import WinbackError
 
-__all__ = ["export_lists", "export_lock", "read_manifest"]
+__all__ = ["export_lists", "export_lock", "read_manifest", "previous_export", "write_csv"]
 
 _VERSIONS = ".versions"
 
@@ -58,7 +58,8 @@ def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """CSV with spreadsheet formulas neutralised and Unix line ends."""
     neutralize_csv(frame).to_csv(path, index=False, lineterminator="\n")
 
 
@@ -90,11 +91,13 @@ def export_lists(
     scores: pd.DataFrame,
     manifest: dict[str, Any],
     wait_seconds: float = 0.0,
+    extras: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write ``<list>.csv`` and ``.parquet`` for each list, ``scores.parquet`` and
     ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
 
-    The manifest gets ``files`` (name -> sha256 and rows) added to the given fields.
+    ``extras`` maps more file names to functions that write them (a delta, a plot). The
+    manifest gets ``files`` (name -> sha256, and rows for tables) added to the given fields.
     """
     out = Path(out_dir)
     link = out / as_of_key
@@ -111,11 +114,14 @@ def export_lists(
         folder.mkdir()
         files: dict[str, dict[str, Any]] = {}
         for name, frame in lists.items():
-            _write_csv(frame, folder / f"{name}.csv")
+            write_csv(frame, folder / f"{name}.csv")
             frame.to_parquet(folder / f"{name}.parquet", index=False)
             for ext in ("csv", "parquet"):
                 f = folder / f"{name}.{ext}"
                 files[f.name] = {"rows": len(frame), "sha256": sha256_file(f)}
+        for name, write in (extras or {}).items():
+            write(folder / name)
+            files[name] = {"sha256": sha256_file(folder / name)}
         scores.to_parquet(folder / "scores.parquet", index=False)
         files["scores.parquet"] = {
             "rows": len(scores),
@@ -147,3 +153,16 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         if sha256_file(d / name) != meta["sha256"]:
             raise WinbackError(f"{d / name} does not match the manifest's sha256.")
     return doc
+
+
+def previous_export(out_dir: str | Path, as_of_key: str) -> Path | None:
+    """The latest complete export in ``out_dir`` dated before ``as_of_key``, if any."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return None
+    earlier = sorted(
+        p
+        for p in out.iterdir()
+        if p.is_symlink() and p.name < as_of_key and (p / "manifest.json").is_file()
+    )
+    return earlier[-1] if earlier else None

@@ -18,12 +18,15 @@ import pandas as pd
 
 from winback import __version__
 from winback.backtest import BacktestResult, run_backtest, training_cutoffs, write_backtest
+from winback.campaigns import suppressed
 from winback.config import Config
-from winback.export import export_lists
+from winback.errors import DataError
+from winback.evaluate import plot_profit_curve
+from winback.export import export_lists, previous_export, write_csv
 from winback.model import ChurnModel, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
-from winback.scoring import build_lists, score_customers
+from winback.scoring import build_lists, delta, profit_curve, score_customers
 from winback.snapshots import build_snapshots
 
 __all__ = ["TrainResult", "ScoreResult", "run_params", "backtest_job", "train_job", "score_job"]
@@ -92,18 +95,7 @@ def train_job(
     t0 = time.perf_counter()
     eval_at = t - timedelta(days=h)
     step(1, 4)
-    bt = run_backtest(
-        orders,
-        [eval_at],
-        h,
-        lb,
-        cfg.features.windows_days,
-        cfg.training.spacing_days,
-        cfg.training.n_cutoffs,
-        cfg.model_params(),
-        cfg.evaluation.n_bootstrap,
-        cfg.random_state,
-    )
+    bt = backtest_job(orders, cfg, [eval_at])
     step(2, 4)
     cuts = training_cutoffs(
         t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
@@ -173,10 +165,39 @@ def score_job(
     churn_model = load_model(path)
     version = version or path.name
     t = as_of or orders.last_ts
+    key = f"{t:%Y-%m-%d}"
+    camp = cfg.campaigns
     scores = score_customers(
-        orders, churn_model, t, cfg.campaigns, cfg.features.windows_days, model_version=str(version)
+        orders, churn_model, t, camp, cfg.features.windows_days, model_version=str(version)
     )
-    lists = build_lists(scores, cfg.campaigns)
+    contacts = (
+        _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
+        if camp.contact_history
+        else None
+    )
+    opted = (
+        _read_table(camp.opt_out, ["customer_id"], "opt_out")["customer_id"]
+        if camp.opt_out
+        else None
+    )
+    why = suppressed(scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted)
+    scores["suppressed"] = why
+    lists = build_lists(scores, camp, why)
+    curve = profit_curve(scores, why)
+    prev = previous_export(out, key)
+    old = None
+    if prev is not None:
+        old = {n: pd.read_parquet(prev / f"{n}.parquet") for n in lists}
+    changes = delta(lists, old)
+
+    def write_png(path: Path) -> None:
+        plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
+
+    extras = {
+        "delta.csv": lambda p: write_csv(changes, p),
+        "profit_curve.csv": lambda p: write_csv(curve, p),
+        "profit_curve.png": write_png,
+    }
     manifest = {
         "as_of": t.isoformat(),
         "input": orders.fingerprint(),
@@ -186,8 +207,29 @@ def score_job(
         "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())["sha256"],
         "mlflow_run": run_id or None,
         "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
+        "suppressed": {
+            "opted_out": int((why == "opted out").sum()),
+            "cooldown": int(why.str.startswith("contacted", na=False).sum()),
+        },
+        "previous_export": prev.name if prev else None,
+        "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
         "winback_version": __version__,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
-    folder = export_lists(out, f"{t:%Y-%m-%d}", lists, scores, manifest, wait_seconds)
+    folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras)
     return ScoreResult(folder, scores, lists, t, str(version))
+
+
+def _read_table(path: str, columns: list[str], setting: str) -> pd.DataFrame:
+    """A small side table (contacts, opt-outs) from CSV or Parquet, with the columns checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"campaigns.{setting} points at {p}, which does not exist.")
+    frame = pd.read_parquet(p) if p.suffix.lower() in {".parquet", ".pq"} else pd.read_csv(p)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"campaigns.{setting} ({p}) lacks column(s) {missing}; it has "
+            f"{list(frame.columns)[:10]}. Rename them to {columns}."
+        )
+    return frame

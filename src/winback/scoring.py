@@ -29,7 +29,7 @@ from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.snapshots import build_snapshots
 
-__all__ = ["score_customers", "build_lists", "LIST_COLUMNS"]
+__all__ = ["score_customers", "build_lists", "profit_curve", "delta", "LIST_COLUMNS"]
 
 LIST_COLUMNS = [
     "customer_id",
@@ -116,9 +116,16 @@ def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None
         )
 
 
-def build_lists(scores: pd.DataFrame, campaigns: CampaignsConfig) -> dict[str, pd.DataFrame]:
-    """The ``at_risk`` and ``lapsed`` lists: each group sized and capped, then split into
-    treatment and control. Rows are ordered by list rank."""
+def build_lists(
+    scores: pd.DataFrame, campaigns: CampaignsConfig, suppress: pd.Series | None = None
+) -> dict[str, pd.DataFrame]:
+    """The ``at_risk`` and ``lapsed`` lists: suppressed customers left out, each group sized and
+    capped, then split into treatment and control. Rows are ordered by list rank.
+
+    ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
+    """
+    if suppress is not None:
+        scores = scores[suppress.isna().to_numpy()]
     lists = {}
     for list_name in ("at_risk", "lapsed"):
         parts = []
@@ -148,3 +155,53 @@ def build_lists(scores: pd.DataFrame, campaigns: CampaignsConfig) -> dict[str, p
             drop=True
         )
     return lists
+
+
+def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.DataFrame:
+    """Cumulative expected gain of contacting the eligible customers of each list, best first:
+    ``list, n_contacted, customer_id, expected_gain, cumulative_gain``. The maximum of
+    ``cumulative_gain`` is where the profit-sized list stops."""
+    s = scores if suppress is None else scores[suppress.isna().to_numpy()]
+    s = s[s["expected_gain"].notna()]
+    parts = []
+    for name, part in s.groupby("list", sort=True):
+        ranked = part.sort_values(["expected_gain", "customer_id"], ascending=[False, True])
+        parts.append(
+            pd.DataFrame(
+                {
+                    "list": name,
+                    "n_contacted": np.arange(1, len(ranked) + 1),
+                    "customer_id": ranked["customer_id"].to_numpy(),
+                    "expected_gain": ranked["expected_gain"].to_numpy(),
+                    "cumulative_gain": ranked["expected_gain"].cumsum().to_numpy(),
+                }
+            )
+        )
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(
+            columns=["list", "n_contacted", "customer_id", "expected_gain", "cumulative_gain"]
+        )
+    )
+
+
+def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> pd.DataFrame:
+    """Who entered and who left each list since the previous export, with reasons:
+    ``list, change, customer_id, p_churn, campaign, reasons`` (the new row's values for entered,
+    the old row's for left)."""
+    cols = ["customer_id", "p_churn", "campaign", "reasons"]
+    rows = []
+    for name, frame in new.items():
+        before = (old or {}).get(name)
+        before = before if before is not None else frame.head(0)
+        entered = frame[~frame["customer_id"].isin(before["customer_id"])][cols]
+        left = before[~before["customer_id"].isin(frame["customer_id"])][cols]
+        rows.append(entered.assign(list=name, change="entered"))
+        rows.append(left.assign(list=name, change="left"))
+    out = pd.concat(rows, ignore_index=True)
+    return (
+        out[["list", "change", *cols]]
+        .sort_values(["list", "change", "customer_id"], kind="stable")
+        .reset_index(drop=True)
+    )
