@@ -82,3 +82,29 @@ def test_one_class_only_is_refused(snaps):
     y = np.zeros(len(snaps), dtype=int)
     with pytest.raises(DataError, match="only one class"):
         ChurnModel(n_estimators=10).fit(snaps, y)
+
+
+def test_population_stability_by_hand():
+    from winback.model import population_stability
+
+    ref = {"edges": [1.0], "shares": [0.5, 0.5]}  # two bins: below 1, at or above 1
+    assert population_stability(ref, np.array([0.0, 2.0, 0.5, 3.0])) == pytest.approx(0.0)
+    # 3/4 below, 1/4 above: (0.75-0.5) ln(1.5) + (0.25-0.5) ln(0.5)
+    want = 0.25 * np.log(1.5) - 0.25 * np.log(0.5)
+    assert population_stability(ref, np.array([0.0, 0.2, 0.5, 3.0])) == pytest.approx(want)
+
+
+def test_model_remembers_its_training_distribution(model, snaps):
+    latest = snaps[snaps["cutoff_ts"] == snaps["cutoff_ts"].max()]
+    drift = model.drift(latest, model.predict_proba(latest)[:, 1])
+    assert set(drift) == {
+        "recency_days",
+        "n_orders",
+        "monetary_total",
+        "tenure_days",
+        "bgnbd_p_no_purchase",
+        "p_churn",
+    }
+    assert max(drift.values()) < 1e-9  # the same rows: no drift
+    shifted = latest.assign(recency_days=latest["recency_days"] + 200)
+    assert model.drift(shifted, model.predict_proba(latest)[:, 1])["recency_days"] > 1.0

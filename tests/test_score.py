@@ -69,7 +69,8 @@ def _score(d: Path, *extra: str, out: str = "exports") -> subprocess.CompletedPr
 def test_lists_have_every_column_and_follow_the_rules(setup):
     _, o, model = setup
     cfg = CampaignsConfig()
-    scores = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
+    scores, drift = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
+    assert set(drift) >= {"recency_days", "p_churn"} and all(v >= 0 for v in drift.values())
     lists = build_lists(scores, cfg)
     for name, frame in lists.items():
         assert list(frame.columns) == LIST_COLUMNS
@@ -276,3 +277,16 @@ def test_a_contact_file_without_the_columns_is_a_clear_error(setup):
     res = _score(d, "--set", "campaigns.contact_history=bad_contacts.csv", out="badc")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "lacks column(s) ['customer_id', 'contacted_at']" in res.stderr
+
+
+def test_drift_guard_refuses_to_publish_unless_forced(setup):
+    d, _, _ = setup
+    # a threshold of 0 means any difference at all is too much
+    res = _score(d, "--set", "drift.fail_psi=0", out="drifted")
+    assert res.returncode == 1 and "Not published: the data drifted" in res.stderr
+    assert "--force" in res.stderr
+    assert not (d / "drifted" / AS_OF).exists()  # nothing published
+    res = _score(d, "--set", "drift.fail_psi=0", "--force", out="drifted")
+    assert res.returncode == 0, res.stderr
+    doc = read_manifest(d / "drifted" / AS_OF)
+    assert doc["drift_forced"] is True and "p_churn" in doc["drift_psi"]

@@ -444,6 +444,9 @@ def score(
     wait: Annotated[
         float, typer.Option("--wait", help="Seconds to wait for another run writing OUT.")
     ] = 0.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Publish even when the drift guard refuses.")
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -458,7 +461,7 @@ def score(
     cfg = _config(config, set_)
     orders = _load(orders_path, cfg, None)
     with _progress("scoring"):
-        res = score_job(orders, cfg, out, _as_of(as_of), model, wait_seconds=wait)
+        res = score_job(orders, cfg, out, _as_of(as_of), model, wait_seconds=wait, force=force)
     _echo_score(res)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "EvaluationConfig",
     "TrackingConfig",
     "CampaignsConfig",
+    "DriftConfig",
     "CampaignGroupConfig",
     "load_config",
     "apply_overrides",
@@ -271,6 +272,13 @@ class CampaignsConfig(_Section):
     opt_out: str | None = Field(None, description="CSV or Parquet with a customer_id column.")
 
 
+class DriftConfig(_Section):
+    """Drift guard of the nightly job (population stability index against training)."""
+
+    warn_psi: float = Field(0.10, ge=0)
+    fail_psi: float = Field(0.25, ge=0)
+
+
 class Config(_Section):
     """The whole winback configuration."""
 
@@ -284,6 +292,7 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     models_dir: str = "models"
     random_state: int = 42
 

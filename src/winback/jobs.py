@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from winback.orders import Orders
 from winback.profile import check_sufficiency
 from winback.scoring import build_lists, delta, profit_curve, score_customers
 from winback.snapshots import build_snapshots
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TrainResult", "ScoreResult", "run_params", "backtest_job", "train_job", "score_job"]
 
@@ -149,6 +152,7 @@ def score_job(
     model: str = "champion",
     tracking_uri: str | None = None,
     wait_seconds: float = 0.0,
+    force: bool = False,
 ) -> ScoreResult:
     """Score as of a date with the champion (or a model file) and export the lists atomically."""
     t0 = time.perf_counter()
@@ -167,9 +171,26 @@ def score_job(
     t = as_of or orders.last_ts
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
-    scores = score_customers(
+    scores, drift = score_customers(
         orders, churn_model, t, camp, cfg.features.windows_days, model_version=str(version)
     )
+    worst = max(drift, key=drift.get) if drift else None
+    if worst and drift[worst] > cfg.drift.fail_psi and not force:
+        raise DataError(
+            f"Not published: the data drifted from the model's training data (population "
+            f"stability index of {worst} {drift[worst]:.2f} > drift.fail_psi "
+            f"{cfg.drift.fail_psi}; all: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in drift.items())
+            + "). Check the orders, retrain, or pass --force to publish anyway."
+        )
+    for name, psi in drift.items():
+        if psi > cfg.drift.warn_psi:
+            log.warning(
+                "drift: population stability index of %s is %.2f (warn above %.2f)",
+                name,
+                psi,
+                cfg.drift.warn_psi,
+            )
     contacts = (
         _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
         if camp.contact_history
@@ -212,6 +233,8 @@ def score_job(
             "cooldown": int(why.str.startswith("contacted", na=False).sum()),
         },
         "previous_export": prev.name if prev else None,
+        "drift_psi": {k: round(v, 6) for k, v in drift.items()},
+        "drift_forced": bool(force and worst and drift[worst] > cfg.drift.fail_psi),
         "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
         "winback_version": __version__,
         "wall_seconds": round(time.perf_counter() - t0, 3),

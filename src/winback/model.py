@@ -31,7 +31,24 @@ from sklearn.linear_model import LogisticRegression
 from winback.atomic import atomic_path, sha256_file
 from winback.errors import DataError, WinbackError
 
-__all__ = ["ChurnModel", "NON_FEATURES", "feature_columns", "save_model", "load_model"]
+__all__ = [
+    "ChurnModel",
+    "NON_FEATURES",
+    "DRIFT_FEATURES",
+    "feature_columns",
+    "population_stability",
+    "save_model",
+    "load_model",
+]
+
+#: Features whose distribution the drift guard compares with training (plus p_churn).
+DRIFT_FEATURES = (
+    "recency_days",
+    "n_orders",
+    "monetary_total",
+    "tenure_days",
+    "bgnbd_p_no_purchase",
+)
 
 #: Snapshot columns that are keys or labels, never features.
 NON_FEATURES = frozenset({"customer_id", "cutoff_ts", "churned", "orders_in_horizon"})
@@ -57,6 +74,25 @@ def _eval_args(X: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
     if "eval_X" in inspect.signature(lgb.LGBMClassifier.fit).parameters:
         return {"eval_X": (X,), "eval_y": (y,)}
     return {"eval_set": [(X, y)]}
+
+
+def _bins(values: np.ndarray, n: int = 10) -> dict[str, list[float]]:
+    """Decile edges of ``values`` and the share of values in each bin."""
+    v = values[np.isfinite(values)]
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, n + 1)[1:-1])) if v.size else np.array([])
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1)
+    return {"edges": edges.tolist(), "shares": (counts / max(v.size, 1)).tolist()}
+
+
+def population_stability(reference: dict[str, list[float]], values: np.ndarray) -> float:
+    """PSI = sum((actual - expected) x ln(actual / expected)) over the reference bins."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    edges = np.asarray(reference["edges"])
+    expected = np.clip(np.asarray(reference["shares"]), 1e-4, None)
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1)
+    actual = np.clip(counts / max(v.size, 1), 1e-4, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -177,7 +213,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             "pandas": pd.__version__,
         }
         self.fitted_at_ = datetime.now(UTC).isoformat(timespec="seconds")
+        latest = X[X["cutoff_ts"] == cutoffs[-1]]
+        ref = {f: latest[f].to_numpy(dtype=float) for f in DRIFT_FEATURES if f in latest.columns}
+        ref["p_churn"] = self.predict_proba(latest)[:, 1]
+        self.reference_ = {name: _bins(values) for name, values in ref.items()}
         return self
+
+    def drift(self, X: pd.DataFrame, p_churn: np.ndarray) -> dict[str, float]:
+        """Population stability index of each drift feature and of ``p_churn`` against the
+        model's latest training cutoff (0 = same distribution; above 0.25 = a large shift)."""
+        ref = getattr(self, "reference_", None) or {}
+        now = {f: X[f].to_numpy(dtype=float) for f in ref if f in X.columns}
+        now["p_churn"] = np.asarray(p_churn, dtype=float)
+        return {f: population_stability(ref[f], v) for f, v in now.items() if f in ref}
 
     def _check(self, X: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.features_ if c not in X.columns]

@@ -59,14 +59,16 @@ def score_customers(
     campaigns: CampaignsConfig,
     windows_days=(30, 90, 180, 365),
     model_version: str = "",
-) -> pd.DataFrame:
-    """Every customer of both lists with their scores, before list sizing and control groups."""
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Every customer of both lists with their scores (before list sizing and control groups),
+    and the drift of the model's population (a purchase within its lookback) against training:
+    the population stability index of key features and of ``p_churn``."""
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
     snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
     if snap.empty:
-        return pd.DataFrame(columns=LIST_COLUMNS)
+        return pd.DataFrame(columns=LIST_COLUMNS), {}
     snap = snap.sort_values("customer_id", kind="stable").reset_index(drop=True)
     out = pd.DataFrame({"customer_id": snap["customer_id"]})
     out["as_of"] = f"{as_of:%Y-%m-%d}"
@@ -88,7 +90,9 @@ def score_customers(
     out["rank"] = out["rank"].astype(int)
     out["risk_decile"] = out["risk_decile"].astype(int)
     _assign_groups(out, campaigns.groups)
-    return out
+    trained_on = (snap["recency_days"] < model.lookback_days).to_numpy()
+    drift = model.drift(snap[trained_on], out.loc[trained_on, "p_churn"].to_numpy())
+    return out, drift
 
 
 def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
