@@ -21,7 +21,7 @@ from winback.config import CampaignsConfig
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
 from winback.model import ChurnModel, save_model
-from winback.scoring import LIST_COLUMNS, build_lists, score_customers
+from winback.scoring import LIST_COLUMNS, add_reasons, build_lists, score_customers
 from winback.snapshots import build_snapshots
 
 AS_OF = "2023-12-31"
@@ -69,9 +69,10 @@ def _score(d: Path, *extra: str, out: str = "exports") -> subprocess.CompletedPr
 def test_lists_have_every_column_and_follow_the_rules(setup):
     _, o, model = setup
     cfg = CampaignsConfig()
-    scores, drift = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
+    scored = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
+    scores, drift = scored.scores, scored.drift
     assert set(drift) >= {"recency_days", "p_churn"} and all(v >= 0 for v in drift.values())
-    lists = build_lists(scores, cfg)
+    lists = add_reasons(scored, model, build_lists(scores, cfg))
     for name, frame in lists.items():
         assert list(frame.columns) == LIST_COLUMNS
         assert (frame["list"] == name).all() and frame["rank"].is_monotonic_increasing
@@ -83,6 +84,13 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     assert set(at_risk["group"]) == {"treatment", "control"}
     assert (at_risk["value_at_risk"] - at_risk["p_churn"] * at_risk["value"]).abs().max() < 1e-9
     assert at_risk["reasons"].str.len().gt(0).all()
+    # reasons are worked out for the exported customers only
+    listed = scores["customer_id"].isin(at_risk["customer_id"]) | scores["customer_id"].isin(
+        lapsed["customer_id"]
+    )
+    assert (
+        scores.loc[listed, "reasons"].notna().all() and scores.loc[~listed, "reasons"].isna().all()
+    )
     assert (scores["risk_decile"].between(1, 10)).all()
 
 

@@ -91,10 +91,10 @@ def _segment(r: int, f: int) -> str:
 
 def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
     """The RFM segment name of each customer (quintiles within the given customers)."""
-    r = _quintile(-recency_days.astype(float))
-    f = _quintile(n_orders.astype(float))
-    names = [_segment(int(a), int(b)) for a, b in zip(r, f, strict=True)]
-    return pd.Series(names, index=recency_days.index, dtype="string")
+    r = _quintile(-recency_days.astype(float)).astype(int)
+    f = _quintile(n_orders.astype(float)).astype(int)
+    grid = np.array([[_segment(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
+    return pd.Series(grid[r - 1, f - 1], index=recency_days.index, dtype="string")
 
 
 def control_flags(
@@ -205,23 +205,45 @@ def _reason(name: str, row: pd.Series) -> str | None:
     return None
 
 
+class _Row:
+    """Read access to one row of column arrays, like a Series' ``get``."""
+
+    __slots__ = ("cols", "i")
+
+    def __init__(self, cols: dict[str, np.ndarray], i: int):
+        self.cols, self.i = cols, i
+
+    def get(self, name: str, default=None):
+        col = self.cols.get(name)
+        return default if col is None else col[self.i]
+
+    def __getitem__(self, name: str):
+        return self.cols[name][self.i]
+
+
 def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -> pd.Series:
     """The top drivers of each customer's risk, in plain language, joined by '; '.
 
     ``contributions`` are per-feature contributions to the churn log-odds (positive = more
-    risk), aligned with ``features`` by index. Features whose sentence would repeat another's are
-    skipped; features without a sentence are skipped.
+    risk), aligned with ``features`` by position. Features whose sentence would repeat another's
+    are skipped; features without a sentence are skipped.
     """
+    c = contributions.to_numpy(dtype=float)
+    names = list(contributions.columns)
+    candidates = np.argsort(-c, axis=1, kind="stable")[:, : min(3 * top + 3, c.shape[1])]
+    cols = {name: features[name].to_numpy() for name in features.columns}
     out = []
-    for idx, contrib in contributions.iterrows():
-        row = features.loc[idx]
+    for i in range(c.shape[0]):
+        row = _Row(cols, i)
         said: list[str] = []
-        for name in contrib[contrib > 0].sort_values(ascending=False).index:
-            text = _reason(name, row)
+        for j in candidates[i]:
+            if c[i, j] <= 0:
+                break
+            text = _reason(names[j], row)
             if text and text not in said:
                 said.append(text)
-            if len(said) == top:
-                break
+                if len(said) == top:
+                    break
         out.append("; ".join(said))
     return pd.Series(out, index=contributions.index, dtype="string")
 

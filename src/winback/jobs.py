@@ -27,7 +27,7 @@ from winback.export import export_lists, previous_export, write_csv
 from winback.model import ChurnModel, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
-from winback.scoring import build_lists, delta, profit_curve, score_customers
+from winback.scoring import add_reasons, build_lists, delta, profit_curve, score_customers
 from winback.snapshots import build_snapshots
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,10 @@ def score_job(
     t = as_of or orders.last_ts
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
-    scores, drift = score_customers(
+    scored = score_customers(
         orders, churn_model, t, camp, cfg.features.windows_days, model_version=str(version)
     )
+    scores, drift = scored.scores, scored.drift
     worst = max(drift, key=drift.get) if drift else None
     if worst and drift[worst] > cfg.drift.fail_psi and not force:
         raise DataError(
@@ -203,7 +204,7 @@ def score_job(
     )
     why = suppressed(scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted)
     scores["suppressed"] = why
-    lists = build_lists(scores, camp, why)
+    lists = add_reasons(scored, churn_model, build_lists(scores, camp, why))
     curve = profit_curve(scores, why)
     prev = previous_export(out, key)
     old = None

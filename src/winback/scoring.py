@@ -18,6 +18,7 @@ group, which is not contacted and measures the campaign later.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -29,7 +30,26 @@ from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.snapshots import build_snapshots
 
-__all__ = ["score_customers", "build_lists", "profit_curve", "delta", "LIST_COLUMNS"]
+__all__ = [
+    "Scored",
+    "score_customers",
+    "add_reasons",
+    "build_lists",
+    "profit_curve",
+    "delta",
+    "LIST_COLUMNS",
+]
+
+
+@dataclass
+class Scored:
+    """Scores of every customer, the drift figures, and the features they were scored on
+    (aligned by position with ``scores``)."""
+
+    scores: pd.DataFrame
+    drift: dict[str, float]
+    features: pd.DataFrame
+
 
 LIST_COLUMNS = [
     "customer_id",
@@ -59,16 +79,17 @@ def score_customers(
     campaigns: CampaignsConfig,
     windows_days=(30, 90, 180, 365),
     model_version: str = "",
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Every customer of both lists with their scores (before list sizing and control groups),
-    and the drift of the model's population (a purchase within its lookback) against training:
-    the population stability index of key features and of ``p_churn``."""
+) -> Scored:
+    """Every customer of both lists with their scores (before list sizing and control groups,
+    and without reasons: :func:`add_reasons` explains the customers who are exported), and the
+    drift of the model's population (a purchase within its lookback) against training: the
+    population stability index of key features and of ``p_churn``."""
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
     snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
     if snap.empty:
-        return pd.DataFrame(columns=LIST_COLUMNS), {}
+        return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
     snap = snap.sort_values("customer_id", kind="stable").reset_index(drop=True)
     out = pd.DataFrame({"customer_id": snap["customer_id"]})
     out["as_of"] = f"{as_of:%Y-%m-%d}"
@@ -78,7 +99,7 @@ def score_customers(
     out["expected_value"] = (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float)
     out["value_at_risk"] = out["p_churn"] * out["value"]
     out["segment"] = rfm_segments(snap["recency_days"], snap["n_orders"])
-    out["reasons"] = reasons(model.contributions(snap), snap)
+    out["reasons"] = pd.Series(pd.NA, index=out.index, dtype="string")
     out["model_version"] = model_version
     out["n_order_days"] = snap["n_order_days"]
     for _, part in out.groupby("list"):
@@ -92,7 +113,24 @@ def score_customers(
     _assign_groups(out, campaigns.groups)
     trained_on = (snap["recency_days"] < model.lookback_days).to_numpy()
     drift = model.drift(snap[trained_on], out.loc[trained_on, "p_churn"].to_numpy())
-    return out, drift
+    return Scored(out, drift, snap)
+
+
+def add_reasons(
+    scored: Scored, model: ChurnModel, lists: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``)."""
+    ids = pd.concat([f["customer_id"] for f in lists.values()]).unique()
+    rows = scored.scores["customer_id"].isin(ids).to_numpy()
+    if rows.any():
+        feats = scored.features[rows].reset_index(drop=True)
+        text = reasons(model.contributions(feats), feats).to_numpy()
+        scored.scores.loc[rows, "reasons"] = text
+    by_id = scored.scores.set_index("customer_id")["reasons"]
+    return {
+        name: frame.assign(reasons=frame["customer_id"].map(by_id).astype("string"))
+        for name, frame in lists.items()
+    }
 
 
 def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
