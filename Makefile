@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench clean
+.PHONY: help install demo test lint format bench bench-score clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,12 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: $(STAMP) ## feature benchmarks on 1M and 10M synthetic orders (medians of 3; writes benchmarks/results)
+bench: $(STAMP) ## feature and nightly-scoring benchmarks on 1M/10M synthetic orders (medians of 3)
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_score.py
+
+bench-score: $(STAMP) ## the nightly scoring benchmark alone (10M orders, split by stage)
+	$(BIN)/python benchmarks/bench_score.py
 
 clean: ## remove the virtualenv, caches and demo output
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis demo src/*.egg-info

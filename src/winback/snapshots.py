@@ -2,7 +2,8 @@
 
 BG/NBD is fitted at each cutoff on every customer who had bought by then (not only the active
 ones, so that customers who dropped out inform the dropout rate; a seeded sample of 200k of
-them on large histories), in days, from purchase days at or before the cutoff. Its predictions for the next ``horizon_days`` become features:
+them on large histories), in days, from purchase days at or before the cutoff. Its
+predictions for the next ``horizon_days`` become features:
 ``bgnbd_p_alive``, ``bgnbd_p_no_purchase`` and ``bgnbd_expected_purchases``.
 """
 
