@@ -298,3 +298,33 @@ def test_drift_guard_refuses_to_publish_unless_forced(setup):
     assert res.returncode == 0, res.stderr
     doc = read_manifest(d / "drifted" / AS_OF)
     assert doc["drift_forced"] is True and "p_churn" in doc["drift_psi"]
+
+
+def test_two_concurrent_runs_queue_on_the_lock_and_both_finish(setup):
+    d, _, _ = setup
+    cmd = [
+        sys.executable,
+        "-m",
+        "winback",
+        "score",
+        "--orders",
+        "orders.parquet",
+        "--as-of",
+        AS_OF,
+        "--model",
+        "model.joblib",
+        "--out",
+        "together",
+        "--wait",
+        "120",
+        *MAP,
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    doc = read_manifest(d / "together" / AS_OF)
+    assert doc["rows"]["scores"] > 0
+    assert len(list((d / "together" / ".versions").iterdir())) == 1
