@@ -63,7 +63,9 @@ def _run(orders_path: str, model_path: str) -> dict:
     scored = score_customers(orders, model, orders.last_ts, cfg.campaigns)
     stages["features_predict"] = time.perf_counter() - t
     t = time.perf_counter()
-    lists = add_reasons(scored, model, build_lists(scored.scores, cfg.campaigns))
+    lists = add_reasons(
+        scored, model, build_lists(scored.scores, cfg.campaigns), cfg.campaigns.reasons_method
+    )
     stages["lists_reasons"] = time.perf_counter() - t
     t = time.perf_counter()
     out = Path(tempfile.mkdtemp())

@@ -108,3 +108,27 @@ def test_model_remembers_its_training_distribution(model, snaps):
     assert max(drift.values()) < 1e-9  # the same rows: no drift
     shifted = latest.assign(recency_days=latest["recency_days"] + 200)
     assert model.drift(shifted, model.predict_proba(latest)[:, 1])["recency_days"] > 1.0
+
+
+def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(model, snaps):
+    from winback.model import _path_contributions
+
+    X = snaps.head(3000).copy()
+    X.loc[X.index[:300], "gap_mean_days"] = np.nan  # missing values take the default side
+    path = model.contributions(X, "path")
+    shap = model.contributions(X, "shap")
+    Xf = X[model.features_].astype(float)
+    raw = model.booster_.predict(Xf, num_iteration=model.best_iteration_, raw_score=True)
+    # each method adds up exactly with its own bias (LightGBM's root values for the path
+    # method, the expected value for TreeSHAP)
+    full = _path_contributions(model.booster_.booster_, Xf.to_numpy(), model.best_iteration_)
+    np.testing.assert_allclose(full.sum(axis=1), raw, atol=1e-9)
+    np.testing.assert_allclose(full[:, :-1], path.to_numpy())
+    shap_bias = raw - shap.sum(axis=1).to_numpy()
+    np.testing.assert_allclose(shap_bias, shap_bias[0], atol=1e-9)
+    same_top = (path.to_numpy().argmax(axis=1) == shap.to_numpy().argmax(axis=1)).mean()
+    # the top driver agrees with TreeSHAP for most customers (measured: 74% on this small
+    # model, 97% on the 10M-order benchmark model)
+    assert same_top > 0.6
+    with pytest.raises(ValueError, match="'shap' or 'path'"):
+        model.contributions(X, "lime")

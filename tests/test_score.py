@@ -40,30 +40,18 @@ def setup(tmp_path_factory, synth_frame):
     return d, o, model
 
 
+def _score_cmd(out: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "winback", "score", "--orders", "orders.parquet", "--as-of", AS_OF,
+        "--model", "model.joblib", "--out", out, *MAP, *extra,
+    ]  # fmt: skip
+
+
 def _score(d: Path, *extra: str, out: str = "exports") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "winback",
-            "score",
-            "--orders",
-            "orders.parquet",
-            "--as-of",
-            AS_OF,
-            "--model",
-            "model.joblib",
-            "--out",
-            out,
-            *MAP,
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=d,
+        _score_cmd(out, *extra), capture_output=True, text=True, timeout=300, cwd=d,
         env={**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/unreachable"},
-    )
+    )  # fmt: skip
 
 
 def test_lists_have_every_column_and_follow_the_rules(setup):
@@ -167,27 +155,9 @@ def test_kill_9_never_leaves_a_partial_or_mixed_export(setup):
     rng = random.Random(5)
     for _ in range(8):
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "winback",
-                "score",
-                "--orders",
-                "orders.parquet",
-                "--as-of",
-                AS_OF,
-                "--model",
-                "model.joblib",
-                "--out",
-                out,
-                "--wait",
-                "30",
-                *MAP,
-            ],
-            cwd=d,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+            _score_cmd(out, "--wait", "30"),
+            cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         time.sleep(rng.uniform(0.5, 6.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -302,23 +272,7 @@ def test_drift_guard_refuses_to_publish_unless_forced(setup):
 
 def test_two_concurrent_runs_queue_on_the_lock_and_both_finish(setup):
     d, _, _ = setup
-    cmd = [
-        sys.executable,
-        "-m",
-        "winback",
-        "score",
-        "--orders",
-        "orders.parquet",
-        "--as-of",
-        AS_OF,
-        "--model",
-        "model.joblib",
-        "--out",
-        "together",
-        "--wait",
-        "120",
-        *MAP,
-    ]
+    cmd = _score_cmd("together", "--wait", "120")
     procs = [
         subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

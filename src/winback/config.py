@@ -270,6 +270,9 @@ class CampaignsConfig(_Section):
     )
     cooldown_days: int = Field(30, ge=0)
     opt_out: str | None = Field(None, description="CSV or Parquet with a customer_id column.")
+    reasons_method: Literal["auto", "shap", "path"] = Field(
+        "auto", description="Contributions behind reasons; auto: shap up to 50k listed customers."
+    )
 
 
 class DriftConfig(_Section):

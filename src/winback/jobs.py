@@ -204,7 +204,7 @@ def score_job(
     )
     why = suppressed(scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted)
     scores["suppressed"] = why
-    lists = add_reasons(scored, churn_model, build_lists(scores, camp, why))
+    lists = add_reasons(scored, churn_model, build_lists(scores, camp, why), camp.reasons_method)
     curve = profit_curve(scores, why)
     prev = previous_export(out, key)
     old = None

@@ -76,6 +76,72 @@ def _eval_args(X: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
     return {"eval_set": [(X, y)]}
 
 
+def _flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """One tree of LightGBM's model dump as arrays: feature (-1 at leaves), threshold,
+    default_left, missing type (0 None, 1 Zero, 2 NaN), left, right, node value."""
+    feat, thr, dleft, miss, left, right, value = [], [], [], [], [], [], []
+    stack: list[tuple[dict, int, str]] = []
+
+    def add(node: dict) -> int:
+        i = len(feat)
+        leaf = "leaf_value" in node
+        if not leaf and node.get("decision_type") != "<=":
+            raise ValueError("path contributions support numeric splits only")
+        feat.append(-1 if leaf else node["split_feature"])
+        thr.append(0.0 if leaf else node["threshold"])
+        dleft.append(False if leaf else node["default_left"])
+        miss.append(0 if leaf else {"None": 0, "Zero": 1, "NaN": 2}[node["missing_type"]])
+        left.append(-1)
+        right.append(-1)
+        value.append(node["leaf_value"] if leaf else node["internal_value"])
+        if not leaf:
+            stack.append((node["left_child"], i, "l"))
+            stack.append((node["right_child"], i, "r"))
+        return i
+
+    add(tree["tree_structure"])
+    while stack:
+        child, parent, side = stack.pop()
+        (left if side == "l" else right)[parent] = add(child)
+    return (
+        np.array(feat),
+        np.array(thr),
+        np.array(dleft),
+        np.array(miss),
+        np.array(left),
+        np.array(right),
+        np.array(value, dtype=float),
+    )
+
+
+def _path_contributions(booster: lgb.Booster, X: np.ndarray, num_iteration: int) -> np.ndarray:
+    """Saabas contributions, the last column the bias; rows of ``X`` walk every tree at once."""
+    n, m = X.shape
+    out = np.zeros((n, m + 1))
+    rows = np.arange(n)
+    for tree in booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]:
+        feat, thr, dleft, miss, left, right, value = _flat_tree(tree)
+        node = np.zeros(n, dtype=np.int64)
+        out[:, m] += value[0]
+        active = rows
+        while active.size:
+            nd = node[active]
+            f = feat[nd]
+            x = X[active, f]
+            nan = np.isnan(x)
+            mt = miss[nd]
+            # LightGBM's missing values: NaN is missing with type NaN; NaN and 0 with type
+            # Zero; with type None NaN counts as 0
+            x0 = np.where(nan & (mt != 2), 0.0, x)
+            missing = np.where(mt == 2, nan, (mt == 1) & (nan | (x0 == 0.0)))
+            go_left = np.where(missing, dleft[nd], x0 <= thr[nd])
+            child = np.where(go_left, left[nd], right[nd])
+            out[active, f] += value[child] - value[nd]  # one node per row per step
+            node[active] = child
+            active = active[feat[child] >= 0]
+    return out
+
+
 def _bins(values: np.ndarray, n: int = 10) -> dict[str, list[float]]:
     """Decile edges of ``values`` and the share of values in each bin."""
     v = values[np.isfinite(values)]
@@ -248,11 +314,22 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per-row feature contributions to the raw log-odds (LightGBM's SHAP values)."""
-        c = self.booster_.predict(
-            self._check(X), num_iteration=self.best_iteration_, pred_contrib=True
-        )
+    def contributions(self, X: pd.DataFrame, method: str = "shap") -> pd.DataFrame:
+        """Per-row feature contributions to the raw log-odds.
+
+        ``shap``: LightGBM's exact TreeSHAP values. ``path``: each split on a row's path in each
+        tree credits its feature with the change in the node value (Saabas); several times
+        faster, and like SHAP the contributions plus the bias add up to the raw score exactly.
+        """
+        Xf = self._check(X)
+        if method == "shap":
+            c = self.booster_.predict(Xf, num_iteration=self.best_iteration_, pred_contrib=True)
+        elif method == "path":
+            c = _path_contributions(
+                self.booster_.booster_, Xf.to_numpy(dtype=float), self.best_iteration_
+            )
+        else:
+            raise ValueError(f"method must be 'shap' or 'path'; got {method!r}")
         return pd.DataFrame(c[:, :-1], columns=self.features_, index=X.index)
 
     def feature_importance(self) -> pd.Series:

@@ -116,15 +116,23 @@ def score_customers(
     return Scored(out, drift, snap)
 
 
+#: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
+SHAP_MAX_ROWS = 50_000
+
+
 def add_reasons(
-    scored: Scored, model: ChurnModel, lists: dict[str, pd.DataFrame]
+    scored: Scored, model: ChurnModel, lists: dict[str, pd.DataFrame], method: str = "auto"
 ) -> dict[str, pd.DataFrame]:
-    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``)."""
+    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``).
+
+    ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
     ids = pd.concat([f["customer_id"] for f in lists.values()]).unique()
     rows = scored.scores["customer_id"].isin(ids).to_numpy()
     if rows.any():
         feats = scored.features[rows].reset_index(drop=True)
-        text = reasons(model.contributions(feats), feats).to_numpy()
+        if method == "auto":
+            method = "shap" if len(feats) <= SHAP_MAX_ROWS else "path"
+        text = reasons(model.contributions(feats, method), feats).to_numpy()
         scored.scores.loc[rows, "reasons"] = text
     by_id = scored.scores.set_index("customer_id")["reasons"]
     return {
