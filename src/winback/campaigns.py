@@ -171,17 +171,50 @@ def _days(x: float) -> str:
     return f"{x:.0f} day" + ("" if round(x) == 1 else "s")
 
 
+_SPEAKING = {
+    "recency_days",
+    "overdue_ratio",
+    "bgnbd_p_no_purchase",
+    "bgnbd_p_alive",
+    "spend_change_90d",
+    "orders_trend_90d",
+    "orders_trend_180d",
+    "return_rate",
+    "n_returns",
+    "n_orders",
+    "n_order_days",
+    "orders_per_year",
+    "bgnbd_expected_purchases",
+    "monetary_total",
+    "monetary_mean",
+    "net_spend",
+    "last_order_amount",
+    "tenure_days",
+}
+_WINDOW = re.compile(r"orders_(\d+)d")
+
+
+def _can_speak(name: str) -> bool:
+    """Whether :func:`_reason` has a sentence for this feature (for some customer)."""
+    return name in _SPEAKING or _WINDOW.fullmatch(name) is not None
+
+
+def _missing(x) -> bool:
+    """None, NaN or pd.NA (cheaper than pd.isna on one value)."""
+    return x is None or x is pd.NA or (isinstance(x, float) and x != x)
+
+
 def _reason(name: str, row: pd.Series) -> str | None:
     """A plain-language sentence for a feature that raises a customer's risk."""
     v = row.get(name)
-    if v is None or pd.isna(v):
+    if _missing(v):
         return None
     rec = row.get("recency_days")
     gap = row.get("gap_mean_days")
     if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
         if row.get("n_order_days", 2) == 1 and rec is not None:
             return f"bought once, {_days(rec)} ago"
-        if gap and not pd.isna(gap) and gap > 0 and rec is not None:
+        if not _missing(gap) and gap > 0 and rec is not None:
             if rec >= gap:
                 return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
             return f"buys rarely: about every {_days(gap)}"
@@ -195,7 +228,7 @@ def _reason(name: str, row: pd.Series) -> str | None:
     if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
         n = int(row.get("n_orders", 0))
         return f"only {n} order" + ("" if n == 1 else "s") + " so far"
-    window = re.fullmatch(r"orders_(\d+)d", name)
+    window = _WINDOW.fullmatch(name)
     if window and v == 0:
         return f"no order in the last {window.group(1)} days"
     if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
@@ -230,6 +263,7 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
     """
     c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
+    speaks = np.array([_can_speak(n) for n in names])  # features that have a sentence at all
     candidates = np.argsort(-c, axis=1, kind="stable")[:, : min(3 * top + 3, c.shape[1])]
     cols = {name: features[name].to_numpy() for name in features.columns}
     out = []
@@ -239,6 +273,8 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
         for j in candidates[i]:
             if c[i, j] <= 0:
                 break
+            if not speaks[j]:
+                continue
             text = _reason(names[j], row)
             if text and text not in said:
                 said.append(text)
