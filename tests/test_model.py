@@ -132,3 +132,19 @@ def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(model, s
     assert same_top > 0.6
     with pytest.raises(ValueError, match="'shap' or 'path'"):
         model.contributions(X, "lime")
+
+
+def test_path_contributions_handle_single_leaf_trees():
+    import lightgbm as lgb
+
+    from winback.model import _path_contributions
+
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    # 31 of 60 rows per leaf: no split is possible, so every tree is a single leaf
+    clf = lgb.LGBMClassifier(n_estimators=5, min_child_samples=31, verbose=-1).fit(X, y)
+    trees = clf.booster_.dump_model()["tree_info"]
+    assert any("leaf_value" in t["tree_structure"] for t in trees)
+    full = _path_contributions(clf.booster_, X, len(trees), chunk_rows=7)
+    np.testing.assert_allclose(full.sum(axis=1), clf.predict(X, raw_score=True), atol=1e-9)
