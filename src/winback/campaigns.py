@@ -39,6 +39,7 @@ __all__ = [
     "SEGMENTS",
     "suppressed",
     "rfm_segments",
+    "segment_name",
     "control_flags",
     "expected_gain",
     "size_list",
@@ -65,7 +66,8 @@ def _quintile(values: pd.Series) -> np.ndarray:
     return np.clip(np.ceil(values.rank(pct=True, method="average").to_numpy() * 5), 1, 5)
 
 
-def _segment(r: int, f: int) -> str:
+def segment_name(r: int, f: int) -> str:
+    """The RFM segment of an R and an F quintile score (1-5 each; see the grid above)."""
     if r == 5 and f >= 4:
         return "Champions"
     if r >= 3 and f >= 4:
@@ -93,7 +95,7 @@ def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
     """The RFM segment name of each customer (quintiles within the given customers)."""
     r = _quintile(-recency_days.astype(float)).astype(int)
     f = _quintile(n_orders.astype(float)).astype(int)
-    grid = np.array([[_segment(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
+    grid = np.array([[segment_name(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
     return pd.Series(grid[r - 1, f - 1], index=recency_days.index, dtype="string")
 
 

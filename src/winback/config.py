@@ -31,6 +31,8 @@ __all__ = [
     "TrackingConfig",
     "CampaignsConfig",
     "DriftConfig",
+    "MeasureConfig",
+    "ReportConfig",
     "CampaignGroupConfig",
     "load_config",
     "apply_overrides",
@@ -282,6 +284,30 @@ class DriftConfig(_Section):
     fail_psi: float = Field(0.25, ge=0)
 
 
+class MeasureConfig(_Section):
+    """Campaign readout: treatment against control after an export."""
+
+    window_days: int | None = Field(
+        None, ge=1, description="Outcome window after the as-of; null: labels.horizon_days."
+    )
+    min_control: int = Field(
+        100, ge=1, description="Warn when a control group has fewer customers than this."
+    )
+
+
+class ReportConfig(_Section):
+    """Retention report."""
+
+    period: Literal["month", "quarter", "year"] = "month"
+    active_days: int | None = Field(
+        None,
+        ge=1,
+        description="Active = a purchase in this many days; null: features.lookback_days.",
+    )
+    exports_dir: str = Field("exports", description="Where 'score' writes; read for list figures.")
+    max_readouts: int = Field(6, ge=0, description="Campaign readouts of the latest exports.")
+
+
 class Config(_Section):
     """The whole winback configuration."""
 
@@ -296,6 +322,8 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     models_dir: str = "models"
     random_state: int = 42
 

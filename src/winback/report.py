@@ -1,0 +1,628 @@
+"""Retention figures marketing teams know, computed from the order history, and their plots.
+
+Definitions (all in UTC; purchases are orders that are not returns or cancellations):
+
+Periods
+    Calendar months, quarters or years ``[start, end)``. Only complete periods are reported: a
+    period is complete when its end is at or before the end of the as-of day.
+Active at an instant t
+    At least one purchase in the ``window_days`` before t, i.e. in ``[t - window_days, t)``.
+    ``window_days`` is the lookback of the features (365 by default), but never shorter than the
+    longest period (31, 92 or 366 days), so that everyone who buys in a period is active at its
+    end.
+Per period
+    S = customers active at the start, E = active at the end, N = new customers (first purchase
+    in the period). **Retention rate** = (E - N) / S, **churn rate** = 1 - retention rate (empty
+    when S = 0). E - N also counts customers who were not active at the start but came back in
+    the period; ``retained`` (active at start and end) and ``reactivated`` separate the two, and
+    ``strict_retention_rate`` = retained / S. **Repeat purchase rate** = buyers with 2+ purchases
+    in the period / buyers in the period. **Revenue retention** = net revenue (returns
+    subtracted) in the period from the customers active at its start / the same customers' net
+    revenue in the previous calendar period (the month, quarter or year before).
+Overall repeat purchase rate
+    Customers with 2+ purchases up to the as-of / customers with at least one.
+Cohorts
+    A customer's cohort is the month of their first purchase. Cell (cohort, k) is the share of
+    the cohort with a purchase in the k-th calendar month after it (k >= 1). A cell whose month is
+    not complete at the as-of is empty (NaN), not zero.
+By channel and segment
+    The customers active at the start of each period, grouped by the channel of their last
+    purchase before the period, or by their RFM segment at the period start (the R x F grid of
+    the lists: quintiles of days since the last purchase and of the number of purchases among
+    those customers). Retention there is ``retained / S`` (a customer counts in one group only).
+
+Everything runs as SQL in the orders' DuckDB connection; only per-period tables reach pandas.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from winback.campaigns import segment_name
+from winback.errors import UsageError
+from winback.html import Section, figure_tag, table_tag
+from winback.orders import Orders
+
+__all__ = [
+    "PERIODS",
+    "Period",
+    "report_end",
+    "period_bounds",
+    "active_window_days",
+    "retention_kpis",
+    "overall_repeat_rate",
+    "cohort_table",
+    "retention_by",
+    "plot_retention",
+    "plot_cohorts",
+    "plot_retention_by",
+    "plot_score_distribution",
+    "plot_list_sizes",
+    "readout_section",
+    "kpi_sections",
+]
+
+Period = Literal["month", "quarter", "year"]
+PERIODS: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}  # months per period
+_LONGEST_DAYS = {"month": 31, "quarter": 92, "year": 366}
+
+
+def _check_period(period: str) -> None:
+    if period not in PERIODS:
+        raise UsageError(f"The period must be one of {', '.join(PERIODS)}; got {period!r}.")
+
+
+def report_end(orders: Orders, as_of: datetime | None = None) -> datetime:
+    """The end of the as-of day (00:00 of the next day): the report sees orders before it.
+    Without an as-of, the day of the last order."""
+    day = as_of or orders.last_ts
+    if day is None:
+        raise UsageError("The order history is empty: nothing to report.")
+    return datetime(day.year, day.month, day.day) + timedelta(days=1)
+
+
+def _add_months(t: datetime, months: int) -> datetime:
+    m = t.year * 12 + (t.month - 1) + months
+    return datetime(m // 12, m % 12 + 1, 1)
+
+
+def _trunc(t: datetime, period: str) -> datetime:
+    step = PERIODS[period]
+    return datetime(t.year, ((t.month - 1) // step) * step + 1, 1)
+
+
+def _label(t: datetime, period: str) -> str:
+    if period == "month":
+        return f"{t:%Y-%m}"
+    if period == "quarter":
+        return f"{t.year}-Q{(t.month - 1) // 3 + 1}"
+    return f"{t.year}"
+
+
+def period_bounds(first: datetime, end: datetime, period: Period) -> pd.DataFrame:
+    """Complete periods from the one holding ``first`` up to ``end``: ``period, period_start,
+    period_end, prev_start`` (naive UTC)."""
+    _check_period(period)
+    step = PERIODS[period]
+    rows = []
+    t = _trunc(first, period)
+    while _add_months(t, step) <= end:
+        rows.append((_label(t, period), t, _add_months(t, step), _add_months(t, -step)))
+        t = _add_months(t, step)
+    return pd.DataFrame(rows, columns=["period", "period_start", "period_end", "prev_start"])
+
+
+def active_window_days(lookback_days: int, period: Period) -> int:
+    """Days of the 'active' window: the lookback, never shorter than the longest period."""
+    _check_period(period)
+    if lookback_days < 1:
+        raise UsageError(f"The lookback must be a whole number of days >= 1; got {lookback_days}.")
+    return max(int(lookback_days), _LONGEST_DAYS[period])
+
+
+@contextmanager
+def _registered(orders: Orders, frame: pd.DataFrame):
+    name = f"_wb_periods_{uuid.uuid4().hex[:8]}"
+    orders.con.register(name, frame)
+    try:
+        yield name
+    finally:
+        orders.con.unregister(name)
+
+
+def _status_sql(orders: Orders, periods: str, end: datetime, window_days: int) -> str:
+    """CTEs ``buys``, ``spells`` and ``status`` (period_start, customer_id, at_start, at_end).
+
+    A customer is active at t when t falls in ``(p, p + window]`` for a purchase p, so the
+    purchases of a customer merge into spells ``(first, last + window]`` (a new spell starts when
+    a purchase comes more than ``window`` after the previous one), and 'active at t' is one range
+    join of spells with the period bounds.
+    """
+    w = f"INTERVAL {int(window_days)} DAY"
+    return f"""
+    buys AS (
+        SELECT customer_id, order_id, order_ts{", channel" if orders.has_channel else ""}
+        FROM {orders.table}
+        WHERE NOT is_return AND order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
+    ),
+    marks AS (
+        SELECT customer_id, order_ts,
+               CASE WHEN lag(order_ts) OVER w IS NULL
+                         OR order_ts > lag(order_ts) OVER w + {w} THEN 1 ELSE 0 END AS opens
+        FROM buys WINDOW w AS (PARTITION BY customer_id ORDER BY order_ts)
+    ),
+    numbered AS (
+        SELECT customer_id, order_ts,
+               sum(opens) OVER (PARTITION BY customer_id ORDER BY order_ts
+                                ROWS UNBOUNDED PRECEDING) AS spell
+        FROM marks
+    ),
+    spells AS (
+        SELECT customer_id, min(order_ts) AS from_ts, max(order_ts) + {w} AS to_ts
+        FROM numbered GROUP BY customer_id, spell
+    ),
+    bounds AS (
+        SELECT period_start AS t FROM {periods} UNION SELECT period_end FROM {periods}
+    ),
+    active AS (
+        SELECT b.t, s.customer_id FROM spells s JOIN bounds b ON s.from_ts < b.t AND b.t <= s.to_ts
+    ),
+    status AS (
+        SELECT period_start, customer_id, max(s) AS at_start, max(e) AS at_end
+        FROM (
+            SELECT p.period_start, a.customer_id, 1 AS s, 0 AS e
+            FROM {periods} p JOIN active a ON a.t = p.period_start
+            UNION ALL
+            SELECT p.period_start, a.customer_id, 0 AS s, 1 AS e
+            FROM {periods} p JOIN active a ON a.t = p.period_end
+        ) GROUP BY ALL
+    )"""
+
+
+def _periods_for(orders: Orders, end: datetime, period: Period) -> pd.DataFrame:
+    first = orders.con.execute(
+        f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
+    ).fetchall()[0][0]
+    if first is None:
+        raise UsageError("The order history has no purchases: nothing to report.")
+    return period_bounds(first, end, period)
+
+
+def retention_kpis(
+    orders: Orders,
+    period: Period = "month",
+    lookback_days: int = 365,
+    as_of: datetime | None = None,
+) -> pd.DataFrame:
+    """Retention KPIs of every complete period (definitions in the module docstring).
+
+    Returns one row per period: ``period, period_start, period_end, S, E, N, retained,
+    reactivated, retention_rate, churn_rate, strict_retention_rate, buyers, repeat_buyers,
+    repeat_purchase_rate, revenue, revenue_from_start_customers, their_revenue_prev_period,
+    revenue_retention, revenue_churn``.
+    """
+    end = report_end(orders, as_of)
+    window = active_window_days(lookback_days, period)
+    periods = _periods_for(orders, end, period)
+    cols = [
+        "period", "period_start", "period_end", "S", "E", "N", "retained", "reactivated",
+        "retention_rate", "churn_rate", "strict_retention_rate", "buyers", "repeat_buyers",
+        "repeat_purchase_rate", "revenue", "revenue_from_start_customers",
+        "their_revenue_prev_period", "revenue_retention", "revenue_churn",
+    ]  # fmt: skip
+    if periods.empty:
+        return pd.DataFrame(columns=cols)
+    unit = period
+    with _registered(orders, periods) as p:
+        raw = orders.con.execute(
+            f"""
+            WITH {_status_sql(orders, p, end, window)},
+            counts AS (
+                SELECT period_start, sum(at_start) AS S, sum(at_end) AS E,
+                       sum(at_start * at_end) AS retained
+                FROM status GROUP BY 1
+            ),
+            firsts AS (
+                SELECT date_trunc('{unit}', min(order_ts)) AS period_start, customer_id
+                FROM buys GROUP BY customer_id
+            ),
+            new AS (SELECT period_start, count(*) AS N FROM firsts GROUP BY 1),
+            per_cust AS (
+                SELECT date_trunc('{unit}', order_ts) AS period_start, customer_id,
+                       count(*) FILTER (WHERE NOT is_return) AS n_buys,
+                       sum(amount)::DOUBLE AS revenue
+                FROM {orders.table}
+                WHERE order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
+                GROUP BY ALL
+            ),
+            buyers AS (
+                SELECT period_start, count(*) FILTER (WHERE n_buys >= 1) AS buyers,
+                       count(*) FILTER (WHERE n_buys >= 2) AS repeat_buyers,
+                       sum(revenue) AS revenue
+                FROM per_cust GROUP BY 1
+            ),
+            starters AS (
+                SELECT s.period_start, p.prev_start, s.customer_id
+                FROM status s JOIN {p} p USING (period_start) WHERE s.at_start = 1
+            ),
+            rev_now AS (
+                SELECT s.period_start, sum(c.revenue) AS rev
+                FROM starters s JOIN per_cust c
+                  ON c.customer_id = s.customer_id AND c.period_start = s.period_start
+                GROUP BY 1
+            ),
+            rev_before AS (
+                SELECT s.period_start, sum(c.revenue) AS rev
+                FROM starters s JOIN per_cust c
+                  ON c.customer_id = s.customer_id AND c.period_start = s.prev_start
+                GROUP BY 1
+            )
+            SELECT p.period, p.period_start, p.period_end,
+                   coalesce(k.S, 0) AS S, coalesce(k.E, 0) AS E, coalesce(n.N, 0) AS N,
+                   coalesce(k.retained, 0) AS retained,
+                   coalesce(b.buyers, 0) AS buyers, coalesce(b.repeat_buyers, 0) AS repeat_buyers,
+                   coalesce(b.revenue, 0) AS revenue,
+                   coalesce(rn.rev, 0) AS revenue_from_start_customers,
+                   coalesce(rb.rev, 0) AS their_revenue_prev_period
+            FROM {p} p
+            LEFT JOIN counts k USING (period_start)
+            LEFT JOIN new n USING (period_start)
+            LEFT JOIN buyers b USING (period_start)
+            LEFT JOIN rev_now rn USING (period_start)
+            LEFT JOIN rev_before rb USING (period_start)
+            ORDER BY p.period_start
+            """
+        ).df()
+    for c in ("S", "E", "N", "retained", "buyers", "repeat_buyers"):
+        raw[c] = raw[c].astype("int64")
+    s = raw["S"].astype(float).where(raw["S"] > 0)
+    raw["reactivated"] = raw["E"] - raw["N"] - raw["retained"]
+    raw["retention_rate"] = (raw["E"] - raw["N"]) / s
+    raw["churn_rate"] = 1 - raw["retention_rate"]
+    raw["strict_retention_rate"] = raw["retained"] / s
+    raw["repeat_purchase_rate"] = raw["repeat_buyers"] / raw["buyers"].where(raw["buyers"] > 0)
+    before = raw["their_revenue_prev_period"].where(raw["their_revenue_prev_period"] > 0)
+    raw["revenue_retention"] = raw["revenue_from_start_customers"] / before
+    raw["revenue_churn"] = 1 - raw["revenue_retention"]
+    return raw[cols]
+
+
+def overall_repeat_rate(orders: Orders, as_of: datetime | None = None) -> tuple[int, int, float]:
+    """(customers with a purchase, those with 2+ purchases, their share) up to the as-of day."""
+    end = report_end(orders, as_of)
+    n, rep = orders.con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE k >= 2) FROM (
+                SELECT customer_id, count(*) AS k FROM {orders.table}
+                WHERE NOT is_return AND order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
+                GROUP BY 1)"""
+    ).fetchall()[0]
+    return int(n), int(rep), (rep / n if n else float("nan"))
+
+
+def cohort_table(orders: Orders, as_of: datetime | None = None) -> pd.DataFrame:
+    """Monthly cohorts: one row per first-purchase month with ``customers`` and columns
+    ``1, 2, ...`` holding the share of the cohort that bought in that month after the first;
+    NaN where that month is not complete at the as-of (the cohort is too young)."""
+    end = report_end(orders, as_of)
+    stamp = f"TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'"
+    counts = orders.con.execute(
+        f"""
+        WITH buys AS (
+            SELECT customer_id, order_ts FROM {orders.table}
+            WHERE NOT is_return AND order_ts < {stamp}
+        ),
+        firsts AS (
+            SELECT customer_id, date_trunc('month', min(order_ts)) AS cohort
+            FROM buys GROUP BY 1
+        ),
+        months AS (
+            SELECT DISTINCT b.customer_id, f.cohort,
+                   date_diff('month', f.cohort, date_trunc('month', b.order_ts)) AS k
+            FROM buys b JOIN firsts f USING (customer_id)
+        )
+        SELECT cohort, k, count(*) AS n FROM months GROUP BY ALL ORDER BY ALL
+        """
+    ).df()
+    if counts.empty:
+        return pd.DataFrame(columns=["customers"])
+    sizes = counts[counts["k"] == 0].set_index("cohort")["n"]
+    cohorts = sorted(sizes.index)
+    last_complete = _add_months(_trunc(end, "month"), -1)  # month m is complete: m + 1 <= end
+    horizon = max(
+        (last_complete.year - c.year) * 12 + (last_complete.month - c.month) for c in cohorts
+    )
+    ks = list(range(1, max(horizon, 0) + 1))
+    grid = counts[counts["k"] >= 1].pivot(index="cohort", columns="k", values="n")
+    grid = grid.reindex(index=cohorts, columns=ks).fillna(0)
+    share = grid.div(sizes.reindex(cohorts).to_numpy(), axis=0)
+    for c in cohorts:
+        age = (last_complete.year - c.year) * 12 + (last_complete.month - c.month)
+        share.loc[c, [k for k in ks if k > age]] = np.nan
+    share.insert(0, "customers", sizes.reindex(cohorts).astype("int64").to_numpy())
+    share.index = pd.Index([f"{pd.Timestamp(c):%Y-%m}" for c in cohorts], name="cohort")
+    share.columns = ["customers", *[str(k) for k in ks]]
+    return share
+
+
+def retention_by(
+    orders: Orders,
+    by: Literal["channel", "segment"],
+    period: Period = "month",
+    lookback_days: int = 365,
+    as_of: datetime | None = None,
+) -> pd.DataFrame:
+    """Retention of the customers active at the start of each period, per channel (of their
+    last purchase before it) or RFM segment (at the period start): ``period, <by>, S, retained,
+    lost, retention_rate, churn_rate``. Empty for ``channel`` when the orders have none."""
+    cols = ["period", by, "S", "retained", "lost", "retention_rate", "churn_rate"]
+    if by not in ("channel", "segment"):
+        raise UsageError(f"Retention can be split by channel or segment; got {by!r}.")
+    if by == "channel" and not orders.has_channel:
+        return pd.DataFrame(columns=cols)
+    end = report_end(orders, as_of)
+    window = active_window_days(lookback_days, period)
+    periods = _periods_for(orders, end, period)
+    if periods.empty:
+        return pd.DataFrame(columns=cols)
+
+    def quint(x: str, order: str) -> str:
+        """Quintile 1-5 of x within the period: pandas' rank(pct=True, method="average")."""
+        part = "PARTITION BY period_start"
+        pct = (
+            f"(rank() OVER ({part} ORDER BY {x} {order}) "
+            f"+ (count(*) OVER ({part}, {x}) - 1) / 2.0) / count(*) OVER ({part})"
+        )
+        return f"greatest(1, least(5, ceil({pct} * 5)))::INTEGER"
+
+    if by == "channel":
+        carried, keys = "b.channel,", "coalesce(channel, '(none)') AS channel"
+    else:
+        carried = ""
+        keys = f"{quint('recency_days', 'DESC')} AS r, {quint('n_orders', 'ASC')} AS f"
+    with _registered(orders, periods) as p:
+        frame = orders.con.execute(
+            f"""
+            WITH {_status_sql(orders, p, end, window)},
+            ranked AS (
+                SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY order_ts, order_id)
+                              AS n_orders
+                FROM buys
+            ),
+            start_rows AS (
+                SELECT s.period_start, s.customer_id, s.at_end, {carried}
+                       epoch(s.period_start - b.order_ts) / 86400.0 AS recency_days, b.n_orders
+                FROM (SELECT * FROM status WHERE at_start = 1) s
+                ASOF JOIN ranked b
+                  ON s.customer_id = b.customer_id AND s.period_start > b.order_ts
+            ),
+            graded AS (SELECT period_start, at_end, {keys} FROM start_rows)
+            SELECT * EXCLUDE (at_end), count(*) AS S, sum(at_end) AS retained
+            FROM graded GROUP BY ALL
+            """
+        ).df()
+    frame = frame.merge(periods[["period", "period_start"]], on="period_start")
+    if by == "segment":
+        frame["segment"] = [
+            segment_name(int(r), int(f)) for r, f in zip(frame["r"], frame["f"], strict=True)
+        ]
+        frame = frame.groupby(["period_start", "period", "segment"], as_index=False)[
+            ["S", "retained"]
+        ].sum()
+    frame["S"] = frame["S"].astype("int64")
+    frame["retained"] = frame["retained"].astype("int64")
+    frame["lost"] = frame["S"] - frame["retained"]
+    frame["retention_rate"] = frame["retained"] / frame["S"]
+    frame["churn_rate"] = 1 - frame["retention_rate"]
+    return frame.sort_values(["period_start", by], kind="stable")[cols].reset_index(drop=True)
+
+
+def _ax(size: tuple[float, float], ax=None):
+    from winback.evaluate import _new_ax
+
+    return ax or _new_ax(size)
+
+
+def plot_retention(kpis: pd.DataFrame, ax=None):
+    """Retention, repeat purchase and revenue retention rates over the periods."""
+    ax = _ax((8, 4), ax)
+    x = np.arange(len(kpis))
+    for col, label in (
+        ("retention_rate", "customer retention (E - N) / S"),
+        ("repeat_purchase_rate", "repeat purchase rate"),
+        ("revenue_retention", "revenue retention"),
+    ):
+        ax.plot(x, kpis[col].astype(float), marker="o", ms=3, lw=1.5, label=label)
+    step = max(1, len(kpis) // 12)
+    ax.set_xticks(x[::step], kpis["period"].iloc[::step], rotation=45, ha="right")
+    ax.yaxis.set_major_formatter(_percent())
+    ax.set(title="Retention over time", ylabel="rate")
+    ax.legend(loc="best", fontsize=8)
+    return ax
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0, decimals=0)
+
+
+def plot_cohorts(cohorts: pd.DataFrame, max_cohorts: int = 24, max_months: int = 24, ax=None):
+    """Heatmap of the latest cohorts: share buying again k months after the first purchase;
+    blank where the cohort is too young."""
+    grid = cohorts.drop(columns="customers").iloc[-max_cohorts:, :max_months]
+    ax = _ax((9, 0.28 * len(grid) + 1.8), ax)
+    values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    im = ax.imshow(values, aspect="auto", cmap="Blues", vmin=0, interpolation="nearest")
+    ax.set_xticks(np.arange(grid.shape[1]), grid.columns, fontsize=7)
+    ax.set_yticks(np.arange(grid.shape[0]), grid.index, fontsize=7)
+    if grid.shape[0] * grid.shape[1] <= 24 * 24:
+        for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=5.5,
+                        color="white" if v > values.max() * 0.6 else "#1f2933")  # fmt: skip
+    ax.set(
+        xlabel="months after the first purchase",
+        ylabel="cohort (month of the first purchase)",
+        title="Share of each cohort buying again",
+    )
+    ax.figure.colorbar(im, ax=ax, format=_percent(), shrink=0.8)
+    return ax
+
+
+def plot_retention_by(frame: pd.DataFrame, by: str, ax=None):
+    """Churn rate per group in the latest period, largest losses first."""
+    last = frame[frame["period"] == frame["period"].iloc[-1]].sort_values("churn_rate")
+    ax = _ax((7, 0.32 * len(last) + 1.6), ax)
+    ax.barh(last[by].astype(str), last["churn_rate"], color="#c2410c")
+    for i, (rate, s) in enumerate(zip(last["churn_rate"], last["S"], strict=True)):
+        ax.text(rate, i, f" {rate:.0%} of {s:,}", va="center", fontsize=7)
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set(title=f"Churn by {by} in {last['period'].iloc[-1]}", xlabel="churn rate")
+    return ax
+
+
+def plot_score_distribution(scores: pd.DataFrame, ax=None):
+    """Histogram of the latest churn probabilities, one per list."""
+    ax = _ax((7, 3.8), ax)
+    bins = np.linspace(0, 1, 41)
+    for name, part in scores.groupby("list", sort=True):
+        ax.hist(
+            part["p_churn"].astype(float), bins=bins, alpha=0.6, label=f"{name} ({len(part):,})"
+        )
+    ax.set(xlabel="predicted churn probability", ylabel="customers", title="Latest scores")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def plot_list_sizes(history: pd.DataFrame, ax=None):
+    """Customers on each exported list over time."""
+    ax = _ax((7, 3.5), ax)
+    for col in [c for c in history.columns if c.startswith("rows_")]:
+        ax.plot(pd.to_datetime(history["as_of"]), history[col], marker="o", ms=3,
+                label=col.removeprefix("rows_"))  # fmt: skip
+    ax.set(ylabel="customers listed", title="List size per export")
+    ax.legend(loc="best", fontsize=8)
+    ax.figure.autofmt_xdate()
+    return ax
+
+
+_KPI_SHOWN = [
+    "period", "S", "E", "N", "retained", "reactivated", "retention_rate", "churn_rate",
+    "buyers", "repeat_purchase_rate", "revenue", "revenue_retention",
+]  # fmt: skip
+_RATES = (
+    "retention_rate",
+    "churn_rate",
+    "strict_retention_rate",
+    "repeat_purchase_rate",
+    "revenue_retention",
+    "revenue_churn",
+    "retention_treatment",
+    "retention_control",
+    "incremental_retention",
+    "incremental_retention_lo",
+    "incremental_retention_hi",
+    "min_detectable_uplift",
+)
+
+
+def readout_section(readout, section_id: str = "campaign") -> Section:
+    """The HTML section of a campaign readout (see :mod:`winback.measure`)."""
+    from winback.measure import plot_readout
+
+    t = readout.table
+    sec = Section(section_id, f"Campaign readout: export of {readout.as_of:%Y-%m-%d}")
+    end = readout.as_of + timedelta(days=readout.window_days)
+    sec.text(
+        f"Listed customers of {readout.export}, outcome window {readout.as_of:%Y-%m-%d} to "
+        f"{end:%Y-%m-%d} ({readout.window_days} days; {readout.observed_days:.0f} observed). "
+        "Treatment was contacted, control was held out at random; the difference is the effect "
+        "of the campaign (95% intervals, normal approximation)."
+    )
+    for w in readout.warnings:
+        sec.text(w, "warning")
+    if len(t):
+        all_row = t.iloc[0]
+        if pd.notna(all_row["incremental_retention"]):
+            sec.text(
+                f"Overall: {all_row['retention_treatment']:.1%} of treated customers bought "
+                f"again against {all_row['retention_control']:.1%} of the control, an uplift of "
+                f"{all_row['incremental_retention'] * 100:+.1f} points "
+                f"[{all_row['incremental_retention_lo'] * 100:+.1f}, "
+                f"{all_row['incremental_retention_hi'] * 100:+.1f}], p = "
+                f"{all_row['incremental_retention_p']:.3g}; incremental revenue "
+                f"{all_row['incremental_revenue']:,.0f} [{all_row['incremental_revenue_lo']:,.0f}, "
+                f"{all_row['incremental_revenue_hi']:,.0f}] for a cost of {all_row['cost']:,.0f}."
+            )
+        sec.add(figure_tag(plot_readout(t), "treatment against control"))
+        shown = t[
+            [
+                "scope", "n_treatment", "n_control", "retention_treatment", "retention_control",
+                "incremental_retention", "incremental_retention_lo", "incremental_retention_hi",
+                "incremental_retention_p", "revenue_per_customer_treatment",
+                "revenue_per_customer_control", "incremental_revenue", "incremental_revenue_lo",
+                "incremental_revenue_hi", "cost", "net_revenue", "warning",
+            ]
+        ]  # fmt: skip
+        sec.add(table_tag(shown, percent=_RATES))
+    return sec
+
+
+def kpi_sections(
+    kpis: pd.DataFrame,
+    cohorts: pd.DataFrame,
+    by: dict[str, pd.DataFrame],
+    repeat: tuple[int, int, float],
+    window_days: int,
+) -> list[Section]:
+    """Sections of the retention KPIs, the cohorts and the losses by segment and channel."""
+    sec = Section("retention", "Retention by period")
+    n, rep, rate = repeat
+    sec.text(
+        f"Active = at least one purchase in the {window_days} days before the instant. "
+        "S = active at the start of the period, E = active at its end, N = new (first purchase "
+        "in the period); retention = (E - N) / S, churn = 1 - retention; 'reactivated' are "
+        "customers not active at the start who came back. Revenue retention = net revenue in the "
+        "period from the customers active at its start / theirs in the previous period. "
+        f"Overall repeat purchase rate: {rep:,} of {n:,} customers bought twice or more "
+        f"({rate:.1%})."
+    )
+    if len(kpis):
+        sec.add(figure_tag(plot_retention(kpis), "retention over time"))
+        sec.add(table_tag(kpis[_KPI_SHOWN], percent=_RATES))
+    else:
+        sec.text("No complete period yet.", "note")
+    out = [sec]
+
+    sec = Section("cohorts", "Cohorts")
+    sec.text(
+        "Share of each cohort (month of the first purchase) that bought in each later month; "
+        "blank where the month is not over yet."
+    )
+    if len(cohorts):
+        sec.add(figure_tag(plot_cohorts(cohorts), "cohort heatmap"))
+        shown = cohorts.iloc[-24:, : 1 + 24].reset_index()
+        sec.add(table_tag(shown, percent=tuple(shown.columns[2:])))
+    out.append(sec)
+
+    sec = Section("losses", "Who we lose: churn by segment and channel")
+    sec.text(
+        "Customers active at the start of each period, grouped by their RFM segment at that "
+        "moment and by the channel of their last purchase; churned = not active at the end. "
+        "Latest complete period shown; every period is in the CSV files."
+    )
+    for name, frame in by.items():
+        if frame.empty:
+            sec.text(f"No {name} in the orders: map a {name} column to split by it.", "note")
+            continue
+        sec.add(figure_tag(plot_retention_by(frame, name), f"churn by {name}"))
+        last = frame[frame["period"] == frame["period"].iloc[-1]]
+        sec.add(table_tag(last.sort_values("churn_rate", ascending=False), percent=_RATES))
+    out.append(sec)
+    return out
