@@ -6,7 +6,9 @@ Each command parses its options, loads the config, calls library functions and p
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import sys
@@ -485,6 +487,153 @@ def _echo_score(res) -> None:
 
 
 @app.command()
+def measure(
+    export: Annotated[
+        Path, typer.Option("--export", help="An exported list folder: EXPORTS/<as-of>.")
+    ],
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders, including those placed since.")
+    ] = None,
+    window_days: Annotated[
+        int | None,
+        typer.Option(
+            "--window-days", min=1, help="Outcome window after the as-of (default: the horizon)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for measure.json/.csv/.html (default reports/...)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the readout as JSON instead of a table.")
+    ] = False,
+    track: TrackOpt = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Read out a campaign: treatment against control of an exported list.
+
+    Joins the orders placed in (as-of, as-of + window] to the listed customers and reports,
+    overall and per campaign group, the share who bought again and the revenue per customer of
+    treatment and control, their difference with a 95% interval and p-value (normal
+    approximation), the incremental revenue and the cost. Warns when the control group is too
+    small to tell. Writes measure.json, measure.csv and measure.html and logs an MLflow run.
+    """
+    from winback.jobs import measure_job
+
+    cfg = _config(config, set_)
+    orders = _load(orders_path, cfg, None)
+    target = out or Path("reports") / f"measure-{export.resolve().name}"
+    with _progress("measuring"):
+        res = measure_job(orders, cfg, export, window_days, target, track=track)
+    if as_json:
+        typer.echo(json.dumps(res.readout.to_dict(), indent=2, default=str))
+        return
+    _echo_readout(res.readout)
+    typer.echo(f"wrote {', '.join(str(f) for f in res.files)}")
+    if res.run_id:
+        typer.echo(f"MLflow run {res.run_id}")
+
+
+def _echo_readout(r) -> None:
+    typer.echo(
+        f"campaign of {r.as_of:%Y-%m-%d}: outcomes over {r.window_days} days "
+        f"({r.observed_days:.0f} observed)"
+    )
+    typer.echo(
+        f"  {'group':<16} {'treated':>8} {'control':>8} {'bought T':>9} {'bought C':>9} "
+        f"{'uplift (95% interval)':>26} {'p':>7} {'incr. revenue (95% interval)':>34} {'cost':>9}"
+    )
+    for row in r.table.itertuples():
+        if math.isnan(row.incremental_retention):
+            typer.echo(f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,}  -")
+            continue
+        up = (
+            f"{row.incremental_retention * 100:+.1f} pt [{row.incremental_retention_lo * 100:+.1f},"
+            f" {row.incremental_retention_hi * 100:+.1f}]"
+        )
+        rev = (
+            f"{row.incremental_revenue:,.0f} [{row.incremental_revenue_lo:,.0f}, "
+            f"{row.incremental_revenue_hi:,.0f}]"
+        )
+        typer.echo(
+            f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,} "
+            f"{row.retention_treatment:>9.1%} {row.retention_control:>9.1%} {up:>26} "
+            f"{row.incremental_retention_p:>7.3f} {rev:>34} {row.cost:>9,.0f}"
+        )
+    for w in r.warnings:
+        typer.echo(f"warning: {w}")
+
+
+@app.command()
+def report(
+    orders_path: Annotated[
+        str | None, typer.Option("--orders", help="Orders file or folder.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Report up to the end of this day (default: the last order)."),
+    ] = None,
+    period: Annotated[
+        str | None,
+        typer.Option("--period", help="month, quarter or year (default: report.period)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html and CSVs.")] = Path(
+        "reports"
+    ),
+    exports: Annotated[
+        Path | None,
+        typer.Option("--exports", help="Exports folder of 'score' (default: report.exports_dir)."),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option("--model", help="'champion' (from MLflow), a model file, or 'none'."),
+    ] = "champion",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the retention report: one self-contained HTML page and its tables as CSV.
+
+    Per period: customers active at the start (S) and end (E), new ones (N), retention
+    (E - N) / S, churn, repeat purchase rate and revenue retention; the monthly cohort table and
+    heatmap; churn by RFM segment and channel; and, when exports exist, the score distribution,
+    list sizes over time and the treatment-against-control readout of recent campaigns; the
+    gains curve of the champion model.
+    """
+    from winback.jobs import report_job
+
+    cfg = _config(config, set_)
+    if period is not None and period not in ("month", "quarter", "year"):
+        raise UsageError(f"--period must be month, quarter or year; got {period!r}.")
+    day = _as_of(as_of)
+    orders = _load(orders_path, cfg, None)
+    with _progress("report") as update:
+        res = report_job(
+            orders,
+            cfg,
+            out,
+            day,
+            period,
+            exports,
+            None if model == "none" else model,
+            on_step=update,
+        )
+    k = res.kpis.dropna(subset=["retention_rate"])
+    if len(k):
+        last = k.iloc[-1]
+        typer.echo(
+            f"{last['period']}: {last['S']:,} active at the start, {last['N']:,} new, "
+            f"{last['E']:,} at the end -> retention {last['retention_rate']:.1%}, churn "
+            f"{last['churn_rate']:.1%}, repeat purchase rate {last['repeat_purchase_rate']:.1%}"
+        )
+    for r in res.readouts[-1:]:
+        _echo_readout(r)
+    for note in res.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"wrote {res.path} and {len(res.files) - 1} CSV tables")
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
         "orders.parquet"
@@ -524,8 +673,12 @@ def demo(
     """Run the pipeline end to end on synthetic data.
 
     synth -> validate -> profile -> features -> labels -> backtest of the churn model against
-    the baselines, logged to an MLflow store inside --out.
+    the baselines -> a past campaign with a control group, its simulated effect and its readout
+    -> the production model registered in MLflow -> tonight's lists -> the retention report.
+    Everything is written inside --out (orders, exports, models, mlflow.db, reports).
     """
+    import pandas as pd
+
     from winback.backtest import write_backtest
     from winback.features import build_features, cutoff_schedule
     from winback.jobs import backtest_job
@@ -535,31 +688,31 @@ def demo(
     from winback.synth import SynthParams, generate_orders
 
     cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
-    t0 = time.perf_counter()
+    t0_clock = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"1/8 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
+    typer.echo(f"1/11 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
     df = generate_orders(SynthParams(n_customers=customers, seed=seed))
     orders_file = out / "orders.parquet"
     _atomic_parquet(df, orders_file)
     typer.echo(f"    {len(df):,} orders -> {orders_file}")
 
-    typer.echo("2/8 validate")
+    typer.echo("2/11 validate")
     orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
     _echo_lines(["    " + line for line in orders.report.summary_lines()])
 
-    typer.echo("3/8 profile")
+    typer.echo("3/11 profile")
     prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
     _echo_lines(["    " + line for line in prof.summary_lines()])
 
     horizon = prof.suggested_horizon_days or cfg.labels.horizon_days
     last = orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     cuts = cutoff_schedule(last - timedelta(days=365), last, 30)
-    typer.echo(f"4/8 features at {len(cuts)} monthly cutoffs in one pass")
+    typer.echo(f"4/11 features at {len(cuts)} monthly cutoffs in one pass")
     feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
     _atomic_parquet(feats, out / "features.parquet")
     typer.echo(f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
 
-    typer.echo(f"5/8 labels: churned = no purchase within H = {horizon} days after the cutoff")
+    typer.echo(f"5/11 labels: churned = no purchase within H = {horizon} days after the cutoff")
     labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
     snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
     _atomic_parquet(snap, out / "snapshots.parquet")
@@ -578,7 +731,7 @@ def demo(
 
     eval_at = last - timedelta(days=horizon)
     typer.echo(
-        f"6/8 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
+        f"6/11 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
         "compare with the baselines"
     )
     demo_cfg = cfg.model_copy(
@@ -595,7 +748,8 @@ def demo(
     typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
     typer.echo(f"    MLflow run {run_id}")
 
-    from winback.jobs import score_job, train_job
+    from winback.jobs import measure_job, report_job, score_job, train_job
+    from winback.synth import simulate_campaign
 
     prod = demo_cfg.model_copy(
         update={
@@ -603,16 +757,63 @@ def demo(
             "tracking": cfg.tracking.model_copy(update={"uri": uri, "experiment": "winback-demo"}),
         }
     )
-    typer.echo(f"7/8 train the production model as of {last:%Y-%m-%d} and register it in MLflow")
+    exports = out / "exports"
+    t0 = last - timedelta(days=horizon)
+    typer.echo(
+        f"7/11 a win-back campaign on {t0:%Y-%m-%d}: train a model as of that day and export "
+        "its lists, with a randomized control group"
+    )
+    past = train_job(orders, prod, t0, track=False)
+    sent = score_job(orders, prod, exports, t0, str(past.path))
+    _echo_score(sent)
+
+    uplift = 0.10
+    typer.echo(
+        f"8/11 simulate the campaign: {uplift:.0%} of the treated customers who would not have "
+        f"bought within {horizon} days are won back (the control group is left alone)"
+    )
+    listed = pd.concat(sent.lists.values(), ignore_index=True)
+    world, truth = simulate_campaign(df, listed, pd.Timestamp(t0), horizon, uplift, seed)
+    world_file = out / "orders_after_campaign.parquet"
+    _atomic_parquet(world, world_file)
+    typer.echo(
+        f"    {truth['won_back']:.0f} of {truth['n_treatment']:.0f} treated customers won back: "
+        f"known effect {truth['incremental_retention'] * 100:+.1f} points of retention, "
+        f"{truth['incremental_revenue_per_customer']:+.2f} revenue per treated customer "
+        f"-> {world_file}"
+    )
+    orders = load_orders(world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
+
+    typer.echo(f"9/11 measure the campaign: treatment against control over {horizon} days")
+    measured = measure_job(orders, prod, sent.folder, horizon, out / "reports" / "measure")
+    _echo_readout(measured.readout)
+    row = measured.readout.table.iloc[0]
+    known = truth["incremental_retention"]
+    inside = row["incremental_retention_lo"] <= known <= row["incremental_retention_hi"]
+    typer.echo(
+        f"    known effect {known * 100:+.1f} points; measured "
+        f"{row['incremental_retention'] * 100:+.1f} [{row['incremental_retention_lo'] * 100:+.1f}, "
+        f"{row['incremental_retention_hi'] * 100:+.1f}]: "
+        + ("recovered within the 95% interval" if inside else "outside the 95% interval")
+    )
+
+    typer.echo(f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")
     res = train_job(orders, prod, last)
     _echo_train(res)
-    typer.echo(f"8/8 score every customer as of {last:%Y-%m-%d} and export the win-back lists")
-    scored = score_job(orders, prod, out / "exports", last, "champion")
+    scored = score_job(orders, prod, exports, last, "champion")
     _echo_score(scored)
+
+    typer.echo("11/11 retention report")
+    rep = report_job(orders, prod, out / "reports", last, "month", exports)
+    k = rep.kpis.dropna(subset=["retention_rate"]).iloc[-1]
+    typer.echo(
+        f"    {k['period']}: retention {k['retention_rate']:.1%}, churn {k['churn_rate']:.1%}, "
+        f"repeat purchase rate {k['repeat_purchase_rate']:.1%} -> {rep.path}"
+    )
     typer.echo(
         f"look at the runs and the registered model with: mlflow ui --backend-store-uri {uri}"
     )
-    typer.echo(f"done in {time.perf_counter() - t0:.1f}s")
+    typer.echo(f"done in {time.perf_counter() - t0_clock:.1f}s")
 
 
 def main() -> None:

@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from winback import __version__
+from winback.atomic import atomic_path
 from winback.backtest import BacktestResult, run_backtest, training_cutoffs, write_backtest
 from winback.campaigns import suppressed
 from winback.config import Config
 from winback.errors import DataError
 from winback.evaluate import plot_profit_curve
 from winback.export import export_lists, previous_export, write_csv
+from winback.measure import Readout, customer_outcomes, load_export, measure_campaign
 from winback.model import ChurnModel, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
@@ -32,7 +34,22 @@ from winback.snapshots import build_snapshots
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "ScoreResult", "run_params", "backtest_job", "train_job", "score_job"]
+MIN_READOUT_DAYS = 7  # the report reads out an export once a week of outcomes is in
+
+__all__ = [
+    "TrainResult",
+    "ScoreResult",
+    "MeasureResult",
+    "ReportResult",
+    "run_params",
+    "backtest_job",
+    "train_job",
+    "score_job",
+    "measure_job",
+    "readout_export",
+    "write_readout",
+    "report_job",
+]
 
 
 def run_params(cfg: Config, **extra) -> dict:
@@ -257,3 +274,344 @@ def _read_table(path: str, columns: list[str], setting: str) -> pd.DataFrame:
             f"{list(frame.columns)[:10]}. Rename them to {columns}."
         )
     return frame
+
+
+@dataclass
+class MeasureResult:
+    readout: Readout
+    files: list[Path]
+    run_id: str | None = None
+
+
+def measure_job(
+    orders: Orders,
+    cfg: Config,
+    export: Path,
+    window_days: int | None = None,
+    out: Path | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+) -> MeasureResult:
+    """Read out an exported list against the orders placed after its as-of: write
+    ``measure.json``, ``measure.csv`` and ``measure.html`` to ``out`` and log the run."""
+    readout = readout_export(orders, cfg, export, window_days)
+    files: list[Path] = []
+    if out is not None:
+        files = write_readout(readout, out)
+    run_id = None
+    if track:
+        from winback.tracking import log_measure
+        from winback.tracking import tracking_uri as resolve
+
+        params = {
+            "export": str(export),
+            "as_of": f"{readout.as_of:%Y-%m-%d}",
+            "window_days": readout.window_days,
+            "observed_days": round(readout.observed_days, 3),
+            "model_version": readout.model_version,
+            "min_control": cfg.measure.min_control,
+        }
+        metrics = {}
+        for row in readout.table.to_dict(orient="records"):
+            for k, v in row.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    metrics[f"{row['scope']}.{k}"] = float(v)
+        run_id = log_measure(
+            resolve(tracking_uri or cfg.tracking.uri),
+            cfg.tracking.experiment,
+            params,
+            metrics,
+            files,
+            orders.fingerprint(),
+        )
+    return MeasureResult(readout, files, run_id)
+
+
+def readout_export(
+    orders: Orders, cfg: Config, export: Path, window_days: int | None = None
+) -> Readout:
+    """The campaign readout of one export (see :mod:`winback.measure`)."""
+    lists, manifest = load_export(export)
+    as_of = datetime.fromisoformat(str(manifest["as_of"])).replace(tzinfo=None)
+    window = int(window_days or cfg.measure.window_days or cfg.labels.horizon_days)
+    end = as_of + timedelta(days=window)
+    last = orders.last_ts
+    if last is None or last <= as_of:
+        raise DataError(
+            f"The orders end at {last or 'nothing'}, not after the export's as-of "
+            f"{as_of:%Y-%m-%d}: there is no outcome to measure yet. Pass the orders placed since."
+        )
+    warnings = []
+    observed = (min(last, end) - as_of).total_seconds() / 86400
+    if last < end:
+        warnings.append(
+            f"The window runs to {end:%Y-%m-%d} but the orders end at {last:%Y-%m-%d}: the "
+            f"figures cover the first {observed:.0f} of {window} days."
+        )
+    costs = {g.name: (g.contact_cost, g.offer_cost) for g in cfg.campaigns.groups}
+    unknown = sorted(set(lists["campaign"].dropna().astype(str)) - set(costs))
+    if unknown:
+        warnings.append(
+            f"Campaign group(s) {unknown} are not in campaigns.groups of the config: their cost "
+            "is counted as 0."
+        )
+    outcomes = customer_outcomes(orders, lists["customer_id"], as_of, end)
+    table = measure_campaign(lists, outcomes, costs, cfg.measure.min_control)
+    for row in table.itertuples():
+        if row.warning:
+            warnings.append(f"{row.scope}: {row.warning}.")
+    return Readout(
+        export=str(export),
+        as_of=as_of,
+        window_days=window,
+        observed_days=observed,
+        table=table,
+        warnings=warnings,
+        model_version=manifest.get("model_version"),
+    )
+
+
+def write_readout(readout: Readout, out: Path) -> list[Path]:
+    """``measure.json``, ``measure.csv`` and a one-section ``measure.html`` in ``out``."""
+    from winback.html import render_page
+    from winback.report import readout_section
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "measure.json", out / "measure.csv", out / "measure.html"]
+    with atomic_path(files[0]) as tmp:
+        tmp.write_text(json.dumps(readout.to_dict(), indent=2, default=str))
+    with atomic_path(files[1]) as tmp:
+        write_csv(readout.table, tmp)
+    page = render_page(
+        "winback campaign readout",
+        f"export {readout.export}, as of {readout.as_of:%Y-%m-%d}",
+        [readout_section(readout)],
+    )
+    with atomic_path(files[2]) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return files
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    files: list[Path]
+    kpis: pd.DataFrame
+    readouts: list[Readout]
+    notes: list[str]
+
+
+def _exports(exports_dir: Path) -> list[Path]:
+    """Complete exports (links to a folder with a manifest) in ``exports_dir``, oldest first."""
+    if not exports_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in exports_dir.iterdir()
+        if p.is_symlink() and not p.name.startswith(".") and (p / "manifest.json").is_file()
+    )
+
+
+def _champion_gains(
+    orders: Orders, cfg: Config, model: str | None, tracking_uri: str | None, end: datetime
+) -> tuple[object | None, str]:
+    """The gains plot of the champion (or a model file) with a caption, or None and why not.
+
+    Scored fresh, out of time, at ``end - H`` when every label the model trained on was
+    observed before that cutoff; otherwise the model's own training-time backtest is used."""
+    from winback.evaluate import baseline_scores, fast_auc, plot_gains
+
+    if model is None:
+        return None, "No model asked for (--model none)."
+    if model == "champion":
+        from winback.tracking import find_champion
+        from winback.tracking import tracking_uri as resolve
+
+        uri = resolve(tracking_uri or cfg.tracking.uri)
+        found = find_champion(uri, cfg.tracking.model_name)
+        if found is None:
+            return None, (
+                f"No champion of '{cfg.tracking.model_name}' in {uri}: train one with "
+                "'winback train' to see its gains curve here."
+            )
+        path, version, _ = found
+        name = f"champion v{version}"
+    else:
+        path, name = Path(model), Path(model).name
+    if not path.is_file():
+        return None, f"The model file {path} is missing."
+    churn_model = load_model(path)
+    h = churn_model.horizon_days
+    trained_until = max(pd.Timestamp(c) for c in churn_model.training_cutoffs_).tz_localize(None)
+    t = end - timedelta(days=h)
+    if t >= trained_until + timedelta(days=h):
+        snap = build_snapshots(
+            orders, [t], h, churn_model.lookback_days, cfg.features.windows_days, end
+        )
+        if len(snap):
+            y = snap["churned"].astype(bool).to_numpy()
+            scores = {"model": churn_model.predict_proba(snap)[:, 1], **baseline_scores(snap)}
+            auc = fast_auc(y, scores["model"])
+            return plot_gains(y, scores), (
+                f"{name}, scored out of time at {t:%Y-%m-%d} (H = {h} days, after every label it "
+                f"was trained on): {len(snap):,} customers, AUC {auc:.3f}."
+            )
+    bt = path.with_name(path.name + ".backtest") / "predictions.parquet"
+    if not bt.is_file():
+        return None, (
+            f"{name} was trained on labels up to {trained_until + timedelta(days=h):%Y-%m-%d}, "
+            f"so the orders do not yet allow an out-of-time check, and its backtest ({bt}) "
+            "is missing."
+        )
+    pred = pd.read_parquet(bt)
+    pred = pred[pred["churned"].notna()]
+    y = pred["churned"].astype(bool).to_numpy()
+    scores = {
+        n: pred[c].to_numpy(dtype=float)
+        for n, c in (
+            ("model", "p_churn"),
+            ("bgnbd", "bgnbd"),
+            ("rfm", "rfm"),
+            ("recency", "recency"),
+        )
+        if c in pred
+    }
+    cut = pd.Timestamp(pred["cutoff_ts"].max())
+    return plot_gains(y, scores), (
+        f"{name}: its backtest at training time (the same model settings trained on cutoffs up "
+        f"to {cut - timedelta(days=h):%Y-%m-%d}, evaluated out of time at {cut:%Y-%m-%d}), "
+        f"AUC {fast_auc(y, scores['model']):.3f}; the orders do not yet reach past its own "
+        "training labels."
+    )
+
+
+def report_job(
+    orders: Orders,
+    cfg: Config,
+    out: Path,
+    as_of: datetime | None = None,
+    period: str | None = None,
+    exports_dir: Path | None = None,
+    model: str | None = "champion",
+    tracking_uri: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> ReportResult:
+    """Write ``report.html`` and its tables (CSV) to ``out``."""
+    from winback.html import Section, figure_tag, render_page, table_tag
+    from winback.report import (
+        active_window_days,
+        cohort_table,
+        kpi_sections,
+        overall_repeat_rate,
+        plot_list_sizes,
+        plot_score_distribution,
+        readout_section,
+        report_end,
+        retention_by,
+        retention_kpis,
+    )
+
+    step = on_step or (lambda _d, _t: None)
+    period = period or cfg.report.period
+    active = cfg.report.active_days or cfg.features.lookback_days
+    window = active_window_days(active, period)
+    end = report_end(orders, as_of)
+    exports_dir = Path(exports_dir or cfg.report.exports_dir)
+    step(0, 5)
+    kpis = retention_kpis(orders, period, active, as_of)
+    repeat = overall_repeat_rate(orders, as_of)
+    step(1, 5)
+    cohorts = cohort_table(orders, as_of)
+    by = {
+        name: retention_by(orders, name, period, active, as_of) for name in ("segment", "channel")
+    }
+    step(2, 5)
+    tables = {"kpis.csv": kpis, "cohorts.csv": cohorts.reset_index()}
+    tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}
+    sections = kpi_sections(kpis, cohorts, by, repeat, window)
+
+    exports = [e for e in _exports(exports_dir) if datetime.fromisoformat(e.name) < end]
+    lists_sec = Section("lists", "Scores and win-back lists")
+    camp_sec = Section("campaigns", "Campaigns: treatment against control")
+    readouts: list[Readout] = []
+    if not exports:
+        note = f"No exports in {exports_dir}: run 'winback score --out {exports_dir}' nightly."
+        lists_sec.text(note, "note")
+        camp_sec.text(note, "note")
+    else:
+        history = []
+        for e in exports:
+            m = json.loads((e / "manifest.json").read_text())
+            history.append(
+                {"as_of": e.name, "model_version": m.get("model_version")}
+                | {f"rows_{k}": v for k, v in m.get("rows", {}).items() if k != "scores"}
+            )
+        history = pd.DataFrame(history)
+        tables["list_sizes.csv"] = history
+        latest = exports[-1]
+        scores = pd.read_parquet(latest / "scores.parquet", columns=["list", "p_churn"])
+        lists_sec.text(
+            f"Churn probabilities of every customer scored in the latest export ({latest.name}, "
+            f"model {history['model_version'].iloc[-1]}), and the list sizes of every export."
+        )
+        lists_sec.add(figure_tag(plot_score_distribution(scores), "latest score distribution"))
+        lists_sec.add(figure_tag(plot_list_sizes(history), "list size per export"))
+        lists_sec.add(table_tag(history))
+        step(3, 5)
+        measurable = [
+            e
+            for e in exports
+            if orders.last_ts - datetime.fromisoformat(e.name) >= timedelta(days=MIN_READOUT_DAYS)
+        ]
+        for e in measurable[-cfg.report.max_readouts :] if cfg.report.max_readouts else []:
+            r = readout_export(orders, cfg, e)
+            readouts.append(r)
+            tables[f"campaign_{e.name}.csv"] = r.table
+        if readouts:
+            camp_sec.text(
+                "Churn and retention per campaign group, contacted (treatment) against held-out "
+                "(control) customers, for the latest exports whose outcome window has begun."
+            )
+            for i, r in enumerate(reversed(readouts)):
+                sub = readout_section(r, f"campaign-{i}")
+                camp_sec.add(f'<h3 id="{sub.id}">{sub.title}</h3>')
+                for part in sub.parts:
+                    camp_sec.add(part)
+        else:
+            camp_sec.text(
+                "No export is old enough: no orders after any export's as-of yet.", "note"
+            )
+    sections += [camp_sec, lists_sec]
+
+    step(4, 5)
+    model_sec = Section("model", "Champion model: gains")
+    ax, caption = _champion_gains(orders, cfg, model, tracking_uri, end)
+    if ax is not None:
+        model_sec.text(
+            "Share of the customers who churned that a list of the riskiest customers reaches, "
+            "against the baselines."
+        )
+        model_sec.add(figure_tag(ax, "gains of the champion model"))
+        model_sec.text(caption, "note")
+    else:
+        model_sec.text(caption, "note")
+    sections.append(model_sec)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, frame in tables.items():
+        with atomic_path(out / name) as tmp:
+            write_csv(frame, tmp)
+        files.append(out / name)
+    fp = orders.fingerprint()
+    subtitle = (
+        f"as of {end - timedelta(days=1):%Y-%m-%d}; {fp['rows']:,} orders from {fp['first_ts']} "
+        f"to {fp['last_ts']}; periods: {period}; winback {__version__}"
+    )
+    page = render_page("winback retention report", subtitle, sections)
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    files.append(out / "report.html")
+    step(5, 5)
+    notes = [caption] if ax is None else []
+    return ReportResult(out / "report.html", files, kpis, readouts, notes)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from winback.errors import UsageError
 
-__all__ = ["SynthParams", "generate_orders", "customers_for_orders"]
+__all__ = ["SynthParams", "generate_orders", "customers_for_orders", "simulate_campaign"]
 
 CATEGORIES = ("books", "music", "video", "games", "electronics", "home", "toys", "beauty")
 CHANNELS = ("web", "app", "store")
@@ -165,3 +165,54 @@ def customers_for_orders(n_orders: int, params: SynthParams | None = None) -> in
     pilot_params = SynthParams(**{**p.__dict__, "n_customers": pilot})
     per_customer = len(generate_orders(pilot_params)) / pilot
     return max(1, int(round(n_orders / per_customer)))
+
+
+def simulate_campaign(
+    orders: pd.DataFrame,
+    lists: pd.DataFrame,
+    as_of: pd.Timestamp,
+    window_days: int,
+    uplift: float,
+    seed: int = 7,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Apply a known campaign effect to synthetic orders: each treated customer (``group ==
+    'treatment'`` in ``lists``) who placed no order in ``(as_of, as_of + window_days]`` is won back
+    with probability ``uplift`` and buys once in the window, for their median order amount. The
+    control group and everyone else are left alone.
+
+    Returns the orders with the extra rows (``order_id`` above every existing one) and the truth:
+    ``n_treatment``, ``won_back``, ``incremental_retention`` (won back / treated) and
+    ``incremental_revenue_per_customer`` (their spend / treated).
+    """
+    if not 0.0 <= uplift <= 1.0:
+        raise UsageError(f"The uplift must be a share in [0, 1]; got {uplift}.")
+    start = pd.Timestamp(as_of)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    end = start + pd.Timedelta(days=window_days)
+    treated = pd.Index(lists.loc[lists["group"] == "treatment", "customer_id"].astype(str))
+    cid = orders["customer_id"].astype(str)
+    in_window = (orders["order_ts"] > start) & (orders["order_ts"] <= end) & (orders["amount"] > 0)
+    bought = pd.Index(cid[in_window].unique())
+    candidates = treated.difference(bought).sort_values()
+    rng = np.random.default_rng(seed)
+    won = candidates[rng.random(len(candidates)) < uplift]
+    history = orders[(orders["order_ts"] <= start) & (orders["amount"] > 0)]
+    typical = history.groupby(history["customer_id"].astype(str))["amount"].median()
+    first = orders.drop_duplicates("customer_id")  # category and channel of the first order
+    first.index = first["customer_id"].astype(str)
+    rows = first.loc[won].copy()
+    seconds = rng.uniform(1, window_days * 86400, len(won))
+    rows["order_ts"] = (start + pd.to_timedelta(seconds, unit="s")).floor("s")
+    rows["amount"] = typical.reindex(won).fillna(orders["amount"].median()).round(2).to_numpy()
+    rows["quantity"] = 1
+    rows["order_id"] = orders["order_id"].max() + 1 + np.arange(len(won))
+    out = pd.concat([orders, rows.reset_index(drop=True)], ignore_index=True)
+    out = out.sort_values("order_ts", kind="stable").reset_index(drop=True)
+    n = len(treated)
+    truth = {
+        "n_treatment": float(n),
+        "won_back": float(len(won)),
+        "incremental_retention": len(won) / n if n else float("nan"),
+        "incremental_revenue_per_customer": float(rows["amount"].sum()) / n if n else float("nan"),
+    }
+    return out, truth

@@ -26,6 +26,8 @@ __all__ = [
     "log_backtest",
     "log_training",
     "champion_model_file",
+    "find_champion",
+    "log_measure",
     "Promotion",
     "CHAMPION",
 ]
@@ -240,3 +242,30 @@ def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
             "pass --model PATH."
         )
     return Path(path), str(mv.version), mv.run_id
+
+
+def find_champion(uri: str, model_name: str) -> tuple[Path, str, str] | None:
+    """Like :func:`champion_model_file`, but ``None`` when there is no champion (or no store:
+    a SQLite store that does not exist is not created)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        return champion_model_file(uri, model_name)
+    except WinbackError:
+        return None
+
+
+def log_measure(
+    uri: str,
+    experiment: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    files: Iterable[Path],
+    fingerprint: dict[str, Any] | None = None,
+) -> str:
+    """Log a campaign readout as a run of its own; return its run id."""
+    mlflow = _mlflow(uri, experiment)
+    with mlflow.start_run(run_name=f"measure {params.get('as_of', '')}".strip()) as run:
+        _log_common(mlflow, params, {}, files, fingerprint, "measure")
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN is not logged
+        return run.info.run_id
