@@ -405,11 +405,16 @@ def _exports(exports_dir: Path) -> list[Path]:
     """Complete exports (links to a folder with a manifest) in ``exports_dir``, oldest first."""
     if not exports_dir.is_dir():
         return []
-    return sorted(
-        p
-        for p in exports_dir.iterdir()
-        if p.is_symlink() and not p.name.startswith(".") and (p / "manifest.json").is_file()
-    )
+    found = []
+    for p in exports_dir.iterdir():
+        if not p.is_symlink() or not (p / "manifest.json").is_file():
+            continue
+        try:
+            datetime.fromisoformat(p.name)
+        except ValueError:  # a link of the user's, not an as-of
+            continue
+        found.append(p)
+    return sorted(found)
 
 
 def _champion_gains(
