@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from winback.engines.duckdb import registered
 from winback.errors import DataError, UsageError
 from winback.export import read_manifest
 from winback.orders import Orders
@@ -146,10 +147,8 @@ def customer_outcomes(
     """``customer_id, bought, revenue`` in ``(start, end]`` for the given customers (every one of
     them, zero when they placed no order)."""
     ids = pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=str).unique()})
-    name = "_wb_measure_ids"
-    orders.con.register(name, ids)
-    try:
-        out = orders.con.execute(
+    with registered(orders.con, ids, "_wb_measure_ids") as name:
+        return orders.con.execute(
             f"""
             SELECT i.customer_id,
                    coalesce(bool_or(NOT o.is_return), false) AS bought,
@@ -161,9 +160,6 @@ def customer_outcomes(
             GROUP BY i.customer_id
             """
         ).df()
-    finally:
-        orders.con.unregister(name)
-    return out
 
 
 def _p_two_sided(z: float) -> float:

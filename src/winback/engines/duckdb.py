@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import duckdb
 import pandas as pd
 
-__all__ = ["DuckDBEngine", "connect"]
+__all__ = ["DuckDBEngine", "connect", "registered"]
 
 _counter = itertools.count()
 
@@ -27,6 +28,19 @@ def connect(
     if temp_directory is not None:
         con.execute("SET temp_directory = ?", [str(temp_directory)])
     return con
+
+
+@contextmanager
+def registered(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, prefix: str = "_frame"
+) -> Iterator[str]:
+    """A pandas frame visible to SQL under a fresh name for the length of the block."""
+    name = f"{prefix}_{next(_counter)}"
+    con.register(name, frame)
+    try:
+        yield name
+    finally:
+        con.unregister(name)
 
 
 class DuckDBEngine:
@@ -47,12 +61,11 @@ class DuckDBEngine:
         """Create a temporary table ``cutoff_ts TIMESTAMP`` and return its name."""
         name = f"_cutoffs_{next(_counter)}"
         frame = pd.DataFrame({"cutoff_ts": pd.to_datetime(list(cutoffs)).astype("datetime64[us]")})
-        self.con.register(f"{name}_src", frame)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {name} AS "
-            f"SELECT CAST(cutoff_ts AS TIMESTAMP) AS cutoff_ts FROM {name}_src"
-        )
-        self.con.unregister(f"{name}_src")
+        with registered(self.con, frame, f"{name}_src") as src:
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                f"SELECT CAST(cutoff_ts AS TIMESTAMP) AS cutoff_ts FROM {src}"
+            )
         return name
 
     def drop(self, name: str) -> None:
