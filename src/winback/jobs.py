@@ -512,8 +512,7 @@ def report_job(
         plot_score_distribution,
         readout_section,
         report_end,
-        retention_by,
-        retention_kpis,
+        retention_tables,
     )
 
     step = on_step or (lambda _d, _t: None)
@@ -523,13 +522,10 @@ def report_job(
     end = report_end(orders, as_of)
     exports_dir = Path(exports_dir or cfg.report.exports_dir)
     step(0, 5)
-    kpis = retention_kpis(orders, period, active, as_of)
+    kpis, by = retention_tables(orders, period, active, as_of)
     repeat = overall_repeat_rate(orders, as_of)
     step(1, 5)
     cohorts = cohort_table(orders, as_of)
-    by = {
-        name: retention_by(orders, name, period, active, as_of) for name in ("segment", "channel")
-    }
     step(2, 5)
     tables = {"kpis.csv": kpis, "cohorts.csv": cohorts.reset_index()}
     tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}

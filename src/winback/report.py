@@ -36,8 +36,9 @@ Everything runs as SQL in the orders' DuckDB connection; only per-period tables 
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from winback.campaigns import segment_name
+from winback.engines.duckdb import registered
 from winback.errors import UsageError
 from winback.html import Section, figure_tag, table_tag
 from winback.orders import Orders
@@ -56,6 +58,7 @@ __all__ = [
     "period_bounds",
     "active_window_days",
     "retention_kpis",
+    "retention_tables",
     "overall_repeat_rate",
     "cohort_table",
     "retention_by",
@@ -126,32 +129,27 @@ def active_window_days(lookback_days: int, period: Period) -> int:
     return max(int(lookback_days), _LONGEST_DAYS[period])
 
 
-@contextmanager
-def _registered(orders: Orders, frame: pd.DataFrame):
-    name = f"_wb_periods_{uuid.uuid4().hex[:8]}"
-    orders.con.register(name, frame)
-    try:
-        yield name
-    finally:
-        orders.con.unregister(name)
-
-
-def _status_sql(orders: Orders, periods: str, end: datetime, window_days: int) -> str:
-    """CTEs ``buys``, ``spells`` and ``status`` (period_start, customer_id, at_start, at_end).
-
-    A customer is active at t when t falls in ``(p, p + window]`` for a purchase p, so the
-    purchases of a customer merge into spells ``(first, last + window]`` (a new spell starts when
-    a purchase comes more than ``window`` after the previous one), and 'active at t' is one range
-    join of spells with the period bounds.
-    """
-    w = f"INTERVAL {int(window_days)} DAY"
+def _buys_sql(orders: Orders, end: datetime) -> str:
+    """CTE ``buys``: the purchases (not returns) before ``end``."""
     return f"""
     buys AS (
         SELECT customer_id, order_id, order_ts{", channel" if orders.has_channel else ""}
         FROM {orders.table}
         WHERE NOT is_return AND order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
-    ),
-    marks AS (
+    )"""
+
+
+def _spells_sql(window_days: int) -> str:
+    """A query over the CTE ``buys``: each customer's activity spells ``(from_ts, to_ts]``.
+
+    A customer is active at t when t falls in ``(p, p + window]`` for a purchase p, so the
+    purchases of a customer merge into spells ``(first, last + window]`` (a new spell starts when
+    a purchase comes more than ``window`` after the previous one), and 'active at t' is one range
+    join of spells with the period bounds (:func:`_status_sql`).
+    """
+    w = f"INTERVAL {int(window_days)} DAY"
+    return f"""
+    WITH marks AS (
         SELECT customer_id, order_ts,
                CASE WHEN lag(order_ts) OVER w IS NULL
                          OR order_ts > lag(order_ts) OVER w + {w} THEN 1 ELSE 0 END AS opens
@@ -162,16 +160,21 @@ def _status_sql(orders: Orders, periods: str, end: datetime, window_days: int) -
                sum(opens) OVER (PARTITION BY customer_id ORDER BY order_ts
                                 ROWS UNBOUNDED PRECEDING) AS spell
         FROM marks
-    ),
-    spells AS (
-        SELECT customer_id, min(order_ts) AS from_ts, max(order_ts) + {w} AS to_ts
-        FROM numbered GROUP BY customer_id, spell
-    ),
+    )
+    SELECT customer_id, min(order_ts) AS from_ts, max(order_ts) + {w} AS to_ts
+    FROM numbered GROUP BY customer_id, spell"""
+
+
+def _status_sql(periods: str, spells: str) -> str:
+    """CTEs ending in ``status`` (period_start, customer_id, at_start, at_end): who is active at
+    the start and at the end of each period, from the spells table."""
+    return f"""
     bounds AS (
         SELECT period_start AS t FROM {periods} UNION SELECT period_end FROM {periods}
     ),
     active AS (
-        SELECT b.t, s.customer_id FROM spells s JOIN bounds b ON s.from_ts < b.t AND b.t <= s.to_ts
+        SELECT b.t, s.customer_id
+        FROM {spells} s JOIN bounds b ON s.from_ts < b.t AND b.t <= s.to_ts
     ),
     status AS (
         SELECT period_start, customer_id, max(s) AS at_start, max(e) AS at_end
@@ -185,13 +188,58 @@ def _status_sql(orders: Orders, periods: str, end: datetime, window_days: int) -
     )"""
 
 
-def _periods_for(orders: Orders, end: datetime, period: Period) -> pd.DataFrame:
+@dataclass
+class _Activity:
+    """The complete periods up to ``end`` and, in a temporary table, every customer's activity
+    spells; ``spells`` is None when there is no complete period."""
+
+    period: str
+    end: datetime
+    periods: pd.DataFrame
+    periods_view: str
+    spells: str | None
+
+    def ctes(self, orders: Orders) -> str:
+        """The CTEs ``buys`` and ``status`` for a query's WITH clause."""
+        return f"{_buys_sql(orders, self.end)}, {_status_sql(self.periods_view, self.spells)}"
+
+
+@contextmanager
+def _activity(
+    orders: Orders, period: Period, lookback_days: int, as_of: datetime | None
+) -> Iterator[_Activity]:
+    """Merge the purchases into activity spells once (the costly sort by customer and time),
+    for as many tables as need them. The spells are a few rows per customer; who is active at
+    each period bound is joined from them per query."""
+    end = report_end(orders, as_of)
+    window = active_window_days(lookback_days, period)
     first = orders.con.execute(
         f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
     ).fetchall()[0][0]
     if first is None:
         raise UsageError("The order history has no purchases: nothing to report.")
-    return period_bounds(first, end, period)
+    periods = period_bounds(first, end, period)
+    with registered(orders.con, periods, "_wb_periods") as view:
+        if periods.empty:
+            yield _Activity(period, end, periods, view, None)
+            return
+        spells = f"{view}_spells"
+        orders.con.execute(
+            f"CREATE TEMP TABLE {spells} AS WITH {_buys_sql(orders, end)} "
+            f"SELECT * FROM ({_spells_sql(window)})"
+        )
+        try:
+            yield _Activity(period, end, periods, view, spells)
+        finally:
+            orders.con.execute(f"DROP TABLE IF EXISTS {spells}")
+
+
+_KPI_COLUMNS = [
+    "period", "period_start", "period_end", "S", "E", "N", "retained", "reactivated",
+    "retention_rate", "churn_rate", "strict_retention_rate", "buyers", "repeat_buyers",
+    "repeat_purchase_rate", "revenue", "revenue_from_start_customers",
+    "their_revenue_prev_period", "revenue_retention", "revenue_churn",
+]  # fmt: skip
 
 
 def retention_kpis(
@@ -207,78 +255,84 @@ def retention_kpis(
     repeat_purchase_rate, revenue, revenue_from_start_customers, their_revenue_prev_period,
     revenue_retention, revenue_churn``.
     """
-    end = report_end(orders, as_of)
-    window = active_window_days(lookback_days, period)
-    periods = _periods_for(orders, end, period)
-    cols = [
-        "period", "period_start", "period_end", "S", "E", "N", "retained", "reactivated",
-        "retention_rate", "churn_rate", "strict_retention_rate", "buyers", "repeat_buyers",
-        "repeat_purchase_rate", "revenue", "revenue_from_start_customers",
-        "their_revenue_prev_period", "revenue_retention", "revenue_churn",
-    ]  # fmt: skip
-    if periods.empty:
-        return pd.DataFrame(columns=cols)
-    unit = period
-    with _registered(orders, periods) as p:
-        raw = orders.con.execute(
-            f"""
-            WITH {_status_sql(orders, p, end, window)},
-            counts AS (
-                SELECT period_start, sum(at_start) AS S, sum(at_end) AS E,
-                       sum(at_start * at_end) AS retained
-                FROM status GROUP BY 1
-            ),
-            firsts AS (
-                SELECT date_trunc('{unit}', min(order_ts)) AS period_start, customer_id
-                FROM buys GROUP BY customer_id
-            ),
-            new AS (SELECT period_start, count(*) AS N FROM firsts GROUP BY 1),
-            per_cust AS (
-                SELECT date_trunc('{unit}', order_ts) AS period_start, customer_id,
-                       count(*) FILTER (WHERE NOT is_return) AS n_buys,
-                       sum(amount)::DOUBLE AS revenue
-                FROM {orders.table}
-                WHERE order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
-                GROUP BY ALL
-            ),
-            buyers AS (
-                SELECT period_start, count(*) FILTER (WHERE n_buys >= 1) AS buyers,
-                       count(*) FILTER (WHERE n_buys >= 2) AS repeat_buyers,
-                       sum(revenue) AS revenue
-                FROM per_cust GROUP BY 1
-            ),
-            starters AS (
-                SELECT s.period_start, p.prev_start, s.customer_id
-                FROM status s JOIN {p} p USING (period_start) WHERE s.at_start = 1
-            ),
-            rev_now AS (
-                SELECT s.period_start, sum(c.revenue) AS rev
-                FROM starters s JOIN per_cust c
-                  ON c.customer_id = s.customer_id AND c.period_start = s.period_start
-                GROUP BY 1
-            ),
-            rev_before AS (
-                SELECT s.period_start, sum(c.revenue) AS rev
-                FROM starters s JOIN per_cust c
-                  ON c.customer_id = s.customer_id AND c.period_start = s.prev_start
-                GROUP BY 1
-            )
-            SELECT p.period, p.period_start, p.period_end,
-                   coalesce(k.S, 0) AS S, coalesce(k.E, 0) AS E, coalesce(n.N, 0) AS N,
-                   coalesce(k.retained, 0) AS retained,
-                   coalesce(b.buyers, 0) AS buyers, coalesce(b.repeat_buyers, 0) AS repeat_buyers,
-                   coalesce(b.revenue, 0) AS revenue,
-                   coalesce(rn.rev, 0) AS revenue_from_start_customers,
-                   coalesce(rb.rev, 0) AS their_revenue_prev_period
-            FROM {p} p
-            LEFT JOIN counts k USING (period_start)
-            LEFT JOIN new n USING (period_start)
-            LEFT JOIN buyers b USING (period_start)
-            LEFT JOIN rev_now rn USING (period_start)
-            LEFT JOIN rev_before rb USING (period_start)
-            ORDER BY p.period_start
-            """
-        ).df()
+    with _activity(orders, period, lookback_days, as_of) as a:
+        return _kpis(orders, a)
+
+
+def retention_tables(
+    orders: Orders,
+    period: Period = "month",
+    lookback_days: int = 365,
+    as_of: datetime | None = None,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """:func:`retention_kpis` and :func:`retention_by` segment and channel, with who is active
+    at each period bound computed once for the three."""
+    with _activity(orders, period, lookback_days, as_of) as a:
+        return _kpis(orders, a), {by: _by(orders, a, by) for by in ("segment", "channel")}
+
+
+def _kpis(orders: Orders, a: _Activity) -> pd.DataFrame:
+    if a.spells is None:
+        return pd.DataFrame(columns=_KPI_COLUMNS)
+    raw = orders.con.execute(
+        f"""
+        WITH {a.ctes(orders)},
+        counts AS (
+            SELECT period_start, sum(at_start) AS S, sum(at_end) AS E,
+                   sum(at_start * at_end) AS retained
+            FROM status GROUP BY 1
+        ),
+        firsts AS (
+            SELECT date_trunc('{a.period}', min(order_ts)) AS period_start, customer_id
+            FROM buys GROUP BY customer_id
+        ),
+        new AS (SELECT period_start, count(*) AS N FROM firsts GROUP BY 1),
+        per_cust AS (
+            SELECT date_trunc('{a.period}', order_ts) AS period_start, customer_id,
+                   count(*) FILTER (WHERE NOT is_return) AS n_buys,
+                   sum(amount)::DOUBLE AS revenue
+            FROM {orders.table}
+            WHERE order_ts < TIMESTAMP '{a.end:%Y-%m-%d %H:%M:%S}'
+            GROUP BY ALL
+        ),
+        buyers AS (
+            SELECT period_start, count(*) FILTER (WHERE n_buys >= 1) AS buyers,
+                   count(*) FILTER (WHERE n_buys >= 2) AS repeat_buyers,
+                   sum(revenue) AS revenue
+            FROM per_cust GROUP BY 1
+        ),
+        starters AS (
+            SELECT s.period_start, p.prev_start, s.customer_id
+            FROM status s JOIN {a.periods_view} p USING (period_start) WHERE s.at_start = 1
+        ),
+        rev_now AS (
+            SELECT s.period_start, sum(c.revenue) AS rev
+            FROM starters s JOIN per_cust c
+              ON c.customer_id = s.customer_id AND c.period_start = s.period_start
+            GROUP BY 1
+        ),
+        rev_before AS (
+            SELECT s.period_start, sum(c.revenue) AS rev
+            FROM starters s JOIN per_cust c
+              ON c.customer_id = s.customer_id AND c.period_start = s.prev_start
+            GROUP BY 1
+        )
+        SELECT p.period, p.period_start, p.period_end,
+               coalesce(k.S, 0) AS S, coalesce(k.E, 0) AS E, coalesce(n.N, 0) AS N,
+               coalesce(k.retained, 0) AS retained,
+               coalesce(b.buyers, 0) AS buyers, coalesce(b.repeat_buyers, 0) AS repeat_buyers,
+               coalesce(b.revenue, 0) AS revenue,
+               coalesce(rn.rev, 0) AS revenue_from_start_customers,
+               coalesce(rb.rev, 0) AS their_revenue_prev_period
+        FROM {a.periods_view} p
+        LEFT JOIN counts k USING (period_start)
+        LEFT JOIN new n USING (period_start)
+        LEFT JOIN buyers b USING (period_start)
+        LEFT JOIN rev_now rn USING (period_start)
+        LEFT JOIN rev_before rb USING (period_start)
+        ORDER BY p.period_start
+        """
+    ).df()
     for c in ("S", "E", "N", "retained", "buyers", "repeat_buyers"):
         raw[c] = raw[c].astype("int64")
     s = raw["S"].astype(float).where(raw["S"] > 0)
@@ -290,7 +344,7 @@ def retention_kpis(
     before = raw["their_revenue_prev_period"].where(raw["their_revenue_prev_period"] > 0)
     raw["revenue_retention"] = raw["revenue_from_start_customers"] / before
     raw["revenue_churn"] = 1 - raw["revenue_retention"]
-    return raw[cols]
+    return raw[_KPI_COLUMNS]
 
 
 def overall_repeat_rate(orders: Orders, as_of: datetime | None = None) -> tuple[int, int, float]:
@@ -334,16 +388,13 @@ def cohort_table(orders: Orders, as_of: datetime | None = None) -> pd.DataFrame:
     sizes = counts[counts["k"] == 0].set_index("cohort")["n"]
     cohorts = sorted(sizes.index)
     last_complete = _add_months(_trunc(end, "month"), -1)  # month m is complete: m + 1 <= end
-    horizon = max(
-        (last_complete.year - c.year) * 12 + (last_complete.month - c.month) for c in cohorts
-    )
-    ks = list(range(1, max(horizon, 0) + 1))
+    age = {c: (last_complete.year - c.year) * 12 + (last_complete.month - c.month) for c in cohorts}
+    ks = list(range(1, max(max(age.values()), 0) + 1))
     grid = counts[counts["k"] >= 1].pivot(index="cohort", columns="k", values="n")
     grid = grid.reindex(index=cohorts, columns=ks).fillna(0)
     share = grid.div(sizes.reindex(cohorts).to_numpy(), axis=0)
     for c in cohorts:
-        age = (last_complete.year - c.year) * 12 + (last_complete.month - c.month)
-        share.loc[c, [k for k in ks if k > age]] = np.nan
+        share.loc[c, [k for k in ks if k > age[c]]] = np.nan
     share.insert(0, "customers", sizes.reindex(cohorts).astype("int64").to_numpy())
     share.index = pd.Index([f"{pd.Timestamp(c):%Y-%m}" for c in cohorts], name="cohort")
     share.columns = ["customers", *[str(k) for k in ks]]
@@ -360,15 +411,20 @@ def retention_by(
     """Retention of the customers active at the start of each period, per channel (of their
     last purchase before it) or RFM segment (at the period start): ``period, <by>, S, retained,
     lost, retention_rate, churn_rate``. Empty for ``channel`` when the orders have none."""
-    cols = ["period", by, "S", "retained", "lost", "retention_rate", "churn_rate"]
+    _check_by(by)
+    with _activity(orders, period, lookback_days, as_of) as a:
+        return _by(orders, a, by)
+
+
+def _check_by(by: str) -> None:
     if by not in ("channel", "segment"):
         raise UsageError(f"Retention can be split by channel or segment; got {by!r}.")
-    if by == "channel" and not orders.has_channel:
-        return pd.DataFrame(columns=cols)
-    end = report_end(orders, as_of)
-    window = active_window_days(lookback_days, period)
-    periods = _periods_for(orders, end, period)
-    if periods.empty:
+
+
+def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
+    _check_by(by)
+    cols = ["period", by, "S", "retained", "lost", "retention_rate", "churn_rate"]
+    if a.spells is None or (by == "channel" and not orders.has_channel):
         return pd.DataFrame(columns=cols)
 
     def quint(x: str, order: str) -> str:
@@ -385,28 +441,27 @@ def retention_by(
     else:
         carried = ""
         keys = f"{quint('recency_days', 'DESC')} AS r, {quint('n_orders', 'ASC')} AS f"
-    with _registered(orders, periods) as p:
-        frame = orders.con.execute(
-            f"""
-            WITH {_status_sql(orders, p, end, window)},
-            ranked AS (
-                SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY order_ts, order_id)
-                              AS n_orders
-                FROM buys
-            ),
-            start_rows AS (
-                SELECT s.period_start, s.customer_id, s.at_end, {carried}
-                       epoch(s.period_start - b.order_ts) / 86400.0 AS recency_days, b.n_orders
-                FROM (SELECT * FROM status WHERE at_start = 1) s
-                ASOF JOIN ranked b
-                  ON s.customer_id = b.customer_id AND s.period_start > b.order_ts
-            ),
-            graded AS (SELECT period_start, at_end, {keys} FROM start_rows)
-            SELECT * EXCLUDE (at_end), count(*) AS S, sum(at_end) AS retained
-            FROM graded GROUP BY ALL
-            """
-        ).df()
-    frame = frame.merge(periods[["period", "period_start"]], on="period_start")
+    frame = orders.con.execute(
+        f"""
+        WITH {a.ctes(orders)},
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY order_ts, order_id)
+                          AS n_orders
+            FROM buys
+        ),
+        start_rows AS (
+            SELECT s.period_start, s.customer_id, s.at_end, {carried}
+                   epoch(s.period_start - b.order_ts) / 86400.0 AS recency_days, b.n_orders
+            FROM (SELECT * FROM status WHERE at_start = 1) s
+            ASOF JOIN ranked b
+              ON s.customer_id = b.customer_id AND s.period_start > b.order_ts
+        ),
+        graded AS (SELECT period_start, at_end, {keys} FROM start_rows)
+        SELECT * EXCLUDE (at_end), count(*) AS S, sum(at_end) AS retained
+        FROM graded GROUP BY ALL
+        """
+    ).df()
+    frame = frame.merge(a.periods[["period", "period_start"]], on="period_start")
     if by == "segment":
         frame["segment"] = [
             segment_name(int(r), int(f)) for r, f in zip(frame["r"], frame["f"], strict=True)
