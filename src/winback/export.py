@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ from winback.atomic import sha256_file
 from winback.campaigns import neutralize_csv
 from winback.errors import WinbackError
 
-__all__ = ["export_lists", "export_lock", "read_manifest", "previous_export", "write_csv"]
+__all__ = [
+    "export_lists",
+    "export_lock",
+    "read_manifest",
+    "list_exports",
+    "previous_export",
+    "write_csv",
+]
 
 _VERSIONS = ".versions"
 
@@ -155,14 +163,25 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def previous_export(out_dir: str | Path, as_of_key: str) -> Path | None:
-    """The latest complete export in ``out_dir`` dated before ``as_of_key``, if any."""
+def list_exports(out_dir: str | Path) -> list[Path]:
+    """The complete exports in ``out_dir`` (links named by an as-of date, to a folder with a
+    manifest), oldest first. Other links there (a user's ``latest``) are not exports."""
     out = Path(out_dir)
     if not out.is_dir():
-        return None
-    earlier = sorted(
-        p
-        for p in out.iterdir()
-        if p.is_symlink() and p.name < as_of_key and (p / "manifest.json").is_file()
-    )
+        return []
+    found = []
+    for p in out.iterdir():
+        if not p.is_symlink() or not (p / "manifest.json").is_file():
+            continue
+        try:
+            datetime.fromisoformat(p.name)
+        except ValueError:
+            continue
+        found.append(p)
+    return sorted(found)
+
+
+def previous_export(out_dir: str | Path, as_of_key: str) -> Path | None:
+    """The latest complete export in ``out_dir`` dated before ``as_of_key``, if any."""
+    earlier = [p for p in list_exports(out_dir) if p.name < as_of_key]
     return earlier[-1] if earlier else None

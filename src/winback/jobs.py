@@ -24,7 +24,7 @@ from winback.campaigns import suppressed
 from winback.config import Config
 from winback.errors import DataError
 from winback.evaluate import plot_profit_curve
-from winback.export import export_lists, previous_export, write_csv
+from winback.export import export_lists, list_exports, previous_export, write_csv
 from winback.measure import Readout, customer_outcomes, load_export, measure_campaign
 from winback.model import ChurnModel, load_model, save_model
 from winback.orders import Orders
@@ -401,22 +401,6 @@ class ReportResult:
     notes: list[str]
 
 
-def _exports(exports_dir: Path) -> list[Path]:
-    """Complete exports (links to a folder with a manifest) in ``exports_dir``, oldest first."""
-    if not exports_dir.is_dir():
-        return []
-    found = []
-    for p in exports_dir.iterdir():
-        if not p.is_symlink() or not (p / "manifest.json").is_file():
-            continue
-        try:
-            datetime.fromisoformat(p.name)
-        except ValueError:  # a link of the user's, not an as-of
-            continue
-        found.append(p)
-    return sorted(found)
-
-
 def _champion_gains(
     orders: Orders, cfg: Config, model: str | None, tracking_uri: str | None, end: datetime
 ) -> tuple[object | None, str]:
@@ -531,7 +515,7 @@ def report_job(
     tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}
     sections = kpi_sections(kpis, cohorts, by, repeat, window)
 
-    exports = [e for e in _exports(exports_dir) if datetime.fromisoformat(e.name) < end]
+    exports = [e for e in list_exports(exports_dir) if datetime.fromisoformat(e.name) < end]
     lists_sec = Section("lists", "Scores and win-back lists")
     camp_sec = Section("campaigns", "Campaigns: treatment against control")
     readouts: list[Readout] = []
