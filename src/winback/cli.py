@@ -49,6 +49,9 @@ PathArg = Annotated[
     str | None,
     typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file (or orders.source)."),
 ]
+OrdersOpt = Annotated[
+    str | None, typer.Option("--orders", help="Orders file or folder (default: orders.source).")
+]
 AsOfOpt = Annotated[
     str | None,
     typer.Option("--as-of", help="The date we stand at (YYYY-MM-DD, 00:00 UTC); 'today' allowed."),
@@ -221,9 +224,7 @@ def _cutoffs_from_options(
 
 @app.command()
 def features(
-    orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders file or folder.")
-    ] = None,
+    orders_path: OrdersOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
         "features.parquet"
     ),
@@ -318,9 +319,7 @@ def _run_params(cfg: Config, **extra) -> dict:
 
 @app.command()
 def backtest(
-    orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders file or folder.")
-    ] = None,
+    orders_path: OrdersOpt = None,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="Evaluation cutoff(s) T, comma-separated for rolling origin."),
@@ -380,9 +379,7 @@ def backtest(
 
 @app.command()
 def train(
-    orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders file or folder.")
-    ] = None,
+    orders_path: OrdersOpt = None,
     as_of: AsOfOpt = None,
     horizon_days: HorizonOpt = None,
     lookback_days: LookbackOpt = None,
@@ -428,9 +425,7 @@ def _echo_train(res) -> None:
 
 @app.command()
 def score(
-    orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders file or folder.")
-    ] = None,
+    orders_path: OrdersOpt = None,
     as_of: Annotated[
         str | None,
         typer.Option(
@@ -567,9 +562,7 @@ def _echo_readout(r) -> None:
 
 @app.command()
 def report(
-    orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders file or folder.")
-    ] = None,
+    orders_path: OrdersOpt = None,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="Report up to the end of this day (default: the last order)."),
