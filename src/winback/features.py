@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from winback.atomic import atomic_path
+from winback.dialect import DUCKDB, SPARK, Dialect
 from winback.errors import UsageError
 from winback.orders import Orders
 
@@ -54,9 +54,11 @@ __all__ = [
     "FeatureSpec",
     "Dialect",
     "DUCKDB",
+    "SPARK",
     "feature_sql",
     "population_sql",
     "label_sql",
+    "bgnbd_summary_sql",
     "feature_names",
     "parse_cutoff",
     "cutoff_schedule",
@@ -81,31 +83,6 @@ class FeatureSpec:
                 f"The 'lookback_days' setting must be a whole number of days >= 1; "
                 f"got {self.lookback_days}."
             )
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """The few SQL spellings that differ between engines."""
-
-    name: str
-    # (later, earlier) -> fractional days between two timestamps
-    days_between: str = "(epoch_ms({later}) - epoch_ms({earlier})) / 86400000.0"
-    # date of a timestamp
-    to_date: str = "CAST({ts} AS DATE)"
-    # whole calendar days between two dates
-    date_diff_days: str = "date_diff('day', {earlier}, {later})"
-    weekend: str = "dayofweek({ts}) IN (0, 6)"
-    median: str = "median({x})"
-    arg_max: str = "arg_max({value}, {key})"
-    # an orderable pair, compared on a then b
-    pair: str = "({a}, {b})"
-    # a stable bucket in [0, k) from a column's hash
-    hash_mod: str = "hash({col}) % {k}"
-    to_double: str = "CAST({x} AS DOUBLE)"
-    add_days: str = "{ts} + to_days({days})"
-
-
-DUCKDB = Dialect(name="duckdb")
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:
@@ -354,6 +331,26 @@ def label_sql(
     ORDER BY p.cutoff_ts, p.customer_id"""
 
 
+def bgnbd_summary_sql(orders: str, cutoffs: str, d: Dialect = DUCKDB) -> str:
+    """SQL for the BG/NBD inputs at each cutoff, in days, of every customer with a purchase day
+    at or before it: ``customer_id, cutoff_ts, frequency`` (repeat purchase days), ``recency``
+    (first to last purchase day) and ``T`` (first purchase day to the cutoff)."""
+    day = d.to_date.format(ts="order_ts")
+    span = d.date_diff_days.format(earlier="min(p.day)", later="max(p.day)")
+    age = d.days_between.format(later="c.cutoff_ts", earlier="CAST(min(p.day) AS TIMESTAMP)")
+    return f"""
+    WITH days AS (
+        SELECT customer_id, {day} AS day, min(order_ts) AS day_ts
+        FROM {orders} WHERE NOT is_return
+        GROUP BY customer_id, {day})
+    SELECT p.customer_id, c.cutoff_ts,
+           CAST(count(*) - 1 AS DOUBLE) AS frequency,
+           CAST({span} AS DOUBLE) AS recency,
+           {age} AS T
+    FROM days p JOIN {cutoffs} c ON p.day_ts <= c.cutoff_ts
+    GROUP BY p.customer_id, c.cutoff_ts"""
+
+
 def parse_cutoff(value: str | date | datetime | pd.Timestamp) -> datetime:
     """A cutoff as a naive UTC datetime. A date means 00:00 UTC of that day.
 
@@ -411,15 +408,17 @@ def build_features(
     windows_days: Iterable[int] = (30, 90, 180, 365),
     groups_per_pass: int = GROUPS_PER_PASS,
 ) -> pd.DataFrame:
-    """Features of the active population at each cutoff, all cutoffs in one pass (DuckDB).
+    """Features of the active population at each cutoff, all cutoffs in one pass, on the
+    orders' engine (DuckDB or Spark).
 
-    When customers x cutoffs exceeds ``groups_per_pass``, customers are split into hash
-    partitions, each run with all cutoffs at once, so memory stays bounded on large histories.
+    On DuckDB, when customers x cutoffs exceeds ``groups_per_pass``, customers are split into
+    hash partitions, each run with all cutoffs at once, so memory stays bounded on large
+    histories (Spark spreads the aggregation over its shuffle partitions instead).
 
     Parameters
     ----------
     orders : Orders
-        The validated orders (its DuckDB connection runs the query).
+        The validated orders (their engine runs the query).
     cutoffs : dates
         Cutoffs T in UTC; a date means 00:00 UTC. Features see ``order_ts <= T``.
     lookback_days : int
@@ -435,10 +434,8 @@ def build_features(
         One row per ``(customer_id, cutoff_ts)``, sorted by cutoff then customer; ``cutoff_ts``
         tz-aware UTC.
     """
-    from winback.engines.duckdb import DuckDBEngine
-
     spec = _spec_for(orders, lookback_days, windows_days)
-    engine = DuckDBEngine(orders.con)
+    engine = orders.engine()
     table = _feature_table(orders, engine, spec, normalize_cutoffs(cutoffs), groups_per_pass)
     try:
         return engine.query_df(f"SELECT * FROM {table} ORDER BY cutoff_ts, customer_id")
@@ -466,11 +463,11 @@ def _feature_table(
     """Compute features into a temporary table (in customer hash partitions when large)."""
     # every (customer, cutoff) pair is a group of the aggregation; bound them per pass
     groups = max(orders.report.n_customers, 1) * len(cuts)
-    k = max(1, math.ceil(groups / max(int(groups_per_pass), 1)))
+    k = max(1, math.ceil(groups / max(int(groups_per_pass), 1))) if engine.bounded_groups else 1
     cut_table = engine.register_cutoffs(cuts)
     try:
         parts = [
-            feature_sql(orders.table, cut_table, spec, DUCKDB, (i, k) if k > 1 else None)
+            feature_sql(orders.table, cut_table, spec, engine.dialect, (i, k) if k > 1 else None)
             for i in range(k)
         ]
         return engine.materialize_parts(parts, on_part)
@@ -492,20 +489,22 @@ def write_features(
     """Compute features (and labels, with ``horizon_days``) and write them to a Parquet file.
 
     The same rows as :func:`build_features` (plus ``orders_in_horizon`` and ``churned``, empty
-    for cutoffs whose horizon runs past the data), written by DuckDB without passing through
-    pandas, so the output can be larger than memory. The file is written under a temporary
-    name and renamed, so a crash never leaves a half file. ``on_part(done, total)`` is called
+    for cutoffs whose horizon runs past the data), written by the engine without passing
+    through pandas, so the output can be larger than memory (Spark writes a folder of Parquet
+    parts). The output is written under a temporary name and renamed, so a crash never leaves
+    a half file. ``on_part(done, total)`` is called
     after each customer partition (for a progress bar). Returns the number of rows.
     """
-    from winback.engines.duckdb import DuckDBEngine
-
     spec = _spec_for(orders, lookback_days, windows_days)
     cuts = normalize_cutoffs(cutoffs)
-    engine = DuckDBEngine(orders.con)
+    engine = orders.engine()
+    d = engine.dialect
     table = _feature_table(orders, engine, spec, cuts, groups_per_pass, on_part)
     label_table = None
+    cols = ", ".join(f"f.{c}" for c in feature_names(spec))
+    keys = f"f.customer_id, {d.as_utc.format(ts='f.cutoff_ts')} AS cutoff_ts"
+    sql = f"SELECT {keys}, {cols} FROM {table} f"
     try:
-        sql = f"SELECT * REPLACE (CAST(cutoff_ts AS TIMESTAMPTZ) AS cutoff_ts) FROM {table} f"
         if horizon_days is not None:
             from winback.labels import split_labelled_cutoffs
 
@@ -514,20 +513,18 @@ def write_features(
             if labelled:
                 lab_cuts = engine.register_cutoffs(labelled)
                 label_table = engine.materialize_parts(
-                    [label_sql(orders.table, lab_cuts, spec.lookback_days, horizon_days)]
+                    [label_sql(orders.table, lab_cuts, spec.lookback_days, horizon_days, d)]
                 )
                 engine.drop(lab_cuts)
-                sql = f"""SELECT f.* REPLACE (CAST(f.cutoff_ts AS TIMESTAMPTZ) AS cutoff_ts),
-                                 l.orders_in_horizon, l.churned
+                sql = f"""SELECT {keys}, {cols}, l.orders_in_horizon, l.churned
                           FROM {table} f LEFT JOIN {label_table} l
                             ON l.customer_id = f.customer_id AND l.cutoff_ts = f.cutoff_ts"""
             else:
                 sql = (
-                    f"SELECT *, CAST(NULL AS BIGINT) AS orders_in_horizon, "
-                    f"CAST(NULL AS BOOLEAN) AS churned FROM ({sql})"
+                    f"SELECT {keys}, {cols}, CAST(NULL AS BIGINT) AS orders_in_horizon, "
+                    f"CAST(NULL AS BOOLEAN) AS churned FROM {table} f"
                 )
-        with atomic_path(path) as tmp:
-            return engine.copy_to_parquet(f"{sql} ORDER BY cutoff_ts, customer_id", str(tmp))
+        return engine.copy_to_parquet(f"{sql} ORDER BY cutoff_ts, customer_id", str(path))
     finally:
         engine.drop(table)
         if label_table:

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from winback.engines.duckdb import DuckDBEngine
 from winback.errors import UsageError
 from winback.features import label_sql, normalize_cutoffs, parse_cutoff
 from winback.orders import Orders
@@ -77,7 +76,7 @@ def build_labels(
     cuts = normalize_cutoffs(cutoffs)
     end = parse_cutoff(observed_until) if observed_until is not None else orders.last_ts
     labelled, _ = split_labelled_cutoffs(cuts, end, horizon_days)
-    engine = DuckDBEngine(orders.con)
+    engine = orders.engine()
     if not labelled:
         return pd.DataFrame(
             {
@@ -89,6 +88,8 @@ def build_labels(
         )
     table = engine.register_cutoffs(labelled)
     try:
-        return engine.query_df(label_sql(orders.table, table, lookback_days, horizon_days))
+        return engine.query_df(
+            label_sql(orders.table, table, lookback_days, horizon_days, engine.dialect)
+        )
     finally:
         engine.drop(table)

@@ -130,6 +130,12 @@ class Orders:
     def __len__(self) -> int:
         return self.report.n_orders
 
+    def engine(self):
+        """The engine that runs SQL next to this table."""
+        from winback.engines.duckdb import DuckDBEngine
+
+        return DuckDBEngine(self.con)
+
     @property
     def last_ts(self) -> datetime | None:
         """Timestamp of the last order (UTC, naive); the data is observed up to this instant."""

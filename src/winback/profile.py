@@ -233,15 +233,19 @@ def check_sufficiency(
         n = len(labels)
         churned = int(labels["churned"].sum())
         retained = n - churned
-        repeat = orders.con.execute(
-            f"""SELECT count(*) FROM (
-                   SELECT customer_id FROM {orders.table}
-                   WHERE NOT is_return AND order_ts <= ?
-                   GROUP BY customer_id
-                   HAVING count(DISTINCT CAST(order_ts AS DATE)) > 1
-                     AND max(order_ts) > ?)""",
-            [last_cut, last_cut - timedelta(days=lookback_days)],
-        ).fetchall()[0][0]
+        engine = orders.engine()
+        day = engine.dialect.to_date.format(ts="order_ts")
+        since = last_cut - timedelta(days=lookback_days)
+        repeat = int(
+            engine.query_df(
+                f"""SELECT count(*) AS n FROM (
+                       SELECT customer_id FROM {orders.table}
+                       WHERE NOT is_return AND order_ts <= TIMESTAMP '{last_cut.isoformat(sep=" ")}'
+                       GROUP BY customer_id
+                       HAVING count(DISTINCT {day}) > 1
+                         AND max(order_ts) > TIMESTAMP '{since.isoformat(sep=" ")}') AS r"""
+            )["n"].iloc[0]
+        )
         where = f"at the last training cutoff {last_cut:%Y-%m-%d}"
         checks = [  # (count, what, setting, minimum, hint)
             (n, "active customers", "min_customers", cfg.min_customers, ""),

@@ -16,13 +16,19 @@ from datetime import date, datetime
 import pandas as pd
 
 from winback.btyd import BGNBD
-from winback.engines.duckdb import DuckDBEngine
 from winback.errors import DataError
-from winback.features import build_features, normalize_cutoffs
+from winback.features import bgnbd_summary_sql, build_features, normalize_cutoffs
 from winback.labels import build_labels
 from winback.orders import Orders
 
-__all__ = ["bgnbd_summaries", "add_bgnbd_features", "build_snapshots", "BGNBD_FEATURES"]
+__all__ = [
+    "bgnbd_summaries",
+    "fit_bgnbd",
+    "bgnbd_predictions",
+    "add_bgnbd_features",
+    "build_snapshots",
+    "BGNBD_FEATURES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +42,32 @@ BGNBD_FIT_MAX_CUSTOMERS = 200_000
 def bgnbd_summaries(orders: Orders, cutoffs: list[datetime]) -> pd.DataFrame:
     """``customer_id, cutoff_ts, frequency, recency, T`` (days) of every customer with a purchase
     day at or before each cutoff."""
-    engine = DuckDBEngine(orders.con)
+    engine = orders.engine()
     table = engine.register_cutoffs(cutoffs)
     try:
-        return engine.query_df(
-            f"""WITH days AS (
-                    SELECT customer_id, CAST(order_ts AS DATE) AS day, min(order_ts) AS day_ts
-                    FROM {orders.table} WHERE NOT is_return GROUP BY ALL)
-                SELECT d.customer_id, c.cutoff_ts,
-                       CAST(count(*) - 1 AS DOUBLE) AS frequency,
-                       CAST(date_diff('day', min(d.day), max(d.day)) AS DOUBLE) AS recency,
-                       (epoch_ms(c.cutoff_ts) - epoch_ms(CAST(min(d.day) AS TIMESTAMP)))
-                           / 86400000.0 AS T
-                FROM days d JOIN {table} c ON d.day_ts <= c.cutoff_ts
-                GROUP BY d.customer_id, c.cutoff_ts"""
-        )
+        return engine.query_df(bgnbd_summary_sql(orders.table, table, engine.dialect))
     finally:
         engine.drop(table)
+
+
+def fit_bgnbd(summaries: pd.DataFrame) -> BGNBD:
+    """BG/NBD fitted on one cutoff's summaries (a seeded sample of them on large histories),
+    in customer order, so the fit does not depend on the order an engine returns rows in."""
+    fit_on = summaries.sort_values("customer_id", kind="stable")
+    if len(fit_on) > BGNBD_FIT_MAX_CUSTOMERS:
+        fit_on = fit_on.sample(BGNBD_FIT_MAX_CUSTOMERS, random_state=0)
+    return BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"])
+
+
+def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> dict:
+    """The BG/NBD features of rows that carry ``frequency``, ``recency`` and ``T``."""
+    args = (rows["frequency"].to_numpy(), rows["recency"].to_numpy(), rows["T"].to_numpy())
+    h = float(horizon_days)
+    return {
+        "bgnbd_p_alive": model.p_alive(*args),
+        "bgnbd_p_no_purchase": model.p_no_purchase(h, *args),
+        "bgnbd_expected_purchases": model.expected_purchases(h, *args),
+    }
 
 
 def add_bgnbd_features(
@@ -62,22 +77,12 @@ def add_bgnbd_features(
     out = []
     for cutoff, feats in features.groupby("cutoff_ts", sort=True):
         s = summaries[summaries["cutoff_ts"] == cutoff]
-        fit_on = s
-        if len(s) > BGNBD_FIT_MAX_CUSTOMERS:
-            fit_on = s.sort_values("customer_id", kind="stable").sample(
-                BGNBD_FIT_MAX_CUSTOMERS, random_state=0
-            )
-        model = BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"])
+        model = fit_bgnbd(s)
         log.debug("BG/NBD at %s: %s", cutoff, model.params_)
         m = feats.merge(s, on=["customer_id", "cutoff_ts"], how="left", validate="one_to_one")
         if m["frequency"].isna().any():
             raise DataError("internal: an active customer has no BG/NBD summary")
-        args = (m["frequency"].to_numpy(), m["recency"].to_numpy(), m["T"].to_numpy())
-        feats = feats.copy()
-        feats["bgnbd_p_alive"] = model.p_alive(*args)
-        feats["bgnbd_p_no_purchase"] = model.p_no_purchase(float(horizon_days), *args)
-        feats["bgnbd_expected_purchases"] = model.expected_purchases(float(horizon_days), *args)
-        out.append(feats)
+        out.append(feats.assign(**bgnbd_predictions(model, m, horizon_days)))
     return (
         pd.concat(out, ignore_index=True)
         if out

@@ -10,6 +10,9 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from winback.atomic import atomic_path
+from winback.dialect import DUCKDB
+
 __all__ = ["DuckDBEngine", "connect", "registered"]
 
 _counter = itertools.count()
@@ -53,6 +56,9 @@ class DuckDBEngine:
     """
 
     name = "duckdb"
+    dialect = DUCKDB
+    #: aggregations over many (customer, cutoff) groups run in customer hash partitions
+    bounded_groups = True
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
@@ -92,12 +98,14 @@ class DuckDBEngine:
         return name
 
     def copy_to_parquet(self, sql: str, path: str) -> int:
-        """Write a query's rows to a Parquet file (streamed by DuckDB); return the row count."""
-        quoted = "'" + str(path).replace("'", "''") + "'"
-        self.con.execute(f"COPY ({sql}) TO {quoted} (FORMAT parquet, COMPRESSION zstd)")
-        return int(
-            self.con.execute(f"SELECT count(*) FROM read_parquet({quoted})").fetchall()[0][0]
-        )
+        """Write a query's rows to a Parquet file (streamed by DuckDB, under a temporary name
+        renamed at the end); return the row count."""
+        with atomic_path(path) as tmp:
+            quoted = "'" + str(tmp).replace("'", "''") + "'"
+            self.con.execute(f"COPY ({sql}) TO {quoted} (FORMAT parquet, COMPRESSION zstd)")
+            return int(
+                self.con.execute(f"SELECT count(*) FROM read_parquet({quoted})").fetchall()[0][0]
+            )
 
     def query_df(self, sql: str) -> pd.DataFrame:
         """Run a query; timestamp columns come back tz-aware UTC."""
