@@ -52,6 +52,15 @@ PathArg = Annotated[
 OrdersOpt = Annotated[
     str | None, typer.Option("--orders", help="Orders file or folder (default: orders.source).")
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="duckdb (one machine, the default) or spark (pip install 'winback[spark]'; "
+        "master from engine.spark.master or WINBACK_SPARK_MASTER). Default: engine.name.",
+        case_sensitive=False,
+    ),
+]
 AsOfOpt = Annotated[
     str | None,
     typer.Option("--as-of", help="The date we stand at (YYYY-MM-DD, 00:00 UTC); 'today' allowed."),
@@ -90,9 +99,11 @@ def _main(
     _setup_logging(verbose)
 
 
-def _config(config: Path | None, overrides: list[str] | None) -> Config:
+def _config(config: Path | None, overrides: list[str] | None, engine: str | None = None) -> Config:
     if config is None and Path("configs/default.yaml").is_file():
         config = Path("configs/default.yaml")
+    if engine is not None:
+        overrides = [*(overrides or []), f"engine.name={engine.strip().lower()}"]
     return load_config(config, overrides)
 
 
@@ -124,8 +135,16 @@ def _connect(cfg: Config):
 def _load(path: str | None, cfg: Config, as_of: datetime | None):
     from winback.orders import load_orders
 
+    source = _source(path, cfg)
+    if cfg.engine.name == "spark":
+        from winback.engines.spark import SparkEngine, spark_session
+
+        with _progress("starting Spark"):
+            spark = spark_session(cfg.engine.spark.master, cfg.engine.spark.conf)
+        with _progress("reading and validating orders on Spark"):
+            return load_orders(source, cfg.orders, as_of=as_of, engine=SparkEngine(spark))
     with _progress("reading and validating orders"):
-        return load_orders(_source(path, cfg), cfg.orders, as_of=as_of, con=_connect(cfg))
+        return load_orders(source, cfg.orders, as_of=as_of, con=_connect(cfg))
 
 
 @contextmanager
@@ -169,13 +188,14 @@ def validate(
     path: PathArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
     """Read and validate an order history; report every problem and what was dropped.
 
     Exits 1 when a problem's policy is 'fail' (the message lists every problem at once).
     """
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, engine)
     orders = _load(path, cfg, _as_of(as_of))
     _echo_lines(orders.report.summary_lines())
 
@@ -241,6 +261,7 @@ def features(
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Compute point-in-time features at one or many cutoffs into a Parquet file.
 
@@ -250,7 +271,7 @@ def features(
     """
     from winback.features import write_features
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, engine)
     cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
@@ -268,9 +289,14 @@ def features(
     typer.echo(
         f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
     )
-    per_cut = orders.con.execute(
-        "SELECT cutoff_ts, count(*) FROM read_parquet(?) GROUP BY 1 ORDER BY 1", [str(out)]
-    ).fetchall()
+    from winback.engines.duckdb import connect
+
+    files = str(out / "*.parquet") if out.is_dir() else str(out)  # Spark writes a folder
+    per_cut = (
+        connect()
+        .execute("SELECT cutoff_ts, count(*) FROM read_parquet(?) GROUP BY 1 ORDER BY 1", [files])
+        .fetchall()
+    )
     for ts, k in per_cut:
         typer.echo(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
@@ -332,6 +358,7 @@ def backtest(
     track: TrackOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Out-of-time backtest of the churn model against the baselines.
 
@@ -346,7 +373,7 @@ def backtest(
 
     if as_of is None:
         raise UsageError("--as-of is required: the evaluation cutoff(s), e.g. 1998-03-31.")
-    cfg = _with_windows(_config(config, set_), horizon_days, lookback_days)
+    cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     cuts = normalize_cutoffs(as_of)
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
@@ -389,6 +416,7 @@ def train(
     track: TrackOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Train the production model as of T on every labelled cutoff up to T - H.
 
@@ -399,7 +427,7 @@ def train(
     """
     from winback.jobs import train_job
 
-    cfg = _with_windows(_config(config, set_), horizon_days, lookback_days)
+    cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     orders = _load(orders_path, cfg, None)
     with _progress("training") as update:
         res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, on_step=update)
@@ -446,6 +474,7 @@ def score(
     ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Score every customer as of a date and export the win-back lists (the nightly job).
 
@@ -455,7 +484,7 @@ def score(
     """
     from winback.jobs import score_job
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, engine)
     orders = _load(orders_path, cfg, None)
     with _progress("scoring"):
         res = score_job(orders, cfg, out, _as_of(as_of), model, wait_seconds=wait, force=force)

@@ -18,6 +18,7 @@ from winback.errors import ConfigError
 __all__ = [
     "Config",
     "EngineConfig",
+    "SparkConfig",
     "OrdersConfig",
     "ColumnsConfig",
     "ReturnsConfig",
@@ -99,7 +100,14 @@ class OrdersConfig(_Section):
 
     source: str | None = None
     format: Literal["auto", "csv", "parquet", "duckdb"] = "auto"
-    table: str | None = Field(None, description="Table name when the source is a DuckDB file.")
+    table: str | None = Field(
+        None, description="The table, when the source is a DuckDB file or a database URL."
+    )
+    query: str | None = Field(None, description="A SELECT instead of a table (database URLs).")
+    password_env: str = Field(
+        "WINBACK_DB_PASSWORD", description="Environment variable with the database password."
+    )
+    chunk_rows: int = Field(100_000, ge=1, description="Rows fetched from a database per chunk.")
     csv: CsvConfig = Field(default_factory=CsvConfig)
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     date_format: str = Field(
@@ -153,13 +161,28 @@ class SufficiencyConfig(_Section):
     min_per_class: int = Field(50, ge=1)
 
 
+class SparkConfig(_Section):
+    """The Spark engine's session: master URL and any Spark settings."""
+
+    master: str = Field(
+        "local[*]",
+        description="Spark master URL; WINBACK_SPARK_MASTER overrides it, spark-submit sets it.",
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Spark settings, e.g. spark.executor.memory: 8g."
+    )
+
+
 class EngineConfig(_Section):
     """Where and how features run. DuckDB spills to ``temp_directory`` past ``memory_limit``."""
 
-    name: Literal["duckdb"] = "duckdb"
+    name: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="duckdb (one machine) or spark (pip install 'winback[spark]')."
+    )
     memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     threads: int | None = Field(None, ge=1, description="Default: every core.")
     temp_directory: str | None = Field(None, description="Spill folder; default DuckDB's .tmp.")
+    spark: SparkConfig = Field(default_factory=SparkConfig)
 
 
 class TrainingConfig(_Section):

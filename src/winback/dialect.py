@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Dialect", "DUCKDB", "SPARK"]
+__all__ = ["Dialect", "DUCKDB", "SPARK", "java_pattern"]
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class Dialect:
     """The few SQL spellings that differ between engines."""
 
     name: str
+    ident_quote: str = '"'
     # (later, earlier) -> fractional days between two timestamps
     days_between: str = "(epoch_ms({later}) - epoch_ms({earlier})) / 86400000.0"
     # date of a timestamp
@@ -33,6 +34,21 @@ class Dialect:
     add_days: str = "{ts} + to_days({days})"
     # a naive-UTC TIMESTAMP as the zone-aware type written to files
     as_utc: str = "CAST({ts} AS TIMESTAMPTZ)"
+    # reading the orders: text to timestamps, zones, checks
+    is_inf: str = "isinf({x})"
+    full_match: str = "regexp_full_match({x}, {pattern})"
+    search: str = "regexp_matches({x}, {pattern})"
+    parse_ts: str = "try_cast({x} AS TIMESTAMP)"  # naive text, read as UTC wall time
+    parse_ts_offset: str = "timezone('UTC', try_cast({x} AS TIMESTAMPTZ))"  # text with an offset
+    strptime: str = "try_strptime({x}, {fmt})"
+    strftime_formats: bool = True  # False: formats are Java patterns (see java_pattern)
+    local_to_utc: str = "timezone('UTC', timezone({tz}, {x}))"
+    aware_to_utc: str = "timezone('UTC', {x})"
+    day_key: str = "strftime({ts}, '%Y%m%d')"
+    starts_with: str = "starts_with({x}, {prefix})"
+    # a row's hash, and that hash modulo k (non-negative)
+    row_hash: str = "hash({cols})"
+    row_hash_mod: str = "hash({cols}) % {k}"
 
 
 DUCKDB = Dialect(name="duckdb")
@@ -40,6 +56,7 @@ DUCKDB = Dialect(name="duckdb")
 #: Spark SQL with ``spark.sql.session.timeZone=UTC`` (timestamps are instants shown in UTC).
 SPARK = Dialect(
     name="spark",
+    ident_quote="`",
     days_between="(unix_millis({later}) - unix_millis({earlier})) / 86400000D",
     date_diff_days="datediff({later}, {earlier})",
     weekend="dayofweek({ts}) IN (1, 7)",
@@ -49,4 +66,55 @@ SPARK = Dialect(
     hash_mod="pmod(hash({col}), {k})",
     add_days="{ts} + make_interval(0, 0, 0, {days})",
     as_utc="{ts}",
+    is_inf="abs({x}) = double('infinity')",
+    full_match="{x} RLIKE concat('^(?:', {pattern}, ')$')",
+    search="{x} RLIKE {pattern}",
+    parse_ts="try_cast({x} AS TIMESTAMP)",
+    parse_ts_offset="try_cast({x} AS TIMESTAMP)",
+    strptime="try_to_timestamp({x}, {fmt})",
+    strftime_formats=False,
+    local_to_utc="to_utc_timestamp({x}, {tz})",
+    aware_to_utc="{x}",
+    day_key="date_format({ts}, 'yyyyMMdd')",
+    starts_with="startswith({x}, {prefix})",
+    row_hash="xxhash64({cols})",
+    row_hash_mod="pmod(xxhash64({cols}), {k})",
 )
+
+_JAVA = {
+    "Y": "yyyy",
+    "y": "yy",
+    "m": "MM",
+    "d": "dd",
+    "H": "HH",
+    "I": "hh",
+    "M": "mm",
+    "S": "ss",
+    "f": "SSSSSS",
+    "p": "a",
+    "b": "MMM",
+    "B": "MMMM",
+    "j": "DDD",
+    "z": "Z",
+}
+
+
+def java_pattern(fmt: str) -> str:
+    """A strftime format (``%d/%m/%Y %H:%M``) as the Java pattern Spark parses with
+    (``dd/MM/yyyy HH:mm``); letters outside directives are quoted."""
+    out, i = [], 0
+    while i < len(fmt):
+        ch = fmt[i]
+        if ch == "%" and i + 1 < len(fmt):
+            code = fmt[i + 1]
+            if code == "%":
+                out.append("%")
+            elif code in _JAVA:
+                out.append(_JAVA[code])
+            else:
+                raise ValueError(f"%{code} has no Spark equivalent")
+            i += 2
+            continue
+        out.append("''" if ch == "'" else f"'{ch}'" if ch.isalpha() else ch)
+        i += 1
+    return "".join(out)

@@ -28,6 +28,8 @@ import duckdb
 import pandas as pd
 
 from winback.config import OrdersConfig
+from winback.database import is_database_url, read_database
+from winback.dialect import DUCKDB, Dialect, java_pattern
 from winback.engines.duckdb import connect
 from winback.errors import ConfigError, DataError
 
@@ -119,11 +121,18 @@ class Orders:
         How the table was made.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, table: str, report: ValidationReport):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection | None,
+        table: str,
+        report: ValidationReport,
+        engine=None,
+    ):
         self.con = con
         self.table = table
         self.report = report
-        cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        self._engine = engine
+        cols = self.engine().columns(table)
         self.has_category = "category" in cols
         self.has_channel = "channel" in cols
 
@@ -131,10 +140,10 @@ class Orders:
         return self.report.n_orders
 
     def engine(self):
-        """The engine that runs SQL next to this table."""
+        """The engine that runs SQL next to this table (DuckDB unless made with another)."""
         from winback.engines.duckdb import DuckDBEngine
 
-        return DuckDBEngine(self.con)
+        return self._engine or DuckDBEngine(self.con)
 
     @property
     def last_ts(self) -> datetime | None:
@@ -147,21 +156,23 @@ class Orders:
 
     def to_pandas(self) -> pd.DataFrame:
         """The orders as a pandas frame (``order_ts`` tz-aware UTC, ``amount`` float)."""
-        df = self.con.sql(
-            f"SELECT * REPLACE (amount::DOUBLE AS amount) FROM {self.table} "
-            "ORDER BY customer_id, order_ts, order_id"
-        ).df()
-        df["order_ts"] = pd.to_datetime(df["order_ts"]).dt.tz_localize("UTC")
-        return df
+        extra = "".join(f", {c}" for c in ("category", "channel") if getattr(self, f"has_{c}"))
+        return self.engine().query_df(
+            f"SELECT customer_id, order_id, order_ts, CAST(amount AS DOUBLE) AS amount, "
+            f"is_return{extra} FROM {self.table} ORDER BY customer_id, order_ts, order_id"
+        )
 
     def fingerprint(self) -> dict[str, object]:
         """Rows, date range and a content hash that does not depend on row order."""
-        n, lo, hi, h1, h2 = self.con.execute(
+        engine = self.engine()
+        row = "customer_id, order_id, order_ts, amount, is_return"
+        d = engine.dialect
+        n, lo, hi, h1, h2 = engine.fetchall(
             f"""SELECT count(*), min(order_ts), max(order_ts),
-                   sum(hash(customer_id, order_id, order_ts, amount, is_return) % 1000000007),
-                   bit_xor(hash(customer_id, order_id, order_ts, amount, is_return))
+                   sum({d.row_hash_mod.format(cols=row, k=1000000007)}),
+                   bit_xor({d.row_hash.format(cols=row)})
                 FROM {self.table}"""
-        ).fetchall()[0]
+        )[0]
         digest = hashlib.sha256(f"{n}|{lo}|{hi}|{h1}|{h2}".encode()).hexdigest()[:16]
         return {
             "rows": int(n),
@@ -171,8 +182,9 @@ class Orders:
         }
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _quote(name: str, d: Dialect = DUCKDB) -> str:
+    q = d.ident_quote
+    return q + name.replace(q, q + q) + q
 
 
 def _lit(value: str) -> str:
@@ -258,6 +270,8 @@ def _open_source(
 ) -> tuple[str, str]:
     """Create the view ``_raw`` over the source; return (view name, label for messages)."""
     text = str(source)
+    if is_database_url(text):
+        return "_raw", read_database(con, text, cfg)
     path = Path(text)
     if not path.exists():
         raise DataError(f"Orders source {text} does not exist; pass a CSV, Parquet or DuckDB path.")
@@ -297,53 +311,63 @@ def _open_source(
         raise DataError(f"{path}: could not read it as {fmt} ({_first_line(exc)}).") from None
 
 
-def _ts_expr(col: str, dtype: str, cfg: OrdersConfig) -> str:
-    """SQL expression turning the input column into a naive UTC TIMESTAMP (NULL if unparsable)."""
-    c = _quote(col)
+def _ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
+    """SQL expression turning the input column into a UTC TIMESTAMP (NULL if unparsable)."""
+    c = _quote(col, d)
     dtype = dtype.upper()
     tz = cfg.timezone
 
     def localize(expr: str) -> str:
         if tz.upper() == "UTC":
             return expr
-        return f"timezone('UTC', timezone({_lit(tz)}, {expr}))"
+        return d.local_to_utc.format(x=expr, tz=_lit(tz))
 
     if dtype.startswith("TIMESTAMP WITH TIME ZONE") or dtype == "TIMESTAMPTZ":
-        return f"timezone('UTC', {c})"
+        return d.aware_to_utc.format(x=c)
     if dtype.startswith("TIMESTAMP") or dtype == "DATE":
-        return localize(f"{c}::TIMESTAMP")
-    text = f"trim({c}::VARCHAR)"
+        return localize(f"CAST({c} AS TIMESTAMP)")
+    text = f"trim(CAST({c} AS STRING))"
     if cfg.date_format != "auto":
-        return localize(f"try_strptime({text}, {_lit(cfg.date_format)})")
-    naive = (
-        f"CASE WHEN regexp_full_match({text}, '[0-9]{{8}}') "
-        f"THEN try_strptime({text}, '%Y%m%d') ELSE try_cast({text} AS TIMESTAMP) END"
-    )
+        fmt = cfg.date_format if d.strftime_formats else _java_pattern(cfg.date_format)
+        return localize(d.strptime.format(x=text, fmt=_lit(fmt)))
+    eight = d.full_match.format(x=text, pattern="'[0-9]{8}'")
+    yyyymmdd = d.strptime.format(x=text, fmt=_lit("%Y%m%d" if d.strftime_formats else "yyyyMMdd"))
+    naive = f"CASE WHEN {eight} THEN {yyyymmdd} ELSE {d.parse_ts.format(x=text)} END"
     return (
-        f"CASE WHEN regexp_matches({text}, {_lit(_OFFSET_RE)}) "
-        f"THEN timezone('UTC', try_cast({text} AS TIMESTAMPTZ)) ELSE {localize(naive)} END"
+        f"CASE WHEN {d.search.format(x=text, pattern=_lit(_OFFSET_RE))} "
+        f"THEN {d.parse_ts_offset.format(x=text)} ELSE {localize(naive)} END"
     )
 
 
-def _num_expr(col: str, dtype: str) -> str:
-    c = _quote(col)
+def _java_pattern(fmt: str) -> str:
+    try:
+        return java_pattern(fmt)
+    except ValueError as exc:
+        raise ConfigError(
+            f"The 'orders.date_format' setting {fmt!r} cannot be used with the Spark engine "
+            f"({exc}); use %Y %m %d %H %M %S %y %b %B %f %p %I %j %z, or date_format=auto."
+        ) from None
+
+
+def _num_expr(col: str, dtype: str, d: Dialect) -> str:
+    c = _quote(col, d)
     if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
         return f"try_cast(trim({c}) AS DOUBLE)"
     return f"try_cast({c} AS DOUBLE)"
 
 
-def _text_expr(col: str, dtype: str) -> str:
+def _text_expr(col: str, dtype: str, d: Dialect) -> str:
     if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
-        return f"nullif(trim({_quote(col)}), '')"
-    return f"CAST({_quote(col)} AS VARCHAR)"
+        return f"nullif(trim({_quote(col, d)}), '')"
+    return f"CAST({_quote(col, d)} AS STRING)"
 
 
-def _examples(con: duckdb.DuckDBPyConnection, col: str, where: str) -> tuple[str, ...]:
+def _examples(engine, col: str, where: str) -> tuple[str, ...]:
     """A few distinct raw values of the rows that fail a check (read again from the source)."""
-    rows = con.execute(
-        f"SELECT DISTINCT coalesce({col}::VARCHAR, '<empty>') AS v FROM _stage_raw WHERE {where} "
-        f"ORDER BY v LIMIT {_N_EXAMPLES}"
-    ).fetchall()
+    rows = engine.fetchall(
+        f"SELECT DISTINCT coalesce(CAST({col} AS STRING), '<empty>') AS v FROM _stage_raw "
+        f"WHERE {where} ORDER BY v LIMIT {_N_EXAMPLES}"
+    )
     return tuple(str(r[0]) for r in rows)
 
 
@@ -354,6 +378,7 @@ def load_orders(
     as_of: datetime | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
     table: str = "orders",
+    engine=None,
 ) -> Orders:
     """Read, map and validate an order history into the orders contract.
 
@@ -368,6 +393,9 @@ def load_orders(
         Orders after this instant (UTC) are future dates. Default: now.
     con : duckdb connection, optional
         Where the orders table is created; a new in-memory database by default.
+    engine : SparkEngine, optional
+        Read and validate on Spark instead (the same checks, in Spark SQL); the orders stay a
+        cached Spark table.
     table : str
         Name of the table to create.
 
@@ -390,16 +418,23 @@ def load_orders(
             f"The 'orders.timezone' setting must be an IANA zone such as UTC or Europe/Berlin; "
             f"got {cfg.timezone!r}."
         ) from None
-    con = con or connect()
-    if isinstance(source, pd.DataFrame):
-        con.register("_raw_frame", source)
-        con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _raw_frame")
-        label = "a data frame"
+    if engine is not None:
+        label = engine.open_source(source, cfg)
     else:
-        _, label = _open_source(con, source, cfg)
+        from winback.engines.duckdb import DuckDBEngine
+
+        con = con or connect()
+        engine = DuckDBEngine(con)
+        if isinstance(source, pd.DataFrame):
+            con.register("_raw_frame", source)
+            con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _raw_frame")
+            label = "a data frame"
+        else:
+            _, label = _open_source(con, source, cfg)
+    d = engine.dialect
     as_of_naive = (as_of or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
 
-    types = {r[0]: r[1] for r in con.execute("DESCRIBE _raw").fetchall()}
+    types = engine.columns("_raw")
     cols = cfg.columns
     required = {"customer_id": cols.customer_id, "order_ts": cols.order_ts}
     if cols.amount is not None:
@@ -429,7 +464,7 @@ def load_orders(
         )
     optional = {k: v for k, v in optional.items() if v in types}
 
-    rows_read = con.execute("SELECT count(*) FROM _raw").fetchall()[0][0]
+    rows_read = engine.fetchall("SELECT count(*) FROM _raw")[0][0]
     if rows_read == 0:
         raise DataError(
             f"{label}: the input is empty (0 rows); point orders.source at the order history."
@@ -437,40 +472,39 @@ def load_orders(
 
     # 1. Stage: typed columns (a table), and a view that adds the raw text for examples.
     if cols.amount is not None:
-        amount = _num_expr(cols.amount, types[cols.amount])
-        amount_raw = _quote(cols.amount)
+        amount = _num_expr(cols.amount, types[cols.amount], d)
+        amount_raw = _quote(cols.amount, d)
     else:
         q, u = cols.quantity, cols.unit_price
-        amount = f"({_num_expr(q, types[q])} * {_num_expr(u, types[u])})"  # type: ignore[arg-type]
-        amount_raw = f"concat({_quote(q)}, ' x ', {_quote(u)})"  # type: ignore[arg-type]
+        amount = f"({_num_expr(q, types[q], d)} * {_num_expr(u, types[u], d)})"  # type: ignore[arg-type]
+        amount_raw = f"concat({_quote(q, d)}, ' x ', {_quote(u, d)})"  # type: ignore[arg-type]
     select = [
-        f"{_text_expr(cols.customer_id, types[cols.customer_id])} AS customer_id",
-        f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg)} AS order_ts",
+        f"{_text_expr(cols.customer_id, types[cols.customer_id], d)} AS customer_id",
+        f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg, d)} AS order_ts",
         f"{amount} AS amount_f",
     ]
     has_order_id = "order_id" in optional
     if has_order_id:
         oid = cols.order_id
-        select.append(f"{_text_expr(oid, types[oid])} AS order_id")  # type: ignore[arg-type,index]
+        select.append(f"{_text_expr(oid, types[oid], d)} AS order_id")  # type: ignore[arg-type,index]
     for k in ("category", "channel", "status"):
         if k in optional:
-            select.append(f"{_text_expr(optional[k], types[optional[k]])} AS {k}")
+            select.append(f"{_text_expr(optional[k], types[optional[k]], d)} AS {k}")
     raw = [
-        f"{_quote(cols.order_ts)}::VARCHAR AS order_ts_raw",
-        f"{amount_raw}::VARCHAR AS amount_raw",
+        f"CAST({_quote(cols.order_ts, d)} AS STRING) AS order_ts_raw",
+        f"CAST({amount_raw} AS STRING) AS amount_raw",
     ]
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(select)} FROM _raw")
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _stage_raw AS SELECT {', '.join(select + raw)} FROM _raw"
-    )
+    engine.create_table("_stage", f"SELECT {', '.join(select)} FROM _raw")
+    engine.create_view("_stage_raw", f"SELECT {', '.join(select + raw)} FROM _raw")
+    staged = [x.rsplit(" AS ", 1)[1] for x in select if x.rsplit(" AS ", 1)[1] != "amount_f"]
 
     # 2. Decide whether rows are order lines.
     n_dup_ids = 0
     could_be_lines = cols.quantity is not None and cols.unit_price is not None
     if has_order_id and cfg.lines == "auto" and could_be_lines:
-        n_dup_ids = con.execute(
+        n_dup_ids = engine.fetchall(
             "SELECT count(*) - count(DISTINCT order_id) FROM _stage WHERE order_id IS NOT NULL"
-        ).fetchall()[0][0]
+        )[0][0]
     if cfg.lines == "yes" and not has_order_id:
         raise ConfigError(
             "orders.lines is 'yes' but no order id column is mapped; set orders.columns.order_id."
@@ -503,7 +537,7 @@ def load_orders(
         (
             "bad_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
-            "amount_f IS NULL OR isnan(amount_f) OR isinf(amount_f)",
+            f"amount_f IS NULL OR isnan(amount_f) OR {d.is_inf.format(x='amount_f')}",
             "amount_raw",
             "have a missing or non-numeric amount",
             pol.bad_amount,
@@ -512,7 +546,7 @@ def load_orders(
         (
             "absurd_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
-            f"abs(amount_f) > {max_abs!r} AND NOT isinf(amount_f)",
+            f"abs(amount_f) > {max_abs!r} AND NOT {d.is_inf.format(x='amount_f')}",
             "amount_raw",
             f"have an absurd amount (above {max_abs:,.0f} in absolute value)",
             pol.absurd_amount,
@@ -538,7 +572,7 @@ def load_orders(
         ),
     ]
     counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
-    counts = con.execute(f"SELECT {counts_sql} FROM _stage").fetchall()[0]
+    counts = engine.fetchall(f"SELECT {counts_sql} FROM _stage")[0]
     problems: list[Problem] = []
     drop_conditions: list[str] = []
     for (check, column, cond, ex_col, what, policy, fix), n in zip(checks, counts, strict=True):
@@ -546,20 +580,20 @@ def load_orders(
             continue
         problems.append(
             Problem(
-                check, column, int(n), rows_read, _examples(con, ex_col, cond), policy, what, fix
+                check, column, int(n), rows_read, _examples(engine, ex_col, cond), policy, what, fix
             )
         )
         if policy == "drop":
             drop_conditions.append(f"({cond})")
 
     keep_rows = "NOT (" + " OR ".join(drop_conditions) + ")" if drop_conditions else "true"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW _clean AS
-            SELECT * EXCLUDE (amount_f), round(amount_f, 4)::{_AMOUNT_TYPE} AS amount
+    engine.create_view(
+        "_clean",
+        f"""SELECT {", ".join(staged)}, CAST(round(amount_f, 4) AS {_AMOUNT_TYPE}) AS amount
             FROM _stage
             WHERE {keep_rows} AND order_ts IS NOT NULL AND customer_id IS NOT NULL
-              AND amount_f IS NOT NULL AND NOT isnan(amount_f) AND NOT isinf(amount_f)
-              AND abs(amount_f) < 1e13"""
+              AND amount_f IS NOT NULL AND NOT isnan(amount_f)
+              AND NOT {d.is_inf.format(x="amount_f")} AND abs(amount_f) < 1e13""",
     )
 
     # 4. Returns rule (on lines or orders alike).
@@ -571,7 +605,8 @@ def load_orders(
         vals = ", ".join(_lit(v) for v in ret.status_values)
         ret_terms.append(f"coalesce(status IN ({vals}), false)")
     if ret.order_id_prefix and has_order_id:
-        ret_terms.append(f"coalesce(starts_with(order_id, {_lit(ret.order_id_prefix)}), false)")
+        starts = d.starts_with.format(x="order_id", prefix=_lit(ret.order_id_prefix))
+        ret_terms.append(f"coalesce({starts}, false)")
     if ret.status_values and "status" not in optional:
         raise ConfigError(
             "orders.returns.status_values is set but no status column is mapped; "
@@ -583,7 +618,7 @@ def load_orders(
     dup = 0
     # 5. Aggregate lines to orders, or check order ids for duplicates.
     if lines:
-        no_id = con.execute("SELECT count(*) FROM _clean WHERE order_id IS NULL").fetchall()[0][0]
+        no_id = engine.fetchall("SELECT count(*) FROM _clean WHERE order_id IS NULL")[0][0]
         if no_id:
             problems.append(
                 Problem(
@@ -597,18 +632,18 @@ def load_orders(
                     "fill the order ids: lines cannot be grouped into orders without them",
                 )
             )
-        conflict = con.execute(
+        conflict = engine.fetchall(
             "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT order_id, count(*) AS n FROM _clean "
             "WHERE order_id IS NOT NULL GROUP BY order_id "
-            "HAVING count(DISTINCT customer_id) > 1)"
-        ).fetchall()[0]
+            "HAVING count(DISTINCT customer_id) > 1) AS c"
+        )[0]
         if conflict[0]:
             ex = tuple(
                 r[0]
-                for r in con.execute(
+                for r in engine.fetchall(
                     "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
                     f"HAVING count(DISTINCT customer_id) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
-                ).fetchall()
+                )
             )
             problems.append(
                 Problem(
@@ -622,37 +657,39 @@ def load_orders(
                     "fix the ids, or set policies.conflicting_customer=drop to drop those orders",
                 )
             )
-        extra_agg = "".join(f", arg_max({k}, abs(amount)) AS {k}" for k in extra)
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW _orders0 AS
-                SELECT order_id, min(customer_id) AS customer_id, min(order_ts) AS order_ts,
-                       sum(amount)::{_AMOUNT_TYPE} AS amount,
+        extra_agg = "".join(
+            f", {d.arg_max.format(value=k, key='abs(amount)')} AS {k}" for k in extra
+        )
+        engine.create_view(
+            "_orders0",
+            f"""SELECT order_id, min(customer_id) AS customer_id, min(order_ts) AS order_ts,
+                       CAST(sum(amount) AS {_AMOUNT_TYPE}) AS amount,
                        bool_or({is_return}) AS is_return{extra_agg}
                 FROM _clean WHERE order_id IS NOT NULL
                 GROUP BY order_id
-                HAVING count(DISTINCT customer_id) = 1"""
+                HAVING count(DISTINCT customer_id) = 1""",
         )
     else:
-        id_expr = "order_id" if has_order_id else "NULL::VARCHAR"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW _orders0 AS
-                SELECT {id_expr} AS order_id, customer_id, order_ts, amount,
+        id_expr = "order_id" if has_order_id else "CAST(NULL AS STRING)"
+        engine.create_view(
+            "_orders0",
+            f"""SELECT {id_expr} AS order_id, customer_id, order_ts, amount,
                        ({is_return}) AS is_return{"".join(", " + k for k in extra)}
-                FROM _clean"""
+                FROM _clean""",
         )
         if has_order_id:
-            dup = con.execute(
+            dup = engine.fetchall(
                 "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM _orders0 "
-                "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1)"
-            ).fetchall()[0][0]
+                "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1) AS c"
+            )[0][0]
             if dup:
                 ex = tuple(
                     r[0]
-                    for r in con.execute(
+                    for r in engine.fetchall(
                         "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL "
                         "GROUP BY order_id "
                         f"HAVING count(*) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
-                    ).fetchall()
+                    )
                 )
                 problems.append(
                     Problem(
@@ -681,9 +718,9 @@ def load_orders(
         "ORDER BY order_ts, customer_id, amount, is_return" + "".join(f", {k}" for k in extra) + ")"
     )
     made_id = (
-        "customer_id || '-' || strftime(order_ts, '%Y%m%d') || '-' || "
-        "row_number() OVER (PARTITION BY customer_id, order_ts::DATE "
-        "ORDER BY order_ts, amount, is_return" + "".join(f", {k}" for k in extra) + ")"
+        f"customer_id || '-' || {d.day_key.format(ts='order_ts')} || '-' || "
+        "CAST(row_number() OVER (PARTITION BY customer_id, CAST(order_ts AS DATE) "
+        "ORDER BY order_ts, amount, is_return" + "".join(f", {k}" for k in extra) + ") AS STRING)"
     )
     extra_sel = "".join(f", {k}" for k in extra)
     if lines or not has_order_id:
@@ -694,29 +731,31 @@ def load_orders(
     elif dup_policy == "drop":
         body = f"""SELECT customer_id, coalesce(order_id, {made_id}) AS order_id, order_ts, amount,
                           is_return{extra_sel}
-                   FROM (SELECT *, {rank} AS _k FROM _orders0) WHERE _k = 1"""
+                   FROM (SELECT *, {rank} AS _k FROM _orders0) AS r WHERE _k = 1"""
     else:  # keep: the copies stay, as separate orders with a suffixed id
         body = f"""SELECT customer_id,
                           CASE WHEN _k = 1 THEN coalesce(order_id, {made_id})
-                               ELSE order_id || '~' || _k END AS order_id,
+                               ELSE order_id || '~' || CAST(_k AS STRING) END AS order_id,
                           order_ts, amount, is_return{extra_sel}
-                   FROM (SELECT *, {rank} AS _k FROM _orders0)"""
-    con.execute(
-        f"""CREATE OR REPLACE TABLE {table} AS
-            SELECT customer_id, order_id, order_ts,
-                   CASE WHEN is_return THEN -abs(amount) ELSE amount END::{_AMOUNT_TYPE} AS amount,
+                   FROM (SELECT *, {rank} AS _k FROM _orders0) AS r"""
+    engine.create_table(
+        table,
+        f"""SELECT customer_id, order_id, order_ts,
+                   CAST(CASE WHEN is_return THEN -abs(amount) ELSE amount END AS {_AMOUNT_TYPE})
+                       AS amount,
                    is_return{extra_sel}
-            FROM ({body})"""
+            FROM ({body}) AS o""",
+        temp=False,
     )
-    con.execute("DROP VIEW IF EXISTS _orders0")
-    con.execute("DROP VIEW IF EXISTS _clean")
-    con.execute("DROP VIEW IF EXISTS _stage_raw")
-    con.execute("DROP TABLE IF EXISTS _stage")
+    engine.drop_view("_orders0")
+    engine.drop_view("_clean")
+    engine.drop_view("_stage_raw")
+    engine.drop("_stage")
 
-    n, n_cust, n_ret, lo, hi = con.execute(
+    n, n_cust, n_ret, lo, hi = engine.fetchall(
         f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "
         f"min(order_ts), max(order_ts) FROM {table}"
-    ).fetchall()[0]
+    )[0]
     report = ValidationReport(
         source=label,
         rows_read=int(rows_read),
@@ -736,7 +775,7 @@ def load_orders(
         )
     for line in report.summary_lines():
         log.debug(line)
-    return Orders(con, table, report)
+    return Orders(con, table, report, engine=None if engine.name == "duckdb" else engine)
 
 
 def orders_from_frame(

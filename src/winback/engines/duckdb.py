@@ -77,6 +77,23 @@ class DuckDBEngine:
     def drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
 
+    def drop_view(self, name: str) -> None:
+        self.con.execute(f"DROP VIEW IF EXISTS {name}")
+
+    def fetchall(self, sql: str) -> list[tuple]:
+        return self.con.execute(sql).fetchall()
+
+    def create_view(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+
+    def create_table(self, name: str, sql: str, temp: bool = True) -> None:
+        """Materialize a query as a table (a temporary one unless ``temp`` is false)."""
+        self.con.execute(f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {name} AS {sql}")
+
+    def columns(self, name: str) -> dict[str, str]:
+        """Column name -> DuckDB type name of a table or view."""
+        return {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {name}").fetchall()}
+
     def materialize_parts(
         self, parts: Sequence[str], on_part: Callable[[int, int], None] | None = None
     ) -> str:
