@@ -13,10 +13,10 @@ help: ## list the targets with one line each
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark,db]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv (if missing) and install winback with its dev tools
+install: $(STAMP) ## create .venv (if missing) and install winback with Spark, database drivers and dev tools
 
 demo: $(STAMP) ## run the whole pipeline on built-in synthetic demo data (writes ./demo)
 	$(BIN)/winback demo --out demo

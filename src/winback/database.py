@@ -51,7 +51,8 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(url))
 
 
-def _url(url: str, cfg: OrdersConfig):
+def _url(url: str, cfg: OrdersConfig) -> tuple[object, str]:
+    """The URL to connect with (the password from the environment) and a label without it."""
     try:
         import sqlalchemy
         from sqlalchemy.engine import make_url
@@ -69,10 +70,11 @@ def _url(url: str, cfg: OrdersConfig):
             "configs and shell histories",
             cfg.password_env,
         )
+    label = parsed.render_as_string(hide_password=True)
     secret = os.environ.get(cfg.password_env)
     if secret:
         parsed = parsed.set(password=secret)
-    return parsed
+    return parsed, label
 
 
 def read_database(
@@ -89,14 +91,18 @@ def read_database(
     import pandas as pd
     import sqlalchemy
 
-    parsed = _url(url, cfg)
-    label = parsed.render_as_string(hide_password=True)
+    parsed, label = _url(url, cfg)
     if not cfg.table and not cfg.query:
         raise ConfigError(
             f"{label} is a database: set orders.table to the table that holds the orders "
             "(e.g. --set orders.table=public.orders) or orders.query to a SELECT."
         )
     secret = parsed.password
+    hint = (
+        ""
+        if secret
+        else f"; no password was given: set the environment variable {cfg.password_env}"
+    )
 
     def scrub(exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -116,7 +122,7 @@ def read_database(
         try:
             tables = sqlalchemy.inspect(engine).get_table_names(schema=schema or None)
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise DataError(f"Could not connect to {label} ({scrub(exc)}).") from None
+            raise DataError(f"Could not connect to {label} ({scrub(exc)}{hint}).") from None
         if name not in tables:
             listed = ", ".join(sorted(tables)[:20]) or "none"
             raise DataError(
@@ -140,7 +146,7 @@ def read_database(
                 if on_chunk:
                     on_chunk(rows)
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise DataError(f"Could not read {what} from {label} ({scrub(exc)}).") from None
+        raise DataError(f"Could not read {what} from {label} ({scrub(exc)}{hint}).") from None
     finally:
         engine.dispose()
     if rows == 0:

@@ -432,6 +432,7 @@ def load_orders(
         else:
             _, label = _open_source(con, source, cfg)
     d = engine.dialect
+    table = engine.table_name(table)
     as_of_naive = (as_of or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
 
     types = engine.columns("_raw")

@@ -87,14 +87,24 @@ def score_customers(
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
-    snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
+    if orders.engine().name == "spark":  # features and predictions on the executors
+        from winback.engines.spark import score_distributed
+
+        snap = score_distributed(orders, model, as_of, h, lookback, windows)
+        p_churn = snap.pop("p_churn")
+    else:
+        snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
+        p_churn = None
     if snap.empty:
         return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
-    snap = snap.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    order = snap["customer_id"].sort_values(kind="stable").index
+    snap = snap.loc[order].reset_index(drop=True)
     out = pd.DataFrame({"customer_id": snap["customer_id"]})
     out["as_of"] = f"{as_of:%Y-%m-%d}"
     out["list"] = np.where(snap["recency_days"] <= h, "at_risk", "lapsed")
-    out["p_churn"] = model.predict_proba(snap)[:, 1]
+    out["p_churn"] = (
+        model.predict_proba(snap)[:, 1] if p_churn is None else p_churn.loc[order].to_numpy()
+    )
     out["value"] = snap[f"spend_{campaigns.value_days}d"].astype(float)
     out["expected_value"] = (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float)
     out["value_at_risk"] = out["p_churn"] * out["value"]

@@ -74,6 +74,10 @@ class DuckDBEngine:
             )
         return name
 
+    def table_name(self, name: str) -> str:
+        """The name to create a table under (the caller's own connection: as asked)."""
+        return name
+
     def drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
 

@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -82,6 +83,8 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
         builder = builder.master(master)
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: loopback
+    # the Python workers run this interpreter (the same winback, model code and libraries)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in {**DEFAULT_CONF, **(conf or {}), **REQUIRED_CONF}.items():
         builder = builder.config(key, str(value))
     try:
@@ -154,6 +157,10 @@ class SparkEngine:
         )
         return name
 
+    def table_name(self, name: str) -> str:
+        """A name of its own: views are shared by everything on the session."""
+        return f"{name}_{next(_counter)}"
+
     def drop(self, name: str) -> None:
         df = self._cached.pop(name, None)
         if df is not None:
@@ -192,12 +199,12 @@ class SparkEngine:
         }
 
     # -- results ------------------------------------------------------------------------------
-    def _utc_naive(self, sql: str):
+    def _utc_naive(self, sql_or_frame):
         """The query with its instants as UTC wall times, so Python never applies its own zone."""
         from pyspark.sql import functions as F
         from pyspark.sql.types import TimestampType
 
-        df = self.spark.sql(sql)
+        df = self.spark.sql(sql_or_frame) if isinstance(sql_or_frame, str) else sql_or_frame
         for f in df.schema.fields:
             if isinstance(f.dataType, TimestampType):
                 df = df.withColumn(f.name, F.col(f.name).cast("timestamp_ntz"))
@@ -208,9 +215,13 @@ class SparkEngine:
 
     def query_df(self, sql: str) -> pd.DataFrame:
         """Run a query and collect it; timestamp columns come back tz-aware UTC."""
+        return self.query_df_frame(self.spark.sql(sql))
+
+    def query_df_frame(self, frame) -> pd.DataFrame:
+        """Collect a Spark DataFrame to pandas; timestamp columns come back tz-aware UTC."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            df = self._utc_naive(sql).toPandas()
+            df = self._utc_naive(frame).toPandas()
         for col in df.columns:
             if pd.api.types.is_datetime64_any_dtype(df[col]) and df[col].dt.tz is None:
                 df[col] = df[col].dt.tz_localize("UTC")
@@ -319,3 +330,57 @@ class SparkEngine:
                 for i, n in enumerate(names)
             ]
         )
+
+
+def score_distributed(
+    orders, model, as_of: datetime, horizon_days: int, lookback_days: int, windows_days
+) -> pd.DataFrame:
+    """The scoring snapshot at ``as_of`` with ``p_churn``, computed on the executors.
+
+    Features are computed in Spark; BG/NBD is fitted on the driver from the per-customer
+    summaries (four numbers a customer, exactly as on DuckDB); the churn model and the BG/NBD
+    fit are broadcast and applied batch by batch with ``mapInPandas``. Only the scored rows come
+    back to the driver, for list sizing, control groups, reasons and the export.
+    """
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    from winback.features import GROUPS_PER_PASS, _feature_table, _spec_for, bgnbd_summary_sql
+    from winback.snapshots import BGNBD_FEATURES, bgnbd_predictions, fit_bgnbd
+
+    engine: SparkEngine = orders.engine()
+    spark = engine.spark
+    spec = _spec_for(orders, lookback_days, windows_days)
+    feats = _feature_table(orders, engine, spec, [as_of], GROUPS_PER_PASS)
+    cut = engine.register_cutoffs([as_of])
+    try:
+        engine.create_table("_bgnbd_summaries", bgnbd_summary_sql(orders.table, cut, SPARK))
+        summaries = engine.query_df(
+            "SELECT customer_id, cutoff_ts, frequency, recency, T FROM _bgnbd_summaries"
+        )
+        bgnbd = fit_bgnbd(summaries)
+        joined = spark.sql(
+            f"""SELECT f.*, s.frequency AS _frequency, s.recency AS _recency, s.T AS _T
+                FROM {feats} f JOIN _bgnbd_summaries s ON s.customer_id = f.customer_id"""
+        ).drop("cutoff_ts")
+        fields = [f for f in joined.schema.fields if not f.name.startswith("_")]
+        schema = StructType(
+            fields + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, "p_churn"]]
+        )
+        shipped = spark.sparkContext.broadcast((model, bgnbd, int(horizon_days)))
+
+        def score(batches):
+            churn_model, fitted, h = shipped.value
+            for batch in batches:
+                rows = batch.rename(columns={"_frequency": "frequency", "_recency": "recency"})
+                rows = rows.rename(columns={"_T": "T"})
+                out = batch[[f.name for f in fields]].assign(**bgnbd_predictions(fitted, rows, h))
+                out["p_churn"] = churn_model.predict_proba(out)[:, 1]
+                yield out
+
+        scored = engine.query_df_frame(joined.mapInPandas(score, schema))
+    finally:
+        engine.drop(feats)
+        engine.drop(cut)
+        engine.drop("_bgnbd_summaries")
+    scored.insert(1, "cutoff_ts", pd.Timestamp(as_of, tz="UTC"))
+    return scored

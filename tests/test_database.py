@@ -1,0 +1,184 @@
+"""Orders from a real PostgreSQL server, started by this module (Debian's postgresql package).
+
+The server listens on 127.0.0.1 with password (SCRAM) authentication, so the password must come
+from the environment variable; it is checked never to appear in what winback prints.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from winback.config import OrdersConfig
+from winback.database import read_database, redact_url
+from winback.engines.duckdb import connect
+from winback.errors import DataError
+from winback.orders import load_orders
+
+PASSWORD = "Pg-s3cret-7f2a"  # the test role's password; must never be printed
+COLUMNS = {"category": "category", "channel": "channel"}
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(synth_frame):
+    """A PostgreSQL server with a role 'shop' (password PASSWORD) and the synthetic orders in
+    table public.orders; yields the URL without the password."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL's server programs are needed (Debian: apt-get install postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="winback-pg-"))
+    base.chmod(0o755)
+    as_root = os.geteuid() == 0
+    if as_root:  # the server refuses to run as root: run it as the postgres system user
+        pw = pwd.getpwnam("postgres")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+
+    def run(*cmd: str) -> None:
+        full = ["runuser", "-u", "postgres", "--", *cmd] if as_root else list(cmd)
+        subprocess.run(full, check=True, capture_output=True, timeout=120)
+
+    port = _free_port()
+    data = base / "data"
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "admin", "--auth-local=trust",
+        "--auth-host=scram-sha-256")  # fmt: skip
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+    try:
+        import psycopg
+
+        admin = f"host={base} port={port} user=admin dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f"CREATE ROLE shop LOGIN PASSWORD '{PASSWORD}'")
+            con.execute("CREATE DATABASE shop OWNER shop")
+        with psycopg.connect(f"host={base} port={port} user=admin dbname=shop") as con:
+            con.execute(
+                """CREATE TABLE public.orders (customer_id text, order_id text,
+                       order_ts timestamptz, amount numeric(12, 2), category text, channel text)"""
+            )
+            cols = ["customer_id", "order_id", "order_ts", "amount", "category", "channel"]
+            with con.cursor().copy(f"COPY public.orders ({', '.join(cols)}) FROM STDIN") as cp:
+                for row in synth_frame[cols].itertuples(index=False):
+                    cp.write_row(row)
+            con.execute("ALTER TABLE public.orders OWNER TO shop")
+        yield f"postgresql+psycopg://shop@127.0.0.1:{port}/shop"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def password(monkeypatch):
+    monkeypatch.setenv("WINBACK_DB_PASSWORD", PASSWORD)
+
+
+def cfg(**extra) -> OrdersConfig:
+    return OrdersConfig.model_validate({"columns": COLUMNS, "table": "orders", **extra})
+
+
+def test_database_orders_equal_the_same_orders_from_parquet(
+    postgres, password, synth_frame, tmp_path
+):
+    path = tmp_path / "orders.parquet"
+    synth_frame.to_parquet(path, index=False)
+    from_file = load_orders(path, cfg())
+    from_db = load_orders(postgres, cfg(chunk_rows=1000))
+    assert from_db.fingerprint() == from_file.fingerprint()
+    assert from_db.report.summary_lines()[1:] == from_file.report.summary_lines()[1:]
+    assert from_db.report.source == f"{postgres} (table orders)"
+
+
+def test_a_table_larger_than_a_chunk_is_streamed_in_chunks(postgres, password, synth_frame):
+    seen: list[int] = []
+    con = connect()
+    read_database(con, postgres, cfg(chunk_rows=1000), on_chunk=seen.append)
+    n = len(synth_frame)
+    assert n > 5000  # several chunks of 1,000
+    # one call per chunk, each 1,000 rows more than the last but the final one
+    assert seen == [*range(1000, n, 1000), n] or seen == list(range(1000, n + 1, 1000))
+    assert con.execute("SELECT count(*) FROM _raw").fetchall()[0][0] == n
+
+
+def test_a_query_instead_of_a_table(postgres, password):
+    sql = "SELECT * FROM orders WHERE channel = 'web'"
+    orders = load_orders(postgres, cfg(table=None, query=sql))
+    web = load_orders(postgres, cfg()).to_pandas().query("channel == 'web'")
+    assert len(orders) == len(web) > 0
+
+
+def test_without_the_password_variable_the_error_says_which_to_set(postgres, monkeypatch):
+    monkeypatch.delenv("WINBACK_DB_PASSWORD", raising=False)
+    with pytest.raises(DataError, match=r"WINBACK_DB_PASSWORD"):
+        load_orders(postgres, cfg())
+
+
+def test_a_wrong_password_is_refused_without_being_printed(postgres, monkeypatch):
+    monkeypatch.setenv("WINBACK_DB_PASSWORD", "wrong-" + PASSWORD)
+    with pytest.raises(DataError) as err:
+        load_orders(postgres, cfg())
+    assert "password authentication failed" in str(err.value)
+    assert PASSWORD not in str(err.value)
+
+
+def test_a_missing_table_lists_the_tables(postgres, password):
+    with pytest.raises(DataError, match=r"no table 'order'.*orders"):
+        load_orders(postgres, cfg(table="order"))
+
+
+def test_redact_url_masks_the_password():
+    assert redact_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+@pytest.mark.slow
+def test_cli_reads_the_database_and_never_prints_the_password(postgres, tmp_path):
+    exe = Path(sys.executable).with_name("winback")
+    env = {**os.environ, "WINBACK_DB_PASSWORD": PASSWORD}
+    args = ["--set", "orders.table=orders", "--set", "orders.chunk_rows=2000"]
+    res = subprocess.run(
+        [str(exe), "-v", "validate", postgres, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"from {postgres} (table orders)" in res.stdout
+    # a password written into the URL is used, warned about and masked too
+    with_pw = postgres.replace("shop@", f"shop:{PASSWORD}@")
+    env.pop("WINBACK_DB_PASSWORD")
+    res2 = subprocess.run(
+        [str(exe), "-v", "validate", with_pw, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert res2.returncode == 0, res2.stderr[-2000:]
+    assert "carries a password" in res2.stderr
+    for r in (res, res2):
+        assert PASSWORD not in r.stdout + r.stderr
