@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench bench-score clean
+.PHONY: help install demo test lint format bench bench-score bench-scale clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: $(STAMP) ## feature and nightly-scoring benchmarks on 1M/10M synthetic or
 
 bench-score: $(STAMP) ## the nightly scoring benchmark alone (10M orders, split by stage)
 	$(BIN)/python benchmarks/bench_score.py
+
+bench-scale: $(STAMP) ## 50M synthetic orders: load, features and scoring on DuckDB and Spark local[2]
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean: ## remove the virtualenv, caches and demo output
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis demo src/*.egg-info

@@ -1,0 +1,195 @@
+"""Scale benchmark: load, features and scoring of 50M synthetic orders on DuckDB and on Spark.
+
+The orders are a folder of Parquet parts (10 shards of 5M orders, each its own customers),
+generated once under benchmarks/data. Each run is a fresh subprocess; its peak memory is the
+largest sum of the resident sets of it and all its children (Spark's JVM and Python workers
+included), sampled every 0.2 s. Reports per-stage wall times, peak RSS and the Spark / DuckDB
+ratios, measured side by side in one run (medians when --rounds > 1).
+
+    python benchmarks/bench_scale.py [--orders 50000000] [--rounds 1] [--spark-master local[2]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+OVERRIDES = ["orders.columns.category=category", "orders.columns.channel=channel"]
+AS_OF = datetime(2025, 1, 1)
+SHARD_ORDERS = 5_000_000
+
+
+def data_folder(n_orders: int) -> Path:
+    """``synth_<n>_parts/`` with one Parquet file per shard of 5M orders (made once)."""
+    from winback.synth import SynthParams, customers_for_orders, generate_orders
+
+    folder = DATA / f"synth_{n_orders}_parts"
+    shards = max(1, round(n_orders / SHARD_ORDERS))
+    if folder.is_dir() and len(list(folder.glob("*.parquet"))) == shards:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    per = customers_for_orders(n_orders // shards)
+    for k in range(shards):
+        part = folder / f"part-{k:03d}.parquet"
+        if part.exists():
+            continue
+        params = SynthParams(n_customers=per, start="2022-01-01", end="2024-12-31", seed=100 + k)
+        df = generate_orders(params)
+        df["customer_id"] += k * 100_000_000  # each shard its own customers and order ids
+        df["order_id"] += k * 100_000_000
+        tmp = part.with_suffix(".tmp")
+        df.to_parquet(tmp, index=False)
+        tmp.rename(part)
+        print(f"  shard {k + 1}/{shards}: {len(df):,} orders", flush=True)
+    return folder
+
+
+def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
+    """One run in this process: load, features at the as-of (to Parquet), scoring."""
+    import tempfile
+
+    from winback.config import load_config
+    from winback.features import write_features
+    from winback.model import load_model
+    from winback.orders import load_orders
+    from winback.scoring import score_customers
+
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cfg = load_config(None, OVERRIDES)
+    if engine == "spark":
+        from winback.engines.spark import SparkEngine, spark_session
+
+        spark = spark_session(master, {"spark.driver.memory": "8g"})
+        stages["start"] = time.perf_counter() - t0
+        orders = load_orders(folder, cfg.orders, as_of=AS_OF, engine=SparkEngine(spark))
+    else:
+        from winback.engines.duckdb import connect
+
+        stages["start"] = 0.0
+        con = connect(cfg.engine.memory_limit, temp_directory=tempfile.mkdtemp())
+        orders = load_orders(folder, cfg.orders, as_of=AS_OF, con=con)
+    stages["load"] = time.perf_counter() - t0 - stages["start"]
+    t = time.perf_counter()
+    out = Path(tempfile.mkdtemp()) / "features.parquet"
+    rows = write_features(orders, [orders.last_ts], out, cfg.features.lookback_days)
+    stages["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scored = score_customers(orders, load_model(model_path), orders.last_ts, cfg.campaigns)
+    stages["scoring"] = time.perf_counter() - t
+    stages["total"] = time.perf_counter() - t0
+    return {
+        "stages": stages,
+        "orders": orders.report.n_orders,
+        "feature_rows": rows,
+        "scored": len(scored.scores),
+    }
+
+
+def _tree_rss(proc) -> int:
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
+    """Run one case in a subprocess; add its peak tree RSS (MB)."""
+    import psutil
+
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_scale as b; "
+        "print('RESULT' + json.dumps(b.run_case(*sys.argv[2:])))"
+    )
+    cmd = [sys.executable, "-c", code, str(HERE), engine, str(folder), str(model), master]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, _tree_rss(ps))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{engine} run failed:\n{err[-3000:]}")
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    result = json.loads(line[len("RESULT") :])
+    result["peak_rss_mb"] = peak / 2**20
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--orders", type=int, default=50_000_000)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--spark-master", default="local[2]")
+    args = ap.parse_args()
+
+    from bench_score import _model
+
+    print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
+    folder = data_folder(args.orders)
+    model = _model()
+    runs: dict[str, list[dict]] = {"duckdb": [], "spark": []}
+    for r in range(args.rounds):
+        for engine in runs:  # alternate, so both see the same machine load
+            res = measure(engine, folder, model, args.spark_master)
+            runs[engine].append(res)
+            st = res["stages"]
+            print(
+                f"round {r + 1} {engine:<6}: total {st['total']:7.1f}s (load {st['load']:.1f}, "
+                f"features {st['features']:.1f}, scoring {st['scoring']:.1f}), "
+                f"peak RSS {res['peak_rss_mb']:,.0f} MB",
+                flush=True,
+            )
+    summary: dict = {"orders": runs["duckdb"][0]["orders"], "rounds": args.rounds}
+    for engine, rs in runs.items():
+        keys = rs[0]["stages"]
+        summary[engine] = {
+            "median_seconds": {k: statistics.median(x["stages"][k] for x in rs) for k in keys},
+            "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
+            "feature_rows": rs[0]["feature_rows"],
+            "scored": rs[0]["scored"],
+        }
+    d, s = summary["duckdb"], summary["spark"]
+    summary["spark_over_duckdb"] = {
+        k: s["median_seconds"][k] / d["median_seconds"][k]
+        for k in ("load", "features", "scoring", "total")
+        if d["median_seconds"][k] > 0
+    }
+    summary["spark_master"] = args.spark_master
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    assert d["feature_rows"] == s["feature_rows"] and d["scored"] == s["scored"], "engines differ"
+
+
+if __name__ == "__main__":
+    main()
