@@ -245,9 +245,14 @@ def _cutoffs_from_options(
 @app.command()
 def features(
     orders_path: OrdersOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
-        "features.parquet"
-    ),
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Output Parquet file (on Spark: a folder of parts; any path Spark can write, "
+            "e.g. s3a://bucket/features).",
+        ),
+    ] = "features.parquet",
     as_of: AsOfOpt = None,
     cutoffs: Annotated[str | None, typer.Option("--cutoffs", help="Comma-separated dates.")] = None,
     every: Annotated[
@@ -289,9 +294,12 @@ def features(
     typer.echo(
         f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
     )
+    if "://" in out:  # written by Spark to a remote file system
+        return
     from winback.engines.duckdb import connect
 
-    files = str(out / "*.parquet") if out.is_dir() else str(out)  # Spark writes a folder
+    folder = Path(out)
+    files = str(folder / "*.parquet") if folder.is_dir() else out  # Spark writes a folder
     per_cut = (
         connect()
         .execute("SELECT cutoff_ts, count(*) FROM read_parquet(?) GROUP BY 1 ORDER BY 1", [files])

@@ -83,8 +83,9 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
         builder = builder.master(master)
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: loopback
-    # the Python workers run this interpreter (the same winback, model code and libraries)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # the Python workers run this interpreter (the same winback, model code and libraries);
+        # under spark-submit, spark.pyspark.python says which
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in {**DEFAULT_CONF, **(conf or {}), **REQUIRED_CONF}.items():
         builder = builder.config(key, str(value))
     try:
