@@ -182,3 +182,14 @@ def test_cli_reads_the_database_and_never_prints_the_password(postgres, tmp_path
     assert "carries a password" in res2.stderr
     for r in (res, res2):
         assert PASSWORD not in r.stdout + r.stderr
+
+
+def test_database_urls_are_told_from_paths():
+    from winback.database import is_database_url
+
+    assert is_database_url("postgresql://u@h/db")
+    assert is_database_url("postgresql+psycopg://u@h:5432/db")
+    assert is_database_url("mysql+pymysql://u@h/db")
+    assert not is_database_url("s3a://bucket/orders/")
+    assert not is_database_url("orders.parquet")
+    assert not is_database_url("/data/postgresql://odd-name.csv")

@@ -82,6 +82,36 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     assert (scores["risk_decile"].between(1, 10)).all()
 
 
+def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, monkeypatch):
+    # large populations are scored in customer hash partitions, their snapshots on disk
+    import winback.scoring as scoring
+    import winback.snapshots as snapshots
+
+    _, o, model = setup
+    cfg = CampaignsConfig()
+    t = datetime(2023, 12, 31)
+    # BG/NBD fitted on a seeded sample (of 500 customers here): the same sample either way
+    monkeypatch.setattr(snapshots, "BGNBD_FIT_MAX_CUSTOMERS", 500)
+    whole = score_customers(o, model, t, cfg)
+    whole_lists = add_reasons(whole, model, build_lists(whole.scores, cfg))
+    monkeypatch.setattr(scoring, "SCORE_PARTITION_CUSTOMERS", 100)
+    monkeypatch.setattr(scoring, "SCORE_PARTITION_ROWS", 300)  # 1,500 customers: 5 parts
+    parts = score_customers(o, model, t, cfg)
+    assert parts.features_path is not None and len(list(parts.features_path.glob("*"))) == 5
+    parts_lists = add_reasons(parts, model, build_lists(parts.scores, cfg))
+    pd.testing.assert_frame_equal(parts.scores, whole.scores)
+    assert parts.drift == whole.drift
+    for name in whole_lists:
+        pd.testing.assert_frame_equal(parts_lists[name], whole_lists[name])
+    assert whole_lists["at_risk"]["reasons"].notna().all()
+    folder = parts.features_path
+    del parts
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # the snapshot parts go with the scores
+
+
 def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
     d, _, _ = setup
     first = _score(d)  # the tracking store is unreachable: a model path needs none

@@ -217,3 +217,74 @@ def test_cli_features_on_spark_equal_duckdb(synth_parquet, tmp_path):
         assert "2023-12-31:" in res.stdout
         env_out[engine] = pd.read_parquet(out)
     assert_same(env_out["duckdb"], env_out["spark"])
+
+
+@pytest.mark.slow
+def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tmp_path):
+    from winback.model import save_model
+
+    duck, _ = synth_pair
+    snaps = build_snapshots(duck, ["2023-03-01", "2023-06-01", "2023-09-01"], 90)
+    model = ChurnModel(horizon_days=90, n_estimators=30, calibration_cutoffs=1)
+    path = save_model(model.fit(snaps, snaps["churned"]), tmp_path / "m.joblib")
+    exe = Path(sys.executable).with_name("winback")
+    common = [
+        "score",
+        "--orders",
+        str(synth_parquet),
+        "--model",
+        str(path),
+        "--as-of",
+        "2023-12-31",
+        "--set",
+        "orders.columns.category=category",
+        "--set",
+        "orders.columns.channel=channel",
+    ]
+    lists = {}
+    for engine in ("duckdb", "spark"):
+        res = subprocess.run(
+            [str(exe), *common, "--engine", engine, "--out", str(tmp_path / engine)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        folder = tmp_path / engine / "2023-12-31"
+        lists[engine] = {
+            name: pd.read_parquet(folder / f"{name}.parquet")
+            for name in ("at_risk", "lapsed", "scores")
+        }
+    for name in ("at_risk", "lapsed"):
+        assert len(lists["spark"][name]) == len(lists["duckdb"][name]) > 0
+        assert_same(lists["duckdb"][name], lists["spark"][name], keys=("customer_id",))
+    assert_same(lists["duckdb"]["scores"], lists["spark"]["scores"], keys=("customer_id",))
+
+
+def test_strftime_formats_become_java_patterns():
+    from winback.dialect import java_pattern
+
+    assert java_pattern("%d/%m/%Y %H:%M") == "dd/MM/yyyy HH:mm"
+    assert java_pattern("%Y%m%d") == "yyyyMMdd"
+    assert java_pattern("%Y-%m-%dT%H:%M:%S") == "yyyy-MM-dd'T'HH:mm:ss"  # letters are quoted
+    with pytest.raises(ValueError, match="%Q"):
+        java_pattern("%Q")
+
+
+def test_a_custom_date_format_parses_alike(spark, tmp_path):
+    csv = tmp_path / "orders.csv"
+    csv.write_text("customer_id;order_ts;amount\na;05/01/2024 10:30;10\nb;31/01/2024 23:59;5\n")
+    cfg = OrdersConfig.model_validate(
+        {
+            "date_format": "%d/%m/%Y %H:%M",
+            "timezone": "Europe/Berlin",
+            "columns": {"order_id": None},
+        }
+    )
+    duck = load_orders(csv, cfg, as_of=AS_OF)
+    sprk = load_orders(csv, cfg, as_of=AS_OF, engine=SparkEngine(spark))
+    a, b = duck.to_pandas(), sprk.to_pandas()
+    # 10:30 in Berlin in January is 09:30 UTC
+    assert a["order_ts"].iloc[0] == pd.Timestamp("2024-01-05 09:30", tz="UTC")
+    assert_same(a, b, keys=("customer_id",))

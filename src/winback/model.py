@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 #: Features whose distribution the drift guard compares with training (plus p_churn).
+#: Rows scored at a time.
+PREDICT_BLOCK_ROWS = 250_000
+
 DRIFT_FEATURES = (
     "recency_days",
     "n_orders",
@@ -312,8 +315,15 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return X[self.features_].astype(float)
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """LightGBM's uncalibrated score."""
-        return self.booster_.predict_proba(self._check(X), num_iteration=self.best_iteration_)[:, 1]
+        """LightGBM's uncalibrated score (in blocks of rows, so a large frame is never copied
+        whole into the model's float matrix)."""
+        out = np.empty(len(X), dtype=float)
+        for i in range(0, len(X), PREDICT_BLOCK_ROWS):
+            block = self._check(X.iloc[i : i + PREDICT_BLOCK_ROWS])
+            out[i : i + len(block)] = self.booster_.predict_proba(
+                block, num_iteration=self.best_iteration_
+            )[:, 1]
+        return out
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated ``[P(retained), P(churned)]`` per row."""

@@ -163,7 +163,8 @@ class Orders:
         )
 
     def fingerprint(self) -> dict[str, object]:
-        """Rows, date range and a content hash that does not depend on row order."""
+        """Rows, date range and a content hash that does not depend on row order (nor on the
+        number of partitions); comparable between runs on the same engine."""
         engine = self.engine()
         row = "customer_id, order_id, order_ts, amount, is_return"
         d = engine.dialect
@@ -179,6 +180,7 @@ class Orders:
             "first_ts": _fmt_ts(lo),
             "last_ts": _fmt_ts(hi),
             "sha256_16": digest,
+            "hashed_by": engine.name,  # each engine hashes rows with its own function
         }
 
 

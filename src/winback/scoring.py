@@ -18,15 +18,18 @@ group, which is not contacted and measures the campaign later.
 
 from __future__ import annotations
 
+import shutil
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from winback.campaigns import control_flags, expected_gain, reasons, rfm_segments, size_list
 from winback.config import CampaignGroupConfig, CampaignsConfig
-from winback.model import ChurnModel
+from winback.model import DRIFT_FEATURES, ChurnModel
 from winback.orders import Orders
 from winback.snapshots import build_snapshots
 
@@ -44,11 +47,26 @@ __all__ = [
 @dataclass
 class Scored:
     """Scores of every customer, the drift figures, and the features they were scored on
-    (aligned by position with ``scores``)."""
+    (aligned by position with ``scores``), in memory or, for large populations, in a folder
+    of Parquet parts read back only for the customers who are listed."""
 
     scores: pd.DataFrame
     drift: dict[str, float]
     features: pd.DataFrame
+    features_path: Path | None = None
+
+    def features_of(self, rows: np.ndarray) -> pd.DataFrame:
+        """The full feature rows of ``scores[rows]``, in that order."""
+        if self.features_path is None:
+            return self.features[rows].reset_index(drop=True)
+        import pyarrow.dataset as ds
+
+        ids = self.scores.loc[rows, "customer_id"]
+        table = ds.dataset(self.features_path, format="parquet").to_table(
+            filter=ds.field("customer_id").isin(ids.to_numpy())
+        )
+        found = table.to_pandas().set_index("customer_id")
+        return found.loc[ids.to_numpy()].reset_index()
 
 
 LIST_COLUMNS = [
@@ -92,9 +110,13 @@ def score_customers(
 
         snap = score_distributed(orders, model, as_of, h, lookback, windows)
         p_churn = snap.pop("p_churn")
+        folder = None
+    elif orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:  # out of core: in partitions
+        snap, folder = _score_in_parts(orders, model, as_of, h, lookback, windows, campaigns)
+        p_churn = snap.pop("p_churn")
     else:
         snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
-        p_churn = None
+        p_churn, folder = None, None
     if snap.empty:
         return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
     order = snap["customer_id"].sort_values(kind="stable").index
@@ -122,8 +144,95 @@ def score_customers(
     out["risk_decile"] = out["risk_decile"].astype(int)
     _assign_groups(out, campaigns.groups)
     trained_on = (snap["recency_days"] < model.lookback_days).to_numpy()
-    drift = model.drift(snap[trained_on], out.loc[trained_on, "p_churn"].to_numpy())
-    return Scored(out, drift, snap)
+    drift_cols = [c for c in DRIFT_FEATURES if c in snap.columns]  # not a copy of every column
+    drift = model.drift(snap.loc[trained_on, drift_cols], out.loc[trained_on, "p_churn"].to_numpy())
+    scored = Scored(out, drift, snap if folder is None else snap.iloc[:0], folder)
+    if folder is not None:  # the parts go when the scores do
+        weakref.finalize(scored, shutil.rmtree, folder, True)
+    return scored
+
+
+#: Above this many customers, DuckDB scores in customer hash partitions of about
+#: SCORE_PARTITION_ROWS customers: each partition's full snapshot goes to a Parquet part and
+#: only the columns the lists need stay in memory.
+SCORE_PARTITION_CUSTOMERS = 1_000_000
+SCORE_PARTITION_ROWS = 500_000
+
+
+def _fit_bgnbd_in_sql(engine, summary_sql: str):
+    """:func:`winback.snapshots.fit_bgnbd` on a query's summaries, bringing only the sampled
+    customers' four numbers to pandas, not every customer's."""
+    from winback.engines.duckdb import registered
+    from winback.snapshots import BGNBD, fit_positions
+
+    n = int(engine.fetchall(f"SELECT count(*) FROM ({summary_sql}) AS s")[0][0])
+    ranked = (
+        f"SELECT customer_id, frequency, recency, T, "
+        f"row_number() OVER (ORDER BY customer_id) - 1 AS _pos FROM ({summary_sql}) AS s"
+    )
+    positions = fit_positions(n)
+    if positions is None:
+        rows = engine.query_df(f"SELECT * FROM ({ranked}) AS r ORDER BY _pos")
+    else:
+        with registered(engine.con, pd.DataFrame({"_pos": positions}), "_fit_pos") as pos:
+            rows = engine.query_df(f"SELECT r.* FROM ({ranked}) AS r JOIN {pos} USING (_pos)")
+        rows = rows.set_index("_pos").loc[positions]
+    return BGNBD().fit(rows["frequency"], rows["recency"], rows["T"])
+
+
+def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campaigns):
+    """``(snapshot columns the lists need + p_churn, folder of the full snapshot)``; the same
+    rows and values as :func:`build_snapshots` followed by ``predict_proba``."""
+    import math
+    import tempfile
+
+    from winback.features import _spec_for, bgnbd_summary_sql, feature_sql
+    from winback.snapshots import bgnbd_predictions
+
+    engine = orders.engine()
+    spec = _spec_for(orders, lookback, windows)
+    keep = list(
+        dict.fromkeys(
+            [
+                "customer_id",
+                "cutoff_ts",
+                "recency_days",
+                "n_orders",
+                "n_order_days",
+                "monetary_mean",
+                f"spend_{campaigns.value_days}d",
+                "bgnbd_expected_purchases",
+                *DRIFT_FEATURES,
+            ]
+        )
+    )
+    k = max(1, math.ceil(orders.report.n_customers / SCORE_PARTITION_ROWS))
+    folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
+    cut = engine.register_cutoffs([as_of])
+    parts = []
+    try:
+        fitted = _fit_bgnbd_in_sql(engine, bgnbd_summary_sql(orders.table, cut, engine.dialect))
+        for i in range(k):
+            f = engine.query_df(feature_sql(orders.table, cut, spec, engine.dialect, (i, k)))
+            if f.empty:
+                continue
+            part = (
+                f"(SELECT * FROM {orders.table} WHERE "
+                f"{engine.dialect.hash_mod.format(col='customer_id', k=k)} = {i}) AS part"
+            )
+            s = engine.query_df(bgnbd_summary_sql(part, cut, engine.dialect))
+            s = s.set_index("customer_id").loc[f["customer_id"].to_numpy()]
+            f = f.assign(**bgnbd_predictions(fitted, s, horizon_days))
+            f.to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+            parts.append(f[keep].assign(p_churn=model.predict_proba(f)[:, 1]))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        engine.drop(cut)
+    if not parts:
+        return pd.DataFrame(columns=[*keep, "p_churn"]), folder
+    return pd.concat(parts, ignore_index=True), folder
 
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
@@ -139,7 +248,7 @@ def add_reasons(
     ids = pd.concat([f["customer_id"] for f in lists.values()]).unique()
     rows = scored.scores["customer_id"].isin(ids).to_numpy()
     if rows.any():
-        feats = scored.features[rows].reset_index(drop=True)
+        feats = scored.features_of(rows)
         if method == "auto":
             method = "shap" if len(feats) <= SHAP_MAX_ROWS else "path"
         text = reasons(model.contributions(feats, method), feats).to_numpy()

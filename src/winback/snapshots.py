@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 from datetime import date, datetime
 
+import numpy as np
 import pandas as pd
 
 from winback.btyd import BGNBD
@@ -50,12 +51,21 @@ def bgnbd_summaries(orders: Orders, cutoffs: list[datetime]) -> pd.DataFrame:
         engine.drop(table)
 
 
+def fit_positions(n: int) -> np.ndarray | None:
+    """Positions, in customer order, of the customers BG/NBD is fitted on (a seeded sample of
+    ``BGNBD_FIT_MAX_CUSTOMERS``); None when all ``n`` are used."""
+    if n <= BGNBD_FIT_MAX_CUSTOMERS:
+        return None
+    return np.random.RandomState(0).choice(n, size=BGNBD_FIT_MAX_CUSTOMERS, replace=False)
+
+
 def fit_bgnbd(summaries: pd.DataFrame) -> BGNBD:
     """BG/NBD fitted on one cutoff's summaries (a seeded sample of them on large histories),
     in customer order, so the fit does not depend on the order an engine returns rows in."""
     fit_on = summaries.sort_values("customer_id", kind="stable")
-    if len(fit_on) > BGNBD_FIT_MAX_CUSTOMERS:
-        fit_on = fit_on.sample(BGNBD_FIT_MAX_CUSTOMERS, random_state=0)
+    positions = fit_positions(len(fit_on))
+    if positions is not None:
+        fit_on = fit_on.iloc[positions]
     return BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"])
 
 
@@ -73,21 +83,26 @@ def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> di
 def add_bgnbd_features(
     features: pd.DataFrame, summaries: pd.DataFrame, horizon_days: int
 ) -> pd.DataFrame:
-    """Fit BG/NBD per cutoff on ``summaries`` and add its predictions to ``features``."""
-    out = []
-    for cutoff, feats in features.groupby("cutoff_ts", sort=True):
+    """Fit BG/NBD per cutoff on ``summaries`` and add its predictions to ``features`` (rows in
+    the same order; only the key and summary columns are ever joined, not whole rows)."""
+    n = len(features)
+    added = {c: np.full(n, np.nan) for c in BGNBD_FEATURES}
+    for cutoff, rows in features.groupby("cutoff_ts", sort=True).indices.items():
         s = summaries[summaries["cutoff_ts"] == cutoff]
         model = fit_bgnbd(s)
         log.debug("BG/NBD at %s: %s", cutoff, model.params_)
-        m = feats.merge(s, on=["customer_id", "cutoff_ts"], how="left", validate="one_to_one")
+        keys = features["customer_id"].iloc[rows].to_frame()
+        m = keys.merge(
+            s[["customer_id", "frequency", "recency", "T"]],
+            on="customer_id",
+            how="left",
+            validate="one_to_one",
+        )
         if m["frequency"].isna().any():
             raise DataError("internal: an active customer has no BG/NBD summary")
-        out.append(feats.assign(**bgnbd_predictions(model, m, horizon_days)))
-    return (
-        pd.concat(out, ignore_index=True)
-        if out
-        else features.assign(**{c: pd.Series(dtype=float) for c in BGNBD_FEATURES})
-    )
+        for c, values in bgnbd_predictions(model, m, horizon_days).items():
+            added[c][rows] = values
+    return features.assign(**added)
 
 
 def build_snapshots(

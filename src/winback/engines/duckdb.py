@@ -17,6 +17,9 @@ __all__ = ["DuckDBEngine", "connect", "registered"]
 
 _counter = itertools.count()
 
+#: Rows per Arrow batch when a query's result is handed to pandas.
+ARROW_BATCH_ROWS = 1_000_000
+
 
 def connect(
     memory_limit: str = "2GB", threads: int | None = None, temp_directory: str | None = None
@@ -130,7 +133,10 @@ class DuckDBEngine:
 
     def query_df(self, sql: str) -> pd.DataFrame:
         """Run a query; timestamp columns come back tz-aware UTC."""
-        df = self.con.sql(sql).df()
+        # streamed as Arrow batches, so the result is never held twice (DuckDB's and pandas')
+        table = self.con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS).read_all()
+        df = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
         for col in df.columns:
             if pd.api.types.is_datetime64_any_dtype(df[col]) and df[col].dt.tz is None:
                 df[col] = df[col].dt.tz_localize("UTC")
