@@ -18,6 +18,8 @@ group, which is not contacted and measures the campaign later.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import shutil
 import weakref
 from dataclasses import dataclass
@@ -147,6 +149,7 @@ def score_customers(
     drift_cols = [c for c in DRIFT_FEATURES if c in snap.columns]  # not a copy of every column
     drift = model.drift(snap.loc[trained_on, drift_cols], out.loc[trained_on, "p_churn"].to_numpy())
     scored = Scored(out, drift, snap if folder is None else snap.iloc[:0], folder)
+    release_memory()
     if folder is not None:  # the parts go when the scores do
         weakref.finalize(scored, shutil.rmtree, folder, True)
     return scored
@@ -157,6 +160,13 @@ def score_customers(
 #: only the columns the lists need stay in memory.
 SCORE_PARTITION_CUSTOMERS = 1_000_000
 SCORE_PARTITION_ROWS = 500_000
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps them otherwise, and after a
+    partition's frames are freed they would count against the process for the whole run)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _fit_bgnbd_in_sql(engine, summary_sql: str):
@@ -225,6 +235,8 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
             f = f.assign(**bgnbd_predictions(fitted, s, horizon_days))
             f.to_parquet(folder / f"part-{i:05d}.parquet", index=False)
             parts.append(f[keep].assign(p_churn=model.predict_proba(f)[:, 1]))
+            del f, s
+            release_memory()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
