@@ -12,6 +12,7 @@ ratios, measured side by side in one run (medians when --rounds > 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -102,10 +103,8 @@ def _tree_rss(proc) -> int:
 
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # a child that just ended
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -126,10 +125,8 @@ def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            try:
+            with contextlib.suppress(psutil.Error):
                 peak = max(peak, _tree_rss(ps))
-            except psutil.Error:
-                pass
             time.sleep(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -139,8 +136,9 @@ def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
     thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"{engine} run failed:\n{err[-3000:]}")
-    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    result = json.loads(line[len("RESULT") :])
+    if "RESULT" not in out:
+        raise SystemExit(f"{engine} run printed no result:\n{out[-2000:]}\n{err[-3000:]}")
+    result = json.loads(out[out.rindex("RESULT") + len("RESULT") :].splitlines()[0])
     result["peak_rss_mb"] = peak / 2**20
     return result
 

@@ -29,6 +29,9 @@ def connect(
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
+    # DuckDB draws a progress bar on stdout for long queries, which would corrupt what the
+    # command line prints there (tables, --json); winback shows its own on stderr
+    con.execute("SET enable_progress_bar = false")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     if temp_directory is not None:
