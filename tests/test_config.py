@@ -60,3 +60,12 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("labels: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_engine_can_be_given_by_name_alone(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("engine: spark\n")
+    cfg = load_config(path)
+    assert cfg.engine.name == "spark" and cfg.engine.spark.master == "local[*]"
+    assert load_config(None, ["engine=duckdb"]).engine.name == "duckdb"
+    assert load_config(None, ["engine.name=spark"]).engine.name == "spark"

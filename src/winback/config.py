@@ -350,6 +350,12 @@ class Config(_Section):
     models_dir: str = "models"
     random_state: int = 42
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_by_name(cls, v: Any) -> Any:
+        """``engine: spark`` is short for ``engine: {name: spark}``."""
+        return {"name": v} if isinstance(v, str) else v
+
     def model_params(self) -> dict:
         """Constructor settings of :class:`winback.model.ChurnModel` from this config."""
         return {
