@@ -67,6 +67,10 @@ def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
     from winback.scoring import score_customers
 
     stages: dict[str, float] = {}
+
+    def done(stage: str) -> None:  # a marker for the parent's memory timeline
+        print(f"STAGE {stage} {time.time()}", file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
     if engine == "spark":
@@ -82,13 +86,16 @@ def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
         con = connect(cfg.engine.memory_limit, temp_directory=tempfile.mkdtemp())
         orders = load_orders(folder, cfg.orders, as_of=AS_OF, con=con)
     stages["load"] = time.perf_counter() - t0 - stages["start"]
+    done("load")
     t = time.perf_counter()
     out = Path(tempfile.mkdtemp()) / "features.parquet"
     rows = write_features(orders, [orders.last_ts], out, cfg.features.lookback_days)
     stages["features"] = time.perf_counter() - t
+    done("features")
     t = time.perf_counter()
     scored = score_customers(orders, load_model(model_path), orders.last_ts, cfg.campaigns)
     stages["scoring"] = time.perf_counter() - t
+    done("scoring")
     stages["total"] = time.perf_counter() - t0
     return {
         "stages": stages,
@@ -119,14 +126,13 @@ def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
     cmd = [sys.executable, "-c", code, str(HERE), engine, str(folder), str(model), master]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    timeline: list[tuple[float, int]] = []
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.is_set():
             with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
+                timeline.append((time.time(), _tree_rss(ps)))
             time.sleep(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -139,7 +145,15 @@ def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
     if "RESULT" not in out:
         raise SystemExit(f"{engine} run printed no result:\n{out[-2000:]}\n{err[-3000:]}")
     result = json.loads(out[out.rindex("RESULT") + len("RESULT") :].splitlines()[0])
-    result["peak_rss_mb"] = peak / 2**20
+    result["peak_rss_mb"] = max(r for _, r in timeline) / 2**20
+    # the peak within each stage, from the child's stage markers
+    marks = [ln.split() for ln in err.splitlines() if ln.startswith("STAGE ")]
+    start, peaks = 0.0, {}
+    for _, stage, at in marks:
+        inside = [r for t, r in timeline if start < t <= float(at)]
+        peaks[stage] = (max(inside) if inside else 0) / 2**20
+        start = float(at)
+    result["stage_peak_rss_mb"] = peaks
     return result
 
 
@@ -148,6 +162,9 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=50_000_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--spark-master", default="local[2]")
+    ap.add_argument(
+        "--engines", default="duckdb,spark", help="Which engines to run (comma-separated)."
+    )
     args = ap.parse_args()
 
     from bench_score import _model
@@ -155,38 +172,48 @@ def main() -> None:
     print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
     folder = data_folder(args.orders)
     model = _model()
-    runs: dict[str, list[dict]] = {"duckdb": [], "spark": []}
+    runs: dict[str, list[dict]] = {e.strip(): [] for e in args.engines.split(",") if e.strip()}
     for r in range(args.rounds):
         for engine in runs:  # alternate, so both see the same machine load
             res = measure(engine, folder, model, args.spark_master)
             runs[engine].append(res)
             st = res["stages"]
+            sp = res["stage_peak_rss_mb"]
             print(
                 f"round {r + 1} {engine:<6}: total {st['total']:7.1f}s (load {st['load']:.1f}, "
                 f"features {st['features']:.1f}, scoring {st['scoring']:.1f}), "
-                f"peak RSS {res['peak_rss_mb']:,.0f} MB",
+                f"peak RSS {res['peak_rss_mb']:,.0f} MB (load {sp.get('load', 0):,.0f}, "
+                f"features {sp.get('features', 0):,.0f}, scoring {sp.get('scoring', 0):,.0f})",
                 flush=True,
             )
-    summary: dict = {"orders": runs["duckdb"][0]["orders"], "rounds": args.rounds}
+    first = next(iter(runs.values()))[0]
+    summary: dict = {"orders": first["orders"], "rounds": args.rounds}
     for engine, rs in runs.items():
         keys = rs[0]["stages"]
         summary[engine] = {
             "median_seconds": {k: statistics.median(x["stages"][k] for x in rs) for k in keys},
             "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
+            "stage_peak_rss_mb": {
+                k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs)
+                for k in ("load", "features", "scoring")
+            },
             "feature_rows": rs[0]["feature_rows"],
             "scored": rs[0]["scored"],
         }
-    d, s = summary["duckdb"], summary["spark"]
-    summary["spark_over_duckdb"] = {
-        k: s["median_seconds"][k] / d["median_seconds"][k]
-        for k in ("load", "features", "scoring", "total")
-        if d["median_seconds"][k] > 0
-    }
     summary["spark_master"] = args.spark_master
+    if "duckdb" in summary and "spark" in summary:
+        d, s = summary["duckdb"], summary["spark"]
+        summary["spark_over_duckdb"] = {
+            k: s["median_seconds"][k] / d["median_seconds"][k]
+            for k in ("load", "features", "scoring", "total")
+            if d["median_seconds"][k] > 0
+        }
+        if (d["feature_rows"], d["scored"]) != (s["feature_rows"], s["scored"]):
+            raise SystemExit("the engines disagree on the number of rows")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(summary, indent=2))
+    name = "scale.json" if len(runs) > 1 else f"scale_{next(iter(runs))}.json"
+    (RESULTS / name).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    assert d["feature_rows"] == s["feature_rows"] and d["scored"] == s["scored"], "engines differ"
 
 
 if __name__ == "__main__":
