@@ -46,6 +46,9 @@ DEFAULT_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.shuffle.partitions": "16",
+    # training and scoring collect their (customer-sized) results to the driver on purpose:
+    # the driver's memory is the limit, not Spark's 1g default on result size
+    "spark.driver.maxResultSize": "0",
     "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
     "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
 }
