@@ -40,6 +40,8 @@ __all__ = [
     "suppressed",
     "rfm_segments",
     "segment_name",
+    "segments_of",
+    "quintile_sql",
     "control_flags",
     "expected_gain",
     "size_list",
@@ -91,12 +93,32 @@ def segment_name(r: int, f: int) -> str:
     return "Lost"
 
 
+def segments_of(r: np.ndarray, f: np.ndarray, index=None) -> pd.Series:
+    """The RFM segment names of R and F quintile scores (arrays of 1-5)."""
+    grid = np.array([[segment_name(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
+    r, f = np.asarray(r, dtype=int), np.asarray(f, dtype=int)
+    return pd.Series(grid[r - 1, f - 1], index=index, dtype="string")
+
+
 def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
     """The RFM segment name of each customer (quintiles within the given customers)."""
-    r = _quintile(-recency_days.astype(float)).astype(int)
-    f = _quintile(n_orders.astype(float)).astype(int)
-    grid = np.array([[segment_name(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
-    return pd.Series(grid[r - 1, f - 1], index=recency_days.index, dtype="string")
+    r = _quintile(-recency_days.astype(float))
+    f = _quintile(n_orders.astype(float))
+    return segments_of(r, f, recency_days.index)
+
+
+def quintile_sql(x: str, order: str = "ASC", partition: str | None = None) -> str:
+    """SQL for the quintile score 1-5 of ``x`` (``order`` DESC scores the largest 1), exactly as
+    :func:`rfm_segments` computes it: ``ceil(5 x average rank / count)``, ties sharing their
+    average rank as in pandas' ``rank(pct=True, method="average")``. ``partition``: the
+    column(s) to score within, or the whole query."""
+    within = f"PARTITION BY {partition}" if partition else ""
+    ties = f"PARTITION BY {partition + ', ' if partition else ''}{x}"
+    pct = (
+        f"(rank() OVER ({within} ORDER BY {x} {order}) "
+        f"+ (count(*) OVER ({ties}) - 1) / 2.0) / count(*) OVER ({within})"
+    )
+    return f"greatest(1, least(5, ceil({pct} * 5)))::INTEGER"
 
 
 def control_flags(
@@ -145,28 +167,33 @@ def size_list(
     if method == "profit":
         if "expected_gain" not in scores.columns:
             raise UsageError("size_list(method='profit') needs an 'expected_gain' column.")
-        ranked = scores.sort_values(["expected_gain", "customer_id"], ascending=[False, True])
-        chosen = ranked[ranked["expected_gain"] > 0]
+        ranked = _ranked(scores, "expected_gain")
+        ranked = ranked[ranked["expected_gain"] > 0]
     elif method == "top_k":
         if k is None or k < 0:
             raise UsageError("size_list(method='top_k') needs k >= 0.")
-        ranked = scores.sort_values(["p_churn", "customer_id"], ascending=[False, True])
-        chosen = ranked.head(k)
+        ranked = _ranked(scores, "p_churn").head(k)
     elif method == "threshold":
         if threshold is None or not 0 <= threshold <= 1:
             raise UsageError("size_list(method='threshold') needs a threshold in [0, 1].")
-        ranked = scores.sort_values(["p_churn", "customer_id"], ascending=[False, True])
-        chosen = ranked[ranked["p_churn"] >= threshold]
+        ranked = _ranked(scores, "p_churn")
+        ranked = ranked[ranked["p_churn"] >= threshold]
     else:
         raise UsageError(
             f"The list size method must be one of 'profit', 'top_k' or 'threshold'; got {method!r}."
         )
     if capacity is not None:
-        chosen = chosen.head(max(int(capacity), 0))
-    chosen = chosen.copy()
+        ranked = ranked.head(max(int(capacity), 0))
+    chosen = scores.loc[ranked.index]  # the chosen rows, copied once
     if "expected_gain" in chosen.columns:
-        chosen["cumulative_gain"] = chosen["expected_gain"].cumsum()
+        chosen = chosen.assign(cumulative_gain=chosen["expected_gain"].cumsum())
     return chosen
+
+
+def _ranked(scores: pd.DataFrame, by: str) -> pd.DataFrame:
+    """``by`` and ``customer_id`` of ``scores``, best first (ties by customer id): only the
+    two keys are sorted, not every column."""
+    return scores[[by, "customer_id"]].sort_values([by, "customer_id"], ascending=[False, True])
 
 
 def _days(x: float) -> str:

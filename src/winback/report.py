@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from winback.campaigns import segment_name
+from winback.campaigns import quintile_sql, segments_of
 from winback.engines.duckdb import registered
 from winback.errors import UsageError
 from winback.html import Section, figure_tag, table_tag
@@ -427,20 +427,14 @@ def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
     if a.spells is None or (by == "channel" and not orders.has_channel):
         return pd.DataFrame(columns=cols)
 
-    def quint(x: str, order: str) -> str:
-        """Quintile 1-5 of x within the period: pandas' rank(pct=True, method="average")."""
-        part = "PARTITION BY period_start"
-        pct = (
-            f"(rank() OVER ({part} ORDER BY {x} {order}) "
-            f"+ (count(*) OVER ({part}, {x}) - 1) / 2.0) / count(*) OVER ({part})"
-        )
-        return f"greatest(1, least(5, ceil({pct} * 5)))::INTEGER"
-
     if by == "channel":
         carried, keys = "b.channel,", "coalesce(channel, '(none)') AS channel"
     else:
         carried = ""
-        keys = f"{quint('recency_days', 'DESC')} AS r, {quint('n_orders', 'ASC')} AS f"
+        keys = (
+            f"{quintile_sql('recency_days', 'DESC', 'period_start')} AS r, "
+            f"{quintile_sql('n_orders', 'ASC', 'period_start')} AS f"
+        )
     frame = orders.con.execute(
         f"""
         WITH {a.ctes(orders)},
@@ -463,9 +457,7 @@ def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
     ).df()
     frame = frame.merge(a.periods[["period", "period_start"]], on="period_start")
     if by == "segment":
-        frame["segment"] = [
-            segment_name(int(r), int(f)) for r, f in zip(frame["r"], frame["f"], strict=True)
-        ]
+        frame["segment"] = segments_of(frame["r"], frame["f"], frame.index).astype("str")
         frame = frame.groupby(["period_start", "period", "segment"], as_index=False)[
             ["S", "retained"]
         ].sum()
