@@ -12,11 +12,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import orders_of
 from winback.backtest import training_cutoffs
+from winback.campaigns import rfm_segments
 from winback.config import CampaignsConfig
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
@@ -82,6 +84,27 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     assert (scores["risk_decile"].between(1, 10)).all()
 
 
+def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):
+    # computed in SQL; checked here against the pandas definitions, on real ties
+    _, o, model = setup
+    scored = score_customers(o, model, datetime(2023, 12, 31), CampaignsConfig())
+    s, snap = scored.scores, scored.features
+    assert (s["customer_id"].to_numpy() == snap["customer_id"].to_numpy()).all()
+    assert s["customer_id"].is_monotonic_increasing
+    assert snap["n_orders"].duplicated().any()  # ties share their average rank
+    pd.testing.assert_series_equal(
+        s["segment"], rfm_segments(snap["recency_days"], snap["n_orders"]), check_names=False
+    )
+    for name, part in s.groupby("list"):
+        ranked = part.sort_values(["p_churn", "customer_id"], ascending=[False, True])
+        assert ranked["rank"].tolist() == list(range(1, len(part) + 1))
+        expected = np.ceil(np.arange(1, len(part) + 1) * 10 / len(part)).astype(int)
+        assert (ranked["risk_decile"].to_numpy() == expected).all()
+        h = model.horizon_days
+        recency = snap.loc[part.index, "recency_days"]
+        assert (recency <= h).all() if name == "at_risk" else (recency > h).all()
+
+
 def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, monkeypatch):
     # large populations are scored in customer hash partitions, their snapshots on disk
     import winback.scoring as scoring
@@ -92,6 +115,7 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, mo
     t = datetime(2023, 12, 31)
     # BG/NBD fitted on a seeded sample (of 500 customers here): the same sample either way
     monkeypatch.setattr(snapshots, "BGNBD_FIT_MAX_CUSTOMERS", 500)
+    monkeypatch.setattr(scoring, "REASON_BLOCK_ROWS", 100)  # reasons a block at a time
     whole = score_customers(o, model, t, cfg)
     whole_lists = add_reasons(whole, model, build_lists(whole.scores, cfg))
     monkeypatch.setattr(scoring, "SCORE_PARTITION_CUSTOMERS", 100)

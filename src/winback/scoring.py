@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import shutil
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from winback.campaigns import control_flags, expected_gain, reasons, rfm_segments, size_list
+from winback.campaigns import (
+    control_flags,
+    expected_gain,
+    quintile_sql,
+    reasons,
+    segments_of,
+    size_list,
+)
 from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.model import DRIFT_FEATURES, ChurnModel
 from winback.orders import Orders
@@ -57,18 +65,26 @@ class Scored:
     features: pd.DataFrame
     features_path: Path | None = None
 
-    def features_of(self, rows: np.ndarray) -> pd.DataFrame:
-        """The full feature rows of ``scores[rows]``, in that order."""
+    def features_in_blocks(self, ids) -> Iterator[pd.DataFrame]:
+        """The full feature rows of the customers ``ids``, a block at a time (at most
+        ``REASON_BLOCK_ROWS`` rows from memory, or one Parquet part's customers)."""
         if self.features_path is None:
-            return self.features[rows].reset_index(drop=True)
+            rows = np.flatnonzero(self.features["customer_id"].isin(ids).to_numpy())
+            for i in range(0, len(rows), REASON_BLOCK_ROWS):
+                yield self.features.iloc[rows[i : i + REASON_BLOCK_ROWS]].reset_index(drop=True)
+            return
+        import pyarrow as pa
         import pyarrow.dataset as ds
 
-        ids = self.scores.loc[rows, "customer_id"]
-        table = ds.dataset(self.features_path, format="parquet").to_table(
-            filter=ds.field("customer_id").isin(ids.to_numpy())
-        )
-        found = table.to_pandas().set_index("customer_id")
-        return found.loc[ids.to_numpy()].reset_index()
+        wanted = ds.field("customer_id").isin(pa.array(np.asarray(ids, dtype=object)))
+        for part in sorted(self.features_path.glob("*.parquet")):
+            found = ds.dataset(part, format="parquet").to_table(filter=wanted)
+            if found.num_rows:
+                yield found.to_pandas()
+
+
+#: Customers explained at a time when their reasons are worked out.
+REASON_BLOCK_ROWS = 250_000
 
 
 LIST_COLUMNS = [
@@ -103,56 +119,135 @@ def score_customers(
     """Every customer of both lists with their scores (before list sizing and control groups,
     and without reasons: :func:`add_reasons` explains the customers who are exported), and the
     drift of the model's population (a purchase within its lookback) against training: the
-    population stability index of key features and of ``p_churn``."""
+    population stability index of key features and of ``p_churn``.
+
+    Ranks, deciles and RFM segments are computed in SQL over the scored customers (on DuckDB,
+    spilling to disk when they outgrow memory), so pandas only ever holds the score table."""
+    from winback.engines.duckdb import DuckDBEngine, connect
+
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
-    if orders.engine().name == "spark":  # features and predictions on the executors
+    engine = orders.engine()
+    duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
+    if engine.name == "duckdb" and orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:
+        # out of core: snapshots in partitions, on disk
+        folder = _score_in_parts(orders, model, as_of, h, lookback, windows, campaigns)
+        if not any((folder / "scores").iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, pd.DataFrame())
+        parts = "read_parquet('" + str(folder / "scores" / "*.parquet").replace("'", "''") + "')"
+        drift = _drift(
+            model,
+            duck.query_df(f"SELECT * FROM {parts} WHERE recency_days < {model.lookback_days}"),
+        )
+        out = _score_table(duck, parts, "customer_id", h, as_of, campaigns, model_version)
+        scored = Scored(out, drift, pd.DataFrame(), folder / "features")
+        weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
+        release_memory()
+        return scored
+    if engine.name == "spark":  # features and predictions on the executors
         from winback.engines.spark import score_distributed
 
         snap = score_distributed(orders, model, as_of, h, lookback, windows)
-        p_churn = snap.pop("p_churn")
-        folder = None
-    elif orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:  # out of core: in partitions
-        snap, folder = _score_in_parts(orders, model, as_of, h, lookback, windows, campaigns)
-        p_churn = snap.pop("p_churn")
+        p_churn = snap.pop("p_churn").to_numpy()
     else:
         snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
-        p_churn, folder = None, None
+        p_churn = model.predict_proba(snap)[:, 1] if len(snap) else np.empty(0)
     if snap.empty:
         return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
-    order = snap["customer_id"].sort_values(kind="stable").index
-    snap = snap.loc[order].reset_index(drop=True)
-    out = pd.DataFrame({"customer_id": snap["customer_id"]})
-    out["as_of"] = f"{as_of:%Y-%m-%d}"
-    out["list"] = np.where(snap["recency_days"] <= h, "at_risk", "lapsed")
-    out["p_churn"] = (
-        model.predict_proba(snap)[:, 1] if p_churn is None else p_churn.loc[order].to_numpy()
+    order = snap["customer_id"].reset_index(drop=True).sort_values(kind="stable").index
+    snap = snap.iloc[order].reset_index(drop=True)
+    base = _score_columns(snap, p_churn[order], campaigns.value_days)
+    drift = _drift(model, base)
+    from winback.engines.duckdb import registered
+
+    with registered(duck.con, base.assign(_row=np.arange(len(base))), "_scores") as name:
+        out = _score_table(duck, name, "_row", h, as_of, campaigns, model_version)
+    if duck is not engine:
+        duck.con.close()
+    return Scored(out, drift, snap)
+
+
+def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> pd.DataFrame:
+    """What the score table and the drift figures need of a snapshot, with ``p_churn``."""
+    cols = {
+        "customer_id": snap["customer_id"],
+        "recency_days": snap["recency_days"],
+        "n_orders": snap["n_orders"],
+        "n_order_days": snap["n_order_days"],
+        "value": snap[f"spend_{value_days}d"].astype(float),
+        "expected_value": (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float),
+    }
+    cols |= {c: snap[c] for c in DRIFT_FEATURES if c in snap.columns and c not in cols}
+    return pd.DataFrame(cols).assign(p_churn=p_churn)
+
+
+def _drift(model: ChurnModel, scores: pd.DataFrame) -> dict[str, float]:
+    """The drift figures of the customers the model was trained on (a purchase within its
+    lookback) among ``scores`` (:func:`_score_columns`)."""
+    trained_on = (scores["recency_days"] < model.lookback_days).to_numpy()
+    drift_cols = [c for c in DRIFT_FEATURES if c in scores.columns]
+    return model.drift(
+        scores.loc[trained_on, drift_cols], scores.loc[trained_on, "p_churn"].to_numpy()
     )
-    out["value"] = snap[f"spend_{campaigns.value_days}d"].astype(float)
-    out["expected_value"] = (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float)
-    out["value_at_risk"] = out["p_churn"] * out["value"]
-    out["segment"] = rfm_segments(snap["recency_days"], snap["n_orders"])
-    out["reasons"] = pd.Series(pd.NA, index=out.index, dtype="string")
-    out["model_version"] = model_version
-    out["n_order_days"] = snap["n_order_days"]
-    for _, part in out.groupby("list"):
-        ranked = part.sort_values(["p_churn", "customer_id"], ascending=[False, True])
-        out.loc[ranked.index, "rank"] = np.arange(1, len(ranked) + 1)
-        out.loc[ranked.index, "risk_decile"] = np.ceil(
-            np.arange(1, len(ranked) + 1) * 10 / len(ranked)
-        )
-    out["rank"] = out["rank"].astype(int)
-    out["risk_decile"] = out["risk_decile"].astype(int)
+
+
+def _score_table(
+    duck,
+    source: str,
+    order_by: str,
+    horizon_days: int,
+    as_of: datetime,
+    campaigns: CampaignsConfig,
+    model_version: str,
+) -> pd.DataFrame:
+    """The score table of the customers in ``source`` (:func:`_score_columns`, a table or a
+    query), ordered by ``order_by``: the list, the rank and decile by ``p_churn`` within it,
+    the RFM segment (quintiles within all scored customers) and the campaign group."""
+    t = duck.query_df(
+        f"""
+        SELECT customer_id, list, p_churn, value, expected_value, p_churn * value AS value_at_risk,
+               CAST(n_order_days AS BIGINT) AS n_order_days, rank,
+               CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f
+        FROM (
+            SELECT *,
+                   row_number() OVER (PARTITION BY list ORDER BY p_churn DESC, customer_id)
+                       AS rank,
+                   count(*) OVER (PARTITION BY list) AS n_list,
+                   {quintile_sql("recency_days", "DESC")} AS r,
+                   {quintile_sql("n_orders", "ASC")} AS f
+            FROM (
+                SELECT *,
+                       CASE WHEN recency_days <= {int(horizon_days)} THEN 'at_risk'
+                            ELSE 'lapsed' END AS list
+                FROM {source}
+            ) AS s
+        ) AS ranked
+        ORDER BY {order_by}
+        """
+    )
+    out = pd.DataFrame(
+        {
+            "customer_id": t["customer_id"],
+            "as_of": pd.Series(f"{as_of:%Y-%m-%d}", index=t.index, dtype="str"),
+            "list": t["list"],
+            "p_churn": t["p_churn"],
+            "value": t["value"],
+            "expected_value": t["expected_value"],
+            "value_at_risk": t["value_at_risk"],
+            "segment": segments_of(t["r"], t["f"], t.index),
+            "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
+            "model_version": pd.Series(model_version, index=t.index, dtype="str"),
+            "n_order_days": t["n_order_days"],
+            "rank": t["rank"].astype("int64"),
+            "risk_decile": t["risk_decile"],
+        },
+        copy=False,
+    )
+    del t
     _assign_groups(out, campaigns.groups)
-    trained_on = (snap["recency_days"] < model.lookback_days).to_numpy()
-    drift_cols = [c for c in DRIFT_FEATURES if c in snap.columns]  # not a copy of every column
-    drift = model.drift(snap.loc[trained_on, drift_cols], out.loc[trained_on, "p_churn"].to_numpy())
-    scored = Scored(out, drift, snap if folder is None else snap.iloc[:0], folder)
-    release_memory()
-    if folder is not None:  # the parts go when the scores do
-        weakref.finalize(scored, shutil.rmtree, folder, True)
-    return scored
+    return out
 
 
 #: Above this many customers, DuckDB scores in customer hash partitions of about
@@ -190,9 +285,10 @@ def _fit_bgnbd_in_sql(engine, summary_sql: str):
     return BGNBD().fit(rows["frequency"], rows["recency"], rows["T"])
 
 
-def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campaigns):
-    """``(snapshot columns the lists need + p_churn, folder of the full snapshot)``; the same
-    rows and values as :func:`build_snapshots` followed by ``predict_proba``."""
+def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campaigns) -> Path:
+    """Score in customer hash partitions; return a folder with each partition's full snapshot
+    under ``features/`` and its :func:`_score_columns` under ``scores/`` (Parquet parts). The
+    same rows and values as :func:`build_snapshots` followed by ``predict_proba``."""
     import math
     import tempfile
 
@@ -201,25 +297,11 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
 
     engine = orders.engine()
     spec = _spec_for(orders, lookback, windows)
-    keep = list(
-        dict.fromkeys(
-            [
-                "customer_id",
-                "cutoff_ts",
-                "recency_days",
-                "n_orders",
-                "n_order_days",
-                "monetary_mean",
-                f"spend_{campaigns.value_days}d",
-                "bgnbd_expected_purchases",
-                *DRIFT_FEATURES,
-            ]
-        )
-    )
     k = max(1, math.ceil(orders.report.n_customers / SCORE_PARTITION_ROWS))
     folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
+    (folder / "features").mkdir()
+    (folder / "scores").mkdir()
     cut = engine.register_cutoffs([as_of])
-    parts = []
     try:
         fitted = _fit_bgnbd_in_sql(engine, bgnbd_summary_sql(orders.table, cut, engine.dialect))
         for i in range(k):
@@ -233,18 +315,17 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
             s = engine.query_df(bgnbd_summary_sql(part, cut, engine.dialect))
             s = s.set_index("customer_id").loc[f["customer_id"].to_numpy()]
             f = f.assign(**bgnbd_predictions(fitted, s, horizon_days))
-            f.to_parquet(folder / f"part-{i:05d}.parquet", index=False)
-            parts.append(f[keep].assign(p_churn=model.predict_proba(f)[:, 1]))
-            del f, s
+            f.to_parquet(folder / "features" / f"part-{i:05d}.parquet", index=False)
+            scores = _score_columns(f, model.predict_proba(f)[:, 1], campaigns.value_days)
+            scores.to_parquet(folder / "scores" / f"part-{i:05d}.parquet", index=False)
+            del f, s, scores
             release_memory()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         engine.drop(cut)
-    if not parts:
-        return pd.DataFrame(columns=[*keep, "p_churn"]), folder
-    return pd.concat(parts, ignore_index=True), folder
+    return folder
 
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
@@ -258,14 +339,14 @@ def add_reasons(
 
     ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
     ids = pd.concat([f["customer_id"] for f in lists.values()]).unique()
-    rows = scored.scores["customer_id"].isin(ids).to_numpy()
-    if rows.any():
-        feats = scored.features_of(rows)
-        if method == "auto":
-            method = "shap" if len(feats) <= SHAP_MAX_ROWS else "path"
+    if method == "auto":
+        method = "shap" if len(ids) <= SHAP_MAX_ROWS else "path"
+    said = [pd.Series([], dtype="string")]
+    for feats in scored.features_in_blocks(ids):  # a block at a time: bounded memory
         text = reasons(model.contributions(feats, method), feats).to_numpy()
-        scored.scores.loc[rows, "reasons"] = text
-    by_id = scored.scores.set_index("customer_id")["reasons"]
+        said.append(pd.Series(text, index=feats["customer_id"].to_numpy(), dtype="string"))
+    by_id = pd.concat(said)
+    scored.scores["reasons"] = scored.scores["customer_id"].map(by_id).astype("string")
     return {
         name: frame.assign(reasons=frame["customer_id"].map(by_id).astype("string"))
         for name, frame in lists.items()
@@ -305,36 +386,38 @@ def build_lists(
 
     ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
     """
-    if suppress is not None:
-        scores = scores[suppress.isna().to_numpy()]
+    eligible = np.ones(len(scores), dtype=bool) if suppress is None else suppress.isna().to_numpy()
+    keys = ["customer_id", "p_churn", "expected_gain"]
+    kept = [scores.columns.get_loc(c) for c in LIST_COLUMNS if c != "group"]
     lists = {}
     for list_name in ("at_risk", "lapsed"):
-        parts = []
+        rows, control = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=bool)]
         for g in campaigns.groups:
             if g.list != list_name:
                 continue
-            members = scores[(scores["campaign"] == g.name) & (scores["list"] == list_name)]
-            chosen = size_list(
-                members,
+            member = eligible & (scores["campaign"] == g.name).to_numpy(dtype=bool, na_value=False)
+            member &= (scores["list"] == list_name).to_numpy()
+            chosen = size_list(  # sized on the keys alone: no copy of the score table
+                scores.loc[member, keys],
                 campaigns.size_by,
                 k=campaigns.top_k,
                 threshold=campaigns.threshold,
                 capacity=g.capacity,
             )
-            chosen = chosen.assign(
-                group=np.where(
-                    control_flags(
-                        chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share
-                    ),
-                    "control",
-                    "treatment",
-                )
+            rows.append(scores.index.get_indexer(chosen.index))
+            control.append(
+                control_flags(chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share)
             )
-            parts.append(chosen)
-        frame = pd.concat(parts) if parts else scores.head(0).assign(group="")
-        lists[list_name] = frame.sort_values("rank", kind="stable")[LIST_COLUMNS].reset_index(
-            drop=True
+        at = np.concatenate(rows)
+        by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
+        flags = np.concatenate(control)[by_rank]
+        frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)  # the one copy
+        frame.insert(
+            LIST_COLUMNS.index("group"),
+            "group",
+            pd.array(np.where(flags, "control", "treatment"), dtype="str"),
         )
+        lists[list_name] = frame
     return lists
 
 
@@ -342,8 +425,10 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
     """Cumulative expected gain of contacting the eligible customers of each list, best first:
     ``list, n_contacted, customer_id, expected_gain, cumulative_gain``. The maximum of
     ``cumulative_gain`` is where the profit-sized list stops."""
-    s = scores if suppress is None else scores[suppress.isna().to_numpy()]
-    s = s[s["expected_gain"].notna()]
+    keep = scores["expected_gain"].notna().to_numpy()
+    if suppress is not None:
+        keep = keep & suppress.isna().to_numpy()
+    s = scores.loc[keep, ["list", "customer_id", "expected_gain"]]  # not every column
     parts = []
     for name, part in s.groupby("list", sort=True):
         ranked = part.sort_values(["expected_gain", "customer_id"], ascending=[False, True])
