@@ -1,5 +1,10 @@
 """Scale benchmark: load, features and scoring of 50M synthetic orders on DuckDB and on Spark.
 
+Scoring is the whole nightly score job, timed in two stages: ``scores`` (features, BG/NBD, the
+model, ranks, deciles, segments and campaign groups of every customer) and ``lists`` (sizing,
+control groups, reasons for the listed customers, the profit curve, the delta and the atomic
+export).
+
 The orders are a folder of Parquet parts (10 shards of 5M orders, each its own customers),
 generated once under benchmarks/data. Each run is a fresh subprocess; its peak memory is the
 largest sum of the resident sets of it and all its children (Spark's JVM and Python workers
@@ -29,6 +34,7 @@ sys.path.insert(0, str(HERE))
 OVERRIDES = ["orders.columns.category=category", "orders.columns.channel=channel"]
 AS_OF = datetime(2025, 1, 1)
 SHARD_ORDERS = 5_000_000
+STAGES = ("load", "features", "scores", "lists")
 
 
 def data_folder(n_orders: int) -> Path:
@@ -57,14 +63,13 @@ def data_folder(n_orders: int) -> Path:
 
 
 def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
-    """One run in this process: load, features at the as-of (to Parquet), scoring."""
+    """One run in this process: load, features at the as-of (to Parquet), the score job."""
     import tempfile
 
+    import winback.jobs as jobs
     from winback.config import load_config
     from winback.features import write_features
-    from winback.model import load_model
     from winback.orders import load_orders
-    from winback.scoring import score_customers
 
     stages: dict[str, float] = {}
 
@@ -93,15 +98,25 @@ def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
     stages["features"] = time.perf_counter() - t
     done("features")
     t = time.perf_counter()
-    scored = score_customers(orders, load_model(model_path), orders.last_ts, cfg.campaigns)
-    stages["scoring"] = time.perf_counter() - t
-    done("scoring")
+    score_customers = jobs.score_customers
+
+    def scores_stage(*args, **kwargs):  # marks the end of the job's scores stage
+        scored = score_customers(*args, **kwargs)
+        stages["scores"] = time.perf_counter() - t
+        done("scores")
+        return scored
+
+    jobs.score_customers = scores_stage
+    result = jobs.score_job(orders, cfg, Path(tempfile.mkdtemp()), model=model_path)
+    stages["lists"] = time.perf_counter() - t - stages["scores"]
+    done("lists")
     stages["total"] = time.perf_counter() - t0
     return {
         "stages": stages,
         "orders": orders.report.n_orders,
         "feature_rows": rows,
-        "scored": len(scored.scores),
+        "scored": len(result.scores),
+        "listed": sum(len(frame) for frame in result.lists.values()),
     }
 
 
@@ -180,10 +195,11 @@ def main() -> None:
             st = res["stages"]
             sp = res["stage_peak_rss_mb"]
             print(
-                f"round {r + 1} {engine:<6}: total {st['total']:7.1f}s (load {st['load']:.1f}, "
-                f"features {st['features']:.1f}, scoring {st['scoring']:.1f}), "
-                f"peak RSS {res['peak_rss_mb']:,.0f} MB (load {sp.get('load', 0):,.0f}, "
-                f"features {sp.get('features', 0):,.0f}, scoring {sp.get('scoring', 0):,.0f})",
+                f"round {r + 1} {engine:<6}: total {st['total']:7.1f}s ("
+                + ", ".join(f"{k} {st[k]:.1f}" for k in STAGES)
+                + f"), peak RSS {res['peak_rss_mb']:,.0f} MB ("
+                + ", ".join(f"{k} {sp.get(k, 0):,.0f}" for k in STAGES)
+                + ")",
                 flush=True,
             )
     first = next(iter(runs.values()))[0]
@@ -195,20 +211,22 @@ def main() -> None:
             "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
             "stage_peak_rss_mb": {
                 k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs)
-                for k in ("load", "features", "scoring")
+                for k in STAGES
             },
             "feature_rows": rs[0]["feature_rows"],
             "scored": rs[0]["scored"],
+            "listed": rs[0]["listed"],
         }
     summary["spark_master"] = args.spark_master
     if "duckdb" in summary and "spark" in summary:
         d, s = summary["duckdb"], summary["spark"]
         summary["spark_over_duckdb"] = {
             k: s["median_seconds"][k] / d["median_seconds"][k]
-            for k in ("load", "features", "scoring", "total")
+            for k in (*STAGES, "total")
             if d["median_seconds"][k] > 0
         }
-        if (d["feature_rows"], d["scored"]) != (s["feature_rows"], s["scored"]):
+        rows = ("feature_rows", "scored", "listed")
+        if [d[k] for k in rows] != [s[k] for k in rows]:
             raise SystemExit("the engines disagree on the number of rows")
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "scale.json" if len(runs) > 1 else f"scale_{next(iter(runs))}.json"
