@@ -136,6 +136,45 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, mo
     assert not folder.exists()  # the snapshot parts go with the scores
 
 
+def test_score_job_lends_duckdb_memory_to_the_lists_of_a_large_population(
+    setup, tmp_path, monkeypatch
+):
+    # past SCORE_PARTITION_CUSTOMERS, DuckDB is held small while pandas builds the lists
+    import winback.jobs as jobs
+    import winback.scoring as scoring
+    import winback.snapshots as snapshots
+    from winback.config import load_config
+    from winback.engines.duckdb import connect
+    from winback.orders import load_orders
+
+    d, _, _ = setup
+    cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
+    con = connect("1GB", temp_directory=str(tmp_path / "spill"))
+    o = load_orders(d / "orders.parquet", cfg.orders, as_of=datetime(2024, 1, 1), con=con)
+    limit = "SELECT current_setting('memory_limit')"
+    before = con.execute(limit).fetchall()[0][0]
+    seen = []
+    build = jobs.build_lists
+
+    def spy(*args, **kwargs):
+        seen.append(con.execute(limit).fetchall()[0][0])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "build_lists", spy)
+    monkeypatch.setattr(snapshots, "BGNBD_FIT_MAX_CUSTOMERS", 500)  # the same fit either way
+    t, model = datetime(2023, 12, 31), str(d / "model.joblib")
+    small = jobs.score_job(o, cfg, tmp_path / "small", as_of=t, model=model)
+    monkeypatch.setattr(scoring, "SCORE_PARTITION_CUSTOMERS", 100)
+    large = jobs.score_job(o, cfg, tmp_path / "large", as_of=t, model=model)
+    assert seen[0] == before and seen[1] != before and seen[1].endswith("MiB")
+    assert float(seen[1].split()[0]) < 300  # 256 MB while the lists were built
+    after = con.execute(limit).fetchall()[0][0]  # given back (to DuckDB's 0.1 MiB display)
+    assert after.endswith("MiB") and abs(float(after.split()[0]) - float(before.split()[0])) < 0.2
+    for name in small.lists:
+        pd.testing.assert_frame_equal(large.lists[name], small.lists[name])
+    assert len(small.lists["at_risk"]) > 0
+
+
 def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
     d, _, _ = setup
     first = _score(d)  # the tracking store is unreachable: a model path needs none
@@ -336,3 +375,22 @@ def test_two_concurrent_runs_queue_on_the_lock_and_both_finish(setup):
     doc = read_manifest(d / "together" / AS_OF)
     assert doc["rows"]["scores"] > 0
     assert len(list((d / "together" / ".versions").iterdir())) == 1
+
+
+def test_profit_curve_by_hand():
+    # best gain first within each list, ties by customer id; suppressed and ungrouped left out
+    from winback.scoring import profit_curve
+
+    scores = pd.DataFrame(
+        {
+            "customer_id": ["d", "c", "b", "a", "e", "f"],
+            "list": ["at_risk", "at_risk", "at_risk", "lapsed", "lapsed", "at_risk"],
+            "expected_gain": [2.0, 5.0, 2.0, -1.0, 3.0, np.nan],
+        }
+    )
+    why = pd.Series([pd.NA, pd.NA, pd.NA, pd.NA, "opted out", pd.NA], dtype="string")
+    curve = profit_curve(scores, why)
+    assert curve["list"].tolist() == ["at_risk"] * 3 + ["lapsed"]
+    assert curve["customer_id"].tolist() == ["c", "b", "d", "a"]
+    assert curve["n_contacted"].tolist() == [1, 2, 3, 1]
+    assert curve["cumulative_gain"].tolist() == [5.0, 7.0, 9.0, -1.0]

@@ -6,6 +6,7 @@ files and (for training) tracks the run; it prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from winback import __version__
+from winback import __version__, scoring
 from winback.atomic import atomic_path
 from winback.backtest import BacktestResult, run_backtest, training_cutoffs, write_backtest
 from winback.campaigns import suppressed
@@ -209,55 +210,70 @@ def score_job(
                 psi,
                 cfg.drift.warn_psi,
             )
-    contacts = (
-        _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
-        if camp.contact_history
-        else None
-    )
-    opted = (
-        _read_table(camp.opt_out, ["customer_id"], "opt_out")["customer_id"]
-        if camp.opt_out
-        else None
-    )
-    why = suppressed(scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted)
-    scores["suppressed"] = why
-    lists = add_reasons(scored, churn_model, build_lists(scores, camp, why), camp.reasons_method)
-    curve = profit_curve(scores, why)
-    prev = previous_export(out, key)
-    old = None
-    if prev is not None:
-        old = {n: pd.read_parquet(prev / f"{n}.parquet") for n in lists}
-    changes = delta(lists, old)
+    fingerprint = orders.fingerprint()
+    engine = orders.engine()
+    with contextlib.ExitStack() as hold:
+        if engine.name == "duckdb" and len(scores) > scoring.SCORE_PARTITION_CUSTOMERS:
+            # the orders are not needed again: DuckDB's memory goes to the lists
+            hold.enter_context(engine.memory_lent())
+        contacts = (
+            _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
+            if camp.contact_history
+            else None
+        )
+        opted = (
+            _read_table(camp.opt_out, ["customer_id"], "opt_out")["customer_id"]
+            if camp.opt_out
+            else None
+        )
+        why = suppressed(
+            scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted
+        )
+        scores["suppressed"] = why
+        lists = build_lists(scores, camp, why)
+        scoring.release_memory()  # each step's leftovers go back before the next one
+        lists = add_reasons(scored, churn_model, lists, camp.reasons_method)
+        scoring.release_memory()
+        curve = profit_curve(scores, why)
+        scoring.release_memory()
+        prev = previous_export(out, key)
+        old = None
+        if prev is not None:
+            old = {n: pd.read_parquet(prev / f"{n}.parquet") for n in lists}
+        changes = delta(lists, old)
+        scoring.release_memory()
 
-    def write_png(path: Path) -> None:
-        plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
+        def write_png(path: Path) -> None:
+            plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
 
-    extras = {
-        "delta.csv": lambda p: write_csv(changes, p),
-        "profit_curve.csv": lambda p: write_csv(curve, p),
-        "profit_curve.png": write_png,
-    }
-    manifest = {
-        "as_of": t.isoformat(),
-        "input": orders.fingerprint(),
-        "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
-        "model_version": str(version),
-        "model_file": str(path),
-        "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())["sha256"],
-        "mlflow_run": run_id or None,
-        "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
-        "suppressed": {
-            "opted_out": int((why == "opted out").sum()),
-            "cooldown": int(why.str.startswith("contacted", na=False).sum()),
-        },
-        "previous_export": prev.name if prev else None,
-        "drift_psi": {k: round(v, 6) for k, v in drift.items()},
-        "drift_forced": bool(force and worst and drift[worst] > cfg.drift.fail_psi),
-        "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
-        "winback_version": __version__,
-        "wall_seconds": round(time.perf_counter() - t0, 3),
-    }
-    folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras)
+        extras = {
+            "delta.csv": lambda p: write_csv(changes, p),
+            "profit_curve.csv": lambda p: write_csv(curve, p),
+            "profit_curve.png": write_png,
+        }
+        manifest = {
+            "as_of": t.isoformat(),
+            "input": fingerprint,
+            "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+            "model_version": str(version),
+            "model_file": str(path),
+            "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())[
+                "sha256"
+            ],
+            "mlflow_run": run_id or None,
+            "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
+            "suppressed": {
+                "opted_out": int((why == "opted out").sum()),
+                "cooldown": int(why.str.startswith("contacted", na=False).sum()),
+            },
+            "previous_export": prev.name if prev else None,
+            "drift_psi": {k: round(v, 6) for k, v in drift.items()},
+            "drift_forced": bool(force and worst and drift[worst] > cfg.drift.fail_psi),
+            "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
+            "winback_version": __version__,
+            "wall_seconds": round(time.perf_counter() - t0, 3),
+        }
+        folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras)
     return ScoreResult(folder, scores, lists, t, str(version))
 
 

@@ -124,6 +124,24 @@ class DuckDBEngine:
             raise
         return name
 
+    @contextmanager
+    def memory_lent(self, limit: str = "256MB") -> Iterator[None]:
+        """Hold DuckDB to ``limit`` for a block of work done elsewhere (pandas): the pages it
+        keeps cached (tables, freed working memory) go to its temp directory and come back on
+        demand. Where they cannot be moved, DuckDB keeps its memory and the block runs anyway."""
+        before = self.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        try:
+            self.con.execute(f"SET memory_limit = '{limit}'")
+        except duckdb.Error:
+            lent = False
+        else:
+            lent = True
+        try:
+            yield
+        finally:
+            if lent:
+                self.con.execute(f"SET memory_limit = '{before}'")
+
     def copy_to_parquet(self, sql: str, path: str) -> int:
         """Write a query's rows to a Parquet file (streamed by DuckDB, under a temporary name
         renamed at the end); return the row count."""
