@@ -210,8 +210,7 @@ def main() -> None:
             "median_seconds": {k: statistics.median(x["stages"][k] for x in rs) for k in keys},
             "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
             "stage_peak_rss_mb": {
-                k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs)
-                for k in STAGES
+                k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs) for k in STAGES
             },
             "feature_rows": rs[0]["feature_rows"],
             "scored": rs[0]["scored"],

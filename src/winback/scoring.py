@@ -258,10 +258,14 @@ SCORE_PARTITION_ROWS = 500_000
 
 
 def release_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc keeps them otherwise, and after a
-    partition's frames are freed they would count against the process for the whole run)."""
+    """Hand freed memory back to the system: the heap's free pages (glibc keeps them) and
+    Arrow's, which holds the string columns. Otherwise, after a step's frames are freed, they
+    would count against the process for the rest of the run."""
+    import pyarrow as pa
+
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    pa.default_memory_pool().release_unused()
 
 
 def _fit_bgnbd_in_sql(engine, summary_sql: str):
@@ -406,7 +410,9 @@ def build_lists(
             )
             rows.append(scores.index.get_indexer(chosen.index))
             control.append(
-                control_flags(chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share)
+                control_flags(
+                    chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share
+                )
             )
         at = np.concatenate(rows)
         by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
@@ -430,17 +436,20 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
         keep = keep & suppress.isna().to_numpy()
     s = scores.loc[keep, ["list", "customer_id", "expected_gain"]]  # not every column
     parts = []
-    for name, part in s.groupby("list", sort=True):
-        ranked = part.sort_values(["expected_gain", "customer_id"], ascending=[False, True])
-        parts.append(
+    for _, part in s.groupby("list", sort=True):
+        ranked = part.sort_values(
+            ["expected_gain", "customer_id"], ascending=[False, True], ignore_index=True
+        )
+        parts.append(  # columns kept as they are (no Python string objects for the ids)
             pd.DataFrame(
                 {
-                    "list": name,
+                    "list": ranked["list"],
                     "n_contacted": np.arange(1, len(ranked) + 1),
-                    "customer_id": ranked["customer_id"].to_numpy(),
-                    "expected_gain": ranked["expected_gain"].to_numpy(),
-                    "cumulative_gain": ranked["expected_gain"].cumsum().to_numpy(),
-                }
+                    "customer_id": ranked["customer_id"],
+                    "expected_gain": ranked["expected_gain"],
+                    "cumulative_gain": ranked["expected_gain"].cumsum(),
+                },
+                copy=False,
             )
         )
     return (
