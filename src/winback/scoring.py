@@ -251,8 +251,8 @@ def _score_table(
 
 
 #: Above this many customers, DuckDB scores in customer hash partitions of about
-#: SCORE_PARTITION_ROWS customers: each partition's full snapshot goes to a Parquet part and
-#: only the columns the lists need stay in memory.
+#: SCORE_PARTITION_ROWS customers: each partition's full snapshot and its score columns go to
+#: Parquet parts, and the score table is computed over them in SQL.
 SCORE_PARTITION_CUSTOMERS = 1_000_000
 SCORE_PARTITION_ROWS = 500_000
 
