@@ -45,6 +45,7 @@ __all__ = [
     "control_flags",
     "expected_gain",
     "size_list",
+    "best_first",
     "reasons",
     "neutralize_csv",
 ]
@@ -167,16 +168,16 @@ def size_list(
     if method == "profit":
         if "expected_gain" not in scores.columns:
             raise UsageError("size_list(method='profit') needs an 'expected_gain' column.")
-        ranked = _ranked(scores, "expected_gain")
+        ranked = best_first(scores, "expected_gain")
         ranked = ranked[ranked["expected_gain"] > 0]
     elif method == "top_k":
         if k is None or k < 0:
             raise UsageError("size_list(method='top_k') needs k >= 0.")
-        ranked = _ranked(scores, "p_churn").head(k)
+        ranked = best_first(scores, "p_churn").head(k)
     elif method == "threshold":
         if threshold is None or not 0 <= threshold <= 1:
             raise UsageError("size_list(method='threshold') needs a threshold in [0, 1].")
-        ranked = _ranked(scores, "p_churn")
+        ranked = best_first(scores, "p_churn")
         ranked = ranked[ranked["p_churn"] >= threshold]
     else:
         raise UsageError(
@@ -190,9 +191,10 @@ def size_list(
     return chosen
 
 
-def _ranked(scores: pd.DataFrame, by: str) -> pd.DataFrame:
-    """``by`` and ``customer_id`` of ``scores``, best first (ties by customer id): only the
-    two keys are sorted, not every column."""
+def best_first(scores: pd.DataFrame, by: str) -> pd.DataFrame:
+    """``by`` and ``customer_id`` of ``scores`` (index kept), highest ``by`` first and ties by
+    customer id, the order every list and curve uses: only the two keys are sorted, not every
+    column."""
     return scores[[by, "customer_id"]].sort_values([by, "customer_id"], ascending=[False, True])
 
 

@@ -211,11 +211,10 @@ def score_job(
                 cfg.drift.warn_psi,
             )
     fingerprint = orders.fingerprint()
-    engine = orders.engine()
     with contextlib.ExitStack() as hold:
-        if engine.name == "duckdb" and len(scores) > scoring.SCORE_PARTITION_CUSTOMERS:
+        if scored.features_path is not None:  # scored out of core, on DuckDB
             # the orders are not needed again: DuckDB's memory goes to the lists
-            hold.enter_context(engine.memory_lent())
+            hold.enter_context(orders.engine().memory_lent())
         contacts = (
             _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
             if camp.contact_history

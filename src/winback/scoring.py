@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from winback.campaigns import (
+    best_first,
     control_flags,
     expected_gain,
     quintile_sql,
@@ -123,13 +124,12 @@ def score_customers(
 
     Ranks, deciles and RFM segments are computed in SQL over the scored customers (on DuckDB,
     spilling to disk when they outgrow memory), so pandas only ever holds the score table."""
-    from winback.engines.duckdb import DuckDBEngine, connect
+    from winback.engines.duckdb import DuckDBEngine, connect, registered
 
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
     engine = orders.engine()
-    duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
     if engine.name == "duckdb" and orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:
         # out of core: snapshots in partitions, on disk
         folder = _score_in_parts(orders, model, as_of, h, lookback, windows, campaigns)
@@ -139,9 +139,9 @@ def score_customers(
         parts = "read_parquet('" + str(folder / "scores" / "*.parquet").replace("'", "''") + "')"
         drift = _drift(
             model,
-            duck.query_df(f"SELECT * FROM {parts} WHERE recency_days < {model.lookback_days}"),
+            engine.query_df(f"SELECT * FROM {parts} WHERE recency_days < {model.lookback_days}"),
         )
-        out = _score_table(duck, parts, "customer_id", h, as_of, campaigns, model_version)
+        out = _score_table(engine, parts, "customer_id", h, as_of, campaigns, model_version)
         scored = Scored(out, drift, pd.DataFrame(), folder / "features")
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
@@ -160,12 +160,14 @@ def score_customers(
     snap = snap.iloc[order].reset_index(drop=True)
     base = _score_columns(snap, p_churn[order], campaigns.value_days)
     drift = _drift(model, base)
-    from winback.engines.duckdb import registered
-
-    with registered(duck.con, base.assign(_row=np.arange(len(base))), "_scores") as name:
-        out = _score_table(duck, name, "_row", h, as_of, campaigns, model_version)
-    if duck is not engine:
-        duck.con.close()
+    # ranks and segments in DuckDB: the orders' own, or (Spark) a private one on the driver
+    duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
+    try:
+        with registered(duck.con, base.assign(_row=np.arange(len(base))), "_scores") as name:
+            out = _score_table(duck, name, "_row", h, as_of, campaigns, model_version)
+    finally:
+        if duck is not engine:
+            duck.con.close()
     return Scored(out, drift, snap)
 
 
@@ -436,14 +438,12 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
         keep = keep & suppress.isna().to_numpy()
     s = scores.loc[keep, ["list", "customer_id", "expected_gain"]]  # not every column
     parts = []
-    for _, part in s.groupby("list", sort=True):
-        ranked = part.sort_values(
-            ["expected_gain", "customer_id"], ascending=[False, True], ignore_index=True
-        )
+    for name, part in s.groupby("list", sort=True):
+        ranked = best_first(part, "expected_gain").reset_index(drop=True)
         parts.append(  # columns kept as they are (no Python string objects for the ids)
             pd.DataFrame(
                 {
-                    "list": ranked["list"],
+                    "list": name,
                     "n_contacted": np.arange(1, len(ranked) + 1),
                     "customer_id": ranked["customer_id"],
                     "expected_gain": ranked["expected_gain"],
