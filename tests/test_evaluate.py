@@ -58,3 +58,18 @@ def test_score_metrics_table_and_paired_difference():
     assert t.loc["model", "auc_minus_bgnbd_lo"] > 0
     assert t.loc["bgnbd", "auc_minus_bgnbd"] == 0
     assert 0 < t.loc["model", "brier"] < 0.25
+
+
+def test_profit_curve_plot_draws_a_long_curve_through_its_peak():
+    from winback.evaluate import CURVE_PLOT_POINTS, plot_profit_curve
+
+    n = 100_003
+    gain = np.where(np.arange(n) < 77_777, 1.0, -1.0)  # peak at the 77,777th customer
+    curve = pd.DataFrame(
+        {"list": "at_risk", "n_contacted": np.arange(1, n + 1), "cumulative_gain": gain.cumsum()}
+    )
+    ax = plot_profit_curve(curve)
+    x, y = ax.lines[0].get_data()
+    assert len(x) <= CURVE_PLOT_POINTS + 3
+    assert x[0] == 1 and x[-1] == n and 77_777 in x and y.max() == 77_777.0
+    assert ax.collections[0].get_offsets().tolist() == [[77_777.0, 77_777.0]]
