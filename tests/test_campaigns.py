@@ -180,3 +180,28 @@ def test_delta_by_hand():
     ]
     first = delta({"at_risk": lst(["a"])}, None)
     assert first["change"].tolist() == ["entered"]
+
+
+def test_csv_injection_is_neutralised_in_categories():
+    risky = pd.Categorical(["=A1", "ok", "=A1", None])
+    clash = pd.Categorical(["=x", "'=x", "ok"])  # both would become '=x as categories
+    out = neutralize_csv(pd.DataFrame({"offer": risky}))
+    assert out["offer"].astype(object).tolist()[:3] == ["'=A1", "ok", "'=A1"]
+    assert pd.isna(out["offer"][3])
+    got = neutralize_csv(pd.DataFrame({"offer": clash}))["offer"].tolist()
+    assert got == ["'=x", "'=x", "ok"]
+
+
+def test_best_first_orders_by_value_then_id_with_missing_last():
+    from winback.campaigns import best_first
+
+    scores = pd.DataFrame(
+        {
+            "customer_id": pd.Series(["b", "é", "a", "Z", "c", "d"], dtype="str"),
+            "expected_gain": [1.0, 1.0, np.nan, 2.0, 1.0, -3.0],
+        }
+    )
+    got = best_first(scores, "expected_gain")
+    # 2 first; the ties at 1 by id as Python compares them (b < c < é); then -3; NaN last
+    assert got["customer_id"].tolist() == ["Z", "b", "c", "é", "d", "a"]
+    assert got.index.tolist() == [3, 0, 4, 1, 5, 2]  # rows keep their index

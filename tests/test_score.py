@@ -394,3 +394,68 @@ def test_profit_curve_by_hand():
     assert curve["customer_id"].tolist() == ["c", "b", "d", "a"]
     assert curve["n_contacted"].tolist() == [1, 2, 3, 1]
     assert curve["cumulative_gain"].tolist() == [5.0, 7.0, 9.0, -1.0]
+
+
+def test_campaign_groups_by_hand():
+    # first group whose rules hold wins; spend share is the top of the whole list
+    from winback.config import CampaignGroupConfig
+    from winback.scoring import _assign_groups
+
+    out = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e", "f"],
+            "list": ["at_risk"] * 4 + ["lapsed"] * 2,
+            "n_order_days": [1, 3, 1, 2, 1, 4],
+            "value": [100.0, 50.0, 10.0, 0.0, 20.0, 5.0],
+            "p_churn": [0.5, 0.8, 0.3, 0.9, 0.4, 1.0],
+        }
+    )
+    groups = [
+        CampaignGroupConfig(name="vip", min_spend_share=0.5, offer="=gift", save_rate=0.2,
+                            contact_cost=1.0, offer_cost=4.0),
+        CampaignGroupConfig(name="repeat", min_order_days=2, offer="points", save_rate=0.1,
+                            contact_cost=0.0, offer_cost=0.0),
+        CampaignGroupConfig(name="back", list="lapsed", offer="points", channel="sms",
+                            save_rate=0.5, contact_cost=1.0, offer_cost=0.0),
+    ]  # fmt: skip
+    _assign_groups(out, groups)
+    # at_risk values 100, 50, 10, 0: median 30, so a and b are vip; b's 3 order days come second
+    assert out["campaign"].tolist()[:2] == ["vip", "vip"] and out["campaign"].isna()[2]
+    assert out["campaign"].tolist()[3:] == ["repeat", "back", "back"]
+    assert out["offer"].astype(object).tolist() == ["=gift"] * 2 + [np.nan] + ["points"] * 3
+    assert out["channel"].astype(object).tolist() == ["email"] * 2 + [np.nan, "email"] + ["sms"] * 2
+    # gain = p x save x value - contact - offer: a 10 - 5, b 8 - 5, d 0, e 4 - 1, f 2.5 - 1
+    np.testing.assert_allclose(out["expected_gain"], [5.0, 3.0, np.nan, 0.0, 3.0, 1.5])
+    # each text is kept once (categories), however many customers carry it
+    assert out["offer"].cat.categories.tolist() == ["=gift", "points"]
+
+
+def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(
+    tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    import winback.export as export
+
+    monkeypatch.setattr(export, "PARQUET_SLICE_ROWS", 2)  # 5 rows: row groups of 2, 2 and 1
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e"],
+            "offer": pd.Categorical.from_codes(
+                [0, 1, -1, 0, 1], categories=pd.Index(["=gift", "points"], dtype="str")
+            ),
+            "campaign": pd.Categorical.from_codes(
+                [0, 0, -1, 0, 0], categories=pd.Index(["vip"], dtype="string")
+            ),
+            "p_churn": [0.5, 0.4, 0.3, 0.2, 0.1],
+        }
+    )
+    folder = export.export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {})
+    back = pd.read_parquet(folder / "scores.parquet")
+    assert pq.ParquetFile(folder / "scores.parquet").metadata.num_row_groups == 3
+    assert back["offer"].dtype == "str" and back["campaign"].dtype == "string"
+    assert back["offer"].tolist()[:2] == ["=gift", "points"] and pd.isna(back["offer"][2])
+    assert back["campaign"].isna().tolist() == [False, False, True, False, False]
+    pd.testing.assert_frame_equal(back, pd.read_parquet(folder / "at_risk.parquet"))
+    lines = (folder / "at_risk.csv").read_text().splitlines()
+    assert lines[1:4] == ["a,'=gift,vip,0.5", "b,points,vip,0.4", "c,,,0.3"]

@@ -95,10 +95,14 @@ def segment_name(r: int, f: int) -> str:
 
 
 def segments_of(r: np.ndarray, f: np.ndarray, index=None) -> pd.Series:
-    """The RFM segment names of R and F quintile scores (arrays of 1-5)."""
-    grid = np.array([[segment_name(a, b) for b in range(1, 6)] for a in range(1, 6)], dtype=object)
+    """The RFM segment names of R and F quintile scores (arrays of 1-5), as a categorical of
+    ``string`` names (each name stored once, not once per customer)."""
+    grid = pd.Index([segment_name(a, b) for a in range(1, 6) for b in range(1, 6)], dtype="string")
+    names = grid.unique()
+    codes = names.get_indexer(grid).astype(np.int8)
     r, f = np.asarray(r, dtype=int), np.asarray(f, dtype=int)
-    return pd.Series(grid[r - 1, f - 1], index=index, dtype="string")
+    cells = pd.Categorical.from_codes(codes[(r - 1) * 5 + (f - 1)], categories=names)
+    return pd.Series(cells, index=index)
 
 
 def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
@@ -194,8 +198,20 @@ def size_list(
 def best_first(scores: pd.DataFrame, by: str) -> pd.DataFrame:
     """``by`` and ``customer_id`` of ``scores`` (index kept), highest ``by`` first and ties by
     customer id, the order every list and curve uses: only the two keys are sorted, not every
-    column."""
-    return scores[[by, "customer_id"]].sort_values([by, "customer_id"], ascending=[False, True])
+    column. Missing ``by`` last. Sorted by Arrow, which compares the ids as they are stored
+    (UTF-8 byte order is code point order, as Python compares them) instead of factorizing
+    millions of them first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pa.table(
+        {
+            "by": pa.array(scores[by].to_numpy(dtype=float, na_value=np.nan), from_pandas=True),
+            "id": pa.array(scores["customer_id"]),
+        }
+    )
+    order = pc.sort_indices(keys, [("by", "descending"), ("id", "ascending")])  # nulls last
+    return scores[[by, "customer_id"]].iloc[order.to_numpy()]
 
 
 def _days(x: float) -> str:
@@ -318,14 +334,27 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
 def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
     """Prefix text cells starting with ``=``, ``+``, ``-`` or ``@`` with a quote, so spreadsheets
     show them instead of running them (CSV injection). Numbers are left alone."""
-    out = frame.copy()
+    out = frame.copy(deep=False)
     for col in out.columns:
         s = out[col]
-        if pd.api.types.is_string_dtype(s) or s.dtype == object:
-            text = s.astype("string")
-            risky = text.str.match(r"^[=+\-@\t\r]", na=False)
-            out[col] = text.where(~risky, "'" + text)
+        if isinstance(s.dtype, pd.CategoricalDtype):  # each distinct text once
+            names = s.cat.categories
+            if pd.api.types.is_string_dtype(names) or names.dtype == object:
+                safe = _neutralized(pd.Series(names))
+                out[col] = (
+                    s.cat.rename_categories(safe.to_numpy())
+                    if safe.is_unique
+                    else _neutralized(s)  # "=x" and "'=x" both there: cell by cell
+                )
+        elif pd.api.types.is_string_dtype(s) or s.dtype == object:
+            out[col] = _neutralized(s)
     return out
+
+
+def _neutralized(s: pd.Series) -> pd.Series:
+    text = s.astype("string")
+    risky = text.str.match(r"^[=+\-@\t\r]", na=False)
+    return text.where(~risky, "'" + text) if risky.any() else text
 
 
 def suppressed(

@@ -34,6 +34,8 @@ __all__ = [
     "list_exports",
     "previous_export",
     "write_csv",
+    "write_parquet",
+    "plain_columns",
 ]
 
 _VERSIONS = ".versions"
@@ -69,6 +71,42 @@ def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """CSV with spreadsheet formulas neutralised and Unix line ends."""
     neutralize_csv(frame).to_csv(path, index=False, lineterminator="\n")
+
+
+def plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its categorical columns (the score table keeps repeated texts as
+    categories) back as columns of their categories' dtype, as the export files hold them."""
+    cats = {
+        c: s.cat.categories.dtype
+        for c, s in frame.items()
+        if isinstance(s.dtype, pd.CategoricalDtype)
+    }
+    return frame.astype(cats) if cats else frame
+
+
+#: Rows converted and written at a time by :func:`write_parquet` (one Parquet row group).
+PARQUET_SLICE_ROWS = 1 << 18
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` to Parquet with :func:`plain_columns`, a row group at a time, so a score table
+    of millions of customers never needs its texts spelled out in memory all at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for start in range(0, max(len(frame), 1), PARQUET_SLICE_ROWS):
+            part = plain_columns(frame.iloc[start : start + PARQUET_SLICE_ROWS])
+            table = pa.Table.from_pandas(part, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            del part, table
+            pa.default_memory_pool().release_unused()
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _sync_dir(path: Path) -> None:
@@ -123,14 +161,14 @@ def export_lists(
         files: dict[str, dict[str, Any]] = {}
         for name, frame in lists.items():
             write_csv(frame, folder / f"{name}.csv")
-            frame.to_parquet(folder / f"{name}.parquet", index=False)
+            write_parquet(frame, folder / f"{name}.parquet")
             for ext in ("csv", "parquet"):
                 f = folder / f"{name}.{ext}"
                 files[f.name] = {"rows": len(frame), "sha256": sha256_file(f)}
         for name, write in (extras or {}).items():
             write(folder / name)
             files[name] = {"sha256": sha256_file(folder / name)}
-        scores.to_parquet(folder / "scores.parquet", index=False)
+        write_parquet(scores, folder / "scores.parquet")
         files["scores.parquet"] = {
             "rows": len(scores),
             "sha256": sha256_file(folder / "scores.parquet"),

@@ -40,6 +40,7 @@ from winback.campaigns import (
     size_list,
 )
 from winback.config import CampaignGroupConfig, CampaignsConfig
+from winback.export import plain_columns
 from winback.model import DRIFT_FEATURES, ChurnModel
 from winback.orders import Orders
 from winback.snapshots import build_snapshots
@@ -209,7 +210,8 @@ def _score_table(
     the RFM segment (quintiles within all scored customers) and the campaign group."""
     t = duck.query_df(
         f"""
-        SELECT customer_id, list, p_churn, value, expected_value, p_churn * value AS value_at_risk,
+        SELECT customer_id, list = 'lapsed' AS lapsed, p_churn, value, expected_value,
+               p_churn * value AS value_at_risk,
                CAST(n_order_days AS BIGINT) AS n_order_days, rank,
                CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f
         FROM (
@@ -229,18 +231,19 @@ def _score_table(
         ORDER BY {order_by}
         """
     )
+    n = len(t)
     out = pd.DataFrame(
         {
             "customer_id": t["customer_id"],
-            "as_of": pd.Series(f"{as_of:%Y-%m-%d}", index=t.index, dtype="str"),
-            "list": t["list"],
+            "as_of": _labels(np.zeros(n, dtype=np.int8), [f"{as_of:%Y-%m-%d}"]),
+            "list": _labels(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
             "p_churn": t["p_churn"],
             "value": t["value"],
             "expected_value": t["expected_value"],
             "value_at_risk": t["value_at_risk"],
             "segment": segments_of(t["r"], t["f"], t.index),
             "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
-            "model_version": pd.Series(model_version, index=t.index, dtype="str"),
+            "model_version": _labels(np.zeros(n, dtype=np.int8), [model_version]),
             "n_order_days": t["n_order_days"],
             "rank": t["rank"].astype("int64"),
             "risk_decile": t["risk_decile"],
@@ -359,29 +362,42 @@ def add_reasons(
     }
 
 
+def _labels(codes: np.ndarray, values: list[str], dtype: str = "str") -> pd.Categorical:
+    """``values[code]`` for each code (-1: missing), each distinct text stored once: the
+    score table's repeated texts (lists, groups, offers) cost a byte a customer, not the text.
+    ``dtype`` is the text dtype they come back as in the files (:func:`plain_columns`)."""
+    names = pd.Index(values, dtype=dtype).unique()
+    at = np.append(names.get_indexer(pd.Index(values, dtype=dtype)), -1)  # code -1 stays -1
+    return pd.Categorical.from_codes(at[codes], categories=names)
+
+
 def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
-    out["campaign"] = pd.Series(pd.NA, index=out.index, dtype="string")
-    for g in groups:
-        free = out["campaign"].isna() & (out["list"] == g.list)
-        rule = free.copy()
+    """Each customer's first campaign group whose rules hold (in config order), with its
+    offer, channel and expected gain; missing where no group takes them."""
+    which = np.full(len(out), -1, dtype=np.int16)
+    n_order_days = out["n_order_days"].to_numpy()
+    value = out["value"].to_numpy(dtype=float)
+    for i, g in enumerate(groups):
+        in_list = (out["list"] == g.list).to_numpy(dtype=bool)
+        rule = in_list & (which == -1)
         if g.min_order_days is not None:
-            rule &= out["n_order_days"] >= g.min_order_days
+            rule &= n_order_days >= g.min_order_days
         if g.max_order_days is not None:
-            rule &= out["n_order_days"] <= g.max_order_days
-        if g.min_spend_share is not None:
-            in_list = out["list"] == g.list
-            cut = out.loc[in_list, "value"].quantile(1 - g.min_spend_share)
-            rule &= out["value"] >= cut
-        out.loc[rule, "campaign"] = g.name
-        out.loc[rule, "offer"] = g.offer
-        out.loc[rule, "channel"] = g.channel
-        out.loc[rule, "expected_gain"] = expected_gain(
-            out.loc[rule, "p_churn"],
-            out.loc[rule, "value"],
-            g.save_rate,
-            g.contact_cost,
-            g.offer_cost,
+            rule &= n_order_days <= g.max_order_days
+        if g.min_spend_share is not None and in_list.any():  # the top share of the list
+            rule &= value >= np.nanquantile(value[in_list], 1 - g.min_spend_share)
+        which[rule] = i
+    gain = np.full(len(out), np.nan)
+    p_churn = out["p_churn"].to_numpy(dtype=float)
+    for i, g in enumerate(groups):
+        taken = which == i
+        gain[taken] = expected_gain(
+            p_churn[taken], value[taken], g.save_rate, g.contact_cost, g.offer_cost
         )
+    out["campaign"] = _labels(which, [g.name for g in groups], "string")
+    out["offer"] = _labels(which, [g.offer for g in groups])
+    out["channel"] = _labels(which, [g.channel for g in groups])
+    out["expected_gain"] = gain
 
 
 def build_lists(
@@ -419,7 +435,8 @@ def build_lists(
         at = np.concatenate(rows)
         by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
         flags = np.concatenate(control)[by_rank]
-        frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)  # the one copy
+        # the one copy; the lists hold their texts as the files do
+        frame = plain_columns(scores.iloc[at[by_rank], kept].reset_index(drop=True))
         frame.insert(
             LIST_COLUMNS.index("group"),
             "group",
@@ -436,14 +453,18 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
     keep = scores["expected_gain"].notna().to_numpy()
     if suppress is not None:
         keep = keep & suppress.isna().to_numpy()
-    s = scores.loc[keep, ["list", "customer_id", "expected_gain"]]  # not every column
+    names = sorted(str(n) for n in scores.loc[keep, "list"].unique())
     parts = []
-    for name, part in s.groupby("list", sort=True):
+    for i, name in enumerate(names):
+        rows = np.flatnonzero(keep & (scores["list"] == name).to_numpy(dtype=bool))
+        part = scores.iloc[
+            rows, [scores.columns.get_loc(c) for c in ("customer_id", "expected_gain")]
+        ]
         ranked = best_first(part, "expected_gain").reset_index(drop=True)
         parts.append(  # columns kept as they are (no Python string objects for the ids)
             pd.DataFrame(
                 {
-                    "list": name,
+                    "list": _labels(np.full(len(ranked), i, dtype=np.int8), names),
                     "n_contacted": np.arange(1, len(ranked) + 1),
                     "customer_id": ranked["customer_id"],
                     "expected_gain": ranked["expected_gain"],
