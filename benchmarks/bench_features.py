@@ -52,7 +52,8 @@ def _run_case(case: str, path: str) -> dict:
     """Run one case in this process; return wall seconds, rows and peak RSS."""
     import tempfile
 
-    out = Path(tempfile.mkdtemp()) / "features.parquet"
+    scratch = tempfile.TemporaryDirectory()  # removed when the case returns
+    out = Path(scratch.name) / "features.parquet"
     t0 = time.perf_counter()
     extra: dict = {}
     if case in ("a", "d"):

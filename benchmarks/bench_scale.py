@@ -63,9 +63,19 @@ def data_folder(n_orders: int) -> Path:
 
 
 def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
-    """One run in this process: load, features at the as-of (to Parquet), the score job."""
+    """One run in this process: load, features at the as-of (to Parquet), the score job. Its
+    files (DuckDB's spill, the features, the export: gigabytes at 50M) go when it ends."""
+    import shutil
     import tempfile
 
+    scratch = Path(tempfile.mkdtemp(prefix="winback-bench-"))
+    try:
+        return _run_case(engine, folder, model_path, master, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: Path) -> dict:
     import winback.jobs as jobs
     from winback.config import load_config
     from winback.features import write_features
@@ -88,12 +98,12 @@ def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
         from winback.engines.duckdb import connect
 
         stages["start"] = 0.0
-        con = connect(cfg.engine.memory_limit, temp_directory=tempfile.mkdtemp())
+        con = connect(cfg.engine.memory_limit, temp_directory=str(scratch / "spill"))
         orders = load_orders(folder, cfg.orders, as_of=AS_OF, con=con)
     stages["load"] = time.perf_counter() - t0 - stages["start"]
     done("load")
     t = time.perf_counter()
-    out = Path(tempfile.mkdtemp()) / "features.parquet"
+    out = scratch / "features.parquet"
     rows = write_features(orders, [orders.last_ts], out, cfg.features.lookback_days)
     stages["features"] = time.perf_counter() - t
     done("features")
@@ -107,7 +117,7 @@ def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
         return scored
 
     jobs.score_customers = scores_stage
-    result = jobs.score_job(orders, cfg, Path(tempfile.mkdtemp()), model=model_path)
+    result = jobs.score_job(orders, cfg, scratch / "exports", model=model_path)
     stages["lists"] = time.perf_counter() - t - stages["scores"]
     done("lists")
     stages["total"] = time.perf_counter() - t0

@@ -68,8 +68,8 @@ def _run(orders_path: str, model_path: str) -> dict:
     )
     stages["lists_reasons"] = time.perf_counter() - t
     t = time.perf_counter()
-    out = Path(tempfile.mkdtemp())
-    export_lists(out, "bench", lists, scored.scores, {"bench": True})
+    with tempfile.TemporaryDirectory() as out:
+        export_lists(out, "bench", lists, scored.scores, {"bench": True})
     stages["export"] = time.perf_counter() - t
     stages["total"] = time.perf_counter() - t0
     return {
