@@ -124,7 +124,9 @@ def score_customers(
     population stability index of key features and of ``p_churn``.
 
     Ranks, deciles and RFM segments are computed in SQL over the scored customers (on DuckDB,
-    spilling to disk when they outgrow memory), so pandas only ever holds the score table."""
+    spilling to disk when they outgrow memory), so pandas only ever holds the score table, whose
+    repeated texts (as-of, list, segment, campaign, offer, channel, model version) are
+    categoricals; the lists and the export files hold them as plain text."""
     from winback.engines.duckdb import DuckDBEngine, connect, registered
 
     h = int(model.horizon_days)
@@ -457,9 +459,7 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
     parts = []
     for i, name in enumerate(names):
         rows = np.flatnonzero(keep & (scores["list"] == name).to_numpy(dtype=bool))
-        part = scores.iloc[
-            rows, [scores.columns.get_loc(c) for c in ("customer_id", "expected_gain")]
-        ]
+        part = scores[["customer_id", "expected_gain"]].iloc[rows]
         ranked = best_first(part, "expected_gain").reset_index(drop=True)
         parts.append(  # columns kept as they are (no Python string objects for the ids)
             pd.DataFrame(
