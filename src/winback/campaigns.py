@@ -41,6 +41,7 @@ __all__ = [
     "rfm_segments",
     "segment_name",
     "segments_of",
+    "texts_of",
     "quintile_sql",
     "control_flags",
     "expected_gain",
@@ -94,15 +95,21 @@ def segment_name(r: int, f: int) -> str:
     return "Lost"
 
 
+def texts_of(codes: np.ndarray, values: list[str], dtype: str = "str") -> pd.Categorical:
+    """``values[code]`` for each code (-1: missing), each distinct text stored once: texts that
+    repeat over millions of customers (lists, segments, groups, offers) cost a byte each.
+    ``dtype`` is the text dtype of the categories, which the export files hold."""
+    names = pd.Index(values, dtype=dtype).unique()
+    at = np.append(names.get_indexer(pd.Index(values, dtype=dtype)), -1)  # code -1 stays -1
+    return pd.Categorical.from_codes(at[codes], categories=names)
+
+
 def segments_of(r: np.ndarray, f: np.ndarray, index=None) -> pd.Series:
     """The RFM segment names of R and F quintile scores (arrays of 1-5), as a categorical of
     ``string`` names (each name stored once, not once per customer)."""
-    grid = pd.Index([segment_name(a, b) for a in range(1, 6) for b in range(1, 6)], dtype="string")
-    names = grid.unique()
-    codes = names.get_indexer(grid).astype(np.int8)
+    grid = [segment_name(a, b) for a in range(1, 6) for b in range(1, 6)]
     r, f = np.asarray(r, dtype=int), np.asarray(f, dtype=int)
-    cells = pd.Categorical.from_codes(codes[(r - 1) * 5 + (f - 1)], categories=names)
-    return pd.Series(cells, index=index)
+    return pd.Series(texts_of((r - 1) * 5 + (f - 1), grid, "string"), index=index)
 
 
 def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:

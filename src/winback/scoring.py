@@ -38,6 +38,7 @@ from winback.campaigns import (
     reasons,
     segments_of,
     size_list,
+    texts_of,
 )
 from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.export import plain_columns
@@ -237,15 +238,15 @@ def _score_table(
     out = pd.DataFrame(
         {
             "customer_id": t["customer_id"],
-            "as_of": _labels(np.zeros(n, dtype=np.int8), [f"{as_of:%Y-%m-%d}"]),
-            "list": _labels(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
+            "as_of": texts_of(np.zeros(n, dtype=np.int8), [f"{as_of:%Y-%m-%d}"]),
+            "list": texts_of(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
             "p_churn": t["p_churn"],
             "value": t["value"],
             "expected_value": t["expected_value"],
             "value_at_risk": t["value_at_risk"],
             "segment": segments_of(t["r"], t["f"], t.index),
             "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
-            "model_version": _labels(np.zeros(n, dtype=np.int8), [model_version]),
+            "model_version": texts_of(np.zeros(n, dtype=np.int8), [model_version]),
             "n_order_days": t["n_order_days"],
             "rank": t["rank"].astype("int64"),
             "risk_decile": t["risk_decile"],
@@ -364,21 +365,14 @@ def add_reasons(
     }
 
 
-def _labels(codes: np.ndarray, values: list[str], dtype: str = "str") -> pd.Categorical:
-    """``values[code]`` for each code (-1: missing), each distinct text stored once: the
-    score table's repeated texts (lists, groups, offers) cost a byte a customer, not the text.
-    ``dtype`` is the text dtype they come back as in the files (:func:`plain_columns`)."""
-    names = pd.Index(values, dtype=dtype).unique()
-    at = np.append(names.get_indexer(pd.Index(values, dtype=dtype)), -1)  # code -1 stays -1
-    return pd.Categorical.from_codes(at[codes], categories=names)
-
-
 def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
     """Each customer's first campaign group whose rules hold (in config order), with its
     offer, channel and expected gain; missing where no group takes them."""
     which = np.full(len(out), -1, dtype=np.int16)
+    gain = np.full(len(out), np.nan)
     n_order_days = out["n_order_days"].to_numpy()
     value = out["value"].to_numpy(dtype=float)
+    p_churn = out["p_churn"].to_numpy(dtype=float)
     for i, g in enumerate(groups):
         in_list = (out["list"] == g.list).to_numpy(dtype=bool)
         rule = in_list & (which == -1)
@@ -389,16 +383,12 @@ def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None
         if g.min_spend_share is not None and in_list.any():  # the top share of the list
             rule &= value >= np.nanquantile(value[in_list], 1 - g.min_spend_share)
         which[rule] = i
-    gain = np.full(len(out), np.nan)
-    p_churn = out["p_churn"].to_numpy(dtype=float)
-    for i, g in enumerate(groups):
-        taken = which == i
-        gain[taken] = expected_gain(
-            p_churn[taken], value[taken], g.save_rate, g.contact_cost, g.offer_cost
+        gain[rule] = expected_gain(
+            p_churn[rule], value[rule], g.save_rate, g.contact_cost, g.offer_cost
         )
-    out["campaign"] = _labels(which, [g.name for g in groups], "string")
-    out["offer"] = _labels(which, [g.offer for g in groups])
-    out["channel"] = _labels(which, [g.channel for g in groups])
+    out["campaign"] = texts_of(which, [g.name for g in groups], "string")
+    out["offer"] = texts_of(which, [g.offer for g in groups])
+    out["channel"] = texts_of(which, [g.channel for g in groups])
     out["expected_gain"] = gain
 
 
@@ -464,7 +454,7 @@ def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.
         parts.append(  # columns kept as they are (no Python string objects for the ids)
             pd.DataFrame(
                 {
-                    "list": _labels(np.full(len(ranked), i, dtype=np.int8), names),
+                    "list": texts_of(np.full(len(ranked), i, dtype=np.int8), names),
                     "n_contacted": np.arange(1, len(ranked) + 1),
                     "customer_id": ranked["customer_id"],
                     "expected_gain": ranked["expected_gain"],
