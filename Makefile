@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench bench-score bench-scale clean
+.PHONY: help install demo test lint format bench bench-score bench-scale bench-ceiling clean
 
 help: ## list the targets with one line each
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-score: $(STAMP) ## the nightly scoring benchmark alone (10M orders, split 
 
 bench-scale: $(STAMP) ## 50M synthetic orders: load, features and scoring on DuckDB and Spark local[2]
 	$(BIN)/python benchmarks/bench_scale.py
+
+bench-ceiling: $(STAMP) ## CDNOW: how far above the baselines any model of the order history gets
+	$(BIN)/python benchmarks/cdnow_ceiling.py
 
 clean: ## remove the virtualenv, caches and demo output
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis demo src/*.egg-info

@@ -26,6 +26,18 @@ def test_lift_and_capture_by_hand():
     assert capture == pytest.approx(1 / 4)
 
 
+def test_lift_counts_ties_at_the_edge_by_their_share_whatever_the_row_order():
+    # top 50% = 2 of 4: one customer above the edge (a churner) and 2 tied at 0.5 for the one
+    # place left, one of them a churner: 1 + 1 x 1/2 = 1.5 churners among 2 (rate 0.75, base
+    # 0.5, lift 1.5), 1.5 of the 2 churners captured (0.75), in either row order of the ties
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.9, 0.5, 0.5, 0.1])
+    for order in ([0, 1, 2, 3], [0, 2, 1, 3]):
+        lift, capture = _top(y[order], s[order], 0.5)
+        assert lift == pytest.approx(1.5)
+        assert capture == pytest.approx(0.75)
+
+
 def test_calibration_error_by_hand():
     # two bins of 2: predictions 0.1, 0.1 (observed 0, 1 -> 0.5) and 0.8, 0.8 (observed 1, 1)
     y = np.array([0, 1, 1, 1])

@@ -107,12 +107,21 @@ def _ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
 
 
 def _top(y: np.ndarray, s: np.ndarray, share: float) -> tuple[float, float]:
-    """(lift, capture) among the ``share`` of customers with the highest score."""
+    """(lift, capture) among the ``share`` of customers with the highest score.
+
+    Customers tied on the score at the edge of the top share count by the share of them that
+    fits (their churn rate times the places left), the expectation over every order of the
+    ties, as ROC-AUC counts a tie half. Otherwise the row order would decide: a recency or RFM
+    score ties many customers.
+    """
+    y = np.asarray(y, dtype=float)
+    s = np.asarray(s, dtype=float)
     k = max(1, int(round(share * y.size)))
-    top = np.argsort(-s, kind="stable")[:k]
-    rate = y[top].mean()
+    edge = np.partition(s, y.size - k)[y.size - k]  # the k-th highest score
+    above, tied = s > edge, s == edge
+    churners = y[above].sum() + (k - above.sum()) * y[tied].mean()
     base = y.mean()
-    return float(rate / base) if base else float("nan"), float(y[top].sum() / max(y.sum(), 1))
+    return float(churners / k / base) if base else float("nan"), float(churners / max(y.sum(), 1))
 
 
 def score_metrics(
