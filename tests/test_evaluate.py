@@ -38,6 +38,16 @@ def test_lift_counts_ties_at_the_edge_by_their_share_whatever_the_row_order():
         assert capture == pytest.approx(0.75)
 
 
+def test_lift_ranks_missing_scores_last():
+    # top 50% = 2 of 4: the scores 0.9 (not a churner) and 0.5 (a churner), never the missing
+    # one: 1 churner among 2 (rate 0.5 = base, lift 1), 1 of the 2 churners captured
+    y = np.array([1, 0, 0, 1])
+    s = np.array([np.nan, 0.9, 0.1, 0.5])
+    lift, capture = _top(y, s, 0.5)
+    assert lift == pytest.approx(1.0)
+    assert capture == pytest.approx(0.5)
+
+
 def test_calibration_error_by_hand():
     # two bins of 2: predictions 0.1, 0.1 (observed 0, 1 -> 0.5) and 0.8, 0.8 (observed 1, 1)
     y = np.array([0, 1, 1, 1])

@@ -112,10 +112,11 @@ def _top(y: np.ndarray, s: np.ndarray, share: float) -> tuple[float, float]:
     Customers tied on the score at the edge of the top share count by the share of them that
     fits (their churn rate times the places left), the expectation over every order of the
     ties, as ROC-AUC counts a tie half. Otherwise the row order would decide: a recency or RFM
-    score ties many customers.
+    score ties many customers. Missing scores rank last.
     """
     y = np.asarray(y, dtype=float)
     s = np.asarray(s, dtype=float)
+    s = np.where(np.isnan(s), -np.inf, s)  # np.partition would put NaN highest
     k = max(1, int(round(share * y.size)))
     edge = np.partition(s, y.size - k)[y.size - k]  # the k-th highest score
     above, tied = s > edge, s == edge
