@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from winback.backtest import run_backtest, training_cutoffs
+from winback.backtest import run_backtest
 from winback.config import load_config
 from winback.evaluate import fast_auc, score_metrics
 from winback.model import feature_columns
@@ -133,8 +133,8 @@ def measure(orders: Orders, name: str, as_of: str, horizon: int, n_boot: int) ->
 
     test = build_snapshots(orders, [t], horizon)
     test = pred[["customer_id"]].merge(test, on="customer_id", how="left")  # same row order
-    cuts = training_cutoffs(t, horizon, 14, 24, orders.first_ts)
-    train = build_snapshots(orders, cuts, horizon, observed_until=t)
+    # the backtest model's own training cutoffs, whatever its spacing and count
+    train = build_snapshots(orders, bt.training[f"{t:%Y-%m-%d}"], horizon, observed_until=t)
     if not (test["churned"].astype(int).to_numpy() == y).all():
         raise SystemExit(f"{name}: the evaluation snapshot does not match the backtest's labels")
 
