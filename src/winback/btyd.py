@@ -1,11 +1,16 @@
-"""BG/NBD (Fader, Hardie & Lee 2005): fit and predictions, on scipy, in log space.
+"""BG/NBD (Fader, Hardie & Lee 2005) and MBG/NBD (Batislam et al. 2007): fit and predictions,
+on scipy, in log space.
 
 A customer's summary at a cutoff is ``(frequency, recency, T)``: frequency = repeat purchase
 days (distinct purchase days - 1), recency = time from the first to the last purchase, T = time
 from the first purchase to the cutoff, all in the same unit (days in winback, weeks in the paper).
 
-While alive, a customer buys as a Poisson process with rate lambda ~ Gamma(r, alpha); after each
-repeat purchase they drop out with probability p ~ Beta(a, b).
+While alive, a customer buys as a Poisson process with rate lambda ~ Gamma(r, alpha). In BG/NBD
+they drop out with probability p ~ Beta(a, b) after each *repeat* purchase, so a customer who
+bought once is alive for sure; in MBG/NBD they may also drop out right after the first purchase.
+
+The likelihood's gradient is analytic, so a fit takes a few dozen evaluations of the pooled
+``(x, t_x, T)`` triples; neighbouring cutoffs start from each other's solution (``start``).
 """
 
 from __future__ import annotations
@@ -15,38 +20,79 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, hyp2f1
+from scipy.special import betaln, digamma, gammaln, hyp2f1
 
 from winback.errors import DataError
 
-__all__ = ["BGNBD", "summarize", "bgnbd_log_likelihood"]
+__all__ = ["BGNBD", "BTYD_VARIANTS", "summarize", "bgnbd_log_likelihood"]
+
+#: ``bg``: BG/NBD; ``mbg``: MBG/NBD (drop-out possible right after the first purchase).
+BTYD_VARIANTS = ("bg", "mbg")
+
+
+def _shift(variant: str) -> int:
+    """0 for BG/NBD, 1 for MBG/NBD: where the two likelihoods differ, MBG/NBD has ``x + 1``."""
+    if variant not in BTYD_VARIANTS:
+        raise ValueError(f"variant must be one of {BTYD_VARIANTS}; got {variant!r}")
+    return 0 if variant == "bg" else 1
+
+
+def _terms(params, x, t_x, T, k: int):
+    """The pieces of the per-customer log-likelihood (see :func:`bgnbd_log_likelihood`)."""
+    r, alpha, a, b = params
+    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    a2 = betaln(a, b + x + k) - betaln(a, b)
+    a3 = -(r + x) * np.log(alpha + T)
+    dies = (x > 0) | (k == 1)  # who can have dropped out after their last purchase
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a4 = np.where(
+            dies,
+            np.log(a) - np.log(np.maximum(b + x - 1 + k, 1e-300)) - (r + x) * np.log(alpha + t_x),
+            -np.inf,
+        )
+    return a1, a2, a3, a4
 
 
 def bgnbd_log_likelihood(
-    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, variant: str = "bg"
 ) -> np.ndarray:
-    """Per-customer log-likelihood of BG/NBD, computed in log space so it never overflows.
+    """Per-customer log-likelihood of BG/NBD (or MBG/NBD), in log space so it never overflows.
 
     Parameters
     ----------
     params : (r, alpha, a, b)
     x, t_x, T : arrays
         Frequency (repeat purchases), recency and age, in one time unit.
+    variant : {"bg", "mbg"}
     """
-    r, alpha, a, b = params
     x = np.asarray(x, dtype=float)
     t_x = np.asarray(t_x, dtype=float)
     T = np.asarray(T, dtype=float)
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = betaln(a, b + x) - betaln(a, b)
-    a3 = -(r + x) * np.log(alpha + T)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a4 = np.where(
-            x > 0,
-            np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x),
-            -np.inf,
-        )
+    a1, a2, a3, a4 = _terms(params, x, t_x, T, _shift(variant))
     return a1 + a2 + np.logaddexp(a3, a4)
+
+
+def _nll_and_grad(log_params, x, t_x, T, w, k: int, penalizer: float):
+    """Mean negative log-likelihood (weights ``w``) and its gradient in the log-parameters."""
+    params = np.exp(log_params)
+    r, alpha, a, b = params
+    a1, a2, a3, a4 = _terms(params, x, t_x, T, k)
+    ll = a1 + a2 + np.logaddexp(a3, a4)
+    w3 = np.exp(a3 - (ll - a1 - a2))  # share of the "alive at T" term
+    w4 = 1.0 - w3
+    ab = a + b
+    d_r = digamma(r + x) - digamma(r) + np.log(alpha)
+    d_r += -w3 * np.log(alpha + T) - w4 * np.log(alpha + t_x)
+    d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (alpha + t_x)
+    d_a = digamma(ab) - digamma(ab + x + k) + w4 / a
+    d_b = digamma(b + x + k) - digamma(ab + x + k) - digamma(b) + digamma(ab)
+    d_b -= w4 / np.maximum(b + x - 1 + k, 1e-300)
+    total = w.sum()
+    grad = -np.array([(w * d).sum() for d in (d_r, d_alpha, d_a, d_b)]) * params / total
+    value = -(w * ll).sum() / total
+    value += penalizer * float(np.sum(log_params**2))
+    grad += 2 * penalizer * log_params
+    return float(value), grad
 
 
 def summarize(orders: pd.DataFrame, cutoff: pd.Timestamp, unit_days: float = 1.0) -> pd.DataFrame:
@@ -74,18 +120,27 @@ def summarize(orders: pd.DataFrame, cutoff: pd.Timestamp, unit_days: float = 1.0
 
 @dataclass
 class BGNBD:
-    """The BG/NBD model: ``fit`` by maximum likelihood, then predict per customer.
+    """The BG/NBD model (or MBG/NBD): ``fit`` by maximum likelihood, then predict per customer.
 
     Parameters
     ----------
     penalizer : float
         L2 penalty on the log-parameters (0 = plain maximum likelihood).
+    variant : {"bg", "mbg"}
+        BG/NBD, or MBG/NBD where a customer may drop out right after the first purchase.
     """
 
     penalizer: float = 0.0
+    variant: str = "bg"
 
-    def fit(self, frequency, recency, T) -> BGNBD:
-        """Maximise the likelihood over (r, alpha, a, b) > 0; identical summaries are pooled."""
+    def fit(self, frequency, recency, T, start: dict[str, float] | None = None) -> BGNBD:
+        """Maximise the likelihood over (r, alpha, a, b) > 0; identical summaries are pooled.
+
+        ``start``: parameters to start from as well (a neighbouring cutoff's fit), besides a
+        neutral start on the data's time scale; the better optimum wins. L-BFGS-B with the
+        analytic gradient; Nelder-Mead polishes only when L-BFGS-B reports no convergence.
+        """
+        k = _shift(self.variant)
         df = pd.DataFrame({"x": frequency, "t_x": recency, "T": T}).astype(float)
         bad = (df["x"] < 0) | (df["t_x"] < 0) | (df["T"] < df["t_x"]) | df.isna().any(axis=1)
         if bad.any():
@@ -96,20 +151,26 @@ class BGNBD:
         if len(df) == 0 or (df["x"] > 0).sum() == 0:
             raise DataError("BG/NBD needs customers with at least one repeat purchase to fit.")
         pooled = df.groupby(["x", "t_x", "T"]).size().reset_index(name="w")
-        x, t_x, T_, w = (pooled[c].to_numpy() for c in ("x", "t_x", "T", "w"))
-        scale = max(float(np.mean(T_)), 1e-9)  # alpha lives on the time scale; start near it
-
-        def nll(log_params: np.ndarray) -> float:
-            ll = bgnbd_log_likelihood(np.exp(log_params), x, t_x, T_)
-            return -(w * ll).sum() / w.sum() + self.penalizer * float(np.sum(log_params**2))
-
-        start = np.log([1.0, scale, 1.0, 1.0])
+        x, t_x, T_, w = (pooled[c].to_numpy(dtype=float) for c in ("x", "t_x", "T", "w"))
+        scale = max(float(np.average(T_, weights=w)), 1e-9)  # alpha lives on the time scale
+        neutral = np.log([1.0, scale, 1.0, 1.0])
+        starts = [neutral]
+        if start is not None:
+            starts.insert(0, np.log([start["r"], start["alpha"], start["a"], start["b"]]))
+        args = (x, t_x, T_, w, k, self.penalizer)
         best = None
-        for method in ("L-BFGS-B", "Nelder-Mead"):
-            res = minimize(nll, start, method=method, options={"maxiter": 10_000})
+        for x0 in starts:
+            res = minimize(
+                _nll_and_grad, x0, args=args, jac=True, method="L-BFGS-B",
+                options={"maxiter": 2_000, "ftol": 1e-14, "gtol": 1e-9},
+            )  # fmt: skip
+            if not res.success:
+                res = minimize(
+                    lambda p: _nll_and_grad(p, *args)[0], res.x, method="Nelder-Mead",
+                    options={"maxiter": 10_000, "xatol": 1e-8, "fatol": 1e-12},
+                )  # fmt: skip
             if best is None or res.fun < best.fun:
-                best = res
-            start = best.x
+                best = res  # a warm start can sit in a flat corner the neutral one escapes
         self.r_, self.alpha_, self.a_, self.b_ = (float(v) for v in np.exp(best.x))
         self.log_likelihood_ = float(-best.fun * w.sum())
         self.n_customers_ = int(w.sum())
@@ -120,16 +181,18 @@ class BGNBD:
         return {"r": self.r_, "alpha": self.alpha_, "a": self.a_, "b": self.b_}
 
     def _odds_dead(self, x, t_x, T) -> np.ndarray:
-        """a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x) for x > 0, else 0 (log-space)."""
+        """a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x) for x > 0, else 0 (log-space); MBG/NBD
+        has b+x and applies to x = 0 too."""
+        k = _shift(self.variant)
         r, alpha, a, b = self.r_, self.alpha_, self.a_, self.b_
         x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
         with np.errstate(divide="ignore", invalid="ignore"):
             log_odds = (
                 np.log(a)
-                - np.log(np.maximum(b + x - 1, 1e-300))
+                - np.log(np.maximum(b + x - 1 + k, 1e-300))
                 + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
             )
-        return np.where(x > 0, np.exp(np.minimum(log_odds, 700)), 0.0)
+        return np.where((x > 0) | (k == 1), np.exp(np.minimum(log_odds, 700)), 0.0)
 
     def p_alive(self, frequency, recency, T) -> np.ndarray:
         """P(still alive at T | history)."""
@@ -147,10 +210,12 @@ class BGNBD:
 
     def expected_purchases(self, t: float, frequency, recency, T) -> np.ndarray:
         """E[purchases in (T, T + t] | history]."""
+        k = _shift(self.variant)
         r, alpha, a, b = self.r_, self.alpha_, self.a_, self.b_
         x = np.asarray(frequency, dtype=float)
         T_ = np.asarray(T, dtype=float)
         z = t / (alpha + T_ + t)
         ratio = np.exp((r + x) * (np.log(alpha + T_) - np.log(alpha + T_ + t)))
-        body = (a + b + x - 1) / (a - 1) * (1 - ratio * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        hyp = hyp2f1(r + x, b + x + k, a + b + x - 1 + k, z)
+        body = (a + b + x - 1 + k) / (a - 1) * (1 - ratio * hyp)
         return body / (1.0 + self._odds_dead(frequency, recency, T))
