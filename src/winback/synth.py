@@ -1,29 +1,64 @@
-"""Synthetic order histories: a seeded, vectorised Buy-Till-You-Die-like generator.
+"""Synthetic order histories: a seeded, vectorised Buy-Till-You-Die-like generator, with named
+scenarios in which BG/NBD is right, or wrong in a known way.
 
 Each customer arrives on a day drawn from a growing arrival curve and buys at once. After that
-they buy as a Poisson process with their own rate (gamma across customers, as in BG/NBD), thinned
-by a seasonal curve with a peak in November and December, and after every purchase (the first
-included, as in MBG/NBD) they drop out for good with their own probability (beta across
-customers). Amounts are lognormal around a customer's own level; each customer has a favourite
-category and channel; a share of orders is returned later as a separate row with a negative
-amount.
+they buy as a Poisson process with their own rate (gamma across customers, as in BG/NBD),
+thinned by a seasonal curve with a peak in November and December, and after every purchase they
+drop out for good with their own probability (beta across customers); with ``first_dropout``
+also right after the first purchase, as in MBG/NBD. Amounts are lognormal around a customer's
+own level; each customer has a favourite category and channel; a share of orders is returned
+later as a separate row with a negative amount.
+
+Scenarios (:data:`SCENARIOS`, :func:`scenario_params`) switch on what BG/NBD does not model:
+
+- ``shop`` (the default): the generator as above, with a moderate Nov-Dec peak and drop-out
+  right after the first purchase too;
+- ``btyd``: BG/NBD exactly: no season, drop-out only after repeat purchases. Nothing beyond
+  BG/NBD can be learnt;
+- ``seasonal``: a sharp Nov-Dec peak, and a share of customers who buy only in it;
+- ``censored``: the shop ran for years before the file starts: the file holds only what
+  happened since its first day, so many customers bring history it does not show;
+- ``fading``: a customer's purchase rate decays gradually (an exponential with the customer's
+  own time constant) instead of dropping to zero at once;
+- ``unhappy``: a returned order, and an order worth less than the customer used to spend, raise
+  the chance of leaving after it; some customers' order values fall over time.
 
 Everything is numpy on whole arrays: 10 million orders take seconds, not minutes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from winback.errors import UsageError
 
-__all__ = ["SynthParams", "generate_orders", "customers_for_orders", "simulate_campaign"]
+__all__ = [
+    "SCENARIOS",
+    "SynthParams",
+    "scenario_params",
+    "generate_history",
+    "generate_orders",
+    "customers_for_orders",
+    "simulate_campaign",
+]
 
 CATEGORIES = ("books", "music", "video", "games", "electronics", "home", "toys", "beauty")
 CHANNELS = ("web", "app", "store")
+
+#: Scenario name -> what it is, for ``--help`` and the README.
+SCENARIOS = {
+    "shop": "the default: BG/NBD-like buying with a moderate Nov-Dec peak, returns, "
+    "categories and channels; customers may leave right after their first order",
+    "btyd": "BG/NBD is the true model: no season, leaving only after a repeat purchase",
+    "seasonal": "a sharp Nov-Dec peak; 30% of customers buy only in it",
+    "censored": "the shop ran 5 years before the file starts; older history is not in it, "
+    "and customers stay longer",
+    "fading": "purchase rates decay gradually instead of stopping at once",
+    "unhappy": "returns and falling order values raise the chance of leaving",
+}
 
 
 @dataclass(frozen=True)
@@ -38,37 +73,87 @@ class SynthParams:
     rate_scale: float = 1 / 40  # gamma scale (1/alpha): mean rate = r * scale per day
     dropout_a: float = 0.8  # beta a of the dropout probability
     dropout_b: float = 2.5  # beta b
+    first_dropout: bool = True  # may drop out right after the first purchase (MBG/NBD)
     season_peak: float = 1.8  # purchase intensity in Nov-Dec relative to the rest
+    season_only_share: float = 0.0  # customers who buy only in Nov-Dec after their first order
     arrival_growth: float = 1.5  # arrivals at the end / at the start
+    history_start: str | None = None  # the shop's first day, before the file's `start`
+    fade_days: float | None = None  # median time constant of a fading purchase rate (days)
     amount_median: float = 40.0
     amount_customer_sigma: float = 0.6
     amount_order_sigma: float = 0.4
+    value_trend_sd: float = 0.0  # sd over customers of the yearly trend in log order value
     return_share: float = 0.04
+    return_dropout: float = 0.0  # added log-odds of leaving after an order that is returned
+    value_dropout: float = 0.0  # added log-odds per unit of log(level / order value) > 0
     favourite_share: float = 0.6
 
 
-def _season(day_of_year: np.ndarray, peak: float) -> np.ndarray:
-    """Relative intensity by day of year: ``peak`` from Nov 1 (day 305) to Dec 31, 1 otherwise."""
-    return np.where(day_of_year >= 305, peak, 1.0)
+def scenario_params(name: str, **overrides) -> SynthParams:
+    """The parameters of a named scenario (:data:`SCENARIOS`), with any field overridden."""
+    presets = {
+        "shop": {},
+        "btyd": {"first_dropout": False, "season_peak": 1.0},
+        "seasonal": {"season_peak": 4.0, "season_only_share": 0.3},
+        "censored": {"history_years": 5, "dropout_b": 6.0},
+        "fading": {"fade_days": 240.0, "dropout_a": 0.4, "dropout_b": 8.0},
+        "unhappy": {
+            "return_share": 0.2,
+            "return_dropout": 2.5,
+            "value_trend_sd": 0.5,
+            "value_dropout": 2.0,
+            "dropout_a": 0.5,
+            "dropout_b": 5.0,
+        },
+    }
+    if name not in presets:
+        raise UsageError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
+    preset = dict(presets[name])
+    years = preset.pop("history_years", None)
+    params = replace(SynthParams(), **{**preset, **overrides})
+    if years is not None and "history_start" not in overrides:
+        begin = pd.Timestamp(params.start) - pd.DateOffset(years=years)
+        params = replace(params, history_start=f"{begin:%Y-%m-%d}")
+    return params
 
 
-def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
-    """Generate an order history in the orders contract.
+def _in_peak(day: np.ndarray) -> np.ndarray:
+    """Whether each day (``datetime64[D]``) falls in November or December."""
+    month = (day.astype("datetime64[M]") - day.astype("datetime64[Y]")).astype(np.int64) + 1
+    return month >= 11
 
-    Returns
-    -------
-    DataFrame
-        ``customer_id`` (int64), ``order_id`` (int64), ``order_ts`` (UTC), ``amount`` (float,
-        negative for returns), ``quantity``, ``category``, ``channel``; sorted by ``order_ts``.
-    """
-    p = params or SynthParams()
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class _Simulated:
+    """Every order line of a simulated shop, in order of creation (returns last)."""
+
+    begin: pd.Timestamp  # the shop's first day
+    customer: np.ndarray  # per row: the customer (0..n-1)
+    secs: np.ndarray  # seconds since ``begin``
+    amount: np.ndarray  # negative for a return
+    line: np.ndarray  # the purchase row a row belongs to (itself, or the returned purchase)
+    season_only: np.ndarray  # per customer: buys only in Nov-Dec after the first order
+    dropout: np.ndarray  # per customer: the drop-out probability drawn
+
+
+def _simulate(p: SynthParams) -> _Simulated:
     if p.n_customers < 1:
         raise UsageError(f"The number of customers must be >= 1; got {p.n_customers}.")
+    begin = pd.Timestamp(p.history_start or p.start, tz="UTC")
     start = pd.Timestamp(p.start, tz="UTC")
     end = pd.Timestamp(p.end, tz="UTC")
-    span = (end - start).total_seconds() / 86400.0
-    if span < 30:
-        raise UsageError(f"The synthetic period must span at least 30 days; got {span:.0f}.")
+    span = (end - begin).total_seconds() / 86400.0
+    if (end - start).total_seconds() / 86400.0 < 30:
+        raise UsageError(
+            f"The synthetic period must span at least 30 days; got {(end - start).days}."
+        )
+    if begin > start:
+        raise UsageError(f"history_start {p.history_start} is after the start {p.start}.")
     rng = np.random.default_rng(p.seed)
     n = p.n_customers
 
@@ -84,71 +169,140 @@ def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
 
     rate = rng.gamma(p.rate_shape, p.rate_scale, n)
     dropout = rng.beta(p.dropout_a, p.dropout_b, n)
-    # drops out right after a purchase with its probability, the first included (as in MBG/NBD)
-    max_repeats = rng.geometric(np.clip(dropout, 1e-6, 1.0)) - 1
+    base_logit = _logit(dropout)
     level = p.amount_median * np.exp(rng.normal(0, p.amount_customer_sigma, n))
-    fav_cat = rng.choice(len(CATEGORIES), n, p=_zipf(len(CATEGORIES)))
-    fav_chan = rng.choice(len(CHANNELS), n, p=[0.55, 0.3, 0.15])
+    trend = rng.normal(0, p.value_trend_sd, n) if p.value_trend_sd > 0 else np.zeros(n)
+    season_only = rng.random(n) < p.season_only_share
+    fade = p.fade_days * np.exp(rng.normal(0, 0.5, n)) if p.fade_days else np.full(n, np.inf)
+    peak = max(p.season_peak, 1.0)
+    start_day = np.datetime64(begin.date())
 
-    # Repeat purchases, one round per purchase: each live customer draws the next candidate at the
-    # peak rate, keeps it with the seasonal probability (thinning), and after its last repeat
-    # drops out. Work is proportional to the orders made, not to the customers' potential.
-    start_day = np.datetime64(start.date())
+    def buy(who: np.ndarray, t: np.ndarray):
+        """An order of each customer ``who`` at ``t``: its amount, whether it is returned, and
+        whether the customer leaves after it."""
+        k = who.size
+        amount = level[who] * np.exp(trend[who] * (t - arrival[who]) / 365.0)
+        amount = np.maximum(
+            np.round(amount * np.exp(rng.normal(0, p.amount_order_sigma, k)), 2), 0.99
+        )
+        returned = rng.random(k) < p.return_share
+        logit = base_logit[who] + p.return_dropout * returned
+        logit = logit + p.value_dropout * np.maximum(np.log(level[who] / amount), 0.0)
+        leaves = rng.random(k) < 1.0 / (1.0 + np.exp(-logit))
+        return amount, returned, leaves
+
+    # The first purchase, then repeat purchases one round per purchase: each live customer draws
+    # the next candidate at the peak rate and keeps it with the probability of the season and
+    # of their fading (thinning); after a kept purchase they may drop out. Work is proportional
+    # to the orders made, not to the customers' potential.
+    everyone = np.arange(n)
+    amount, returned, leaves = buy(everyone, arrival)
+    got_c, got_t, got_a, got_r = [everyone], [arrival], [amount], [returned]
+    live = everyone[~leaves] if p.first_dropout else everyone
     t_cur = arrival.copy()
-    done = np.zeros(n, dtype=np.int64)
-    live = np.flatnonzero(max_repeats > 0)
-    peak_rate = rate * p.season_peak
-    got_c: list[np.ndarray] = []
-    got_t: list[np.ndarray] = []
+    peak_rate = rate * peak
     while live.size:
         t_cur[live] += rng.exponential(1.0, live.size) / peak_rate[live]
         live = live[t_cur[live] < span]
         tt = t_cur[live]
-        day = start_day + tt.astype(np.int64).astype("timedelta64[D]")
-        doy = (day - day.astype("datetime64[Y]")).astype(np.int64) + 1
-        accepted = rng.random(live.size) < _season(doy, p.season_peak) / p.season_peak
-        got_c.append(live[accepted])
+        peak_day = _in_peak(start_day + tt.astype(np.int64).astype("timedelta64[D]"))
+        intensity = np.where(peak_day, p.season_peak, 1.0)
+        intensity = np.where(season_only[live] & ~peak_day, 0.0, intensity)
+        intensity = intensity * np.exp(-(tt - arrival[live]) / fade[live])
+        accepted = rng.random(live.size) < intensity / peak
+        who = live[accepted]
+        amount, returned, leaves = buy(who, tt[accepted])
+        got_c.append(who)
         got_t.append(tt[accepted])
-        done[live[accepted]] += 1
-        live = live[done[live] < max_repeats[live]]
-    cust = np.concatenate(got_c) if got_c else np.array([], dtype=np.int64)
-    t = np.concatenate(got_t) if got_t else np.array([], dtype=np.float64)
-
-    # First purchases plus repeats.
-    all_cust = np.r_[np.arange(n), cust]
-    all_t = np.r_[arrival, t]
-    k = all_cust.size
-    amount = np.round(level[all_cust] * np.exp(rng.normal(0, p.amount_order_sigma, k)), 2)
-    amount = np.maximum(amount, 0.99)
-    quantity = 1 + rng.poisson(np.maximum(amount / 40.0 - 1, 0.1))
-    is_fav = rng.random(k) < p.favourite_share
-    cat = np.where(is_fav, fav_cat[all_cust], rng.choice(len(CATEGORIES), k, p=_zipf(8)))
-    chan = np.where(rng.random(k) < 0.8, fav_chan[all_cust], rng.integers(0, len(CHANNELS), k))
+        got_a.append(amount)
+        got_r.append(returned)
+        live = np.setdiff1d(live, who[leaves], assume_unique=True)
+    cust = np.concatenate(got_c)
+    t = np.concatenate(got_t)
+    amount = np.concatenate(got_a)
+    is_ret = np.concatenate(got_r)
 
     # Returns: a later row with a negative amount (full or partial), only if inside the period.
-    is_ret = rng.random(k) < p.return_share
     r_idx = np.flatnonzero(is_ret)
-    r_t = all_t[r_idx] + rng.uniform(1, 30, r_idx.size)
+    r_t = t[r_idx] + rng.uniform(1, 30, r_idx.size)
     inside = r_t < span
     r_idx, r_t = r_idx[inside], r_t[inside]
     r_amount = -np.round(amount[r_idx] * np.where(rng.random(r_idx.size) < 0.7, 1.0, 0.5), 2)
-
-    cust_out = np.r_[all_cust, all_cust[r_idx]]
-    secs = np.round(np.r_[all_t, r_t] * 86400.0).astype(np.int64)
-    shift = 1 << int(n).bit_length()
-    order = np.argsort(secs * shift + cust_out, kind="stable")  # by time, then customer
-    ts = np.datetime64(start.tz_localize(None), "us") + (secs[order] * 1_000_000).astype(
-        "timedelta64[us]"
+    return _Simulated(
+        begin=begin,
+        customer=np.r_[cust, cust[r_idx]],
+        secs=np.round(np.r_[t, r_t] * 86400.0).astype(np.int64),
+        amount=np.r_[amount, r_amount],
+        line=np.r_[np.arange(cust.size), r_idx],
+        season_only=season_only,
+        dropout=dropout,
     )
+
+
+def _timestamps(begin: pd.Timestamp, secs: np.ndarray) -> pd.DatetimeIndex:
+    ts = np.datetime64(begin.tz_localize(None), "us") + (secs * 1_000_000).astype("timedelta64[us]")
+    return pd.DatetimeIndex(ts).tz_localize("UTC")
+
+
+def generate_history(params: SynthParams | None = None) -> pd.DataFrame:
+    """Every order of the simulated shop from its first day (``history_start``, else ``start``)
+    to ``end``, before the file's window is applied, with each customer's hidden traits:
+    ``customer_id, order_ts, amount`` (negative for returns), ``season_only`` and ``dropout``.
+    Customer ids are those of :func:`generate_orders` with the same parameters."""
+    sim = _simulate(params or SynthParams())
+    returned = np.zeros(sim.amount.size, dtype=bool)
+    returned[sim.line[sim.amount < 0]] = True  # purchases that were sent back (within the file)
     return pd.DataFrame(
         {
-            "customer_id": cust_out[order].astype(np.int64) + 100_000,
-            "order_id": np.arange(order.size, dtype=np.int64) + 1_000_000,
-            "order_ts": pd.DatetimeIndex(ts).tz_localize("UTC"),
-            "amount": np.r_[amount, r_amount][order],
-            "quantity": np.r_[quantity, quantity[r_idx]][order].astype(np.int64),
-            "category": pd.Categorical.from_codes(np.r_[cat, cat[r_idx]][order], CATEGORIES),
-            "channel": pd.Categorical.from_codes(np.r_[chan, chan[r_idx]][order], CHANNELS),
+            "customer_id": sim.customer.astype(np.int64) + 100_000,
+            "order_ts": _timestamps(sim.begin, sim.secs),
+            "amount": sim.amount,
+            "returned": returned,
+            "season_only": sim.season_only[sim.customer],
+            "dropout": sim.dropout[sim.customer],
+        }
+    ).sort_values(["order_ts", "customer_id"], kind="stable", ignore_index=True)
+
+
+def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
+    """Generate an order history in the orders contract: what the shop's file holds, the orders
+    of :func:`generate_history` from ``start`` on.
+
+    Returns
+    -------
+    DataFrame
+        ``customer_id`` (int64), ``order_id`` (int64), ``order_ts`` (UTC), ``amount`` (float,
+        negative for returns), ``quantity``, ``category``, ``channel``; sorted by ``order_ts``.
+    """
+    p = params or SynthParams()
+    sim = _simulate(p)
+    n = p.n_customers
+    rng = np.random.default_rng([p.seed, 1])  # the order details: a stream of their own
+    fav_cat = rng.choice(len(CATEGORIES), n, p=_zipf(len(CATEGORIES)))
+    fav_chan = rng.choice(len(CHANNELS), n, p=[0.55, 0.3, 0.15])
+    bought = sim.amount > 0
+    n_lines = int(bought.sum())  # purchases come first, numbered by their line
+    owner = sim.customer[:n_lines]
+    quantity = 1 + rng.poisson(np.maximum(sim.amount[:n_lines] / 40.0 - 1, 0.1))
+    is_fav = rng.random(n_lines) < p.favourite_share
+    cat = np.where(is_fav, fav_cat[owner], rng.choice(len(CATEGORIES), n_lines, p=_zipf(8)))
+    chan = np.where(
+        rng.random(n_lines) < 0.8, fav_chan[owner], rng.integers(0, len(CHANNELS), n_lines)
+    )
+    first = int(round((pd.Timestamp(p.start, tz="UTC") - sim.begin).total_seconds()))
+    keep = np.flatnonzero(sim.secs >= first)
+    shift = 1 << int(n).bit_length()
+    keep = keep[np.argsort(sim.secs[keep] * shift + sim.customer[keep], kind="stable")]
+    line = sim.line[keep]  # by time, then customer
+    return pd.DataFrame(
+        {
+            "customer_id": sim.customer[keep].astype(np.int64) + 100_000,
+            "order_id": np.arange(keep.size, dtype=np.int64) + 1_000_000,
+            "order_ts": _timestamps(sim.begin, sim.secs[keep]),
+            "amount": sim.amount[keep],
+            "quantity": quantity[line].astype(np.int64),
+            "category": pd.Categorical.from_codes(cat[line], CATEGORIES),
+            "channel": pd.Categorical.from_codes(chan[line], CHANNELS),
         }
     )
 
