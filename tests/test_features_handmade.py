@@ -81,6 +81,15 @@ EXPECTED = {
         orders_ahead_90d_last_year=0,
         n_categories=1,
         top_category_share=1.0,
+        first_order_amount=40.0,
+        last_vs_first_amount=0.5,
+        last_vs_mean_amount=0.5,
+        returns_90d=0,
+        days_since_return=NAN,
+        returned_since_last_order=0,
+        cutoff_season_sin=0.0,  # T is January 1: the angle of the year is 0
+        cutoff_season_cos=1.0,
+        history_days=407.0,  # the data starts with e's order of 2022-11-20
     ),
     "b": dict(
         recency_days=29.5,
@@ -118,6 +127,15 @@ EXPECTED = {
         orders_ahead_90d_last_year=0,
         n_categories=1,
         top_category_share=1.0,
+        first_order_amount=25.5,
+        last_vs_first_amount=1.0,
+        last_vs_mean_amount=1.0,
+        returns_90d=1,
+        days_since_return=22.0,
+        returned_since_last_order=1,
+        cutoff_season_sin=0.0,  # T is January 1: the angle of the year is 0
+        cutoff_season_cos=1.0,
+        history_days=407.0,  # the data starts with e's order of 2022-11-20
     ),
     "e": dict(
         recency_days=12.0,
@@ -155,6 +173,15 @@ EXPECTED = {
         orders_ahead_90d_last_year=2,
         n_categories=2,
         top_category_share=0.6,
+        first_order_amount=100.0,
+        last_vs_first_amount=0.7,
+        last_vs_mean_amount=70 / 52,
+        returns_90d=0,
+        days_since_return=NAN,
+        returned_since_last_order=0,
+        cutoff_season_sin=0.0,  # T is January 1: the angle of the year is 0
+        cutoff_season_cos=1.0,
+        history_days=407.0,  # the data starts with e's order of 2022-11-20
     ),
 }
 

@@ -23,7 +23,13 @@ def synth_orders(synth_frame):
 
 def test_duckdb_features_equal_pandas_reference(synth_orders):
     got = build_features(synth_orders, CUTOFFS, lookback_days=365)
-    spec = FeatureSpec(365, (30, 90, 180, 365), has_category=True, has_channel=True)
+    spec = FeatureSpec(
+        365,
+        (30, 90, 180, 365),
+        has_category=True,
+        has_channel=True,
+        data_start=synth_orders.first_ts,
+    )
     want = reference_features(synth_orders.to_pandas(), CUTOFFS, spec)
     assert len(got) > 3000 and got["cutoff_ts"].nunique() == len(CUTOFFS)
     assert list(got.columns) == list(want.columns)

@@ -25,12 +25,23 @@ gap_mean_days, gap_median_days, gap_std_days, last_gap_days
                                   gaps between consecutive purchase days
 overdue_ratio                     recency_days / gap_mean_days
 orders_per_year                   n_orders per 365 days of tenure (tenure at least 30 days)
+first_order_amount                the first purchase's amount (of several at once, the largest)
+last_vs_first_amount, last_vs_mean_amount
+                                  the last purchase's amount over the first's / over the mean
 n_returns, return_amount, return_rate (returns / (purchases + returns)), net_spend
+returns_90d                       returns in the last 90 days
+days_since_return                 days since the last return (missing without one)
+returned_since_last_order         1 when a return came after the last purchase, else 0
 weekend_share                     share of purchases on Saturday or Sunday
 orders_ahead_90d_last_year        purchases in (T - 365, T - 275]: what they did a year ago in
                                   the 90 days now ahead (a seasonality signal)
 n_categories, top_category_share  when a category column exists
 n_channels                        when a channel column exists
+cutoff_season_sin, cutoff_season_cos
+                                  where T sits in the year: the angle 2 pi (day of year - 1) /
+                                  365.25 (the same for every customer at T)
+history_days                      days from the first order in the data to T: how much history
+                                  the file can show at T (a file often starts after the shop did)
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ class FeatureSpec:
     windows_days: tuple[int, ...] = (30, 90, 180, 365)
     has_category: bool = False
     has_channel: bool = False
+    data_start: datetime | None = None  # the first order in the data (for history_days)
 
     def __post_init__(self) -> None:
         if self.lookback_days < 1:
@@ -96,6 +108,9 @@ def feature_names(spec: FeatureSpec) -> list[str]:
         "monetary_mean",
         "max_order_amount",
         "last_order_amount",
+        "first_order_amount",
+        "last_vs_first_amount",
+        "last_vs_mean_amount",
     ]
     for w in spec.windows_days:
         names += [f"orders_{w}d", f"spend_{w}d"]
@@ -115,6 +130,9 @@ def feature_names(spec: FeatureSpec) -> list[str]:
         "return_amount",
         "return_rate",
         "net_spend",
+        "returns_90d",
+        "days_since_return",
+        "returned_since_last_order",
         "weekend_share",
         "orders_ahead_90d_last_year",
     ]
@@ -122,7 +140,7 @@ def feature_names(spec: FeatureSpec) -> list[str]:
         names += ["n_categories", "top_category_share"]
     if spec.has_channel:
         names += ["n_channels"]
-    return names
+    return [*names, "cutoff_season_sin", "cutoff_season_cos", "history_days"]
 
 
 def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
@@ -213,6 +231,13 @@ def feature_sql(
     weekend = d.weekend.format(ts="order_ts")
     # the last purchase's amount; of several at the same instant, the largest
     last_amount = d.arg_max.format(value="amount", key=d.pair.format(a="order_ts", b="amount"))
+    # the first purchase's amount (the oldest, so the largest age); of several, the largest
+    first_amount = d.arg_max.format(value="amount", key=d.pair.format(a="age_days", b="amount"))
+    doy_angle = "2 * pi() * (dayofyear(b.cutoff_ts) - 1) / 365.25"
+    start = spec.data_start or datetime(1970, 1, 1)
+    history = d.days_between.format(
+        later="b.cutoff_ts", earlier=f"TIMESTAMP '{start:%Y-%m-%d %H:%M:%S.%f}'"
+    )
     median_gap = d.median.format(x="g.gap_days")
 
     cat_sel = ""
@@ -257,6 +282,7 @@ def feature_sql(
                {dbl(x=f"sum(amount) FILTER (WHERE {P})")} AS monetary_total,
                {dbl(x=f"max(amount) FILTER (WHERE {P})")} AS max_order_amount,
                {dbl(x=last_amount + f" FILTER (WHERE {P})")} AS last_order_amount,
+               {dbl(x=first_amount + f" FILTER (WHERE {P})")} AS first_order_amount,
                {win_sel},
                count(*) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180)
                    AS orders_prev_90d,
@@ -269,6 +295,8 @@ def feature_sql(
                {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)")}
                    AS _spend_90,
                count(*) FILTER (WHERE is_return) AS n_returns,
+               count(*) FILTER (WHERE is_return AND age_days < 90) AS returns_90d,
+               min(age_days) FILTER (WHERE is_return) AS days_since_return,
                {dbl(x="coalesce(-sum(amount) FILTER (WHERE is_return), 0)")} AS return_amount,
                count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
                count(*) FILTER (WHERE {P} AND age_days >= 275 AND age_days < 365)
@@ -280,7 +308,10 @@ def feature_sql(
     SELECT b.customer_id, b.cutoff_ts,
            b.recency_days, b.tenure_days, b.n_orders, g.n_order_days,
            b.monetary_total, b.monetary_total / b.n_orders AS monetary_mean,
-           b.max_order_amount, b.last_order_amount,
+           b.max_order_amount, b.last_order_amount, b.first_order_amount,
+           b.last_order_amount / nullif(b.first_order_amount, 0) AS last_vs_first_amount,
+           b.last_order_amount / nullif(b.monetary_total / b.n_orders, 0)
+               AS last_vs_mean_amount,
            {win_out},
            b.orders_prev_90d, b.spend_prev_90d,
            {dbl(x="b._orders_90 - b.orders_prev_90d")}
@@ -295,8 +326,13 @@ def feature_sql(
            b.n_returns, b.return_amount,
            {dbl(x="b.n_returns")} / (b.n_orders + b.n_returns) AS return_rate,
            b.monetary_total - b.return_amount AS net_spend,
+           b.returns_90d, b.days_since_return,
+           CASE WHEN b.days_since_return < b.recency_days THEN 1 ELSE 0 END
+               AS returned_since_last_order,
            {dbl(x="b._weekend_orders")} / b.n_orders AS weekend_share,
-           b.orders_ahead_90d_last_year{cat_out}{chan_out}
+           b.orders_ahead_90d_last_year{cat_out}{chan_out},
+           sin({doy_angle}) AS cutoff_season_sin, cos({doy_angle}) AS cutoff_season_cos,
+           {history} AS history_days
     FROM base b
     JOIN days g ON g.customer_id = b.customer_id AND g.cutoff_ts = b.cutoff_ts
     """
@@ -449,6 +485,7 @@ def _spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -
         windows_days=tuple(sorted(set(int(w) for w in windows_days))),
         has_category=orders.has_category,
         has_channel=orders.has_channel,
+        data_start=orders.first_ts,
     )
 
 

@@ -41,6 +41,14 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
     out["max_order_amount"] = g["amount"].max()
     last = p.sort_values(["customer_id", "order_ts", "amount"]).groupby("customer_id").tail(1)
     out["last_order_amount"] = last.set_index("customer_id")["amount"]
+    first = p.sort_values(["customer_id", "order_ts", "amount"], ascending=[True, True, False])
+    out["first_order_amount"] = (
+        first.groupby("customer_id").head(1).set_index("customer_id")["amount"]
+    )
+    out["last_vs_first_amount"] = out["last_order_amount"] / out["first_order_amount"].replace(
+        0, np.nan
+    )
+    out["last_vs_mean_amount"] = out["last_order_amount"] / out["monetary_mean"].replace(0, np.nan)
 
     def window(lo: float, hi: float) -> tuple[pd.Series, pd.Series]:
         sel = p[(p["age"] >= lo) & (p["age"] < hi)].groupby("customer_id")
@@ -74,6 +82,10 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
     out["return_amount"] = (-rg["amount"].sum()).reindex(keep, fill_value=0.0)
     out["return_rate"] = out["n_returns"] / (out["n_orders"] + out["n_returns"])
     out["net_spend"] = out["monetary_total"] - out["return_amount"]
+    r_age = _days(t - r["order_ts"])
+    out["returns_90d"] = r[r_age < 90].groupby("customer_id").size().reindex(keep, fill_value=0)
+    out["days_since_return"] = r_age.groupby(r["customer_id"]).min().reindex(keep)
+    out["returned_since_last_order"] = (out["days_since_return"] < out["recency_days"]).astype(int)
     weekend = p["order_ts"].dt.day_of_week >= 5
     out["weekend_share"] = (
         p[weekend].groupby("customer_id").size().reindex(keep, fill_value=0) / out["n_orders"]
@@ -87,6 +99,11 @@ def _one_cutoff(orders: pd.DataFrame, t: pd.Timestamp, spec: FeatureSpec) -> pd.
         out["top_category_share"] = by_c.max() / by_c.sum()
     if spec.has_channel:
         out["n_channels"] = g["channel"].nunique()
+    angle = 2 * np.pi * (t.day_of_year - 1) / 365.25
+    out["cutoff_season_sin"] = np.sin(angle)
+    out["cutoff_season_cos"] = np.cos(angle)
+    start = pd.Timestamp(spec.data_start or "1970-01-01", tz="UTC")
+    out["history_days"] = (t - start).total_seconds() / 86400.0
     out = out.reset_index()
     out.insert(1, "cutoff_ts", t)
     return out
