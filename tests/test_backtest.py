@@ -129,8 +129,17 @@ def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir
     saved = list((workdir / "models").glob("*.joblib"))
     assert len(saved) == 1 and saved[0].with_suffix(".joblib.json").is_file()
 
+    # one two-leaf tree from the base rate, forced: worse than anything the choice would make
     worse = _cli(
-        *args, "--set", "model.n_estimators=1", "--set", "model.num_leaves=2", cwd=workdir, env=env
+        *args,
+        "--set",
+        "model.candidate=boosted",
+        "--set",
+        "model.n_estimators=1",
+        "--set",
+        "model.num_leaves=2",
+        cwd=workdir,
+        env=env,
     )
     assert worse.returncode == 0, worse.stderr
     assert "v2 (not promoted" in worse.stdout

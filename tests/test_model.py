@@ -1,4 +1,5 @@
-"""The churn model: fit on stacked snapshots, calibrated, saved with a checksum."""
+"""The churn model: candidates built on BG/NBD, chosen on held-out customers, saved with a
+checksum."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import json
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import orders_of
 from winback.backtest import training_cutoffs
 from winback.errors import DataError, InsufficientDataError, WinbackError
-from winback.model import ChurnModel, load_model, save_model
+from winback.model import CANDIDATES, ChurnModel, load_model, save_model
 from winback.snapshots import build_snapshots
 
 
@@ -40,14 +42,81 @@ def test_training_cutoffs_by_hand():
 def test_model_is_calibrated_and_carries_its_metadata(model, snaps):
     p = model.predict_proba(snaps)[:, 1]
     assert ((p > 0) & (p < 1)).all()
-    # calibrated on held-out customers: the mean prediction is close to the churn rate
+    # boosted on log loss from a probability: the mean prediction is close to the churn rate
     assert abs(p.mean() - snaps["churned"].mean()) < 0.03
     meta = model.metadata()
     assert meta["horizon_days"] == 60 and "bgnbd_p_no_purchase" in meta["features"]
     assert len(meta["training_cutoffs"]) == snaps["cutoff_ts"].nunique()
     assert set(meta["versions"]) >= {"lightgbm", "scikit-learn"}
+    # the choice and every candidate's held-out scores travel with the model
+    assert meta["candidate"] in CANDIDATES and set(meta["candidates"]) == set(CANDIDATES)
+    best = min(meta["candidates"], key=lambda n: meta["candidates"][n]["log_loss"])
+    if meta["candidate"] != best:  # BG/NBD kept: the best one did not beat it beyond noise
+        gain = meta["candidates"][best]
+        assert meta["candidate"] == "btyd"
+        assert gain["gain_over_btyd"] <= 2 * gain["gain_over_btyd_se"]
+    assert meta["selection_rows"] > 0
     contrib = model.contributions(snaps.head(5))
     assert list(contrib.columns) == model.features_ and contrib.shape == (5, len(model.features_))
+
+
+def test_no_tree_means_the_btyd_probability_itself():
+    # four customers whose BG/NBD probabilities are worked out: logit(0.2) = ln(1/4),
+    # logit(0.5) = 0, logit(0.8) = ln 4, logit(0.9) = ln 9
+    rows = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "cutoff_ts": pd.Timestamp("2024-01-01", tz="UTC"),
+            "recency_days": [5.0, 40.0, 90.0, 200.0],
+            "bgnbd_p_no_purchase": [0.2, 0.5, 0.8, 0.9],
+        }
+    )
+    m = ChurnModel()
+    m.features_ = ["recency_days", "bgnbd_p_no_purchase"]
+    m.booster_, m.n_trees_, m.shrink_, m.uses_margin_ = None, 0, 0.0, True
+    np.testing.assert_allclose(
+        m.predict_margin(rows), [np.log(0.25), 0.0, np.log(4.0), np.log(9.0)], atol=1e-12
+    )
+    assert m.predict_proba(rows)[:, 1].tolist() == [0.2, 0.5, 0.8, 0.9]  # exactly, no round trip
+
+
+def test_when_btyd_is_the_truth_the_choice_is_btyd(snaps):
+    # labels drawn from BG/NBD's own probabilities: nothing else can be learnt, so the held-out
+    # customers keep BG/NBD (whatever noise the trees fitted is within the comparison's noise)
+    rng = np.random.default_rng(5)
+    rows = snaps.assign(churned=rng.random(len(snaps)) < snaps["bgnbd_p_no_purchase"])
+    m = ChurnModel(horizon_days=60).fit(rows, rows["churned"])
+    assert m.candidate_ == "btyd"
+    assert m.predict_proba(rows)[:, 1].tolist() == rows["bgnbd_p_no_purchase"].tolist()
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES)
+def test_each_candidate_predicts_explains_and_checks_drift(snaps, candidate):
+    m = ChurnModel(horizon_days=60, candidate=candidate).fit(snaps, snaps["churned"])
+    assert m.candidate_ == candidate and set(m.selection_) == {candidate}
+    X = snaps.head(2000)
+    margin = m.predict_margin(X)
+    np.testing.assert_allclose(m.predict_proba(X)[:, 1], 1 / (1 + np.exp(-margin)), atol=1e-12)
+    if candidate == "boosted_btyd":  # the margin is BG/NBD's logit plus the weighted trees
+        p = np.clip(X["bgnbd_p_no_purchase"].to_numpy(), 1e-6, 1 - 1e-6)
+        trees = (
+            m.booster_.predict(
+                X[m.features_].to_numpy(float), num_iteration=m.n_trees_, raw_score=True
+            )
+            if m.booster_
+            else 0.0
+        )
+        np.testing.assert_allclose(margin, np.log(p / (1 - p)) + m.shrink_ * trees, atol=1e-9)
+    for method in ("shap", "path"):
+        c = m.contributions(X, method)
+        # each method adds up to the margin with one bias for every row
+        bias = margin - c.sum(axis=1).to_numpy()
+        np.testing.assert_allclose(bias, bias[0], atol=1e-9)
+    if candidate == "btyd":  # all of it is BG/NBD's probability
+        assert (c.drop(columns="bgnbd_p_no_purchase") == 0).all().all()
+    drift = m.drift(X, m.predict_proba(X)[:, 1])
+    assert set(drift) >= {"recency_days", "p_churn"}
+    assert m.feature_importance().index[0] in m.features_
 
 
 def test_refitting_gives_the_same_model(snaps, model):
@@ -110,18 +179,19 @@ def test_model_remembers_its_training_distribution(model, snaps):
     assert model.drift(shifted, model.predict_proba(latest)[:, 1])["recency_days"] > 1.0
 
 
-def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(model, snaps):
+def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(snaps):
     from winback.model import _path_contributions
 
+    model = ChurnModel(horizon_days=60, candidate="boosted").fit(snaps, snaps["churned"])
     X = snaps.head(3000).copy()
     X.loc[X.index[:300], "gap_mean_days"] = np.nan  # missing values take the default side
     path = model.contributions(X, "path")
     shap = model.contributions(X, "shap")
-    Xf = X[model.features_].astype(float)
-    raw = model.booster_.predict(Xf, num_iteration=model.best_iteration_, raw_score=True)
+    Xf = X[model.features_].to_numpy(dtype=float)
+    raw = model.booster_.predict(Xf, num_iteration=model.n_trees_, raw_score=True)
     # each method adds up exactly with its own bias (LightGBM's root values for the path
     # method, the expected value for TreeSHAP)
-    full = _path_contributions(model.booster_.booster_, Xf.to_numpy(), model.best_iteration_)
+    full = _path_contributions(model.booster_, Xf, model.n_trees_)
     np.testing.assert_allclose(full.sum(axis=1), raw, atol=1e-9)
     np.testing.assert_allclose(full[:, :-1], path.to_numpy())
     shap_bias = raw - shap.sum(axis=1).to_numpy()

@@ -139,7 +139,7 @@ def test_distributed_scores_equal_duckdb_scores(synth_pair):
     duck, sprk = synth_pair
     cuts = [f"2023-0{m}-01" for m in (3, 5, 7, 9)]
     snaps = build_snapshots(duck, cuts, 90)
-    model = ChurnModel(horizon_days=90, n_estimators=40, calibration_cutoffs=1)
+    model = ChurnModel(horizon_days=90, n_estimators=40)
     model.fit(snaps, snaps["churned"])
     camp = load_config(None).campaigns
     t = datetime(2023, 12, 31)
@@ -225,7 +225,7 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
 
     duck, _ = synth_pair
     snaps = build_snapshots(duck, ["2023-03-01", "2023-06-01", "2023-09-01"], 90)
-    model = ChurnModel(horizon_days=90, n_estimators=30, calibration_cutoffs=1)
+    model = ChurnModel(horizon_days=90, n_estimators=30)
     path = save_model(model.fit(snaps, snaps["churned"]), tmp_path / "m.joblib")
     exe = Path(sys.executable).with_name("winback")
     common = [

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from winback.evaluate import RfmLogit, baseline_scores, score_metrics
 from winback.features import cutoff_schedule, normalize_cutoffs
 from winback.model import ChurnModel
 from winback.orders import Orders
+from winback.progress import Progress, tell
 from winback.snapshots import build_snapshots
 
 __all__ = [
@@ -65,16 +67,23 @@ def training_cutoffs(
 
 @dataclass
 class BacktestResult:
-    """Predictions and metrics of a backtest, per evaluation cutoff and pooled."""
+    """Predictions and metrics of a backtest, per evaluation cutoff and pooled, and the
+    model's choice of candidate at each cutoff."""
 
     predictions: pd.DataFrame
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
     models: dict[str, ChurnModel] = field(default_factory=dict)
     training: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def table(self) -> pd.DataFrame:
         """Every metric row with its cutoff ('pooled' for all cutoffs together)."""
         return pd.concat({k: v for k, v in self.metrics.items()}, names=["cutoff", "score"])
+
+    def choices(self) -> dict[str, dict]:
+        """Per evaluation cutoff: the candidate the model chose, and every candidate's scores
+        on the held-out customers that chose it."""
+        return {key: m.choice() for key, m in self.models.items()}
 
 
 def run_backtest(
@@ -88,9 +97,12 @@ def run_backtest(
     model_params: dict | None = None,
     n_boot: int = 500,
     random_state: int = 42,
-    on_step: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> BacktestResult:
     """Backtest the churn model and the baselines at each evaluation cutoff (rolling origin).
+
+    ``progress(stage, done, total)`` hears of the snapshots, each BG/NBD fit, the boosting
+    rounds and the evaluation.
 
     Returns
     -------
@@ -98,7 +110,7 @@ def run_backtest(
         ``predictions`` has ``customer_id, cutoff_ts, p_churn, churned`` (empty where the data
         does not cover ``(T, T + H]``) and one column per baseline score.
     """
-    step = on_step or (lambda _msg: None)
+    t0 = time.perf_counter()
     evals = normalize_cutoffs(as_of)
     params = {
         "horizon_days": horizon_days,
@@ -109,14 +121,35 @@ def run_backtest(
     preds, metrics, models, training = [], {}, {}, {}
     for t in evals:
         key = f"{t:%Y-%m-%d}"
+
+        def told(stage: str, done: int, total: int, key: str = key) -> None:
+            tell(progress, f"{key}: {stage}", done, total)
+
         cuts = training_cutoffs(t, horizon_days, spacing_days, n_cutoffs, orders.first_ts)
-        step(f"{key}: snapshots at {len(cuts)} training cutoffs")
         train = build_snapshots(
-            orders, cuts, horizon_days, lookback_days, windows_days, observed_until=t
+            orders,
+            cuts,
+            horizon_days,
+            lookback_days,
+            windows_days,
+            observed_until=t,
+            progress=told,
         )
-        step(f"{key}: training on {len(train):,} rows")
-        model = ChurnModel(**params).fit(train, train["churned"])
+        log.info("%s: training on %s rows at %d cutoffs", key, f"{len(train):,}", len(cuts))
+        model = ChurnModel(**params).fit(train, train["churned"], progress=told)
+        log.info(
+            "%s: chose %s (%d trees) over %s",
+            key,
+            model.candidate_,
+            model.n_trees_,
+            ", ".join(
+                f"{n} (log loss {v['log_loss']:.4f})"
+                for n, v in model.selection_.items()
+                if n != model.candidate_
+            ),
+        )
         logit = RfmLogit(random_state=random_state).fit(train, train["churned"])
+        del train
         labelled = t + timedelta(days=horizon_days) <= orders.last_ts
         test = build_snapshots(
             orders, [t], horizon_days, lookback_days, windows_days, labels=labelled
@@ -129,8 +162,9 @@ def run_backtest(
         preds.append(out)
         models[key], training[key] = model, model.training_cutoffs_
         if labelled:
-            step(f"{key}: evaluating {len(out):,} customers")
+            told(f"evaluating {len(out):,} customers", 0, 1)
             metrics[key] = _metrics(out, n_boot, random_state)
+            told(f"evaluating {len(out):,} customers", 1, 1)
         else:
             log.warning(
                 "%s: the data ends before %s + %d days; scored, not evaluated",
@@ -142,7 +176,7 @@ def run_backtest(
     done = predictions[predictions["churned"].notna()]
     if len(metrics) > 1:
         metrics["pooled"] = _metrics(done, n_boot, random_state)
-    return BacktestResult(predictions, metrics, models, training)
+    return BacktestResult(predictions, metrics, models, training, time.perf_counter() - t0)
 
 
 def _metrics(pred: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
@@ -181,7 +215,9 @@ def write_backtest(result: BacktestResult, out_dir: str | Path, params: dict) ->
     doc = {
         "params": params,
         "training_cutoffs": result.training,
+        "models": result.choices(),
         "metrics": {k: _jsonable(v) for k, v in result.metrics.items()},
+        "seconds": round(result.seconds, 3),
     }
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=str))

@@ -30,6 +30,10 @@ __all__ = ["BGNBD", "BTYD_VARIANTS", "summarize", "bgnbd_log_likelihood"]
 BTYD_VARIANTS = ("bg", "mbg")
 
 
+#: Bounds of the log-parameters while fitting: e^-12 to e^12 keeps every term finite.
+_LOG_BOUNDS = (-12.0, 12.0)
+
+
 def _shift(variant: str) -> int:
     """0 for BG/NBD, 1 for MBG/NBD: where the two likelihoods differ, MBG/NBD has ``x + 1``."""
     if variant not in BTYD_VARIANTS:
@@ -72,25 +76,59 @@ def bgnbd_log_likelihood(
     return a1 + a2 + np.logaddexp(a3, a4)
 
 
-def _nll_and_grad(log_params, x, t_x, T, w, k: int, penalizer: float):
-    """Mean negative log-likelihood (weights ``w``) and its gradient in the log-parameters."""
+@dataclass(frozen=True)
+class _Pooled:
+    """Distinct ``(x, t_x, T)`` triples with their weights, and the distinct ``x`` values: the
+    special functions of the likelihood depend on ``x`` alone, so they are evaluated once per
+    distinct ``x`` (a few dozen) instead of once per triple (thousands)."""
+
+    x: np.ndarray
+    t_x: np.ndarray
+    T: np.ndarray
+    w: np.ndarray
+    ux: np.ndarray  # distinct x
+    at: np.ndarray  # each triple's position in ux
+    wx: np.ndarray  # total weight per distinct x
+
+    @classmethod
+    def of(cls, x, t_x, T, w) -> _Pooled:
+        ux, at = np.unique(x, return_inverse=True)
+        return cls(x, t_x, T, w, ux, at, np.bincount(at, weights=w, minlength=ux.size))
+
+
+def _nll_and_grad(log_params, d: _Pooled, k: int, penalizer: float):
+    """Mean negative log-likelihood (weights ``d.w``) and its gradient in the log-parameters
+    (the same as :func:`bgnbd_log_likelihood`, term by term)."""
     params = np.exp(log_params)
     r, alpha, a, b = params
-    a1, a2, a3, a4 = _terms(params, x, t_x, T, k)
-    ll = a1 + a2 + np.logaddexp(a3, a4)
-    w3 = np.exp(a3 - (ll - a1 - a2))  # share of the "alive at T" term
-    w4 = 1.0 - w3
     ab = a + b
-    d_r = digamma(r + x) - digamma(r) + np.log(alpha)
-    d_r += -w3 * np.log(alpha + T) - w4 * np.log(alpha + t_x)
-    d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (alpha + t_x)
-    d_a = digamma(ab) - digamma(ab + x + k) + w4 / a
-    d_b = digamma(b + x + k) - digamma(ab + x + k) - digamma(b) + digamma(ab)
-    d_b -= w4 / np.maximum(b + x - 1 + k, 1e-300)
-    total = w.sum()
-    grad = -np.array([(w * d).sum() for d in (d_r, d_alpha, d_a, d_b)]) * params / total
-    value = -(w * ll).sum() / total
-    value += penalizer * float(np.sum(log_params**2))
+    u = d.ux
+    # the terms that depend on x alone, per distinct x, weighted by how often it occurs
+    x_only = gammaln(r + u) + betaln(a, b + u + k)
+    const = -gammaln(r) + r * np.log(alpha) - betaln(a, b)
+    log_c = np.log(np.maximum(b + u - 1 + k, 1e-300))  # log(b + x - 1) (BG) or log(b + x)
+    rx = r + d.x
+    log_T = np.log(alpha + d.T)
+    log_tx = np.log(alpha + d.t_x)
+    a3 = -rx * log_T
+    dies = (d.x > 0) | (k == 1)  # who can have dropped out after their last purchase
+    a4 = np.where(dies, np.log(a) - log_c[d.at] - rx * log_tx, -np.inf)
+    mix = np.logaddexp(a3, a4)
+    w3 = np.exp(a3 - mix)  # share of the "alive at T" term
+    w4 = 1.0 - w3
+    total = d.w.sum()
+    ll = (d.wx * x_only).sum() + total * const + (d.w * mix).sum()
+    ww3, ww4 = d.w * w3, d.w * w4
+    d_r = (d.wx * digamma(r + u)).sum() + total * (np.log(alpha) - digamma(r))
+    d_r -= (ww3 * log_T).sum() + (ww4 * log_tx).sum()
+    d_alpha = total * r / alpha - (ww3 * rx / (alpha + d.T)).sum()
+    d_alpha -= (ww4 * rx / (alpha + d.t_x)).sum()
+    d_a = total * digamma(ab) - (d.wx * digamma(ab + u + k)).sum() + ww4.sum() / a
+    d_b = (d.wx * (digamma(b + u + k) - digamma(ab + u + k))).sum()
+    d_b += total * (digamma(ab) - digamma(b))
+    d_b -= (ww4 / np.exp(log_c[d.at])).sum()
+    grad = -np.array([d_r, d_alpha, d_a, d_b]) * params / total
+    value = -ll / total + penalizer * float(np.sum(log_params**2))
     grad += 2 * penalizer * log_params
     return float(value), grad
 
@@ -152,23 +190,33 @@ class BGNBD:
             raise DataError("BG/NBD needs customers with at least one repeat purchase to fit.")
         pooled = df.groupby(["x", "t_x", "T"]).size().reset_index(name="w")
         x, t_x, T_, w = (pooled[c].to_numpy(dtype=float) for c in ("x", "t_x", "T", "w"))
+        data = _Pooled.of(x, t_x, T_, w)
         scale = max(float(np.average(T_, weights=w)), 1e-9)  # alpha lives on the time scale
         neutral = np.log([1.0, scale, 1.0, 1.0])
         starts = [neutral]
         if start is not None:
             starts.insert(0, np.log([start["r"], start["alpha"], start["a"], start["b"]]))
-        args = (x, t_x, T_, w, k, self.penalizer)
+        args = (data, k, self.penalizer)
+        bounds = [_LOG_BOUNDS] * 4
         best = None
         for x0 in starts:
             res = minimize(
-                _nll_and_grad, x0, args=args, jac=True, method="L-BFGS-B",
+                _nll_and_grad,
+                np.clip(x0, *_LOG_BOUNDS),
+                args=args,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
                 options={"maxiter": 2_000, "ftol": 1e-14, "gtol": 1e-9},
-            )  # fmt: skip
+            )
             if not res.success:
                 res = minimize(
-                    lambda p: _nll_and_grad(p, *args)[0], res.x, method="Nelder-Mead",
+                    lambda p: _nll_and_grad(p, *args)[0],
+                    res.x,
+                    method="Nelder-Mead",
+                    bounds=bounds,
                     options={"maxiter": 10_000, "xatol": 1e-8, "fatol": 1e-12},
-                )  # fmt: skip
+                )
             if best is None or res.fun < best.fun:
                 best = res  # a warm start can sit in a flat corner the neutral one escapes
         self.r_, self.alpha_, self.a_, self.b_ = (float(v) for v in np.exp(best.x))

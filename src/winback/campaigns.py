@@ -313,7 +313,8 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
 
     ``contributions`` are per-feature contributions to the churn log-odds (positive = more
     risk), aligned with ``features`` by position. Features whose sentence would repeat another's
-    are skipped; features without a sentence are skipped.
+    are skipped; features without a sentence are skipped. A customer with none left gets the
+    plain fact of their last order.
     """
     c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
@@ -334,6 +335,8 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
                 said.append(text)
                 if len(said) == top:
                     break
+        if not said:  # nothing stands out: the one fact every listed customer has
+            said.append(_reason("recency_days", row) or "")
         out.append("; ".join(said))
     return pd.Series(out, index=contributions.index, dtype="string")
 

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -147,9 +147,40 @@ def _load(path: str | None, cfg: Config, as_of: datetime | None):
         return load_orders(source, cfg.orders, as_of=as_of, con=_connect(cfg))
 
 
+class _Reporter:
+    """Shows the progress of a command: at a terminal, a bar named after the current stage; when
+    the output goes to a file or a pipe (cron, Airflow, CI logs), one log line per finished stage
+    with its time. Called as ``progress(stage, done, total)`` by the library, or through
+    :meth:`update` for the command's own single stage."""
+
+    def __init__(self, label: str, bar, task, log_lines: bool):
+        self.label = label
+        self.bar, self.task, self.log_lines = bar, task, log_lines
+        self.stage: str | None = None
+        self.started = time.perf_counter()
+        self.done = self.total = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.finish()
+            self.stage, self.started = stage, time.perf_counter()
+        self.done, self.total = done, total
+        self.bar.update(self.task, description=stage, completed=done, total=total or None)
+
+    def update(self, done: int, total: int) -> None:
+        self(self.label, done, total)
+
+    def finish(self) -> None:
+        """Log the stage that just ended (when not drawing a bar)."""
+        if self.stage is not None and self.log_lines:
+            count = f" ({self.done:,}/{self.total:,})" if self.total > 1 else ""
+            log.info("%s%s: %.1fs", self.stage, count, time.perf_counter() - self.started)
+        self.stage = None
+
+
 @contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr when it is a terminal; yields an ``update(done, total)``."""
+def _progress(label: str) -> Iterator[_Reporter]:
+    """A progress bar on stderr when it is a terminal, else a log line per finished stage."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -163,12 +194,10 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         transient=True,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+        reporter = _Reporter(label, bar, bar.add_task(label, total=None), not console.is_terminal)
+        reporter(label, 0, 0)
+        yield reporter
+        reporter.finish()
 
 
 def _echo_lines(lines: list[str]) -> None:
@@ -281,7 +310,7 @@ def features(
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
-    with _progress(f"features at {len(cuts)} cutoff(s)") as update:
+    with _progress(f"features at {len(cuts)} cutoff(s)") as bar:
         n = write_features(
             orders,
             cuts,
@@ -289,7 +318,7 @@ def features(
             cfg.features.lookback_days,
             cfg.features.windows_days,
             horizon_days=horizon_days,
-            on_part=update,
+            on_part=bar.update,
         )
     typer.echo(
         f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
@@ -309,7 +338,7 @@ def features(
         typer.echo(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
 
-def _print_metrics(metrics: dict) -> None:
+def _print_metrics(metrics: dict, choices: dict | None = None) -> None:
     typer.echo(
         f"{'cutoff':<11} {'score':<8} {'customers':>9} {'churn':>6} {'ROC-AUC [95% CI]':>24} "
         f"{'Brier':>6} {'lift@10':>7} {'vs BG/NBD [95% CI]':>27}"
@@ -323,6 +352,24 @@ def _print_metrics(metrics: dict) -> None:
                 f"{r['lift_10']:>7.3f} {r['auc_minus_bgnbd']:+.4f} "
                 f"[{r['auc_minus_bgnbd_lo']:+.4f}, {r['auc_minus_bgnbd_hi']:+.4f}]"
             )
+    for key, c in (choices or {}).items():
+        typer.echo(f"{key}: the model is {_describe_choice(c)}")
+
+
+def _describe_choice(c: dict) -> str:
+    """'boosted (57 trees), chosen over btyd (log loss 0.4270), ...' for a model's choice."""
+    what = {"btyd": "BG/NBD alone", "boosted_btyd": "boosted from BG/NBD", "boosted": "boosted"}
+    trees = "" if c["candidate"] == "btyd" else f", {c['n_trees']} trees"
+    if c["candidate"] == "boosted_btyd" and c["shrink"] != 1:
+        trees += f" weighted {c['shrink']:g}"
+    others = ", ".join(
+        f"{what[n]} {v['log_loss']:.4f}" for n, v in c["candidates"].items() if n != c["candidate"]
+    )
+    mine = c["candidates"][c["candidate"]]["log_loss"]
+    return (
+        f"{what[c['candidate']]}{trees}: held-out log loss {mine:.4f} against {others} "
+        f"({c['selection_rows']:,} rows of held-out customers)"
+    )
 
 
 HorizonOpt = Annotated[
@@ -385,18 +432,12 @@ def backtest(
     cuts = normalize_cutoffs(as_of)
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
-    with _progress("backtest") as update:
-        steps = iter(range(1, 10_000))
-        result = backtest_job(
-            orders,
-            cfg,
-            cuts,
-            on_step=lambda msg: (log.debug(msg), update(next(steps), 4 * len(cuts))),
-        )
+    with _progress("backtest") as bar:
+        result = backtest_job(orders, cfg, cuts, progress=bar)
     params = _run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cuts])
     files = write_backtest(result, out, params)
     if result.metrics:
-        _print_metrics(result.metrics)
+        _print_metrics(result.metrics, result.choices())
     else:
         typer.echo("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
     typer.echo(
@@ -437,9 +478,9 @@ def train(
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     orders = _load(orders_path, cfg, None)
-    with _progress("training") as update:
-        res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, on_step=update)
-    _print_metrics(res.backtest.metrics)
+    with _progress("training") as bar:
+        res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, progress=bar)
+    _print_metrics(res.backtest.metrics, res.backtest.choices())
     _echo_train(res)
 
 
@@ -447,9 +488,9 @@ def _echo_train(res) -> None:
     cuts = res.cutoffs
     typer.echo(
         f"trained on {res.n_rows:,} rows at {len(cuts)} cutoffs "
-        f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}), {res.model.best_iteration_} trees, "
-        f"in {res.seconds:.1f}s"
+        f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}) in {res.seconds:.1f}s"
     )
+    typer.echo(f"the model is {_describe_choice(res.model.choice())}")
     typer.echo(f"saved {res.path} (+ .json with metadata and sha256)")
     if res.promotion is not None:
         p = res.promotion
@@ -637,7 +678,7 @@ def report(
         raise UsageError(f"--period must be month, quarter or year; got {period!r}.")
     day = _as_of(as_of)
     orders = _load(orders_path, cfg, None)
-    with _progress("report") as update:
+    with _progress("report") as bar:
         res = report_job(
             orders,
             cfg,
@@ -646,7 +687,7 @@ def report(
             period,
             exports,
             None if model == "none" else model,
-            on_step=update,
+            on_step=bar.update,
         )
     k = res.kpis.dropna(subset=["retention_rate"])
     if len(k):
@@ -663,34 +704,49 @@ def report(
     typer.echo(f"wrote {res.path} and {len(res.files) - 1} CSV tables")
 
 
+def _scenario_help() -> str:
+    from winback.synth import SCENARIOS
+
+    return "The kind of shop: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + "."
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
         "orders.parquet"
     ),
+    scenario: Annotated[str, typer.Option("--scenario", help=_scenario_help())] = "shop",
     customers: Annotated[
         int | None, typer.Option("--customers", help="Number of customers.")
     ] = None,
     orders_n: Annotated[
         int | None, typer.Option("--orders", help="About this many orders (sets --customers).")
     ] = None,
-    start: Annotated[str, typer.Option("--from", help="First day of the history.")] = "2022-01-01",
-    end: Annotated[str, typer.Option("--to", help="Last day of the history.")] = "2024-12-31",
+    start: Annotated[str, typer.Option("--from", help="First day of the file.")] = "2022-01-01",
+    end: Annotated[str, typer.Option("--to", help="Last day of the file.")] = "2024-12-31",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
 ) -> None:
-    """Generate a synthetic order history (Parquet) with churn, seasonality and returns."""
-    from winback.synth import SynthParams, customers_for_orders, generate_orders
+    """Generate a synthetic order history (Parquet), seeded: the same options give the same
+    orders.
+
+    Each --scenario is a shop in which BG/NBD is right (btyd) or wrong in a known way, to see
+    what a model learns beyond it: a Nov-Dec peak with customers who buy only then (seasonal),
+    years of history before the file starts (censored), purchase rates that fade (fading), or
+    returns and falling order values that drive customers away (unhappy).
+    """
+    from winback.synth import customers_for_orders, generate_orders, scenario_params
 
     if customers is not None and orders_n is not None:
         raise UsageError("Give --customers or --orders, not both.")
-    params = SynthParams(start=start, end=end, seed=seed)
+    params = scenario_params(scenario, start=start, end=end, seed=seed)
     n = customers or (customers_for_orders(orders_n, params) if orders_n else 20_000)
-    params = SynthParams(n_customers=n, start=start, end=end, seed=seed)
+    params = scenario_params(scenario, n_customers=n, start=start, end=end, seed=seed)
     t0 = time.perf_counter()
     df = generate_orders(params)
     _atomic_parquet(df, out)
     typer.echo(
-        f"wrote {len(df):,} orders of {n:,} customers to {out} in {time.perf_counter() - t0:.1f}s"
+        f"wrote {len(df):,} orders of {df['customer_id'].nunique():,} customers ({scenario}) "
+        f"to {out} in {time.perf_counter() - t0:.1f}s"
     )
 
 
@@ -770,7 +826,7 @@ def demo(
     bt = backtest_job(orders, demo_cfg, [eval_at])
     params = _run_params(demo_cfg, evaluation_cutoffs=[f"{eval_at:%Y-%m-%d}"])
     files = write_backtest(bt, out / "backtest", params)
-    _print_metrics(bt.metrics)
+    _print_metrics(bt.metrics, bt.choices())
     from winback.tracking import log_backtest
 
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"

@@ -190,21 +190,31 @@ class TrainingConfig(_Section):
 
     spacing_days: int = Field(14, ge=1)
     n_cutoffs: int = Field(24, ge=2)
-    holdout_share: float = Field(0.2, gt=0, lt=1)
-    calibration_cutoffs: int = Field(1, ge=1)
+    holdout_share: float = Field(
+        0.2, gt=0, lt=1, description="Customers held out: half stop boosting, half choose."
+    )
 
 
 class ModelConfig(_Section):
-    """LightGBM settings of the churn model."""
+    """The churn model: which candidate, and LightGBM's settings."""
 
+    candidate: Literal["auto", "btyd", "boosted_btyd", "boosted"] = Field(
+        "auto",
+        description="auto: the candidate held-out customers prefer; or force BG/NBD alone "
+        "(btyd), boosting from BG/NBD (boosted_btyd) or from scratch (boosted).",
+    )
     n_estimators: int = Field(2000, ge=1)
-    learning_rate: float = Field(0.03, gt=0, le=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
     num_leaves: int = Field(15, ge=2)
     min_child_samples: int = Field(100, ge=1)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
-    balance_classes: bool = True
+    early_stopping_rounds: int = Field(30, ge=1)
+    max_bin: int = Field(63, ge=2, le=1023)
+    max_training_rows: int | None = Field(
+        250_000, ge=1000, description="Rows that train the boosters at most (whole customers)."
+    )
 
 
 class EvaluationConfig(_Section):
@@ -361,7 +371,6 @@ class Config(_Section):
         return {
             **self.model.model_dump(),
             "holdout_share": self.training.holdout_share,
-            "calibration_cutoffs": self.training.calibration_cutoffs,
             "lookback_days": self.features.lookback_days,
             "random_state": self.random_state,
         }

@@ -30,6 +30,7 @@ __all__ = [
     "rfm_score",
     "baseline_scores",
     "fast_auc",
+    "lift_at",
     "bootstrap_aucs",
     "score_metrics",
     "plot_gains",
@@ -180,6 +181,12 @@ def _top(y: np.ndarray, s: np.ndarray, share: float) -> tuple[float, float]:
     return float(churners / k / base) if base else float("nan"), float(churners / max(y.sum(), 1))
 
 
+def lift_at(y, s, share: float) -> float:
+    """Lift among the ``share`` of customers with the highest score (ties counted as in
+    :func:`_top`)."""
+    return _top(y, s, share)[0]
+
+
 def score_metrics(
     y, scores: dict[str, np.ndarray], n_boot: int = 500, seed: int = 0, reference: str = "bgnbd"
 ) -> pd.DataFrame:
@@ -215,6 +222,10 @@ def score_metrics(
     return pd.DataFrame(rows).set_index("score")
 
 
+#: Points drawn per line of the gains and profit curve plots.
+CURVE_PLOT_POINTS = 2_000
+
+
 def _new_ax(size: tuple[float, float]):
     """An axes on a fresh figure, without pyplot's global state."""
     from matplotlib.figure import Figure
@@ -227,9 +238,12 @@ def plot_gains(y, scores: dict[str, np.ndarray], ax=None):
     ax = ax or _new_ax((6, 4.5))
     y = np.asarray(y, dtype=int)
     x = np.arange(1, y.size + 1) / y.size
+    # a line through ~CURVE_PLOT_POINTS of its points: a curve of many customers looks the same
+    at = np.unique(np.r_[0 : y.size : max(1, y.size // CURVE_PLOT_POINTS), y.size - 1])
     for name, s in scores.items():
         order = np.argsort(-np.asarray(s, dtype=float), kind="stable")
-        ax.plot(x, np.cumsum(y[order]) / max(y.sum(), 1), label=name, lw=1.5)
+        gained = np.cumsum(y[order]) / max(y.sum(), 1)
+        ax.plot(np.r_[0.0, x[at]], np.r_[0.0, gained[at]], label=name, lw=1.5)
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="random")
     ax.set(
         xlabel="share of customers, highest risk first",
@@ -268,10 +282,6 @@ def plot_importance(importance: pd.Series, top: int = 20, ax=None):
     ax.barh(imp.index, imp.to_numpy())
     ax.set(xlabel="total gain", title="Feature importance")
     return ax
-
-
-#: Points drawn per line of the profit curve plot.
-CURVE_PLOT_POINTS = 2_000
 
 
 def plot_profit_curve(curve: pd.DataFrame, ax=None):

@@ -30,6 +30,7 @@ from winback.measure import Readout, customer_outcomes, load_export, measure_cam
 from winback.model import ChurnModel, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
+from winback.progress import Progress, tell
 from winback.scoring import add_reasons, build_lists, delta, profit_curve, score_customers
 from winback.snapshots import build_snapshots
 
@@ -69,7 +70,7 @@ def backtest_job(
     orders: Orders,
     cfg: Config,
     cutoffs: list[datetime],
-    on_step: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> BacktestResult:
     """Backtest the configured model and the baselines at each cutoff (see run_backtest)."""
     return run_backtest(
@@ -83,7 +84,7 @@ def backtest_job(
         cfg.model_params(),
         cfg.evaluation.n_bootstrap,
         cfg.random_state,
-        on_step=on_step,
+        progress=progress,
     )
 
 
@@ -106,26 +107,29 @@ def train_job(
     track: bool = True,
     promote: bool = False,
     tracking_uri: str | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Gate, backtest at T - H, train on every training cutoff up to T - H, save, register."""
-    step = on_step or (lambda _d, _t: None)
     t = as_of or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
     check_sufficiency(orders, t, h, lb, cfg.sufficiency)
     t0 = time.perf_counter()
     eval_at = t - timedelta(days=h)
-    step(1, 4)
-    bt = backtest_job(orders, cfg, [eval_at])
-    step(2, 4)
+
+    def told(stage: str, done: int, total: int) -> None:
+        tell(progress, f"production model: {stage}", done, total)
+
+    bt = backtest_job(orders, cfg, [eval_at], progress=progress)
     cuts = training_cutoffs(
         t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
     )
-    snaps = build_snapshots(orders, cuts, h, lb, cfg.features.windows_days, observed_until=t)
-    step(3, 4)
-    model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(snaps, snaps["churned"])
+    snaps = build_snapshots(
+        orders, cuts, h, lb, cfg.features.windows_days, observed_until=t, progress=told
+    )
+    model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(
+        snaps, snaps["churned"], progress=told
+    )
     model.data_fingerprint_ = orders.fingerprint()
-    step(4, 4)
     name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{datetime.now(UTC):%Y%m%dT%H%M%S}.joblib"
     path = save_model(model, Path(cfg.models_dir) / name)
     result = TrainResult(model, path, bt, cuts, len(snaps), time.perf_counter() - t0)

@@ -1,19 +1,32 @@
-"""The churn model: LightGBM on stacked snapshots, calibrated, saved with a checksum.
+"""The churn model: boosted from the BTYD prediction, chosen against it, saved with a checksum.
 
-``fit`` takes snapshot rows from several cutoffs. A share of the customers (chosen by a hash of
-the id, so the same on every run) is held out whole: rows of one customer at neighbouring
-cutoffs share most of their label window, so holding out a cutoff of customers the booster saw
-would reward memorising them. LightGBM trains on the other customers with early stopping on the
-held-out customers' rows (by ROC-AUC, which class weights do not bias), then a logistic (Platt)
-calibrator on the logit of the raw score is fitted on the held-out customers' rows at the most
-recent ``calibration_cutoffs`` cutoffs. Platt scaling is monotone, so it fixes the
-probabilities (which class weighting shifts) without changing the ranking. The evaluation
+No-regret by construction. ``fit`` takes snapshot rows from several cutoffs and builds three
+candidates:
+
+- ``btyd``: BG/NBD's own P(no order in H), fitted at each cutoff on the data up to it (the
+  ``bgnbd_p_no_purchase`` column), as it is;
+- ``boosted_btyd``: LightGBM started from the logit of that probability (its ``init_score``), so
+  the trees learn corrections to BG/NBD; none at all means BG/NBD itself, and the corrections
+  are shrunk towards it (a weight in 0, 0.25, ..., 1 chosen on held-out customers);
+- ``boosted``: LightGBM started from the base rate, with BG/NBD's quantities among its features.
+
+A share of the customers (chosen by a hash of the id, so the same on every run) is held out
+whole, since rows of one customer at neighbouring cutoffs share most of their label window:
+half of them stop the boosting early (log loss), the other half choose the candidate with the
+lowest log loss over their rows at every training cutoff (each season and length of history the
+training data covers), so the choice never sees the rows a booster learnt from. A learnt
+candidate must beat BG/NBD by more than twice the standard error of the difference (customers
+as clusters): when BG/NBD is the truth, noise the trees happened to fit does not replace it.
+
+Boosting minimises log loss without class weights, from a probability (BG/NBD's or the base
+rate), so its output is a probability; the candidates' calibration on the held-out customers
+is recorded. A Platt step fitted on past cutoffs was measured to make the next cutoff's
+probabilities worse, not better, when the base rate moves, so there is none. The evaluation
 cutoff of a backtest is never among the training rows.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import platform
 from datetime import UTC, datetime
@@ -26,12 +39,13 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
 
 from winback.atomic import atomic_path, sha256_file
 from winback.errors import DataError, WinbackError
+from winback.progress import Progress
 
 __all__ = [
+    "CANDIDATES",
     "ChurnModel",
     "NON_FEATURES",
     "DRIFT_FEATURES",
@@ -41,10 +55,23 @@ __all__ = [
     "load_model",
 ]
 
-#: Features whose distribution the drift guard compares with training (plus p_churn).
+#: The candidates ``fit`` chooses among, simplest first (ties go to the simpler one).
+CANDIDATES = ("btyd", "boosted_btyd", "boosted")
+
 #: Rows scored at a time.
 PREDICT_BLOCK_ROWS = 250_000
 
+#: The BTYD probability the base margin is made of.
+BTYD_COLUMN = "bgnbd_p_no_purchase"
+
+#: A learnt candidate replaces BG/NBD only when its held-out log loss is lower by more than
+#: this many standard errors of the difference (clustered by customer).
+BTYD_MARGIN_SE = 2.0
+
+#: Weights of the trees' corrections tried for ``boosted_btyd`` (0 = BG/NBD alone).
+SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+#: Features whose distribution the drift guard compares with training (plus p_churn).
 DRIFT_FEATURES = (
     "recency_days",
     "n_orders",
@@ -72,11 +99,45 @@ def _held_out(customer_id: pd.Series, share: float, seed: int) -> np.ndarray:
     return ((h.to_numpy() % 10_000) < int(round(share * 10_000))).astype(bool)
 
 
-def _eval_args(X: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
-    """The validation set in the spelling of the installed LightGBM (eval_X from 4.6 on)."""
-    if "eval_X" in inspect.signature(lgb.LGBMClassifier.fit).parameters:
-        return {"eval_X": (X,), "eval_y": (y,)}
-    return {"eval_set": [(X, y)]}
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _log_loss(y: np.ndarray, margin: np.ndarray) -> float:
+    """Mean log loss of margins (log-odds of y = 1)."""
+    return float(np.mean(np.logaddexp(0.0, -(2 * y - 1) * margin)))
+
+
+def _paired_gap(
+    y: np.ndarray, simple: np.ndarray, learnt: np.ndarray, customers: np.ndarray
+) -> tuple[float, float]:
+    """How much lower the learnt margins' mean log loss is than the simple ones', and the
+    standard error of that difference with the rows of one customer as one cluster."""
+    diff = np.logaddexp(0.0, -(2 * y - 1) * simple) - np.logaddexp(0.0, -(2 * y - 1) * learnt)
+    per_customer = pd.Series(diff).groupby(customers).sum().to_numpy()
+    n = diff.size
+    se = float(np.sqrt(per_customer.size) * per_customer.std(ddof=1) / n)
+    return float(diff.mean()), se
+
+
+def _scores(y: np.ndarray, margin: np.ndarray) -> dict[str, float]:
+    """How a candidate does on the selection rows (for the metadata and tracking)."""
+    from winback.evaluate import fast_auc, lift_at
+
+    p = _sigmoid(margin)
+    return {
+        "log_loss": _log_loss(y, margin),
+        "auc": fast_auc(y, margin),
+        "brier": float(np.mean((p - y) ** 2)),
+        "lift_10": lift_at(y, margin, 0.10),
+        "mean_p": float(p.mean()),
+        "churn_rate": float(y.mean()),
+    }
 
 
 def _flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -173,50 +234,54 @@ def population_stability(reference: dict[str, list[float]], values: np.ndarray) 
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 class ChurnModel(ClassifierMixin, BaseEstimator):
-    """Calibrated LightGBM churn classifier trained on stacked snapshots.
+    """Churn classifier on stacked snapshots: BG/NBD, or LightGBM from it or from scratch,
+    whichever held-out customers prefer (see the module's docstring).
 
     Parameters
     ----------
     horizon_days, lookback_days : int
         The label horizon and population lookback the snapshots were built with (metadata).
+    candidate : {"auto", "btyd", "boosted_btyd", "boosted"}
+        ``auto`` chooses on held-out customers; a name forces that candidate.
     n_estimators : int
         Most boosting rounds; early stopping picks fewer.
     learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda
         LightGBM settings.
+    early_stopping_rounds : int
+        Rounds without a better held-out log loss before boosting stops.
+    max_bin : int
+        Histogram bins per feature (63: as accurate here as 255, and faster).
     holdout_share : float
-        Share of customers held out for early stopping and calibration.
-    calibration_cutoffs : int
-        How many of the most recent cutoffs of the held-out customers calibrate.
-    balance_classes : bool
-        Weight classes equally while boosting (calibration restores the probabilities).
+        Share of customers held out: half stop the boosting, half choose the candidate.
+    max_training_rows : int or None
+        At most this many rows train the boosters (a seeded sample of whole customers); the
+        held-out customers are never sampled.
     random_state : int
-        Seed for LightGBM.
+        Seed for the held-out split, the sample and LightGBM.
     """
 
     def __init__(
         self,
         horizon_days: int = 90,
         lookback_days: int = 365,
+        candidate: str = "auto",
         n_estimators: int = 2000,
-        learning_rate: float = 0.03,
+        learning_rate: float = 0.1,
         num_leaves: int = 15,
         min_child_samples: int = 100,
         subsample: float = 0.8,
         colsample_bytree: float = 0.8,
         reg_lambda: float = 1.0,
+        early_stopping_rounds: int = 30,
+        max_bin: int = 63,
         holdout_share: float = 0.2,
-        calibration_cutoffs: int = 1,
-        balance_classes: bool = True,
+        max_training_rows: int | None = 250_000,
         random_state: int = 42,
     ):
         self.horizon_days = horizon_days
         self.lookback_days = lookback_days
+        self.candidate = candidate
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -224,66 +289,142 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.max_bin = max_bin
         self.holdout_share = holdout_share
-        self.calibration_cutoffs = calibration_cutoffs
-        self.balance_classes = balance_classes
+        self.max_training_rows = max_training_rows
         self.random_state = random_state
 
-    def _booster(self) -> lgb.LGBMClassifier:
-        return lgb.LGBMClassifier(
-            objective="binary",
-            metric="auc",
-            n_estimators=self.n_estimators,
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples,
-            subsample=self.subsample,
-            subsample_freq=1,
-            colsample_bytree=self.colsample_bytree,
-            reg_lambda=self.reg_lambda,
-            class_weight="balanced" if self.balance_classes else None,
-            random_state=self.random_state,
-            deterministic=True,
-            force_row_wise=True,
-            n_jobs=2,
-            verbose=-1,
-        )
+    def _params(self) -> dict[str, Any]:
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples,
+            "bagging_fraction": self.subsample,
+            "bagging_freq": 1 if self.subsample < 1 else 0,
+            "feature_fraction": self.colsample_bytree,
+            "lambda_l2": self.reg_lambda,
+            "max_bin": self.max_bin,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": 2,
+            "verbose": -1,
+        }
 
-    def fit(self, X: pd.DataFrame, y: pd.Series | np.ndarray) -> ChurnModel:
-        """Fit on snapshot rows ``X`` (with ``cutoff_ts``) and labels ``y`` (1 = churned)."""
-        if "cutoff_ts" not in X.columns or "customer_id" not in X.columns:
-            raise DataError(
-                "ChurnModel.fit needs 'customer_id' and 'cutoff_ts' columns to hold out "
-                "customers and recent cutoffs."
-            )
-        y = np.asarray(y, dtype=int)
-        cutoffs = np.sort(X["cutoff_ts"].unique())
-        k = int(self.calibration_cutoffs)
-        hold = _held_out(X["customer_id"], self.holdout_share, self.random_state)
-        calib = hold & X["cutoff_ts"].isin(cutoffs[-k:]).to_numpy()
-        self.features_ = feature_columns(X)
-        Xf = X[self.features_].astype(float)
-        for part, mask in (("training", ~hold), ("calibration", calib)):
+    def _split(self, X: pd.DataFrame, y: np.ndarray):
+        """Row masks: training, early stopping, selection (the last two: held-out customers)."""
+        ids = X["customer_id"]
+        hold = _held_out(ids, self.holdout_share, self.random_state)
+        stop = hold & _held_out(ids, 0.5, self.random_state + 1)
+        choose = hold & ~stop
+        train = ~hold
+        n_train = int(train.sum())
+        if self.max_training_rows is not None and n_train > self.max_training_rows:
+            share = self.max_training_rows / n_train
+            train &= _held_out(ids, share, self.random_state + 2)
+        for part, mask in (("training", train), ("early-stopping", stop), ("selection", choose)):
             if len(np.unique(y[mask])) < 2:
                 raise DataError(
                     f"The {part} rows hold only one class ({int(mask.sum())} rows); "
                     "churned and retained customers are both needed."
                 )
-        booster = self._booster()
-        booster.fit(
-            Xf[~hold],
-            y[~hold],
-            **_eval_args(Xf[hold], y[hold]),
-            callbacks=[lgb.early_stopping(100, verbose=False)],
+        return train, stop, choose
+
+    def fit(
+        self, X: pd.DataFrame, y: pd.Series | np.ndarray, progress: Progress | None = None
+    ) -> ChurnModel:
+        """Fit on snapshot rows ``X`` (with ``customer_id``, ``cutoff_ts`` and the BG/NBD
+        feature ``bgnbd_p_no_purchase``) and labels ``y`` (1 = churned).
+
+        ``progress(stage, done, total)`` is told of each boosting round."""
+        missing = {"customer_id", "cutoff_ts", BTYD_COLUMN} - set(X.columns)
+        if missing:
+            raise DataError(
+                f"ChurnModel.fit needs the column(s) {sorted(missing)}: the customer and cutoff "
+                "hold customers out, and BG/NBD's probability is the base margin. Build the "
+                "rows with winback.snapshots.build_snapshots."
+            )
+        if self.candidate not in ("auto", *CANDIDATES):
+            raise ValueError(
+                f"candidate must be 'auto' or one of {CANDIDATES}; got {self.candidate!r}"
+            )
+        y = np.asarray(y, dtype=int)
+        train, stop, choose = self._split(X, y)
+        cutoffs = np.sort(X["cutoff_ts"].unique())
+        self.features_ = feature_columns(X)
+        Xf = X[self.features_].to_numpy(dtype=float)
+        margin = _logit(X[BTYD_COLUMN].to_numpy())
+        self.margin_mean_ = float(margin[train].mean())
+
+        boosters: dict[str, tuple[lgb.Booster | None, int]] = {}
+        fit_set = lgb.Dataset(
+            Xf[train], y[train], params={"max_bin": self.max_bin}, free_raw_data=False
         )
-        self.booster_ = booster
-        self.best_iteration_ = int(booster.best_iteration_ or self.n_estimators)
-        raw = booster.predict_proba(Xf[calib], num_iteration=self.best_iteration_)[:, 1]
-        self.calibrator_ = LogisticRegression(C=1e6).fit(_logit(raw)[:, None], y[calib])
+        stop_set = lgb.Dataset(Xf[stop], y[stop], reference=fit_set)
+        for name, init in (("boosted", None), ("boosted_btyd", margin)):
+            if self.candidate not in ("auto", name):
+                continue
+            if init is not None:
+                fit_set.set_init_score(init[train])
+                stop_set.set_init_score(init[stop])
+            booster = self._boost(fit_set, stop_set, name, progress)
+            n_trees = int(booster.best_iteration or booster.current_iteration())
+            if init is not None:  # no tree at all when BG/NBD alone stops best
+                best = booster.best_score["valid_0"]["binary_logloss"]
+                if _log_loss(y[stop], init[stop]) <= best:
+                    n_trees = 0
+            boosters[name] = (booster, n_trees)
+
+        ys = y[choose]
+        rows = Xf[choose]
+        table, margins = {}, {}
+        for name in CANDIDATES:
+            if self.candidate not in ("auto", name):
+                continue
+            shrink = 0.0 if name == "btyd" else 1.0
+            if name == "btyd":
+                z = margin[choose]
+            elif name == "boosted":
+                booster, n_trees = boosters[name]
+                z = booster.predict(rows, num_iteration=n_trees, raw_score=True)
+            else:
+                booster, n_trees = boosters[name]
+                trees = (
+                    booster.predict(rows, num_iteration=n_trees, raw_score=True)
+                    if n_trees
+                    else np.zeros(len(ys))
+                )
+                losses = [_log_loss(ys, margin[choose] + w * trees) for w in SHRINK_GRID]
+                shrink = SHRINK_GRID[int(np.argmin(losses))]
+                z = margin[choose] + shrink * trees
+            margins[name] = z
+            table[name] = {
+                **_scores(ys, z),
+                "n_trees": boosters[name][1] if name in boosters else 0,
+                "shrink": shrink,
+            }
+        best = min(table, key=lambda n: (table[n]["log_loss"], CANDIDATES.index(n)))
+        if "btyd" in table and best != "btyd":
+            # a learnt candidate must beat BG/NBD by more than the noise of the comparison
+            ids = X["customer_id"].to_numpy()[choose]
+            gap, se = _paired_gap(ys, margins["btyd"], margins[best], ids)
+            table[best]["gain_over_btyd"], table[best]["gain_over_btyd_se"] = gap, se
+            if gap <= BTYD_MARGIN_SE * se:
+                best = "btyd"
+        self.candidate_ = best
+        self.selection_ = table
+        self.shrink_ = float(table[best]["shrink"])
+        self.n_trees_ = int(table[best]["n_trees"])
+        self.booster_ = boosters[best][0] if best in boosters and self.n_trees_ else None
+        self.uses_margin_ = best != "boosted"
+        self.selection_rows_ = int(choose.sum())
+
         self.classes_ = np.array([0, 1])
         self.training_cutoffs_ = [pd.Timestamp(c).isoformat() for c in cutoffs]
-        self.calibration_cutoffs_ = [pd.Timestamp(c).isoformat() for c in cutoffs[-k:]]
-        self.n_training_rows_ = int((~hold).sum())
+        self.n_training_rows_ = int(train.sum())
         self.versions_ = {
             "python": platform.python_version(),
             "lightgbm": lgb.__version__,
@@ -297,6 +438,22 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.reference_ = {name: _bins(values) for name, values in ref.items()}
         return self
 
+    def _boost(self, fit_set, stop_set, name: str, progress: Progress | None) -> lgb.Booster:
+        callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        if progress is not None:
+
+            def report(env) -> None:
+                progress(f"boosting ({name})", env.iteration + 1, env.end_iteration)
+
+            callbacks.append(report)
+        return lgb.train(
+            self._params(),
+            fit_set,
+            num_boost_round=self.n_estimators,
+            valid_sets=[stop_set],
+            callbacks=callbacks,
+        )
+
     def drift(self, X: pd.DataFrame, p_churn: np.ndarray) -> dict[str, float]:
         """Population stability index of each drift feature and of ``p_churn`` against the
         model's latest training cutoff (0 = same distribution; above 0.25 = a large shift)."""
@@ -305,67 +462,107 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         now["p_churn"] = np.asarray(p_churn, dtype=float)
         return {f: population_stability(ref[f], v) for f, v in now.items() if f in ref}
 
-    def _check(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _check(self, X: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.features_ if c not in X.columns]
         if missing:
             raise DataError(
                 f"The model needs features it was trained with; missing {missing[:5]} "
                 f"({len(missing)} in all). Build them with the same winback version and config."
             )
-        return X[self.features_].astype(float)
+        return X[self.features_].to_numpy(dtype=float)
 
-    def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """LightGBM's uncalibrated score (in blocks of rows, so a large frame is never copied
-        whole into the model's float matrix)."""
+    def _trees(self, Xf: np.ndarray) -> np.ndarray:
+        """The trees' part of the margin (already shrunk)."""
+        if self.booster_ is None:
+            return np.zeros(len(Xf))
+        raw = self.booster_.predict(Xf, num_iteration=self.n_trees_, raw_score=True)
+        return self.shrink_ * raw
+
+    def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
+        """The log-odds of churn: BG/NBD's (for the candidates built on it) plus the trees'
+        corrections, in blocks of rows, so a large frame is never copied whole."""
         out = np.empty(len(X), dtype=float)
         for i in range(0, len(X), PREDICT_BLOCK_ROWS):
-            block = self._check(X.iloc[i : i + PREDICT_BLOCK_ROWS])
-            out[i : i + len(block)] = self.booster_.predict_proba(
-                block, num_iteration=self.best_iteration_
-            )[:, 1]
+            block = X.iloc[i : i + PREDICT_BLOCK_ROWS]
+            z = self._trees(self._check(block))
+            if self.uses_margin_:
+                z = z + _logit(block[BTYD_COLUMN].to_numpy())
+            out[i : i + len(block)] = z
         return out
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Calibrated ``[P(retained), P(churned)]`` per row."""
-        p = self.calibrator_.predict_proba(_logit(self.predict_raw(X))[:, None])[:, 1]
+        """``[P(retained), P(churned)]`` per row. With no trees on top of BG/NBD, the
+        probability is BG/NBD's own, exactly (not a round trip through its logit)."""
+        if self.uses_margin_ and self.booster_ is None:
+            self._check(X.head(0))
+            p = X[BTYD_COLUMN].to_numpy(dtype=float)
+        else:
+            p = _sigmoid(self.predict_margin(X))
         return np.column_stack([1 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
-    def contributions(self, X: pd.DataFrame, method: str = "shap") -> pd.DataFrame:
-        """Per-row feature contributions to the raw log-odds.
+    @property
+    def bias_(self) -> float:
+        """What the contributions of :meth:`contributions` are measured from with ``path``:
+        the trees' root values plus the mean BG/NBD margin of the training rows."""
+        return float(self.margin_mean_ if self.uses_margin_ else 0.0)
 
-        ``shap``: LightGBM's exact TreeSHAP values. ``path``: each split on a row's path in each
-        tree credits its feature with the change in the node value (Saabas); several times
-        faster, and like SHAP the contributions plus the bias add up to the raw score exactly.
+    def contributions(self, X: pd.DataFrame, method: str = "shap") -> pd.DataFrame:
+        """Per-row feature contributions to the churn log-odds.
+
+        The trees' part: ``shap`` is LightGBM's exact TreeSHAP; ``path`` credits each split on
+        a row's path with the change in the node value (Saabas), several times faster, and like
+        SHAP adds up exactly with its bias. The BG/NBD margin (for the candidates built on it)
+        is credited to ``bgnbd_p_no_purchase``, measured from its mean over the training rows.
         """
-        Xf = self._check(X)
-        if method == "shap":
-            c = self.booster_.predict(Xf, num_iteration=self.best_iteration_, pred_contrib=True)
-        elif method == "path":
-            c = _path_contributions(
-                self.booster_.booster_, Xf.to_numpy(dtype=float), self.best_iteration_
-            )
-        else:
+        if method not in ("shap", "path"):
             raise ValueError(f"method must be 'shap' or 'path'; got {method!r}")
-        return pd.DataFrame(c[:, :-1], columns=self.features_, index=X.index)
+        Xf = self._check(X)
+        c = np.zeros((len(Xf), len(self.features_)))
+        if self.booster_ is not None:
+            if method == "shap":
+                full = self.booster_.predict(Xf, num_iteration=self.n_trees_, pred_contrib=True)
+            else:
+                full = _path_contributions(self.booster_, Xf, self.n_trees_)
+            c += self.shrink_ * full[:, :-1]
+        if self.uses_margin_:
+            j = self.features_.index(BTYD_COLUMN)
+            c[:, j] += _logit(X[BTYD_COLUMN].to_numpy()) - self.margin_mean_
+        return pd.DataFrame(c, columns=self.features_, index=X.index)
 
     def feature_importance(self) -> pd.Series:
-        """Total gain per feature, largest first."""
-        gain = self.booster_.booster_.feature_importance(importance_type="gain")
-        return pd.Series(gain, index=self.features_).sort_values(ascending=False)
+        """Total gain per feature, largest first; BG/NBD alone puts it all on its probability."""
+        if self.booster_ is None:
+            gain = np.zeros(len(self.features_))
+        else:
+            gain = self.booster_.feature_importance("gain", iteration=self.n_trees_)
+        imp = pd.Series(gain, index=self.features_, dtype=float)
+        if self.uses_margin_ and not imp.any():
+            imp[BTYD_COLUMN] = 1.0
+        return imp.sort_values(ascending=False)
+
+    def choice(self) -> dict[str, Any]:
+        """The candidate chosen, its trees and weight, and every candidate's scores on the
+        held-out customers that chose it."""
+        return {
+            "candidate": self.candidate_,
+            "n_trees": self.n_trees_,
+            "shrink": self.shrink_,
+            "selection_rows": self.selection_rows_,
+            "candidates": self.selection_,
+        }
 
     def metadata(self) -> dict[str, Any]:
         """What the model was trained on and with (for manifests and tracking)."""
         return {
             "horizon_days": self.horizon_days,
             "lookback_days": self.lookback_days,
+            **self.choice(),
             "features": list(self.features_),
             "training_cutoffs": self.training_cutoffs_,
-            "calibration_cutoffs": self.calibration_cutoffs_,
             "n_training_rows": self.n_training_rows_,
-            "best_iteration": self.best_iteration_,
             "versions": self.versions_,
             "fitted_at": self.fitted_at_,
             "data_fingerprint": getattr(self, "data_fingerprint_", None),

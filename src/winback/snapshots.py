@@ -21,6 +21,7 @@ from winback.errors import DataError
 from winback.features import bgnbd_summary_sql, build_features, normalize_cutoffs
 from winback.labels import build_labels
 from winback.orders import Orders
+from winback.progress import Progress, tell
 
 __all__ = [
     "bgnbd_summaries",
@@ -59,14 +60,15 @@ def fit_positions(n: int) -> np.ndarray | None:
     return np.random.RandomState(0).choice(n, size=BGNBD_FIT_MAX_CUSTOMERS, replace=False)
 
 
-def fit_bgnbd(summaries: pd.DataFrame) -> BGNBD:
+def fit_bgnbd(summaries: pd.DataFrame, start: dict[str, float] | None = None) -> BGNBD:
     """BG/NBD fitted on one cutoff's summaries (a seeded sample of them on large histories),
-    in customer order, so the fit does not depend on the order an engine returns rows in."""
+    in customer order, so the fit does not depend on the order an engine returns rows in.
+    ``start``: a neighbouring cutoff's parameters, tried as a starting point too."""
     fit_on = summaries.sort_values("customer_id", kind="stable")
     positions = fit_positions(len(fit_on))
     if positions is not None:
         fit_on = fit_on.iloc[positions]
-    return BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"])
+    return BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"], start=start)
 
 
 def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> dict:
@@ -81,16 +83,28 @@ def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> di
 
 
 def add_bgnbd_features(
-    features: pd.DataFrame, summaries: pd.DataFrame, horizon_days: int
+    features: pd.DataFrame,
+    summaries: pd.DataFrame,
+    horizon_days: int,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Fit BG/NBD per cutoff on ``summaries`` and add its predictions to ``features`` (rows in
-    the same order; only the key and summary columns are ever joined, not whole rows)."""
+    the same order; only the key and summary columns are ever joined, not whole rows). Cutoffs
+    are fitted oldest first, each also starting from the previous one's parameters."""
     n = len(features)
     added = {c: np.full(n, np.nan) for c in BGNBD_FEATURES}
-    for cutoff, rows in features.groupby("cutoff_ts", sort=True).indices.items():
-        s = summaries[summaries["cutoff_ts"] == cutoff]
-        model = fit_bgnbd(s)
-        log.debug("BG/NBD at %s: %s", cutoff, model.params_)
+    by_cutoff = summaries.groupby("cutoff_ts", sort=True).indices
+    groups = features.groupby("cutoff_ts", sort=True).indices
+    previous = None
+    for done, (cutoff, rows) in enumerate(groups.items(), start=1):
+        s = summaries.iloc[by_cutoff[cutoff]]
+        model = fit_bgnbd(s, start=previous)
+        previous = model.params_
+        log.debug(
+            "BG/NBD at %s: %s",
+            f"{pd.Timestamp(cutoff):%Y-%m-%d}",
+            ", ".join(f"{k} {v:.4g}" for k, v in model.params_.items()),
+        )
         keys = features["customer_id"].iloc[rows].to_frame()
         m = keys.merge(
             s[["customer_id", "frequency", "recency", "T"]],
@@ -102,6 +116,7 @@ def add_bgnbd_features(
             raise DataError("internal: an active customer has no BG/NBD summary")
         for c, values in bgnbd_predictions(model, m, horizon_days).items():
             added[c][rows] = values
+        tell(progress, "BG/NBD fits", done, len(groups))
     return features.assign(**added)
 
 
@@ -113,19 +128,24 @@ def build_snapshots(
     windows_days: Iterable[int] = (30, 90, 180, 365),
     observed_until: datetime | None = None,
     labels: bool = True,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Features + BG/NBD features (+ labels) of the active population at each cutoff.
 
     With ``labels=True`` only labelled cutoffs are kept (``churned`` and ``orders_in_horizon``);
     with ``labels=False`` every cutoff is kept and there are no label columns (for scoring).
+    ``progress(stage, done, total)`` hears of the features and of each BG/NBD fit.
     """
     cuts = normalize_cutoffs(cutoffs)
+    tell(progress, f"features at {len(cuts)} cutoff(s)", 0, 1)
     feats = build_features(orders, cuts, lookback_days, windows_days)
     if labels:
         lab = build_labels(orders, cuts, horizon_days, lookback_days, observed_until)
         feats = feats.merge(lab, on=["customer_id", "cutoff_ts"], how="inner")
-        cuts = sorted({c.to_pydatetime().replace(tzinfo=None) for c in feats["cutoff_ts"]})
+        kept = pd.DatetimeIndex(feats["cutoff_ts"].unique()).tz_convert(None)
+        cuts = sorted(ts.to_pydatetime() for ts in kept)
+    tell(progress, f"features at {len(cuts)} cutoff(s)", 1, 1)
     if feats.empty:
         return feats
     summaries = bgnbd_summaries(orders, cuts)
-    return add_bgnbd_features(feats, summaries, horizon_days)
+    return add_bgnbd_features(feats, summaries, horizon_days, progress)
