@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench bench-score bench-scale bench-ceiling clean
+.PHONY: help install demo test lint format bench bench-accuracy bench-score bench-scale bench-ceiling clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 bench: $(STAMP) ## feature and nightly-scoring benchmarks on 1M/10M synthetic orders (medians of 3)
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_score.py
+
+bench-accuracy: $(STAMP) ## backtests on CDNOW and every synthetic scenario: model vs baselines, wall time
+	$(BIN)/python benchmarks/bench_accuracy.py
 
 bench-score: $(STAMP) ## the nightly scoring benchmark alone (10M orders, split by stage)
 	$(BIN)/python benchmarks/bench_score.py

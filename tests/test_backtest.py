@@ -29,6 +29,8 @@ def test_orders_after_the_cutoff_never_change_predictions(synth_frame):
     b = run_backtest(cut, [T], H, **SMALL)
     cols = ["customer_id", "cutoff_ts", "p_churn", "bgnbd", "logreg", "rfm", "recency"]
     pd.testing.assert_frame_equal(a.predictions[cols], b.predictions[cols], check_exact=True)
+    # the candidate was chosen on training cutoffs only: the labels after T change nothing
+    assert a.choices() == b.choices()
     assert a.predictions["churned"].notna().all()  # the full file can evaluate ...
     assert b.predictions["churned"].isna().all()  # ... the cut one only scores
     assert "2023-09-01" in a.metrics and not b.metrics
@@ -105,6 +107,14 @@ def test_backtest_cli_writes_predictions_metrics_plots_and_a_run(workdir):
     [run] = client.search_runs([client.get_experiment_by_name("winback").experiment_id])
     assert run.data.tags["winback.kind"] == "backtest"
     assert "pooled.model.auc" in run.data.metrics and "20230701.bgnbd.auc" in run.data.metrics
+    # the model's choice and every candidate's held-out score, per evaluation cutoff
+    doc = json.loads((out / "metrics.json").read_text())
+    for cutoff, tag in (("2023-07-01", "20230701"), ("2023-09-01", "20230901")):
+        choice = doc["models"][cutoff]
+        assert run.data.tags[f"winback.candidate.{tag}"] == choice["candidate"]
+        for name, scores in choice["candidates"].items():
+            got = run.data.metrics[f"{tag}.candidates.{name}.log_loss"]
+            assert got == pytest.approx(scores["log_loss"])
     assert run.data.tags["data.rows"] == str(len(pd.read_parquet(workdir / "orders.parquet")))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gains.png", "metrics.json"} <= arts

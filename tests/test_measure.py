@@ -161,5 +161,8 @@ def test_measure_refuses_a_folder_that_is_not_an_export_and_orders_that_end_too_
     ):
         r = subprocess.run([*base, "--export", str(export)], capture_output=True, text=True,
                            cwd=tmp_path, timeout=300)  # fmt: skip
-        assert r.returncode == 1 and needle in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
+        assert r.returncode == 1 and needle in r.stderr and "Traceback" not in r.stderr
+        # one error line (after the log line of the stage that finished: reading the orders)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and needle in errors[0]
+        assert r.stderr.strip().splitlines()[-1] == errors[0]

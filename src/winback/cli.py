@@ -448,7 +448,13 @@ def backtest(
 
         uri = tracking_uri(cfg.tracking.uri)
         run_id = log_backtest(
-            uri, cfg.tracking.experiment, params, result.metrics, files, orders.fingerprint()
+            uri,
+            cfg.tracking.experiment,
+            params,
+            result.metrics,
+            files,
+            orders.fingerprint(),
+            result.choices(),
         )
         typer.echo(f"MLflow run {run_id} in {uri}")
 
@@ -830,7 +836,9 @@ def demo(
     from winback.tracking import log_backtest
 
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    run_id = log_backtest(uri, "winback-demo", params, bt.metrics, files, orders.fingerprint())
+    run_id = log_backtest(
+        uri, "winback-demo", params, bt.metrics, files, orders.fingerprint(), bt.choices()
+    )
     typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
     typer.echo(f"    MLflow run {run_id}")
 

@@ -152,6 +152,7 @@ def train_job(
             orders.fingerprint(),
             f"T={eval_at:%Y-%m-%d},H={h},L={lb}",
             promote=promote,
+            choices=bt.choices(),
         )
         result.tracking_uri = uri
     return result

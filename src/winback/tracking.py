@@ -109,6 +109,20 @@ def _metric_dict(metrics: dict[str, pd.DataFrame]) -> dict[str, float]:
     return out
 
 
+def _log_choices(mlflow, choices: dict[str, dict] | None) -> None:
+    """The candidate each model chose (a tag per cutoff) and every candidate's scores on the
+    held-out customers that chose it (metrics ``<cutoff>.candidates.<name>.<score>``)."""
+    for cutoff, c in (choices or {}).items():
+        tag = "production" if cutoff == "production" else cutoff.replace("-", "")
+        mlflow.set_tag(f"winback.candidate.{tag}", c["candidate"])
+        values = {}
+        for name, scores in c["candidates"].items():
+            for k in ("log_loss", "auc", "brier", "lift_10"):
+                values[f"{tag}.candidates.{name}.{k}"] = float(scores[k])
+        values[f"{tag}.n_trees"] = float(c["n_trees"])
+        mlflow.log_metrics(values)
+
+
 def _log_common(mlflow, params, metrics, files, fingerprint, kind):
     mlflow.set_tag("winback.kind", kind)
     commit = _git_commit()
@@ -129,11 +143,13 @@ def log_backtest(
     metrics: dict[str, pd.DataFrame],
     files: Iterable[Path],
     fingerprint: dict[str, Any] | None = None,
+    choices: dict[str, dict] | None = None,
 ) -> str:
-    """Log a backtest run; return its run id."""
+    """Log a backtest run (with the candidate chosen at each cutoff); return its run id."""
     mlflow = _mlflow(uri, experiment)
     with mlflow.start_run(run_name="backtest") as run:
         _log_common(mlflow, params, metrics, files, fingerprint, "backtest")
+        _log_choices(mlflow, choices)
         return run.info.run_id
 
 
@@ -159,6 +175,7 @@ def log_training(
     fingerprint: dict[str, Any] | None,
     backtest_key: str,
     promote: bool = False,
+    choices: dict[str, dict] | None = None,
 ) -> Promotion:
     """Log a trained model, register it as a new version, and move ``champion`` if it wins.
 
@@ -175,6 +192,7 @@ def log_training(
     auc = float(next(iter(metrics.values())).loc["model", "auc"]) if metrics else float("nan")
     with mlflow.start_run(run_name="train") as run:
         _log_common(mlflow, params, metrics, files, fingerprint, "train")
+        _log_choices(mlflow, {"production": model.choice(), **(choices or {})})
         mlflow.set_tag("winback.backtest_key", backtest_key)
         mlflow.log_metric("backtest_auc", auc)
         info = mlflow.sklearn.log_model(
