@@ -5,18 +5,29 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench bench-accuracy bench-score bench-scale bench-ceiling clean
+.PHONY: help install lock demo test lint format bench bench-accuracy bench-score bench-scale bench-ceiling clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,spark,db]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt pip
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev,spark,db]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv (if missing) and install winback with Spark, database drivers and dev tools
+install: $(STAMP) ## create .venv (if missing) and install winback with Spark, database drivers and dev tools, at the versions in constraints.txt
+
+lock: ## resolve pyproject.toml's ranges afresh in a scratch venv and pin the result in constraints.txt
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev,spark,db]'
+	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --all --exclude-editable \
+	  | grep -v -i -e '^winback' -e '^setuptools=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
+	@echo "constraints.txt refreshed: run make test, then commit it"
 
 demo: $(STAMP) ## run the whole pipeline on built-in synthetic demo data (writes ./demo)
 	$(BIN)/winback demo --out demo

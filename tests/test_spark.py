@@ -288,3 +288,13 @@ def test_a_custom_date_format_parses_alike(spark, tmp_path):
     # 10:30 in Berlin in January is 09:30 UTC
     assert a["order_ts"].iloc[0] == pd.Timestamp("2024-01-05 09:30", tz="UTC")
     assert_same(a, b, keys=("customer_id",))
+
+
+def test_a_customer_sample_on_spark_equals_duckdb(synth_pair):
+    from winback.snapshots import customers_only
+
+    duck, sprk = synth_pair
+    ids = sorted(duck.to_pandas()["customer_id"].unique())[::4]
+    cuts = [datetime(2023, 6, 1), datetime(2023, 12, 1)]
+    with customers_only(duck, ids) as d, customers_only(sprk, ids) as s:
+        assert_same(build_features(d, cuts), build_features(s, cuts))

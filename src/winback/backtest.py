@@ -26,7 +26,7 @@ from winback.features import cutoff_schedule, normalize_cutoffs
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.progress import Progress, tell
-from winback.snapshots import build_snapshots
+from winback.snapshots import build_snapshots, build_training_snapshots
 
 __all__ = [
     "BacktestResult",
@@ -126,13 +126,16 @@ def run_backtest(
             tell(progress, f"{key}: {stage}", done, total)
 
         cuts = training_cutoffs(t, horizon_days, spacing_days, n_cutoffs, orders.first_ts)
-        train = build_snapshots(
+        train = build_training_snapshots(
             orders,
             cuts,
             horizon_days,
             lookback_days,
             windows_days,
             observed_until=t,
+            max_training_rows=params.get("max_training_rows"),
+            holdout_share=params.get("holdout_share", 0.2),
+            seed=random_state,
             progress=told,
         )
         log.info("%s: training on %s rows at %d cutoffs", key, f"{len(train):,}", len(cuts))

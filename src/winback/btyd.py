@@ -33,6 +33,9 @@ BTYD_VARIANTS = ("bg", "mbg")
 #: Bounds of the log-parameters while fitting: e^-12 to e^12 keeps every term finite.
 _LOG_BOUNDS = (-12.0, 12.0)
 
+#: A fit whose log-parameters all stay within this is an interior optimum, not a flat corner.
+_SETTLED = 7.0
+
 
 def _shift(variant: str) -> int:
     """0 for BG/NBD, 1 for MBG/NBD: where the two likelihoods differ, MBG/NBD has ``x + 1``."""
@@ -174,9 +177,11 @@ class BGNBD:
     def fit(self, frequency, recency, T, start: dict[str, float] | None = None) -> BGNBD:
         """Maximise the likelihood over (r, alpha, a, b) > 0; identical summaries are pooled.
 
-        ``start``: parameters to start from as well (a neighbouring cutoff's fit), besides a
-        neutral start on the data's time scale; the better optimum wins. L-BFGS-B with the
-        analytic gradient; Nelder-Mead polishes only when L-BFGS-B reports no convergence.
+        ``start``: parameters to start from first (a neighbouring cutoff's fit); when that does
+        not converge to an interior optimum (a flat corner where drop-out is barely identified
+        can hold it), a neutral start on the data's time scale is tried too and the better
+        optimum wins. L-BFGS-B with the analytic gradient; Nelder-Mead polishes only when
+        L-BFGS-B reports no convergence.
         """
         k = _shift(self.variant)
         df = pd.DataFrame({"x": frequency, "t_x": recency, "T": T}).astype(float)
@@ -215,10 +220,14 @@ class BGNBD:
                     res.x,
                     method="Nelder-Mead",
                     bounds=bounds,
-                    options={"maxiter": 10_000, "xatol": 1e-8, "fatol": 1e-12},
+                    # a short polish: where L-BFGS-B stalls the likelihood is flat (drop-out
+                    # barely identified), and thousands more steps gain nothing
+                    options={"maxiter": 800, "xatol": 1e-7, "fatol": 1e-10},
                 )
             if best is None or res.fun < best.fun:
-                best = res  # a warm start can sit in a flat corner the neutral one escapes
+                best = res
+            if res.success and np.all(np.abs(res.x) < _SETTLED):
+                break  # converged inside the interior: the other start is not needed
         self.r_, self.alpha_, self.a_, self.b_ = (float(v) for v in np.exp(best.x))
         self.log_likelihood_ = float(-best.fun * w.sum())
         self.n_customers_ = int(w.sum())

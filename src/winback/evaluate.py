@@ -109,7 +109,7 @@ def bootstrap_aucs(
     same resamples for every score so that differences are paired.
 
     A resample is a count per customer. Each score is sorted once; on a resample, the AUC is
-    the Mann-Whitney statistic with those counts as weights (ties count half), in integer sums
+    the Mann-Whitney statistic with those counts as weights (ties count half), in array sums
     over a chunk of resamples at a time instead of a rank per resample. Resample ``i`` draws
     the same indices as ``rng.integers(0, n, n)`` would, in order.
     """
@@ -132,21 +132,25 @@ def bootstrap_aucs(
     for lo in range(0, n_boot, _BOOT_CHUNK):
         k = min(_BOOT_CHUNK, n_boot - lo)
         counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)])
-        counts = counts.astype(np.int32)
-        n_pos = counts[:, y].sum(axis=1, dtype=np.int64)
-        n_neg = counts.sum(axis=1, dtype=np.int64) - n_pos
+        # whole numbers held as floats, which numpy adds up several times faster than integers:
+        # float32 while every product below stays exact (under 2**24), else float64
+        exact32 = 2.0 * n * float(counts.max()) < 2**24
+        counts = counts.astype(np.float32 if exact32 else np.float64)
+        n_pos = counts[:, y].sum(axis=1, dtype=np.float64)
+        n_neg = counts.sum(axis=1, dtype=np.float64) - n_pos
         for name, (order, pos, ties) in prepared.items():
-            c = counts[:, order]
+            c = np.take(counts, order, axis=1)
             q = c * ~pos  # negatives' counts, in score order
-            seen = np.cumsum(q, axis=1, dtype=np.int32)  # negatives at or below each row
-            if ties is None:  # twice (negatives below) + the row's own negatives (none)
-                twice = 2 * (seen - q)
+            seen = np.cumsum(q, axis=1)  # negatives at or below each row
+            if ties is None:  # twice the negatives below each positive (no ties to halve)
+                twice = 2 * seen
             else:
                 group, starts, ends = ties
                 below = seen[:, starts] - q[:, starts]  # negatives below each tie group
                 tied = seen[:, ends] - below  # negatives within it, counted half
-                twice = (2 * below + tied)[:, group]
-            num = (twice * (c * pos)).sum(axis=1, dtype=np.int64)
+                twice = np.take(2 * below + tied, group, axis=1)
+            c *= pos  # positives' counts
+            num = (twice * c).sum(axis=1, dtype=np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[name][lo : lo + k] = num / (2.0 * n_pos * n_neg)  # NaN: one class only
     return out

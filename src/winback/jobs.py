@@ -32,7 +32,7 @@ from winback.orders import Orders
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
 from winback.scoring import add_reasons, build_lists, delta, profit_curve, score_customers
-from winback.snapshots import build_snapshots
+from winback.snapshots import build_snapshots, build_training_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,17 @@ def train_job(
     cuts = training_cutoffs(
         t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
     )
-    snaps = build_snapshots(
-        orders, cuts, h, lb, cfg.features.windows_days, observed_until=t, progress=told
+    snaps = build_training_snapshots(
+        orders,
+        cuts,
+        h,
+        lb,
+        cfg.features.windows_days,
+        observed_until=t,
+        max_training_rows=cfg.model.max_training_rows,
+        holdout_share=cfg.training.holdout_share,
+        seed=cfg.random_state,
+        progress=told,
     )
     model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(
         snaps, snaps["churned"], progress=told

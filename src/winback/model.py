@@ -43,6 +43,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from winback.atomic import atomic_path, sha256_file
 from winback.errors import DataError, WinbackError
 from winback.progress import Progress
+from winback.sample import customer_share
 
 __all__ = [
     "CANDIDATES",
@@ -91,12 +92,6 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
         for c in frame.columns
         if c not in NON_FEATURES and pd.api.types.is_numeric_dtype(frame[c])
     ]
-
-
-def _held_out(customer_id: pd.Series, share: float, seed: int) -> np.ndarray:
-    """A reproducible share of customers (by a seeded hash of the id), as a row mask."""
-    h = pd.util.hash_pandas_object(customer_id.astype(str), index=False, hash_key=f"{seed:016d}")
-    return ((h.to_numpy() % 10_000) < int(round(share * 10_000))).astype(bool)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -317,14 +312,14 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def _split(self, X: pd.DataFrame, y: np.ndarray):
         """Row masks: training, early stopping, selection (the last two: held-out customers)."""
         ids = X["customer_id"]
-        hold = _held_out(ids, self.holdout_share, self.random_state)
-        stop = hold & _held_out(ids, 0.5, self.random_state + 1)
+        hold = customer_share(ids, self.holdout_share, self.random_state)
+        stop = hold & customer_share(ids, 0.5, self.random_state + 1)
         choose = hold & ~stop
         train = ~hold
         n_train = int(train.sum())
         if self.max_training_rows is not None and n_train > self.max_training_rows:
             share = self.max_training_rows / n_train
-            train &= _held_out(ids, share, self.random_state + 2)
+            train &= customer_share(ids, share, self.random_state + 2)
         for part, mask in (("training", train), ("early-stopping", stop), ("selection", choose)):
             if len(np.unique(y[mask])) < 2:
                 raise DataError(

@@ -5,12 +5,18 @@ ones, so that customers who dropped out inform the dropout rate; a seeded sample
 them on large histories), in days, from purchase days at or before the cutoff. Its
 predictions for the next ``horizon_days`` become features:
 ``bgnbd_p_alive``, ``bgnbd_p_no_purchase`` and ``bgnbd_expected_purchases``.
+
+Training snapshots of a large history are built for a seeded sample of its customers only
+(:func:`training_sample`, :func:`customers_only`): the model uses a bounded number of rows, and
+BG/NBD's four parameters are estimated as well from the sample.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, datetime
 
 import numpy as np
@@ -22,6 +28,7 @@ from winback.features import bgnbd_summary_sql, build_features, normalize_cutoff
 from winback.labels import build_labels
 from winback.orders import Orders
 from winback.progress import Progress, tell
+from winback.sample import customer_share
 
 __all__ = [
     "bgnbd_summaries",
@@ -29,6 +36,9 @@ __all__ = [
     "bgnbd_predictions",
     "add_bgnbd_features",
     "build_snapshots",
+    "build_training_snapshots",
+    "customers_only",
+    "training_sample",
     "BGNBD_FEATURES",
 ]
 
@@ -90,34 +100,100 @@ def add_bgnbd_features(
 ) -> pd.DataFrame:
     """Fit BG/NBD per cutoff on ``summaries`` and add its predictions to ``features`` (rows in
     the same order; only the key and summary columns are ever joined, not whole rows). Cutoffs
-    are fitted oldest first, each also starting from the previous one's parameters."""
-    n = len(features)
-    added = {c: np.full(n, np.nan) for c in BGNBD_FEATURES}
+    are fitted oldest first, each starting from the previous one's parameters."""
+    keys = ["customer_id", "cutoff_ts"]
+    m = features[keys].merge(
+        summaries[[*keys, "frequency", "recency", "T"]], on=keys, how="left", validate="1:1"
+    )
+    if m["frequency"].isna().any():
+        raise DataError("internal: an active customer has no BG/NBD summary")
+    added = {c: np.full(len(features), np.nan) for c in BGNBD_FEATURES}
     by_cutoff = summaries.groupby("cutoff_ts", sort=True).indices
     groups = features.groupby("cutoff_ts", sort=True).indices
     previous = None
     for done, (cutoff, rows) in enumerate(groups.items(), start=1):
-        s = summaries.iloc[by_cutoff[cutoff]]
-        model = fit_bgnbd(s, start=previous)
+        model = fit_bgnbd(summaries.iloc[by_cutoff[cutoff]], start=previous)
         previous = model.params_
         log.debug(
             "BG/NBD at %s: %s",
             f"{pd.Timestamp(cutoff):%Y-%m-%d}",
             ", ".join(f"{k} {v:.4g}" for k, v in model.params_.items()),
         )
-        keys = features["customer_id"].iloc[rows].to_frame()
-        m = keys.merge(
-            s[["customer_id", "frequency", "recency", "T"]],
-            on="customer_id",
-            how="left",
-            validate="one_to_one",
-        )
-        if m["frequency"].isna().any():
-            raise DataError("internal: an active customer has no BG/NBD summary")
-        for c, values in bgnbd_predictions(model, m, horizon_days).items():
+        for c, values in bgnbd_predictions(model, m.iloc[rows], horizon_days).items():
             added[c][rows] = values
         tell(progress, "BG/NBD fits", done, len(groups))
     return features.assign(**added)
+
+
+@contextmanager
+def customers_only(orders: Orders, ids: Sequence[str] | None) -> Iterator[Orders]:
+    """The orders of the customers ``ids`` only (all of them when ``ids`` is None), on the same
+    engine, with the whole history's first and last timestamps: a customer's features and
+    labels are the same as in the whole history."""
+    if ids is None:
+        yield orders
+        return
+    engine = orders.engine()
+    table = engine.register_customers(ids)
+    view = engine.table_name("_sampled_orders")
+    engine.create_view(
+        view,
+        f"SELECT o.* FROM {orders.table} o "
+        f"WHERE o.customer_id IN (SELECT customer_id FROM {table})",
+    )
+    try:
+        report = replace(orders.report, n_customers=len(ids))
+        yield Orders(orders.con, view, report, engine=getattr(orders, "_engine", None))
+    finally:
+        engine.drop_view(view)
+        engine.drop(table)
+
+
+def training_sample(
+    orders: Orders,
+    cutoffs: Sequence[datetime],
+    lookback_days: int,
+    max_training_rows: int | None,
+    holdout_share: float,
+    seed: int,
+) -> list[str] | None:
+    """The customers whose training snapshots are worth building, or None for all of them.
+
+    The model trains on at most ``max_training_rows`` rows (besides its held-out customers), so
+    on a large history the snapshots of most customers would be built for nothing. Their number
+    is estimated as the customers active at the latest cutoff times the number of cutoffs (an
+    overestimate on a growing shop); when more than the model can use, a seeded random share of
+    every customer (by a hash of the id) is kept, enough for the rows the model takes."""
+    if max_training_rows is None or not cutoffs:
+        return None
+    last = max(cutoffs)
+    engine = orders.engine()
+    age = engine.dialect.days_between.format(later=f"TIMESTAMP '{last:%Y-%m-%d %H:%M:%S}'",
+                                             earlier="order_ts")  # fmt: skip
+    (active,) = engine.fetchall(
+        f"SELECT count(DISTINCT customer_id) FROM {orders.table} "
+        f"WHERE NOT is_return AND order_ts <= TIMESTAMP '{last:%Y-%m-%d %H:%M:%S}' "
+        f"AND {age} < {int(lookback_days)}"
+    )[0]
+    wanted = max_training_rows / (1.0 - holdout_share)
+    estimate = int(active) * len(cutoffs)
+    if estimate <= wanted:
+        return None
+    ids = engine.query_df(
+        f"SELECT DISTINCT customer_id FROM {orders.table} "
+        f"WHERE NOT is_return AND order_ts <= TIMESTAMP '{last:%Y-%m-%d %H:%M:%S}'"
+    )["customer_id"]
+    ids = ids.sort_values(kind="stable").reset_index(drop=True)
+    keep = customer_share(ids, wanted / estimate, seed)
+    log.info(
+        "training snapshots for %s of %s customers (a seeded sample): about %s rows for a model "
+        "that uses %s",
+        f"{int(keep.sum()):,}",
+        f"{len(ids):,}",
+        f"{int(estimate * keep.mean()):,}",
+        f"{max_training_rows:,}",
+    )
+    return ids[keep].tolist()
 
 
 def build_snapshots(
@@ -130,7 +206,8 @@ def build_snapshots(
     labels: bool = True,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Features + BG/NBD features (+ labels) of the active population at each cutoff.
+    """Features + BG/NBD features (+ labels) of the active population at each cutoff, every
+    cutoff in one pass.
 
     With ``labels=True`` only labelled cutoffs are kept (``churned`` and ``orders_in_horizon``);
     with ``labels=False`` every cutoff is kept and there are no label columns (for scoring).
@@ -149,3 +226,33 @@ def build_snapshots(
         return feats
     summaries = bgnbd_summaries(orders, cuts)
     return add_bgnbd_features(feats, summaries, horizon_days, progress)
+
+
+def build_training_snapshots(
+    orders: Orders,
+    cutoffs: Sequence[datetime],
+    horizon_days: int,
+    lookback_days: int = 365,
+    windows_days: Iterable[int] = (30, 90, 180, 365),
+    observed_until: datetime | None = None,
+    max_training_rows: int | None = None,
+    holdout_share: float = 0.2,
+    seed: int = 42,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """:func:`build_snapshots` at training cutoffs, for the customers of
+    :func:`training_sample` (all of them unless the history holds many more rows than a model
+    with ``max_training_rows`` and ``holdout_share`` uses)."""
+    ids = training_sample(
+        orders, cutoffs, lookback_days, max_training_rows, holdout_share, seed + 3
+    )
+    with customers_only(orders, ids) as some:
+        return build_snapshots(
+            some,
+            cutoffs,
+            horizon_days,
+            lookback_days,
+            windows_days,
+            observed_until=observed_until,
+            progress=progress,
+        )

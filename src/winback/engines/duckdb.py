@@ -80,6 +80,17 @@ class DuckDBEngine:
             )
         return name
 
+    def register_customers(self, ids: Sequence[str]) -> str:
+        """Create a temporary table ``customer_id VARCHAR`` of the given ids; return its name."""
+        name = f"_customers_{next(_counter)}"
+        frame = pd.DataFrame({"customer_id": pd.array(list(ids), dtype="str")})
+        with registered(self.con, frame, f"{name}_src") as src:
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                f"SELECT CAST(customer_id AS VARCHAR) AS customer_id FROM {src}"
+            )
+        return name
+
     def table_name(self, name: str) -> str:
         """The name to create a table under (the caller's own connection: as asked)."""
         return name

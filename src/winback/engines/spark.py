@@ -161,6 +161,15 @@ class SparkEngine:
         )
         return name
 
+    def register_customers(self, ids: Sequence[str]) -> str:
+        """A cached view ``customer_id STRING`` of the given ids, and its name."""
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        name = f"_customers_{next(_counter)}"
+        schema = StructType([StructField("customer_id", StringType(), False)])
+        self._keep(name, self.spark.createDataFrame([(str(i),) for i in ids], schema))
+        return name
+
     def table_name(self, name: str) -> str:
         """A name of its own: views are shared by everything on the session."""
         return f"{name}_{next(_counter)}"
