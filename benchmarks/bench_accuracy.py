@@ -180,7 +180,8 @@ def print_table(report: dict) -> None:
     print()
     for name, r in report["settings"].items():
         verdict = "ok" if r["ok"] else "MISSED: " + "; ".join(r["fails"])
-        print(f"{name:<11} no regret and {r['target']}: {verdict}")
+        target = "no regret" if r["target"] == "no regret" else f"no regret and {r['target']}"
+        print(f"{name:<11} {target}: {verdict}")
 
 
 def main() -> None:

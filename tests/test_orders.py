@@ -171,9 +171,13 @@ BAD_CASES = {
         "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\n,2,2024-01-02,1\n",
         "column 'customer_id': 1 of 2 rows have no customer id",
     ),
-    "duplicate_order_id": (
-        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,1,2024-01-01,1\nb,2,2024-01-02,1\n",
+    "duplicate_order_id": (  # the same id, not a copy of the line (that is duplicate_line)
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,1,2024-01-01,2\nb,2,2024-01-02,1\n",
         "column 'order_id': 1 of 3 rows repeat an order id",
+    ),
+    "duplicate_line": (
+        "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,1,2024-01-01,1\nb,2,2024-01-02,1\n",
+        "column 'all columns': 1 of 3 rows are exact copies of another line",
     ),
     "future_date": (
         "customer_id,order_id,order_ts,amount\na,1,2024-01-01,1\na,2,2031-01-01,1\n",
@@ -310,3 +314,87 @@ def test_conflicting_customers_in_one_order_fail_by_default(tmp_path):
         _load(_write(tmp_path, text), *args)
     o = _load(_write(tmp_path, text), *args, "orders.policies.conflicting_customer=drop")
     assert o.report.n_orders == 1
+
+
+# --- raw exports: overlapping files, ids written as floats -------------------------------------
+
+
+def test_exact_copies_of_lines_are_dropped_counted_and_shown(tmp_path):
+    text = (
+        "customer_id,order_id,order_ts,amount\n"
+        "a,1,2024-01-01,10\na,1,2024-01-01,10\nb,2,2024-01-02,5\nb,2,2024-01-02,5\n"
+        "b,2,2024-01-02,5\nc,3,2024-01-03,7\n"
+    )
+    p = _write(tmp_path, text)
+    o = _load(p)
+    (dup,) = [x for x in o.report.problems if x.check == "duplicate_line"]
+    assert (dup.count, dup.total, dup.policy) == (3, 6, "drop")  # one copy of a, two of b
+    assert dup.examples == ("a | 1 | 2024-01-01 | 10", "b | 2 | 2024-01-02 | 5")
+    assert o.report.n_orders == 3 and o.to_pandas()["amount"].sum() == 22.0  # not 10+10+5+5+5+7
+    assert o.report.rows_dropped == 3
+    kept = _load(
+        p, "orders.policies.duplicate_line=keep", "orders.policies.duplicate_order_id=keep"
+    )
+    assert kept.report.n_orders == 6
+    with pytest.raises(DataError, match="3 of 6 rows are exact copies"):
+        _load(p, "orders.policies.duplicate_line=fail")
+
+
+def test_overlapping_files_of_a_folder_are_deduplicated(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    rows = [
+        ("a", "o1", "2023-12-30", 10.0),
+        ("a", "o2", "2024-01-02", 20.0),
+        ("b", "o3", "2024-01-03", 5.0),
+    ]
+    cols = ["customer_id", "order_id", "order_ts", "amount"]
+    pd.DataFrame(rows[:2], columns=cols).to_parquet(folder / "2023.parquet")  # o2 is in both
+    pd.DataFrame(rows[1:], columns=cols).to_parquet(folder / "2024.parquet")
+    o = _load(folder)
+    assert o.report.n_orders == 3 and o.to_pandas()["amount"].sum() == 35.0
+    (dup,) = [x for x in o.report.problems if x.check == "duplicate_line"]
+    assert dup.count == 1 and dup.examples == ("a | o2 | 2024-01-02 | 20.0",)
+
+
+def test_ids_written_as_floats_are_read_as_the_integers_they_spell(tmp_path):
+    text = "customer_id,order_id,order_ts,amount\n13085.0,1.0,2024-01-01,10\n17850.0,2.0,2024-01-02,5\n"
+    o = _load(_write(tmp_path, text))
+    got = o.to_pandas()
+    assert sorted(got["customer_id"]) == ["13085", "17850"] and sorted(got["order_id"]) == [
+        "1",
+        "2",
+    ]
+    assert any("13085.0" in n and "customer_id" in n for n in o.report.notes)
+    # a float column from pandas, as a spreadsheet export gives it
+    df = pd.DataFrame(
+        {"customer_id": [13085.0, None, 12.0], "order_ts": ["2024-01-01"] * 3, "amount": [1.0] * 3}
+    )
+    got = _load(df, "orders.columns.order_id=null").to_pandas()
+    assert sorted(got["customer_id"]) == ["12", "13085"]
+
+
+def test_textual_ids_are_never_touched(tmp_path):
+    for ids, want in (
+        (["02987", "13085"], ["02987", "13085"]),  # leading zeros stay
+        (["13085.0", "A-1"], ["13085.0", "A-1"]),  # not every id is a float: leave them all
+        (["1.50", "2.0"], ["1.50", "2.0"]),  # 1.50 is no whole number
+    ):
+        text = "customer_id,order_ts,amount\n" + "".join(
+            f"{i},2024-01-0{k + 1},1\n" for k, i in enumerate(ids)
+        )
+        o = _load(_write(tmp_path, text), "orders.columns.order_id=null")
+        assert sorted(o.to_pandas()["customer_id"]) == sorted(want) and o.report.notes == []
+
+
+def test_cli_validate_says_what_it_normalised_and_dropped(tmp_path):
+    text = (
+        "customer_id,order_id,order_ts,amount\n13085.0,1,2024-01-01,10\n13085.0,1,2024-01-01,10\n"
+    )
+    res = _run_cli("validate", str(_write(tmp_path, text)), "--as-of", "2024-12-31")
+    assert res.returncode == 0, res.stderr
+    assert "normalised: column 'customer_id'" in res.stdout
+    assert (
+        "dropped: column 'all columns': 1 of 2 rows are exact copies of another line" in res.stdout
+    )
+    assert "1 orders (0 returns or cancellations) from 1 customers" in res.stdout

@@ -78,6 +78,7 @@ class PoliciesConfig(_Section):
 
     unparsable_date: Literal["drop", "fail"] = "drop"
     null_customer_id: Literal["drop", "fail"] = "drop"
+    duplicate_line: Policy = "drop"
     duplicate_order_id: Literal["drop", "keep", "fail"] = "drop"
     future_date: Policy = "drop"
     bad_amount: Literal["drop", "fail"] = "drop"

@@ -78,6 +78,7 @@ class ValidationReport:
     n_returns: int = 0
     first_ts: datetime | None = None
     last_ts: datetime | None = None
+    notes: list[str] = field(default_factory=list)  # what was changed, not dropped
 
     @property
     def rows_dropped(self) -> int:
@@ -88,6 +89,7 @@ class ValidationReport:
         out = [f"read {self.rows_read:,} rows from {self.source}"]
         if self.lines_aggregated:
             out.append("rows are order lines: aggregated to one row per order")
+        out += [f"normalised: {note}" for note in self.notes]
         for p in self.problems:
             action = {"drop": "dropped", "keep": "kept", "fail": "FAILED"}[p.policy]
             out.append(f"{action}: {p.describe()}")
@@ -364,6 +366,86 @@ def _text_expr(col: str, dtype: str, d: Dialect) -> str:
     return f"CAST({_quote(col, d)} AS STRING)"
 
 
+def _without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -> str:
+    """Count the input lines that are exact copies of another line (every column equal, as
+    when yearly or monthly exports overlap) and apply ``policies.duplicate_line``: return the
+    view to read the lines from (``_raw``, or ``_raw_distinct`` without the copies)."""
+    distinct = engine.fetchall("SELECT count(*) FROM (SELECT DISTINCT * FROM _raw) AS u")[0][0]
+    copies = int(rows_read - distinct)
+    if copies == 0:
+        return "_raw"
+    names = [_quote(c, engine.dialect) for c in engine.columns("_raw")]
+    shown = ", ".join(f"coalesce(CAST({c} AS STRING), '')" for c in names[:4])
+    rows = engine.fetchall(
+        f"SELECT concat_ws(' | ', {shown}) AS v FROM _raw GROUP BY {', '.join(names)} "
+        f"HAVING count(*) > 1 ORDER BY v LIMIT {_N_EXAMPLES}"
+    )
+    policy = cfg.policies.duplicate_line
+    problems.append(
+        Problem(
+            "duplicate_line",
+            "all columns",
+            copies,
+            rows_read,
+            tuple(str(r[0]) for r in rows),
+            policy,
+            "are exact copies of another line (every column equal)",
+            "copies dropped by default (overlapping exports); set "
+            "orders.policies.duplicate_line=keep if identical lines are real repeat purchases",
+        )
+    )
+    if policy != "drop":
+        return "_raw"
+    engine.create_view("_raw_distinct", "SELECT DISTINCT * FROM _raw")
+    return "_raw_distinct"
+
+
+_FLOAT_ID = "-?[0-9]+[.]0+"  # [.], not an escape: the same pattern on every engine
+
+
+def _normalise_ids(engine, view: str, cols, types: dict[str, str], label: str) -> dict[str, str]:
+    """Ids written as floats (``13085.0``, from a spreadsheet or pandas) are read as the integer
+    they spell (``13085``) when every non-empty value of the column is such a number; ids that
+    are genuinely text (``02987``, ``A-1``) are never touched. Returns a note per normalised
+    column (the :func:`_id_expr` hint)."""
+    d = engine.dialect
+    notes: dict[str, str] = {}
+    for field_name in ("customer_id", "order_id"):
+        col = getattr(cols, field_name)
+        if col is None or col not in types:
+            continue
+        dtype = types[col].upper()
+        q = _quote(col, d)
+        if dtype in {"DOUBLE", "FLOAT", "REAL", "DECIMAL"} or dtype.startswith("DECIMAL"):
+            cond = f"{q} IS NOT NULL AND {q} <> floor({q})"
+        elif dtype in {"VARCHAR", "TEXT", "STRING"}:
+            text = f"nullif(trim({q}), '')"
+            spelled = d.full_match.format(x=text, pattern=_lit(_FLOAT_ID))
+            cond = f"{text} IS NOT NULL AND NOT {spelled}"
+        else:
+            continue
+        n_bad, n_ids = engine.fetchall(
+            f"SELECT count(*) FILTER (WHERE {cond}), count({q}) FROM {view}"
+        )[0]
+        if n_ids and n_bad == 0:
+            notes[field_name] = (
+                f"column '{col}': its {n_ids:,} {field_name.replace('_', ' ')}s are whole numbers "
+                f"written as floats (such as 13085.0); read as integers (13085) so that they "
+                f"join with the shop's own ids"
+            )
+    return notes
+
+
+def _id_expr(col: str, dtype: str, d: Dialect, notes: dict[str, str]) -> str:
+    """An id column as text; as the integer it spells when :func:`_normalise_ids` said so."""
+    if not any(f"column '{col}':" in n for n in notes.values()):
+        return _text_expr(col, dtype, d)
+    q = _quote(col, d)
+    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:  # the text itself: no float rounding
+        return f"regexp_replace(nullif(trim({q}), ''), '[.]0+$', '')"
+    return f"CAST(CAST({q} AS BIGINT) AS STRING)"
+
+
 def _examples(engine, col: str, where: str) -> tuple[str, ...]:
     """A few distinct raw values of the rows that fail a check (read again from the source)."""
     rows = engine.fetchall(
@@ -472,6 +554,9 @@ def load_orders(
         raise DataError(
             f"{label}: the input is empty (0 rows); point orders.source at the order history."
         )
+    problems: list[Problem] = []
+    source_view = _without_copies(engine, cfg, rows_read, problems)
+    notes = _normalise_ids(engine, source_view, cols, types, label)
 
     # 1. Stage: typed columns (a table), and a view that adds the raw text for examples.
     if cols.amount is not None:
@@ -482,14 +567,14 @@ def load_orders(
         amount = f"({_num_expr(q, types[q], d)} * {_num_expr(u, types[u], d)})"  # type: ignore[arg-type]
         amount_raw = f"concat({_quote(q, d)}, ' x ', {_quote(u, d)})"  # type: ignore[arg-type]
     select = [
-        f"{_text_expr(cols.customer_id, types[cols.customer_id], d)} AS customer_id",
+        f"{_id_expr(cols.customer_id, types[cols.customer_id], d, notes)} AS customer_id",
         f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg, d)} AS order_ts",
         f"{amount} AS amount_f",
     ]
     has_order_id = "order_id" in optional
     if has_order_id:
         oid = cols.order_id
-        select.append(f"{_text_expr(oid, types[oid], d)} AS order_id")  # type: ignore[arg-type,index]
+        select.append(f"{_id_expr(oid, types[oid], d, notes)} AS order_id")  # type: ignore[arg-type,index]
     for k in ("category", "channel", "status"):
         if k in optional:
             select.append(f"{_text_expr(optional[k], types[optional[k]], d)} AS {k}")
@@ -497,8 +582,8 @@ def load_orders(
         f"CAST({_quote(cols.order_ts, d)} AS STRING) AS order_ts_raw",
         f"CAST({amount_raw} AS STRING) AS amount_raw",
     ]
-    engine.create_table("_stage", f"SELECT {', '.join(select)} FROM _raw")
-    engine.create_view("_stage_raw", f"SELECT {', '.join(select + raw)} FROM _raw")
+    engine.create_table("_stage", f"SELECT {', '.join(select)} FROM {source_view}")
+    engine.create_view("_stage_raw", f"SELECT {', '.join(select + raw)} FROM {source_view}")
     staged = [x.rsplit(" AS ", 1)[1] for x in select if x.rsplit(" AS ", 1)[1] != "amount_f"]
 
     # 2. Decide whether rows are order lines.
@@ -576,7 +661,6 @@ def load_orders(
     ]
     counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
     counts = engine.fetchall(f"SELECT {counts_sql} FROM _stage")[0]
-    problems: list[Problem] = []
     drop_conditions: list[str] = []
     for (check, column, cond, ex_col, what, policy, fix), n in zip(checks, counts, strict=True):
         if n == 0:
@@ -754,6 +838,8 @@ def load_orders(
     engine.drop_view("_clean")
     engine.drop_view("_stage_raw")
     engine.drop("_stage")
+    if source_view != "_raw":
+        engine.drop_view(source_view)
 
     n, n_cust, n_ret, lo, hi = engine.fetchall(
         f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "
@@ -769,6 +855,7 @@ def load_orders(
         n_returns=int(n_ret),
         first_ts=lo,
         last_ts=hi,
+        notes=list(notes.values()),
     )
     if n == 0:
         raise DataError(
