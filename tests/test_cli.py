@@ -126,8 +126,11 @@ def test_profile_prints_a_suggested_horizon(synth_file):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    res = run("demo", "--out", str(tmp_path / "demo"), "--customers", "3000")
+    res = run("demo", "--out", "demo", "--customers", "3000", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    # everything it writes stays inside --out: no ./mlruns, ./models or ./mlflow.db beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    assert (tmp_path / "demo" / "mlartifacts").is_dir()
     for name in ("orders.parquet", "features.parquet", "snapshots.parquet"):
         assert (tmp_path / "demo" / name).is_file()
     snap = pd.read_parquet(tmp_path / "demo" / "snapshots.parquet")
@@ -153,3 +156,67 @@ def test_python_m_and_console_script_agree():
     exe = Path(sys.executable).parent / "winback"
     res = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == run("--version").stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["score", "--bogus"], "No such option: --bogus"),
+        (["scroe"], "No such command 'scroe'"),
+        (["score", "--as-of"], "requires an argument"),
+        (["backtest", "--as-of", "2024-01-01", "--horizon-days", "ninety"], "'--horizon-days'"),
+        (["backtest", "--orders", "x.parquet"], "Missing option '--as-of'"),
+        (["synth", "--customers", "10", "--orders", "100"], "not both"),
+    ],
+)
+def test_wrong_usage_exits_2_with_one_line(args, says, tmp_path):
+    res = run(*args, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("usage error: ") and says in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_verbose_works_after_the_command_too(synth_file):
+    res = run("validate", str(synth_file), "-v")
+    assert res.returncode == 0, res.stderr
+    assert "reading and validating orders" in res.stderr
+
+
+def test_help_reads_well_in_80_columns():
+    import os
+
+    for cmd in ("backtest", "train", "score", "features", "synth", "validate"):
+        res = subprocess.run(
+            [sys.executable, "-m", "winback", cmd, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+        assert res.returncode == 0
+        assert max(len(line) for line in res.stdout.splitlines()) <= 80
+        assert "<list[str]>" not in res.stdout and "<bool>" not in res.stdout
+        options = [line for line in res.stdout.splitlines() if line.lstrip().startswith("-")]
+        assert options and not any("<str>" in line or "<int>" in line for line in options)
+    backtest = run("backtest", "--help").stdout
+    assert "--as-of DATE[,DATE...]" in backtest and "[required]" in backtest
+    assert "pip install 'winback[spark]'" in " ".join(backtest.split())
+    features = " ".join(run("features", "--help").stdout.split())
+    assert "counted back from --to" in features
+
+
+def test_a_config_reads_its_paths_from_its_own_folder(tmp_path):
+    # the committed CDNOW config names the data relative to itself: it works from anywhere
+    res = run("validate", "--config", str(ROOT / "configs" / "cdnow.yaml"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "69,659 orders" in res.stdout
+
+
+def test_score_without_a_champion_fails_fast_and_creates_no_store(synth_file, tmp_path):
+    res = run("score", "--orders", str(synth_file), "--out", "exports", cwd=tmp_path)
+    assert res.returncode == 1 and "no 'champion' model" in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no exports
+    (tmp_path / "taken").write_text("a file")
+    res = run("score", "--orders", str(synth_file), "--out", "taken", cwd=tmp_path)
+    assert res.returncode == 2 and "is a file, not a folder" in res.stderr

@@ -31,43 +31,83 @@ log = logging.getLogger("winback")
 
 app = typer.Typer(
     name="winback",
-    help="Churn prediction and win-back lists from order histories.",
+    help="Churn prediction and win-back lists from order histories. Exit codes: 0 done, "
+    "1 a data, config or model problem (one line on stderr says which and how to fix it), "
+    "2 wrong usage.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: paragraphs rewrapped to the terminal, text as written
 )
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config (defaults: configs/default.yaml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="YAML config; paths in it are read from the file's folder. Default: "
+        "configs/default.yaml in the working folder, if there, else built-in defaults.",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a setting: key=value, e.g. labels.horizon_days=90."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a setting, e.g. --set labels.horizon_days=90 (repeatable).",
+    ),
 ]
 PathArg = Annotated[
     str | None,
-    typer.Argument(help="Orders: CSV, Parquet file/folder or DuckDB file (or orders.source)."),
+    typer.Argument(
+        metavar="[ORDERS]",
+        help="Orders: CSV, Parquet file or folder, DuckDB file or database URL "
+        "(default: orders.source).",
+        show_default=False,
+    ),
 ]
 OrdersOpt = Annotated[
-    str | None, typer.Option("--orders", help="Orders file or folder (default: orders.source).")
+    str | None,
+    typer.Option(
+        "--orders",
+        metavar="PATH",
+        help="Orders: CSV, Parquet file or folder, DuckDB file or database URL "
+        "(default: orders.source).",
+    ),
 ]
 EngineOpt = Annotated[
     str | None,
     typer.Option(
         "--engine",
-        help="duckdb (one machine, the default) or spark (pip install 'winback[spark]'; "
-        "master from engine.spark.master or WINBACK_SPARK_MASTER). Default: engine.name.",
+        metavar="duckdb|spark",
+        help="duckdb (one machine) or spark (pip install 'winback[spark]'; master from "
+        "engine.spark.master or WINBACK_SPARK_MASTER). Default: engine.name, duckdb.",
         case_sensitive=False,
     ),
 ]
 AsOfOpt = Annotated[
     str | None,
-    typer.Option("--as-of", help="The date we stand at (YYYY-MM-DD, 00:00 UTC); 'today' allowed."),
+    typer.Option(
+        "--as-of",
+        metavar="DATE",
+        help="The date we stand at (YYYY-MM-DD, 00:00 UTC); 'today' allowed.",
+    ),
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="More detail on stderr, library warnings too.")
 ]
 
 
+#: Libraries whose own log lines reach the terminal only with --verbose.
+_QUIET_LOGGERS = ("mlflow", "alembic", "py4j", "urllib3", "numexpr", "matplotlib")
+
+
 def _setup_logging(verbose: bool) -> None:
+    """winback's log lines on stderr (INFO, DEBUG with --verbose); libraries' chatter and
+    warnings only with --verbose."""
+    import warnings
+
     level = logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -75,6 +115,15 @@ def _setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    warnings.simplefilter("default" if verbose else "ignore")
+
+
+def _verbose(verbose: bool) -> None:
+    """-v given after the command, as most users type it."""
+    if verbose:
+        _setup_logging(True)
 
 
 def _print_version(value: bool) -> None:
@@ -85,9 +134,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="More detail on stderr.")
-    ] = False,
+    verbose: VerboseOpt = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -219,11 +266,13 @@ def validate(
     set_: SetOpt = None,
     engine: EngineOpt = None,
     as_of: AsOfOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read and validate an order history; report every problem and what was dropped.
 
     Exits 1 when a problem's policy is 'fail' (the message lists every problem at once).
     """
+    _verbose(verbose)
     cfg = _config(config, set_, engine)
     orders = _load(path, cfg, _as_of(as_of))
     _echo_lines(orders.report.summary_lines())
@@ -235,8 +284,10 @@ def profile(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_of: AsOfOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Profile the orders: counts, repeat share, gaps, and a suggested churn horizon."""
+    _verbose(verbose)
     from winback.profile import build_profile
 
     cfg = _config(config, set_)
@@ -278,24 +329,47 @@ def features(
         str,
         typer.Option(
             "--out",
+            metavar="FILE",
             help="Output Parquet file (on Spark: a folder of parts; any path Spark can write, "
             "e.g. s3a://bucket/features).",
         ),
     ] = "features.parquet",
     as_of: AsOfOpt = None,
-    cutoffs: Annotated[str | None, typer.Option("--cutoffs", help="Comma-separated dates.")] = None,
-    every: Annotated[
-        str | None, typer.Option("--every", help="Spacing of cutoffs, e.g. 30d.")
+    cutoffs: Annotated[
+        str | None,
+        typer.Option("--cutoffs", metavar="DATE,DATE...", help="Cutoffs, comma-separated."),
     ] = None,
-    start: Annotated[str | None, typer.Option("--from", help="First cutoff with --every.")] = None,
-    end: Annotated[str | None, typer.Option("--to", help="Last cutoff with --every.")] = None,
+    every: Annotated[
+        str | None,
+        typer.Option(
+            "--every",
+            metavar="DAYS",
+            help="Cutoffs every DAYS days (e.g. 30d), counted back from --to.",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="DATE",
+            help="With --every: no cutoff before this date (the first is the earliest date on "
+            "or after it that the count back from --to reaches).",
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", metavar="DATE", help="With --every: the last cutoff."),
+    ] = None,
     horizon_days: Annotated[
         int | None,
-        typer.Option("--horizon-days", help="Also add churn labels for this horizon (days)."),
+        typer.Option(
+            "--horizon-days", metavar="DAYS", help="Also add churn labels for this horizon (days)."
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Compute point-in-time features at one or many cutoffs into a Parquet file.
 
@@ -303,6 +377,7 @@ def features(
     window before the cutoff). With --horizon-days, labelled cutoffs get 'churned' and
     'orders_in_horizon'; cutoffs whose horizon runs past the data keep empty labels.
     """
+    _verbose(verbose)
     from winback.features import write_features
 
     cfg = _config(config, set_, engine)
@@ -374,11 +449,19 @@ def _describe_choice(c: dict) -> str:
 
 HorizonOpt = Annotated[
     int | None,
-    typer.Option("--horizon-days", help="Churn horizon H in days (default labels.horizon_days)."),
+    typer.Option(
+        "--horizon-days",
+        metavar="DAYS",
+        help="Churn horizon H in days (default labels.horizon_days).",
+    ),
 ]
 LookbackOpt = Annotated[
     int | None,
-    typer.Option("--lookback-days", help="Population lookback (default features.lookback_days)."),
+    typer.Option(
+        "--lookback-days",
+        metavar="DAYS",
+        help="Population lookback (default features.lookback_days).",
+    ),
 ]
 TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")]
 
@@ -400,20 +483,25 @@ def _run_params(cfg: Config, **extra) -> dict:
 
 @app.command()
 def backtest(
-    orders_path: OrdersOpt = None,
     as_of: Annotated[
-        str | None,
-        typer.Option("--as-of", help="Evaluation cutoff(s) T, comma-separated for rolling origin."),
-    ] = None,
+        str,
+        typer.Option(
+            "--as-of",
+            metavar="DATE[,DATE...]",
+            help="Evaluation cutoff(s) T, comma-separated for a rolling origin.",
+        ),
+    ],
+    orders_path: OrdersOpt = None,
     horizon_days: HorizonOpt = None,
     lookback_days: LookbackOpt = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Folder for predictions, metrics, plots.")
+        Path, typer.Option("--out", metavar="DIR", help="Folder for predictions, metrics, plots.")
     ] = Path("backtest"),
     track: TrackOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Out-of-time backtest of the churn model against the baselines.
 
@@ -422,12 +510,11 @@ def backtest(
     regression on RFM, the RFM score and recency on the same customers. Writes
     predictions.parquet, metrics.json and PNG plots to --out, and logs the run to MLflow.
     """
+    _verbose(verbose)
     from winback.backtest import write_backtest
     from winback.features import normalize_cutoffs
     from winback.jobs import backtest_job
 
-    if as_of is None:
-        raise UsageError("--as-of is required: the evaluation cutoff(s), e.g. 1998-03-31.")
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     cuts = normalize_cutoffs(as_of)
     orders = _load(orders_path, cfg, None)
@@ -444,9 +531,10 @@ def backtest(
         f"wrote {', '.join(f.name for f in files)} to {out} in {time.perf_counter() - t0:.1f}s"
     )
     if track:
+        from winback.secrets import mask_url
         from winback.tracking import log_backtest, tracking_uri
 
-        uri = tracking_uri(cfg.tracking.uri)
+        uri = tracking_uri(cfg.tracking.uri, cfg.tracking.password_env)
         run_id = log_backtest(
             uri,
             cfg.tracking.experiment,
@@ -456,7 +544,7 @@ def backtest(
             orders.fingerprint(),
             result.choices(),
         )
-        typer.echo(f"MLflow run {run_id} in {uri}")
+        typer.echo(f"MLflow run {run_id} in {mask_url(uri)}")
 
 
 @app.command()
@@ -472,6 +560,7 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train the production model as of T on every labelled cutoff up to T - H.
 
@@ -480,6 +569,7 @@ def train(
     and registers it in MLflow; it becomes the 'champion' only if it beats the champion on the
     same backtest, or with --promote.
     """
+    _verbose(verbose)
     from winback.jobs import train_job
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
@@ -512,17 +602,27 @@ def score(
     as_of: Annotated[
         str | None,
         typer.Option(
-            "--as-of", help="Date to score at (default: the last order; 'today' allowed)."
+            "--as-of",
+            metavar="DATE",
+            help="Date to score at (default: the last order; 'today' allowed).",
         ),
     ] = None,
     model: Annotated[
-        str, typer.Option("--model", help="'champion' (from MLflow) or a saved model file.")
+        str,
+        typer.Option(
+            "--model",
+            metavar="champion|FILE",
+            help="'champion' (from MLflow) or a saved model file.",
+        ),
     ] = "champion",
     out: Annotated[
-        Path, typer.Option("--out", help="Export folder; lists go to OUT/<as-of>/.")
+        Path, typer.Option("--out", metavar="DIR", help="Export folder; lists go to OUT/<as-of>/.")
     ] = Path("exports"),
     wait: Annotated[
-        float, typer.Option("--wait", help="Seconds to wait for another run writing OUT.")
+        float,
+        typer.Option(
+            "--wait", metavar="SECONDS", help="Seconds to wait for another run writing OUT."
+        ),
     ] = 0.0,
     force: Annotated[
         bool, typer.Option("--force", help="Publish even when the drift guard refuses.")
@@ -530,6 +630,7 @@ def score(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score every customer as of a date and export the win-back lists (the nightly job).
 
@@ -537,12 +638,16 @@ def score(
     OUT/<as-of>/ atomically: a crash leaves the previous complete export or the new one. Exit
     codes: 0 done, 1 data or model problem, 2 usage.
     """
-    from winback.jobs import score_job
+    _verbose(verbose)
+    from winback.export import check_writable
+    from winback.jobs import find_model, score_job
 
     cfg = _config(config, set_, engine)
+    check_writable(out, "--out")  # before any work: a bad folder is found at once
+    ref = find_model(cfg, model)
     orders = _load(orders_path, cfg, None)
     with _progress("scoring"):
-        res = score_job(orders, cfg, out, _as_of(as_of), model, wait_seconds=wait, force=force)
+        res = score_job(orders, cfg, out, _as_of(as_of), ref, wait_seconds=wait, force=force)
     _echo_score(res)
 
 
@@ -568,20 +673,27 @@ def _echo_score(res) -> None:
 @app.command()
 def measure(
     export: Annotated[
-        Path, typer.Option("--export", help="An exported list folder: EXPORTS/<as-of>.")
+        Path,
+        typer.Option("--export", metavar="DIR", help="An exported list folder: EXPORTS/<as-of>."),
     ],
     orders_path: Annotated[
-        str | None, typer.Option("--orders", help="Orders, including those placed since.")
+        str | None,
+        typer.Option("--orders", metavar="PATH", help="Orders, including those placed since."),
     ] = None,
     window_days: Annotated[
         int | None,
         typer.Option(
-            "--window-days", min=1, help="Outcome window after the as-of (default: the horizon)."
+            "--window-days",
+            metavar="DAYS",
+            min=1,
+            help="Outcome window after the as-of (default: the horizon).",
         ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Folder for measure.json/.csv/.html (default reports/...)."),
+        typer.Option(
+            "--out", metavar="DIR", help="Folder for measure.json/.csv/.html (default reports/...)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the readout as JSON instead of a table.")
@@ -589,6 +701,7 @@ def measure(
     track: TrackOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read out a campaign: treatment against control of an exported list.
 
@@ -598,6 +711,7 @@ def measure(
     approximation), the incremental revenue and the cost. Warns when the control group is too
     small to tell. Writes measure.json, measure.csv and measure.html and logs an MLflow run.
     """
+    _verbose(verbose)
     from winback.jobs import measure_job
 
     cfg = _config(config, set_)
@@ -649,25 +763,42 @@ def report(
     orders_path: OrdersOpt = None,
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Report up to the end of this day (default: the last order)."),
+        typer.Option(
+            "--as-of",
+            metavar="DATE",
+            help="Report up to the end of this day (default: the last order).",
+        ),
     ] = None,
     period: Annotated[
         str | None,
-        typer.Option("--period", help="month, quarter or year (default: report.period)."),
+        typer.Option(
+            "--period",
+            metavar="month|quarter|year",
+            help="month, quarter or year (default: report.period).",
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for report.html and CSVs.")] = Path(
-        "reports"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder for report.html and CSVs.")
+    ] = Path("reports"),
     exports: Annotated[
         Path | None,
-        typer.Option("--exports", help="Exports folder of 'score' (default: report.exports_dir)."),
+        typer.Option(
+            "--exports",
+            metavar="DIR",
+            help="Exports folder of 'score' (default: report.exports_dir).",
+        ),
     ] = None,
     model: Annotated[
         str,
-        typer.Option("--model", help="'champion' (from MLflow), a model file, or 'none'."),
+        typer.Option(
+            "--model",
+            metavar="champion|FILE",
+            help="'champion' (from MLflow), a model file, or 'none'.",
+        ),
     ] = "champion",
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write the retention report: one self-contained HTML page and its tables as CSV.
 
@@ -677,6 +808,7 @@ def report(
     list sizes over time and the treatment-against-control readout of recent campaigns; the
     gains curve of the champion model.
     """
+    _verbose(verbose)
     from winback.jobs import report_job
 
     cfg = _config(config, set_)
@@ -718,19 +850,27 @@ def _scenario_help() -> str:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")] = Path(
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output Parquet file.")] = Path(
         "orders.parquet"
     ),
-    scenario: Annotated[str, typer.Option("--scenario", help=_scenario_help())] = "shop",
+    scenario: Annotated[
+        str, typer.Option("--scenario", metavar="NAME", help=_scenario_help())
+    ] = "shop",
     customers: Annotated[
-        int | None, typer.Option("--customers", help="Number of customers.")
+        int | None, typer.Option("--customers", metavar="N", help="Number of customers.")
     ] = None,
     orders_n: Annotated[
-        int | None, typer.Option("--orders", help="About this many orders (sets --customers).")
+        int | None,
+        typer.Option("--orders", metavar="PATH", help="About this many orders (sets --customers)."),
     ] = None,
-    start: Annotated[str, typer.Option("--from", help="First day of the file.")] = "2022-01-01",
-    end: Annotated[str, typer.Option("--to", help="Last day of the file.")] = "2024-12-31",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
+    start: Annotated[
+        str, typer.Option("--from", metavar="DATE", help="First day of the file.")
+    ] = "2022-01-01",
+    end: Annotated[
+        str, typer.Option("--to", metavar="DATE", help="Last day of the file.")
+    ] = "2024-12-31",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Random seed.")] = 7,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Generate a synthetic order history (Parquet), seeded: the same options give the same
     orders.
@@ -740,6 +880,7 @@ def synth(
     years of history before the file starts (censored), purchase rates that fade (fading), or
     returns and falling order values that drive customers away (unhappy).
     """
+    _verbose(verbose)
     from winback.synth import customers_for_orders, generate_orders, scenario_params
 
     if customers is not None and orders_n is not None:
@@ -758,9 +899,14 @@ def synth(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo"),
-    customers: Annotated[int, typer.Option("--customers", help="Synthetic customers.")] = 20_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder for the demo's files.")
+    ] = Path("demo"),
+    customers: Annotated[
+        int, typer.Option("--customers", metavar="N", help="Synthetic customers.")
+    ] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Random seed.")] = 7,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline end to end on synthetic data.
 
@@ -769,6 +915,7 @@ def demo(
     -> the production model registered in MLflow -> tonight's lists -> the retention report.
     Everything is written inside --out (orders, exports, models, mlflow.db, reports).
     """
+    _verbose(verbose)
     import pandas as pd
 
     from winback.backtest import write_backtest
@@ -911,7 +1058,11 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app, turning winback's errors into one line and an exit code."""
+    """Entry point: run the app, turning errors into one line on stderr and an exit code: 1
+    for a data, config or model problem, 2 for wrong usage (an unknown command or option, a
+    missing or malformed value)."""
+    from typer.exceptions import TyperException
+
     debug = os.environ.get("WINBACK_DEBUG") == "1"
     try:
         app(standalone_mode=False)
@@ -929,15 +1080,9 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except TyperException as exc:  # the command line parser's own errors (typer's click)
+        sys.exit(_usage_failure(exc))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
         if debug:
             raise
         typer.echo(
@@ -946,3 +1091,19 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+
+
+def _usage_failure(exc) -> int:
+    """One line for a parser error (help for a bare 'winback'); the exit code."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        typer.echo(ctx.get_help())
+        return 0
+    message = " ".join(exc.format_message().split()) if hasattr(exc, "format_message") else ""
+    code = int(getattr(exc, "exit_code", 2))
+    if code == 2:
+        where = f"{ctx.command_path} --help" if ctx is not None else "winback --help"
+        typer.echo(f"usage error: {message} (see {where})", err=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
+    return code

@@ -228,6 +228,10 @@ class TrackingConfig(_Section):
     """MLflow: where runs go (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
 
     uri: str | None = None
+    password_env: str = Field(
+        "WINBACK_TRACKING_PASSWORD",
+        description="Environment variable with a database tracking store's password.",
+    )
     experiment: str = "winback"
     model_name: str = "winback-churn"
 
@@ -423,8 +427,47 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
+#: Settings that name a file or folder: in a config file, relative to the file's own folder.
+PATH_SETTINGS = (
+    ("orders", "source"),
+    ("campaigns", "contact_history"),
+    ("campaigns", "opt_out"),
+    ("report", "exports_dir"),
+    ("engine", "temp_directory"),
+    ("models_dir",),
+)
+
+
+def _paths_from(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``raw`` with the relative paths it names (and a relative SQLite tracking store) made
+    absolute against ``folder``, so a config works from any working directory. URLs
+    (``s3a://``, ``postgresql://``...) and absolute paths are left as they are."""
+    out = copy.deepcopy(raw)
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str) or not value or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return value if path.is_absolute() else str(folder / path)
+
+    for keys in PATH_SETTINGS:
+        node = out
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = resolve(node[keys[-1]])
+    tracking = out.get("tracking")
+    uri = tracking.get("uri") if isinstance(tracking, dict) else None
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        tracking["uri"] = "sqlite:///" + str(folder / uri.removeprefix("sqlite:///"))
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Relative paths written in the file are read from the file's folder (``--set`` values and
+    the built-in defaults from the working directory).
 
     Raises
     ------
@@ -449,7 +492,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"Config file {p} must hold a mapping of settings at the top level.")
-        raw = loaded
+        raw = _paths_from(loaded, p.resolve().parent)
     raw = apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)

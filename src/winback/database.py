@@ -20,6 +20,7 @@ import duckdb
 from winback.config import OrdersConfig
 from winback.engines.duckdb import registered
 from winback.errors import ConfigError, DataError, UsageError
+from winback.secrets import check_url, mask_url
 
 __all__ = ["is_database_url", "redact_url", "read_database"]
 
@@ -47,8 +48,8 @@ def is_database_url(text: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(url))
+    """The URL with any password replaced by ``***`` (see :func:`winback.secrets.mask_url`)."""
+    return mask_url(url)
 
 
 def _url(url: str, cfg: OrdersConfig) -> tuple[object, str]:
@@ -60,6 +61,7 @@ def _url(url: str, cfg: OrdersConfig) -> tuple[object, str]:
         raise UsageError(
             "Database sources need SQLAlchemy and a driver: pip install 'winback[db]'."
         ) from None
+    check_url(url, "orders.source")
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as exc:

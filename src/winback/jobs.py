@@ -32,6 +32,7 @@ from winback.orders import Orders
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
 from winback.scoring import add_reasons, build_lists, delta, profit_curve, score_customers
+from winback.secrets import mask_url
 from winback.snapshots import build_snapshots, build_training_snapshots
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,21 @@ __all__ = [
     "run_params",
     "backtest_job",
     "train_job",
+    "ModelRef",
+    "find_model",
     "score_job",
     "measure_job",
     "readout_export",
     "write_readout",
     "report_job",
 ]
+
+
+def _store(cfg: Config, override: str | None = None) -> str:
+    """The tracking store to connect to (with its password from the environment)."""
+    from winback.tracking import tracking_uri
+
+    return tracking_uri(override or cfg.tracking.uri, cfg.tracking.password_env)
 
 
 def run_params(cfg: Config, **extra) -> dict:
@@ -144,9 +154,8 @@ def train_job(
     result = TrainResult(model, path, bt, cuts, len(snaps), time.perf_counter() - t0)
     if track:
         from winback.tracking import log_training
-        from winback.tracking import tracking_uri as resolve
 
-        uri = resolve(tracking_uri or cfg.tracking.uri)
+        uri = _store(cfg, tracking_uri)
         files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), run_params(cfg))
         files.append(path.with_suffix(path.suffix + ".json"))
         result.promotion = log_training(
@@ -163,8 +172,36 @@ def train_job(
             promote=promote,
             choices=bt.choices(),
         )
-        result.tracking_uri = uri
+        result.tracking_uri = mask_url(uri)
     return result
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to score with: its file, and its registry version and run when it has them."""
+
+    path: Path
+    version: str
+    run_id: str = ""
+
+
+def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = None) -> ModelRef:
+    """The champion of the registry (``model="champion"``) or a saved model file, checked to
+    exist before any scoring work; looking for the champion never creates a store."""
+    if model == "champion":
+        from winback.tracking import champion_model_file
+
+        path, version, run_id = champion_model_file(
+            _store(cfg, tracking_uri), cfg.tracking.model_name
+        )
+        return ModelRef(path, version, run_id)
+    path = Path(model)
+    if not path.is_file():
+        raise DataError(
+            f"The model file {path} does not exist; pass a file saved by 'winback train', or "
+            "--model champion for the registry's champion."
+        )
+    return ModelRef(path, path.name)
 
 
 @dataclass
@@ -181,25 +218,17 @@ def score_job(
     cfg: Config,
     out: Path,
     as_of: datetime | None = None,
-    model: str = "champion",
+    model: str | ModelRef = "champion",
     tracking_uri: str | None = None,
     wait_seconds: float = 0.0,
     force: bool = False,
 ) -> ScoreResult:
-    """Score as of a date with the champion (or a model file) and export the lists atomically."""
+    """Score as of a date with the champion (or a model file, or a :class:`ModelRef` found
+    beforehand) and export the lists atomically."""
     t0 = time.perf_counter()
-    run_id, version = "", ""
-    if model == "champion":
-        from winback.tracking import champion_model_file
-        from winback.tracking import tracking_uri as resolve
-
-        path, version, run_id = champion_model_file(
-            resolve(tracking_uri or cfg.tracking.uri), cfg.tracking.model_name
-        )
-    else:
-        path = Path(model)
+    ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
+    path, version, run_id = ref.path, ref.version, ref.run_id
     churn_model = load_model(path)
-    version = version or path.name
     t = as_of or orders.last_ts
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
@@ -330,7 +359,6 @@ def measure_job(
     run_id = None
     if track:
         from winback.tracking import log_measure
-        from winback.tracking import tracking_uri as resolve
 
         params = {
             "export": str(export),
@@ -346,7 +374,7 @@ def measure_job(
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     metrics[f"{row['scope']}.{k}"] = float(v)
         run_id = log_measure(
-            resolve(tracking_uri or cfg.tracking.uri),
+            _store(cfg, tracking_uri),
             cfg.tracking.experiment,
             params,
             metrics,
@@ -443,13 +471,12 @@ def _champion_gains(
         return None, "No model asked for (--model none)."
     if model == "champion":
         from winback.tracking import find_champion
-        from winback.tracking import tracking_uri as resolve
 
-        uri = resolve(tracking_uri or cfg.tracking.uri)
+        uri = _store(cfg, tracking_uri)
         found = find_champion(uri, cfg.tracking.model_name)
         if found is None:
             return None, (
-                f"No champion of '{cfg.tracking.model_name}' in {uri}: train one with "
+                f"No champion of '{cfg.tracking.model_name}' in {mask_url(uri)}: train one with "
                 "'winback train' to see its gains curve here."
             )
         path, version, _ = found

@@ -381,6 +381,13 @@ def _without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -
         f"HAVING count(*) > 1 ORDER BY v LIMIT {_N_EXAMPLES}"
     )
     policy = cfg.policies.duplicate_line
+    fix = {
+        "drop": "dropped as copies (overlapping exports); set orders.policies.duplicate_line="
+        "keep if identical lines are real repeat purchases",
+        "keep": "kept as separate orders (orders.policies.duplicate_line=keep); set it to drop "
+        "if they are copies of the same order",
+        "fail": "remove the copies from the export, or set orders.policies.duplicate_line=drop",
+    }[policy]
     problems.append(
         Problem(
             "duplicate_line",
@@ -390,8 +397,7 @@ def _without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -
             tuple(str(r[0]) for r in rows),
             policy,
             "are exact copies of another line (every column equal)",
-            "copies dropped by default (overlapping exports); set "
-            "orders.policies.duplicate_line=keep if identical lines are real repeat purchases",
+            fix,
         )
     )
     if policy != "drop":

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from winback.errors import WinbackError
+from winback.secrets import check_url, mask_url, scrub, with_password
 
 __all__ = [
     "tracking_uri",
@@ -38,9 +39,16 @@ CHAMPION = "champion"
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-def tracking_uri(configured: str | None = None) -> str:
-    """The tracking store: config, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def tracking_uri(
+    configured: str | None = None, password_env: str = "WINBACK_TRACKING_PASSWORD"
+) -> str:
+    """The tracking store to connect to: config, else ``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``. A database store's password is read from the environment variable
+    ``password_env`` (never written in the config); show the URI only through
+    :func:`winback.secrets.mask_url`."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_url(uri, "tracking.uri")
+    return with_password(uri, os.environ.get(password_env))
 
 
 def _git_commit() -> str | None:
@@ -59,18 +67,56 @@ def _git_commit() -> str | None:
         return None
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def _unreachable(uri: str, exc: BaseException) -> WinbackError:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return WinbackError(
+        f"Cannot use the MLflow tracking store {mask_url(uri)} ({type(exc).__name__}: "
+        f"{scrub(text, uri)}); check tracking.uri or MLFLOW_TRACKING_URI."
+    )
+
+
+def _writable_store(uri: str) -> None:
+    """Fail at once, not after MLflow's retries, when a SQLite store cannot be written."""
+    db = _sqlite_file(uri)
+    if db is None:
+        return
+    folder = db.resolve().parent
+    if db.exists() and not os.access(db, os.W_OK):
+        raise WinbackError(
+            f"The MLflow store {db} is read-only; make it writable or set tracking.uri."
+        )
+    if not db.exists() and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise WinbackError(
+            f"Cannot create the MLflow store {db}: its folder {folder} does not exist or is not "
+            "writable; set tracking.uri (or MLFLOW_TRACKING_URI) to a writable place."
+        )
+
+
 def _mlflow(uri: str, experiment: str):
+    """MLflow pointed at the store, with ``experiment`` active. A new experiment of a SQLite
+    store keeps its artifacts beside the database file (``mlartifacts/``), never in a
+    ``./mlruns`` of whatever folder the command ran from."""
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    _writable_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
+        client = mlflow.MlflowClient()
+        if client.get_experiment_by_name(experiment) is None:
+            db = _sqlite_file(uri)
+            where = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+            client.create_experiment(experiment, artifact_location=where)
         mlflow.set_experiment(experiment)
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear line
-        raise WinbackError(
-            f"Cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); check tracking.uri or MLFLOW_TRACKING_URI."
-        ) from None
+        raise _unreachable(uri, exc) from None
     return mlflow
 
 
@@ -241,16 +287,27 @@ def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
     """(local model file, version, run id) of the version with the ``champion`` alias.
 
     The file is the one ``train`` saved (its path is a param of the run), so scoring loads the
-    same checksummed model whether or not the tracking store is reachable later.
+    same checksummed model whether or not the tracking store is reachable later. Looking for a
+    champion never creates a store or an experiment.
     """
-    mlflow = _mlflow(uri, "winback")
-    client = mlflow.MlflowClient()
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_file():
+        raise WinbackError(
+            f"No MLflow store at {db}, so no '{CHAMPION}' model: train one with "
+            "'winback train' (or set tracking.uri), or pass --model PATH to a saved model."
+        )
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    client = mlflow.MlflowClient(tracking_uri=uri)
     try:
         mv = client.get_model_version_by_alias(model_name, CHAMPION)
-    except Exception:  # noqa: BLE001 - the registry says no in several ways
+    except Exception as exc:  # noqa: BLE001 - the registry says no in several ways
+        if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
+            raise _unreachable(uri, exc) from None
         raise WinbackError(
-            f"No '{CHAMPION}' version of model '{model_name}' in {uri}; train one with "
-            "'winback train', or pass --model PATH to a saved model."
+            f"No '{CHAMPION}' version of model '{model_name}' in {mask_url(uri)}; train one "
+            "with 'winback train', or pass --model PATH to a saved model."
         ) from None
     run = client.get_run(mv.run_id)
     path = run.data.params.get("model_file")
@@ -265,8 +322,6 @@ def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
 def find_champion(uri: str, model_name: str) -> tuple[Path, str, str] | None:
     """Like :func:`champion_model_file`, but ``None`` when there is no champion (or no store:
     a SQLite store that does not exist is not created)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None
     try:
         return champion_model_file(uri, model_name)
     except WinbackError:
