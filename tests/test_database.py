@@ -25,6 +25,7 @@ from winback.errors import DataError
 from winback.orders import load_orders
 
 PASSWORD = "Pg-s3cret-7f2a"  # the test role's password; must never be printed
+TRACKING_PASSWORD = "Tr@ck-9x:p/w"  # the MLflow store's, with characters a URL must encode
 COLUMNS = {"category": "category", "channel": "channel"}
 
 
@@ -73,6 +74,8 @@ def postgres(synth_frame):
         with psycopg.connect(admin, autocommit=True) as con:
             con.execute(f"CREATE ROLE shop LOGIN PASSWORD '{PASSWORD}'")
             con.execute("CREATE DATABASE shop OWNER shop")
+            con.execute(f"CREATE ROLE mlflow LOGIN PASSWORD '{TRACKING_PASSWORD}'")
+            con.execute("CREATE DATABASE mlflow OWNER mlflow")
         with psycopg.connect(f"host={base} port={port} user=admin dbname=shop") as con:
             con.execute(
                 """CREATE TABLE public.orders (customer_id text, order_id text,
@@ -193,3 +196,63 @@ def test_database_urls_are_told_from_paths():
     assert not is_database_url("s3a://bucket/orders/")
     assert not is_database_url("orders.parquet")
     assert not is_database_url("/data/postgresql://odd-name.csv")
+
+
+FAST = [
+    "--set", "training.spacing_days=30", "--set", "training.n_cutoffs=6",
+    "--set", "evaluation.n_bootstrap=50", "--set", "model.n_estimators=60",
+]  # fmt: skip
+
+
+def _tracking_run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("winback")
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_a_tracking_database_password_is_never_printed_or_written(postgres, synth_frame, tmp_path):
+    from urllib.parse import quote
+
+    synth_frame.to_parquet(tmp_path / "orders.parquet", index=False)
+    store = postgres.replace("shop@", "mlflow@").rsplit("/", 1)[0] + "/mlflow"
+    env = {**os.environ, "WINBACK_TRACKING_PASSWORD": TRACKING_PASSWORD}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    common = ["--orders", "orders.parquet", "--set", f"tracking.uri={store}", *FAST]
+    runs = [
+        _tracking_run(
+            ["backtest", "--as-of", "2023-09-01", "--horizon-days", "60", "--out", "bt", *common],
+            tmp_path,
+            env,
+        ),  # fmt: skip
+        _tracking_run(
+            ["train", "--as-of", "2023-12-01", "--horizon-days", "60", *common], tmp_path, env
+        ),  # fmt: skip
+        _tracking_run(["score", "--out", "exports", *common], tmp_path, env),
+    ]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    # the store is named, its password (from the variable) masked
+    assert "in " + store.replace("mlflow@", "mlflow:***@") in runs[0].stdout
+    assert "champion" in runs[1].stdout
+    # an unreachable store (nothing listens on port 9) and a URL with the password written in
+    wrong = _tracking_run(
+        ["backtest", "--as-of", "2023-09-01", "--horizon-days", "60", "--out", "bt2", *common,
+         "--set", "tracking.uri=" + store.replace("mlflow@", f"mlflow:{quote(TRACKING_PASSWORD, safe='')}@").rsplit(":", 1)[0] + ":9/mlflow"],
+        tmp_path, env,
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "mlflow:***@" in wrong.stderr
+    # an '@' in the password left unencoded: refused, and not echoed
+    raw = store.replace("mlflow@", f"mlflow:{TRACKING_PASSWORD}@")
+    refused = _tracking_run(["train", *common, "--set", f"tracking.uri={raw}"], tmp_path, env)
+    assert refused.returncode == 1 and "more than one '@'" in refused.stderr
+    secrets = (TRACKING_PASSWORD, quote(TRACKING_PASSWORD, safe=""), "ck-9x")
+    for r in [*runs, wrong, refused]:
+        for secret in secrets:
+            assert secret not in r.stdout + r.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, path

@@ -9,28 +9,33 @@ text (a short password would otherwise be cut out of unrelated words).
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from winback.errors import ConfigError
 
 __all__ = ["check_url", "mask_url", "scrub", "with_password"]
 
 
-def _authority(url: str) -> str | None:
-    """The part between ``scheme://`` and the first ``/``, ``?`` or ``#`` after it."""
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme://, userinfo, rest)`` of a URL with credentials, else None. The credentials end
+    at the last ``@`` before any ``?`` or ``#``, so a password holding ``/``, ``:`` or ``@``
+    never spills into what is taken for the host."""
     if "://" not in url:
         return None
-    rest = url.split("://", 1)[1]
-    for stop in "/?#":
-        rest = rest.split(stop, 1)[0]
-    return rest
+    head, rest = url.split("://", 1)
+    before = rest.split("?", 1)[0].split("#", 1)[0]
+    at = before.rfind("@")
+    if at < 0:
+        return None
+    return head + "://", rest[:at], rest[at + 1 :]
 
 
 def check_url(url: str, setting: str) -> None:
-    """Refuse a URL whose password holds an unencoded ``@`` (the host would be misread and part
-    of the password printed as a host name); the message never repeats the URL."""
-    authority = _authority(url)
-    if authority is not None and authority.count("@") > 1:
+    """Refuse a URL whose user or password holds an unencoded ``@`` (the host would be
+    misread and part of the password printed as a host name); the message never repeats the
+    URL."""
+    parts = _userinfo(str(url))
+    if parts is not None and "@" in parts[1]:
         raise ConfigError(
             f"The {setting} URL has more than one '@' before its host: percent-encode an '@' in "
             "the user or password as %40, or better, give the password in the environment "
@@ -41,14 +46,12 @@ def check_url(url: str, setting: str) -> None:
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (parsed, not pattern-matched)."""
     text = str(url)
-    authority = _authority(text)
-    if authority is None or "@" not in authority:
+    parts = _userinfo(text)
+    if parts is None:
         return text
-    userinfo, _, hostport = authority.rpartition("@")
+    head, userinfo, rest = parts
     user, sep, _ = userinfo.partition(":")
-    masked = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-    head, _, tail = text.partition("://")
-    return f"{head}://{masked}{tail[len(authority) :]}"
+    return f"{head}{user}:***@{rest}" if sep else text
 
 
 def scrub(text: str, url: str) -> str:
@@ -60,14 +63,8 @@ def scrub(text: str, url: str) -> str:
 def with_password(url: str, password: str | None) -> str:
     """``url`` with ``password`` (percent-encoded) for its user, when it names a user and has
     no password of its own; otherwise ``url`` as it is."""
-    if not password:
-        return url
-    parts = urlsplit(url)
-    authority = _authority(url) or ""
-    if "@" not in authority:
-        return url
-    userinfo, _, hostport = authority.rpartition("@")
-    if ":" in userinfo:
-        return url  # a password is given in the URL itself
-    netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    parts = _userinfo(str(url))
+    if not password or parts is None or ":" in parts[1]:
+        return url  # no user to give it to, or a password is in the URL itself
+    head, user, rest = parts
+    return f"{head}{user}:{quote(password, safe='')}@{rest}"
