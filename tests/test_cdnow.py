@@ -31,8 +31,10 @@ def test_cdnow_zero_amount_orders_are_reported_and_kept(cdnow):
     zero = [p for p in cdnow.report.problems if p.check == "zero_amount"]
     assert len(zero) == 1 and zero[0].count == 80 and zero[0].policy == "keep"
     assert (cdnow.to_pandas()["amount"] == 0).sum() == 80
-    # nothing else is wrong with the file
-    assert [p.check for p in cdnow.report.problems] == ["zero_amount"]
+    # nothing else is wrong with the file but its 255 exact duplicate lines, kept as orders
+    assert [p.check for p in cdnow.report.problems] == ["duplicate_line", "zero_amount"]
+    dup = cdnow.report.problems[0]
+    assert (dup.count, dup.policy) == (255, "keep")
 
 
 def test_cdnow_duplicate_and_same_day_lines_stay_separate_orders(cdnow):
@@ -75,8 +77,31 @@ def test_cdnow_sample_file_without_header_loads(cdnow_dir):
             "orders.columns.amount=column4",
             "orders.columns.order_id=null",
             "orders.date_format=%Y%m%d",
+            "orders.policies.duplicate_line=keep",  # as in configs/cdnow.yaml
         ],
     )
     o = load_orders(cdnow_dir / "CDNOW_sample.txt", cfg.orders)
     assert o.report.n_orders == 6_919
+    # by default its 21 exact duplicate lines would be dropped as copies
+    assert [p.count for p in o.report.problems if p.check == "duplicate_line"] == [21]
     assert o.report.n_customers == 2_357
+
+
+def test_the_first_nightly_run_after_train_is_not_called_drift(cdnow):
+    # one acquisition cohort that ages: tenure and totals grow by construction, which is no
+    # reason to refuse to publish; a real shift in how recently customers buy still is
+    from datetime import datetime
+
+    from winback.backtest import training_cutoffs
+    from winback.model import ChurnModel
+    from winback.snapshots import build_snapshots
+
+    t, h = datetime(1998, 6, 30), 91
+    cuts = training_cutoffs(t, h, 14, 24, cdnow.first_ts)
+    train = build_snapshots(cdnow, cuts, h, observed_until=t)
+    model = ChurnModel(horizon_days=h, random_state=1).fit(train, train["churned"])
+    tonight = build_snapshots(cdnow, [t], h, labels=False)
+    drift = model.drift(tonight, model.predict_proba(tonight)[:, 1])
+    assert max(drift.values()) < 0.25, drift  # drift.fail_psi
+    stale = tonight.assign(recency_days=tonight["recency_days"] + 150)
+    assert model.drift(stale, model.predict_proba(tonight)[:, 1])["recency_days"] > 0.25
