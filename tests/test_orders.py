@@ -398,3 +398,16 @@ def test_cli_validate_says_what_it_normalised_and_dropped(tmp_path):
         "dropped: column 'all columns': 1 of 2 rows are exact copies of another line" in res.stdout
     )
     assert "1 orders (0 returns or cancellations) from 1 customers" in res.stdout
+
+
+def test_the_dropped_count_is_rows_read_minus_rows_kept(tmp_path):
+    # line 3 fails two checks (a bad date and a bad amount): dropped once, counted in both
+    text = (
+        "customer_id,order_id,order_ts,amount\n"
+        "a,1,2024-01-01,10\na,2,yesterday,5\nb,3,not-a-date,ten\nb,4,2024-01-04,\n"
+    )
+    o = _load(_write(tmp_path, text))
+    counts = {p.check: p.count for p in o.report.problems}
+    assert counts == {"unparsable_date": 2, "bad_amount": 2}
+    assert (o.report.rows_read, o.report.rows_kept, o.report.rows_dropped) == (4, 1, 3)
+    assert "3 of them dropped" in o.report.summary_lines()[1]

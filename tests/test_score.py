@@ -459,3 +459,50 @@ def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(
     pd.testing.assert_frame_equal(back, pd.read_parquet(folder / "at_risk.parquet"))
     lines = (folder / "at_risk.csv").read_text().splitlines()
     assert lines[1:4] == ["a,'=gift,vip,0.5", "b,points,vip,0.4", "c,,,0.3"]
+
+
+def test_impossible_dates_are_refused_in_one_line(setup):
+    d, _, _ = setup
+    for as_of, says in (("2019-01-01", "is dated after the as-of 2019-01-01"),
+                        ("2031-06-30", "would be empty")):  # fmt: skip
+        cmd = _score_cmd("never", *MAP)
+        cmd[cmd.index("--as-of") + 1] = as_of
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=d)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.returncode == 1 and len(errors) == 1 and says in errors[0], res.stderr
+        assert not (d / "never").exists()
+
+
+def test_the_manifest_tells_what_reading_the_orders_found_and_what_to_beware_of(setup):
+    d, o, _ = setup
+    # the model saw labels up to 2023-12-01 (last cutoff 2023-10-02 + 60 days); score earlier
+    res = _score(d, "--as-of", "2023-11-15", out="early")
+    assert res.returncode == 0, res.stderr
+    assert "orders: read" in res.stderr  # the validation summary, as every command prints it
+    doc = read_manifest(d / "early" / "2023-11-15")
+    v = doc["validation"]
+    assert v["rows_read"] == len(pd.read_parquet(d / "orders.parquet"))
+    # orders after the as-of are future dates to it: dropped, counted, and said
+    assert [p["check"] for p in v["problems"]] == ["future_date"]
+    assert v["rows_dropped"] == v["problems"][0]["rows"] > 0
+    assert v["orders"] + v["rows_dropped"] == v["rows_read"]
+    assert any("scores know what happened next" in w for w in doc["warnings"])
+    assert any("over 60 days, labels.horizon_days says 90" in w for w in doc["warnings"])
+    assert "warning:" in res.stderr
+    # with future_date: fail, the same request is refused
+    res = _score(d, "--as-of", "2023-12-01", "--set", "orders.policies.future_date=fail",
+                 out="strict")  # fmt: skip
+    assert res.returncode == 1 and "dated after the as-of 2023-12-01" in res.stderr
+
+
+def test_profile_and_report_refuse_spark_in_one_line(setup):
+    d, _, _ = setup
+    for cmd in ("profile", "report"):
+        res = subprocess.run(
+            [sys.executable, "-m", "winback", cmd, "orders.parquet" if cmd == "profile" else
+             "--orders=orders.parquet", "--set", "engine.name=spark"],
+            capture_output=True, text=True, timeout=120, cwd=d,
+        )  # fmt: skip
+        assert res.returncode == 1, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"'{cmd}' runs on the DuckDB engine only" in lines[0]

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from winback import __version__
 from winback.config import Config, load_config
-from winback.errors import UsageError, WinbackError
+from winback.errors import ConfigError, UsageError, WinbackError
 
 __all__ = ["app", "main"]
 
@@ -179,19 +180,40 @@ def _connect(cfg: Config):
     return connect(e.memory_limit, e.threads, e.temp_directory)
 
 
-def _load(path: str | None, cfg: Config, as_of: datetime | None):
+def _load(
+    path: str | None,
+    cfg: Config,
+    as_of: datetime | None,
+    summary: bool = True,
+    duckdb_only: str | None = None,
+):
+    """Read and validate the orders; the validation summary goes to stderr (``summary``: the
+    command prints it itself otherwise). ``duckdb_only``: the command's name, when it runs on
+    DuckDB only (refused on Spark in one line)."""
+    from winback.errors import ConfigError
     from winback.orders import load_orders
 
     source = _source(path, cfg)
+    if cfg.engine.name == "spark" and duckdb_only:
+        raise ConfigError(
+            f"'{duckdb_only}' runs on the DuckDB engine only (engine.name is spark): run it "
+            "with --set engine.name=duckdb; for data beyond one machine, profile and report a "
+            "sample or a recent window of the orders."
+        )
     if cfg.engine.name == "spark":
         from winback.engines.spark import SparkEngine, spark_session
 
         with _progress("starting Spark"):
             spark = spark_session(cfg.engine.spark.master, cfg.engine.spark.conf)
         with _progress("reading and validating orders on Spark"):
-            return load_orders(source, cfg.orders, as_of=as_of, engine=SparkEngine(spark))
-    with _progress("reading and validating orders"):
-        return load_orders(source, cfg.orders, as_of=as_of, con=_connect(cfg))
+            orders = load_orders(source, cfg.orders, as_of=as_of, engine=SparkEngine(spark))
+    else:
+        with _progress("reading and validating orders"):
+            orders = load_orders(source, cfg.orders, as_of=as_of, con=_connect(cfg))
+    if summary:
+        for line in orders.report.summary_lines():
+            log.info("orders: %s", line)
+    return orders
 
 
 class _Reporter:
@@ -274,7 +296,7 @@ def validate(
     """
     _verbose(verbose)
     cfg = _config(config, set_, engine)
-    orders = _load(path, cfg, _as_of(as_of))
+    orders = _load(path, cfg, _as_of(as_of), summary=False)
     _echo_lines(orders.report.summary_lines())
 
 
@@ -291,7 +313,7 @@ def profile(
     from winback.profile import build_profile
 
     cfg = _config(config, set_)
-    orders = _load(path, cfg, _as_of(as_of))
+    orders = _load(path, cfg, _as_of(as_of), duckdb_only="profile")
     prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
     _echo_lines(prof.summary_lines())
 
@@ -467,12 +489,18 @@ TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log the run 
 
 
 def _with_windows(cfg: Config, horizon_days: int | None, lookback_days: int | None) -> Config:
-    updates = {}
+    """The config with --horizon-days and --lookback-days applied, validated again."""
+    from winback.config import format_validation_error
+
+    raw = cfg.model_dump()
     if horizon_days is not None:
-        updates["labels"] = cfg.labels.model_copy(update={"horizon_days": horizon_days})
+        raw["labels"]["horizon_days"] = horizon_days
     if lookback_days is not None:
-        updates["features"] = cfg.features.model_copy(update={"lookback_days": lookback_days})
-    return cfg.model_copy(update=updates)
+        raw["features"]["lookback_days"] = lookback_days
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "--horizon-days/--lookback-days")) from None
 
 
 def _run_params(cfg: Config, **extra) -> dict:
@@ -645,7 +673,8 @@ def score(
     cfg = _config(config, set_, engine)
     check_writable(out, "--out")  # before any work: a bad folder is found at once
     ref = find_model(cfg, model)
-    orders = _load(orders_path, cfg, None)
+    # orders after the as-of are future dates to it (policies.future_date applies)
+    orders = _load(orders_path, cfg, _as_of(as_of))
     with _progress("scoring"):
         res = score_job(orders, cfg, out, _as_of(as_of), ref, wait_seconds=wait, force=force)
     _echo_score(res)
@@ -815,7 +844,7 @@ def report(
     if period is not None and period not in ("month", "quarter", "year"):
         raise UsageError(f"--period must be month, quarter or year; got {period!r}.")
     day = _as_of(as_of)
-    orders = _load(orders_path, cfg, None)
+    orders = _load(orders_path, cfg, None, duckdb_only="report")
     with _progress("report") as bar:
         res = report_job(
             orders,

@@ -37,6 +37,7 @@ __all__ = [
     "CampaignGroupConfig",
     "load_config",
     "apply_overrides",
+    "format_validation_error",
 ]
 
 Policy = Literal["drop", "keep", "fail"]
@@ -365,6 +366,18 @@ class Config(_Section):
     models_dir: str = "models"
     random_state: int = 42
 
+    @model_validator(mode="after")
+    def _lookback_covers_the_horizon(self) -> Config:
+        lookback, horizon = self.features.lookback_days, self.labels.horizon_days
+        if lookback < horizon:
+            raise ValueError(
+                f"features.lookback_days ({lookback}) is shorter than labels.horizon_days "
+                f"({horizon}): the at-risk list (a last order within {horizon} days) would hold "
+                f"customers the model never saw (it learns from those who bought within "
+                f"{lookback} days); set lookback_days to {horizon} or more"
+            )
+        return self
+
     @field_validator("engine", mode="before")
     @classmethod
     def _engine_by_name(cls, v: Any) -> Any:
@@ -381,7 +394,7 @@ class Config(_Section):
         }
 
 
-def _format_validation_error(exc: ValidationError, origin: str) -> str:
+def format_validation_error(exc: ValidationError, origin: str) -> str:
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -391,6 +404,9 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
         elif err["type"] == "literal_error":
             allowed = err.get("ctx", {}).get("expected", "")
             msg = f"must be one of {allowed}"
+        if err["type"] == "value_error" and not err["loc"]:  # a rule across settings
+            parts.append(msg.removeprefix("Value error, "))
+            continue
         got = err.get("input")
         got_txt = "" if err["type"] == "extra_forbidden" else f"; got {got!r}"
         parts.append(f"'{key}' {msg}{got_txt}")
@@ -497,4 +513,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, origin)) from None
+        raise ConfigError(format_validation_error(exc, origin)) from None

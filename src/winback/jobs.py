@@ -51,6 +51,8 @@ __all__ = [
     "find_model",
     "score_job",
     "measure_job",
+    "check_scoring",
+    "validation_record",
     "readout_export",
     "write_readout",
     "report_job",
@@ -230,6 +232,9 @@ def score_job(
     path, version, run_id = ref.path, ref.version, ref.run_id
     churn_model = load_model(path)
     t = as_of or orders.last_ts
+    warnings = check_scoring(orders, cfg, churn_model, t)
+    for w in warnings:
+        log.warning("warning: %s", w)
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
     scored = score_customers(
@@ -296,6 +301,8 @@ def score_job(
         manifest = {
             "as_of": t.isoformat(),
             "input": fingerprint,
+            "validation": validation_record(orders),
+            "warnings": warnings,
             "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
             "model_version": str(version),
             "model_file": str(path),
@@ -317,6 +324,68 @@ def score_job(
         }
         folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras)
     return ScoreResult(folder, scores, lists, t, str(version))
+
+
+#: Scoring this many days after the last order is allowed, with a warning: the file is stale.
+STALE_DAYS = 31
+
+
+def check_scoring(orders: Orders, cfg: Config, model: ChurnModel, as_of: datetime) -> list[str]:
+    """Refuse what cannot give true lists, in one line each; return the warnings for what is
+    allowed but worth knowing (they also go into the manifest)."""
+    first, last = orders.first_ts, orders.last_ts
+    h = int(model.horizon_days)
+    if as_of < first:
+        raise DataError(
+            f"--as-of {as_of:%Y-%m-%d} is before the first order ({first:%Y-%m-%d}): there is "
+            "nobody to score. Give a date within the orders."
+        )
+    reach = max(int(model.lookback_days), int(cfg.campaigns.reactivation_days))
+    if (as_of - last).days > reach:
+        raise DataError(
+            f"--as-of {as_of:%Y-%m-%d} is {(as_of - last).days:,} days after the last order "
+            f"({last:%Y-%m-%d}): every customer is beyond campaigns.reactivation_days ({reach}), "
+            "so the lists would be empty. Score with newer orders or an earlier --as-of."
+        )
+    warnings = []
+    if h != cfg.labels.horizon_days:
+        warnings.append(
+            f"the model predicts churn over {h} days, labels.horizon_days says "
+            f"{cfg.labels.horizon_days}: the lists follow the model ({h} days); retrain with "
+            "this config if it is the horizon you want"
+        )
+    if (as_of - last).days > STALE_DAYS:
+        warnings.append(
+            f"the last order is {(as_of - last).days} days before the as-of {as_of:%Y-%m-%d}: "
+            "the orders may be stale"
+        )
+    trained = max(pd.Timestamp(c).tz_localize(None) for c in model.training_cutoffs_)
+    seen_until = trained + timedelta(days=h)
+    if as_of < seen_until:
+        warnings.append(
+            f"the model learnt from orders up to {seen_until:%Y-%m-%d} (its last training cutoff "
+            f"{trained:%Y-%m-%d} + {h} days), after the as-of {as_of:%Y-%m-%d}: its scores know "
+            "what happened next, so use them for analysis, not to judge the model"
+        )
+    return warnings
+
+
+def validation_record(orders: Orders) -> dict:
+    """What reading the orders found, for a manifest: rows read, kept and dropped, and each
+    problem with its count and what was done."""
+    r = orders.report
+    return {
+        "source": r.source,
+        "rows_read": r.rows_read,
+        "rows_dropped": r.rows_dropped,
+        "orders": r.n_orders,
+        "customers": r.n_customers,
+        "problems": [
+            {"check": p.check, "column": p.column, "rows": p.count, "policy": p.policy}
+            for p in r.problems
+        ],
+        "normalised": list(r.notes),
+    }
 
 
 def _read_table(path: str, columns: list[str], setting: str) -> pd.DataFrame:

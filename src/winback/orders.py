@@ -71,6 +71,7 @@ class ValidationReport:
 
     source: str
     rows_read: int
+    rows_kept: int | None = None  # input lines behind the orders kept
     problems: list[Problem] = field(default_factory=list)
     lines_aggregated: bool = False
     n_orders: int = 0
@@ -82,11 +83,17 @@ class ValidationReport:
 
     @property
     def rows_dropped(self) -> int:
-        return sum(p.count for p in self.problems if p.policy == "drop")
+        """Input lines that are not in any order kept: rows read minus rows kept (a line that
+        fails two checks is dropped once)."""
+        if self.rows_kept is None:
+            return sum(p.count for p in self.problems if p.policy == "drop")
+        return self.rows_read - self.rows_kept
 
     def summary_lines(self) -> list[str]:
         """Human-readable lines for the terminal."""
         out = [f"read {self.rows_read:,} rows from {self.source}"]
+        if self.rows_dropped:
+            out.append(f"{self.rows_dropped:,} of them dropped (each listed below)")
         if self.lines_aggregated:
             out.append("rows are order lines: aggregated to one row per order")
         out += [f"normalised: {note}" for note in self.notes]
@@ -653,7 +660,14 @@ def load_orders(
             "order_ts_raw",
             f"are dated after the as-of {_fmt_ts(as_of_naive)} (UTC)",
             pol.future_date,
-            "fix the clock or the as-of, or keep policies.future_date=drop",
+            "check the clock or the as-of; dated after it, they "
+            + (
+                "are dropped (policies.future_date=drop)"
+                if pol.future_date == "drop"
+                else "are kept"
+                if pol.future_date == "keep"
+                else "fail the run (policies.future_date=fail)"
+            ),  # fmt: skip
         ),
         (
             "zero_amount",
@@ -840,6 +854,12 @@ def load_orders(
             FROM ({body}) AS o""",
         temp=False,
     )
+    if lines:  # the lines of the orders that were kept
+        kept_lines = engine.fetchall(
+            f"SELECT count(*) FROM _clean WHERE order_id IN (SELECT order_id FROM {table})"
+        )[0][0]
+    else:  # a line is an order
+        kept_lines = engine.fetchall(f"SELECT count(*) FROM {table}")[0][0]
     engine.drop_view("_orders0")
     engine.drop_view("_clean")
     engine.drop_view("_stage_raw")
@@ -854,6 +874,7 @@ def load_orders(
     report = ValidationReport(
         source=label,
         rows_read=int(rows_read),
+        rows_kept=int(kept_lines),
         problems=problems,
         lines_aggregated=lines,
         n_orders=int(n),
@@ -863,6 +884,13 @@ def load_orders(
         last_ts=hi,
         notes=list(notes.values()),
     )
+    future = [p for p in problems if p.check == "future_date" and p.count == rows_read]
+    if n == 0 and future:
+        raise DataError(
+            f"{label}: every one of its {rows_read:,} rows is dated after the as-of "
+            f"{_fmt_ts(as_of_naive)} (UTC): there is nothing before it to use. Give a later "
+            "--as-of, within the orders."
+        )
     if n == 0:
         raise DataError(
             f"{label}: no orders left after validation ("
