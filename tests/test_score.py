@@ -458,7 +458,7 @@ def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(
     assert back["campaign"].isna().tolist() == [False, False, True, False, False]
     pd.testing.assert_frame_equal(back, pd.read_parquet(folder / "at_risk.parquet"))
     lines = (folder / "at_risk.csv").read_text().splitlines()
-    assert lines[1:4] == ["a,'=gift,vip,0.5", "b,points,vip,0.4", "c,,,0.3"]
+    assert lines[1:4] == ['"a","\'=gift","vip",0.5', '"b","points","vip",0.4', '"c","","",0.3']
 
 
 def test_impossible_dates_are_refused_in_one_line(setup):
@@ -506,3 +506,38 @@ def test_profile_and_report_refuse_spark_in_one_line(setup):
         assert res.returncode == 1, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and f"'{cmd}' runs on the DuckDB engine only" in lines[0]
+
+
+def test_hostile_ids_cannot_run_as_formulas_or_break_rows(setup):
+    import csv
+
+    d, _, _ = setup
+    df = pd.read_parquet(d / "orders.parquet")
+    ids = df["customer_id"].astype(str)
+    hostile = ["\r=1+1+cmd|' /C calc'!A0", "+SUM(A1)", "\n-2+3", "@x", "\t=HYPERLINK(1)"]
+    top = ids.value_counts().index[: len(hostile)]  # active customers, likely to be listed
+    df["customer_id"] = ids.replace(dict(zip(top, hostile, strict=True)))
+    df.to_parquet(d / "hostile.parquet")
+    cmd = _score_cmd("hostile", "--set", "campaigns.size_by=top_k", "--set", "campaigns.top_k=400")
+    cmd[cmd.index("--orders") + 1] = "hostile.parquet"
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=d)
+    assert res.returncode == 0, res.stderr
+    assert "hold a control character" in res.stderr or "holding a control character" in res.stderr
+    folder = d / "hostile" / AS_OF
+    doc = read_manifest(folder)
+    seen = set()
+    for name in ("at_risk.csv", "lapsed.csv", "delta.csv", "profit_curve.csv"):
+        with open(folder / name, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert len(rows) - 1 == doc["files"][name]["rows"], name  # a standard reader agrees
+        for row in rows[1:]:
+            for cell in row:
+                try:
+                    float(cell)
+                    continue  # a number: a negative gain stays a number
+                except ValueError:
+                    pass
+                bare = cell.lstrip("".join(chr(i) for i in range(33)) + "\x7f")
+                assert bare[:1] not in ("=", "+", "-", "@") or cell.startswith("'"), (name, cell)
+                seen.add(cell)
+    assert any(c.startswith("'\r=1+1") for c in seen)  # the hostile id is there, made safe

@@ -342,8 +342,9 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
 
 
 def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
-    """Prefix text cells starting with ``=``, ``+``, ``-`` or ``@`` with a quote, so spreadsheets
-    show them instead of running them (CSV injection). Numbers are left alone."""
+    """Prefix text cells that start with ``=``, ``+``, ``-`` or ``@`` (also after blanks or
+    control characters), or with a tab or CR, with a quote, so spreadsheets show them instead of
+    running them (CSV injection). Numbers are left alone."""
     out = frame.copy(deep=False)
     for col in out.columns:
         s = out[col]
@@ -361,9 +362,14 @@ def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: A cell a spreadsheet may run as a formula: one that starts with = + - or @, also after any
+#: blanks or control characters (some programs drop those first), or with a tab or a CR.
+_FORMULA = r"^(?:[\x00-\x20\x7f]*[=+\-@]|[\t\r])"
+
+
 def _neutralized(s: pd.Series) -> pd.Series:
     text = s.astype("string")
-    risky = text.str.match(r"^[=+\-@\t\r]", na=False)
+    risky = text.str.contains(_FORMULA, regex=True, na=False)
     return text.where(~risky, "'" + text) if risky.any() else text
 
 

@@ -85,6 +85,7 @@ class PoliciesConfig(_Section):
     bad_amount: Literal["drop", "fail"] = "drop"
     absurd_amount: Policy = "drop"
     zero_amount: Policy = "keep"
+    control_characters: Policy = "keep"
     conflicting_customer: Literal["drop", "fail"] = "fail"
 
 

@@ -46,6 +46,8 @@ class Dialect:
     aware_to_utc: str = "timezone('UTC', {x})"
     day_key: str = "strftime({ts}, '%Y%m%d')"
     starts_with: str = "starts_with({x}, {prefix})"
+    # a regular expression (as an SQL literal) that finds a control character in a text
+    control_chars: str = "'[[:cntrl:]]'"
     # a row's hash, and that hash modulo k (non-negative)
     row_hash: str = "hash({cols})"
     row_hash_mod: str = "hash({cols}) % {k}"
@@ -77,6 +79,7 @@ SPARK = Dialect(
     aware_to_utc="{x}",
     day_key="date_format({ts}, 'yyyyMMdd')",
     starts_with="startswith({x}, {prefix})",
+    control_chars="'\\\\p{Cntrl}'",
     row_hash="xxhash64({cols})",
     row_hash_mod="pmod(xxhash64({cols}), {k})",
 )

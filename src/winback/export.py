@@ -10,6 +10,7 @@ from writing the same ``DIR`` at once.
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -86,8 +87,12 @@ def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """CSV with spreadsheet formulas neutralised and Unix line ends."""
-    neutralize_csv(frame).to_csv(path, index=False, lineterminator="\n")
+    """UTF-8 CSV with spreadsheet formulas neutralised, every text cell quoted (a line break or
+    CR inside an id stays inside its cell, so any CSV reader finds the rows written) and Unix
+    line ends."""
+    neutralize_csv(frame).to_csv(
+        path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8"
+    )
 
 
 def plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -155,12 +160,14 @@ def export_lists(
     manifest: dict[str, Any],
     wait_seconds: float = 0.0,
     extras: dict[str, Callable[[Path], None]] | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> Path:
     """Write ``<list>.csv`` and ``.parquet`` for each list, ``scores.parquet`` and
     ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
 
-    ``extras`` maps more file names to functions that write them (a delta, a plot). The
-    manifest gets ``files`` (name -> sha256, and rows for tables) added to the given fields.
+    ``tables`` maps more CSV file names to frames (a delta, a profit curve); ``extras`` maps
+    other file names to functions that write them (a plot). The manifest gets ``files`` (name
+    -> sha256, and rows for every table) added to the given fields.
     """
     out = Path(out_dir)
     link = out / as_of_key
@@ -182,6 +189,9 @@ def export_lists(
             for ext in ("csv", "parquet"):
                 f = folder / f"{name}.{ext}"
                 files[f.name] = {"rows": len(frame), "sha256": sha256_file(f)}
+        for name, frame in (tables or {}).items():
+            write_csv(frame, folder / name)
+            files[name] = {"rows": len(frame), "sha256": sha256_file(folder / name)}
         for name, write in (extras or {}).items():
             write(folder / name)
             files[name] = {"sha256": sha256_file(folder / name)}

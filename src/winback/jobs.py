@@ -293,11 +293,8 @@ def score_job(
         def write_png(path: Path) -> None:
             plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
 
-        extras = {
-            "delta.csv": lambda p: write_csv(changes, p),
-            "profit_curve.csv": lambda p: write_csv(curve, p),
-            "profit_curve.png": write_png,
-        }
+        tables = {"delta.csv": changes, "profit_curve.csv": curve}
+        extras = {"profit_curve.png": write_png}
         manifest = {
             "as_of": t.isoformat(),
             "input": fingerprint,
@@ -322,7 +319,7 @@ def score_job(
             "winback_version": __version__,
             "wall_seconds": round(time.perf_counter() - t0, 3),
         }
-        folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras)
+        folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
     return ScoreResult(folder, scores, lists, t, str(version))
 
 

@@ -670,6 +670,20 @@ def load_orders(
             ),  # fmt: skip
         ),
         (
+            "control_characters",
+            cols.customer_id,
+            d.search.format(x="customer_id", pattern=d.control_chars),
+            "customer_id",
+            "have an id holding a control character (a tab, a line break, ...)",
+            pol.control_characters,
+            {
+                "keep": "kept as they are (exported cells are quoted and made safe); clean them "
+                "at the source, or set policies.control_characters=drop",
+                "drop": "dropped (policies.control_characters=drop); clean them at the source",
+                "fail": "clean the ids at the source, or set policies.control_characters=keep",
+            }[pol.control_characters],
+        ),
+        (
             "zero_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
             "amount_f = 0",
