@@ -17,7 +17,7 @@ import pytest
 
 from winback.config import OrdersConfig, load_config
 from winback.engines.spark import SparkEngine, spark_session
-from winback.errors import UsageError
+from winback.errors import DataError, UsageError
 from winback.features import build_features, write_features
 from winback.labels import build_labels
 from winback.model import ChurnModel
@@ -298,3 +298,42 @@ def test_a_customer_sample_on_spark_equals_duckdb(synth_pair):
     cuts = [datetime(2023, 6, 1), datetime(2023, 12, 1)]
     with customers_only(duck, ids) as d, customers_only(sprk, ids) as s:
         assert_same(build_features(d, cuts), build_features(s, cuts))
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "settings"),
+    [
+        # Unix epoch seconds and milliseconds: 2024-01-01 and 2024-02-01 00:00:00.250 UTC
+        ("epoch.csv", b"customer_id,order_ts,amount\na,1704067200,10\nb,1706745600250,5\n", {}),
+        # a tab after the id, blanks between the rest
+        ("aligned.txt", b"customer_id\torder_ts  amount\na\t20240101  10\nb\t20240201   5\n", {}),
+        (
+            "latin.csv",
+            "customer_id;order_ts;amount\nJosé;2024-01-01;10\nb;2024-02-01;5\n".encode("latin-1"),
+            {"csv": {"encoding": "latin-1"}},
+        ),
+        (
+            "windows.csv",
+            "customer_id;order_ts;amount\n€1;2024-01-01;10\nb;2024-02-01;5\n".encode("cp1252"),
+            {"csv": {"encoding": "cp1252"}},
+        ),
+    ],
+)
+def test_awkward_exports_read_alike(spark, tmp_path, name, data, settings):
+    path = tmp_path / name
+    path.write_bytes(data)
+    cfg = OrdersConfig.model_validate({"columns": {"order_id": None}, **settings})
+    duck = load_orders(path, cfg, as_of=AS_OF)
+    sprk = load_orders(path, cfg, as_of=AS_OF, engine=SparkEngine(spark))
+    a, b = duck.to_pandas().sort_values("order_ts"), sprk.to_pandas()
+    assert len(a) == 2 and a["amount"].tolist() == [10.0, 5.0]
+    assert a["order_ts"].iloc[0] == pd.Timestamp("2024-01-01", tz="UTC")
+    assert_same(a, b, keys=("customer_id",))
+
+
+def test_a_latin_1_file_read_as_utf_8_on_spark_is_refused(spark, tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("customer_id;order_ts;amount\nJosé;2024-01-01;10\n".encode("latin-1"))
+    cfg = OrdersConfig.model_validate({"columns": {"order_id": None}})
+    with pytest.raises(DataError, match="not UTF-8 text.*orders.csv.encoding"):
+        load_orders(path, cfg, as_of=AS_OF, engine=SparkEngine(spark))

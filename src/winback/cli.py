@@ -180,6 +180,13 @@ def _connect(cfg: Config):
     return connect(e.memory_limit, e.threads, e.temp_directory)
 
 
+def _check_out(path: Path, file: bool = False, option: str = "--out") -> None:
+    """Refuse an output that cannot be written before any work is done."""
+    from winback.atomic import check_writable, check_writable_file
+
+    (check_writable_file if file else check_writable)(path, option)
+
+
 def _load(
     path: str | None,
     cfg: Config,
@@ -404,6 +411,8 @@ def features(
 
     cfg = _config(config, set_, engine)
     cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
+    if "://" not in out:
+        _check_out(Path(out), file=cfg.engine.name == "duckdb")
     # future dates are judged against now: orders after the cutoffs are what labels are made of
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
@@ -545,6 +554,7 @@ def backtest(
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     cuts = normalize_cutoffs(as_of)
+    _check_out(out)
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
     with _progress("backtest") as bar:
@@ -601,6 +611,7 @@ def train(
     from winback.jobs import train_job
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
+    _check_out(Path(cfg.models_dir), option="models_dir")
     orders = _load(orders_path, cfg, None)
     with _progress("training") as bar:
         res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, progress=bar)
@@ -667,11 +678,10 @@ def score(
     codes: 0 done, 1 data or model problem, 2 usage.
     """
     _verbose(verbose)
-    from winback.export import check_writable
     from winback.jobs import find_model, score_job
 
     cfg = _config(config, set_, engine)
-    check_writable(out, "--out")  # before any work: a bad folder is found at once
+    _check_out(out)  # before any work: a bad folder is found at once
     ref = find_model(cfg, model)
     # orders after the as-of are future dates to it (policies.future_date applies)
     orders = _load(orders_path, cfg, _as_of(as_of))
@@ -744,8 +754,9 @@ def measure(
     from winback.jobs import measure_job
 
     cfg = _config(config, set_)
-    orders = _load(orders_path, cfg, None)
     target = out or Path("reports") / f"measure-{export.resolve().name}"
+    _check_out(target)
+    orders = _load(orders_path, cfg, None)
     with _progress("measuring"):
         res = measure_job(orders, cfg, export, window_days, target, track=track)
     if as_json:
@@ -844,6 +855,7 @@ def report(
     if period is not None and period not in ("month", "quarter", "year"):
         raise UsageError(f"--period must be month, quarter or year; got {period!r}.")
     day = _as_of(as_of)
+    _check_out(out)
     orders = _load(orders_path, cfg, None, duckdb_only="report")
     with _progress("report") as bar:
         res = report_job(
@@ -890,7 +902,7 @@ def synth(
     ] = None,
     orders_n: Annotated[
         int | None,
-        typer.Option("--orders", metavar="PATH", help="About this many orders (sets --customers)."),
+        typer.Option("--orders", metavar="N", help="About this many orders (sets --customers)."),
     ] = None,
     start: Annotated[
         str, typer.Option("--from", metavar="DATE", help="First day of the file.")
@@ -914,6 +926,7 @@ def synth(
 
     if customers is not None and orders_n is not None:
         raise UsageError("Give --customers or --orders, not both.")
+    _check_out(out, file=True)
     params = scenario_params(scenario, start=start, end=end, seed=seed)
     n = customers or (customers_for_orders(orders_n, params) if orders_n else 20_000)
     params = scenario_params(scenario, n_customers=n, start=start, end=end, seed=seed)
@@ -955,6 +968,7 @@ def demo(
     from winback.profile import build_profile
     from winback.synth import SynthParams, generate_orders
 
+    _check_out(out)
     cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
     t0_clock = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

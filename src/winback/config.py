@@ -6,7 +6,9 @@ committed ``configs/default.yaml`` spells the same defaults out with comments.
 
 from __future__ import annotations
 
+import codecs
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +91,10 @@ class PoliciesConfig(_Section):
     conflicting_customer: Literal["drop", "fail"] = "fail"
 
 
+#: strftime directives (after %, or %-) that the engines parse dates with.
+_DIRECTIVES = set("abcdfghjmnpuwxyzABGHIMSTUVWXYZ%")
+
+
 class CsvConfig(_Section):
     """CSV dialect; ``auto`` lets DuckDB's sniffer decide."""
 
@@ -96,6 +102,20 @@ class CsvConfig(_Section):
         "auto", description="auto, whitespace, or one character such as ',', ';', '\\t', '|'."
     )
     header: bool = True
+    encoding: str = Field(
+        "utf-8", description="The file's text encoding: utf-8, latin-1, cp1252, utf-16, ..."
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(
+                f"{v!r} is not a known text encoding; use e.g. utf-8, latin-1, cp1252 or utf-16"
+            ) from None
+        return v
 
 
 class OrdersConfig(_Section):
@@ -114,7 +134,9 @@ class OrdersConfig(_Section):
     csv: CsvConfig = Field(default_factory=CsvConfig)
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     date_format: str = Field(
-        "auto", description="auto (ISO or YYYYMMDD) or a strftime format such as %d/%m/%Y %H:%M."
+        "auto",
+        description="auto (ISO, YYYYMMDD or Unix epoch numbers) or a strftime format such as "
+        "%d/%m/%Y %H:%M.",
     )
     timezone: str = Field("UTC", description="Zone of timestamps that carry none; stored as UTC.")
     lines: Literal["auto", "yes", "no"] = Field(
@@ -123,6 +145,25 @@ class OrdersConfig(_Section):
     returns: ReturnsConfig = Field(default_factory=ReturnsConfig)
     max_abs_amount: float = Field(1_000_000.0, gt=0)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+
+    @field_validator("date_format")
+    @classmethod
+    def _strftime_format(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        directives = re.findall(r"%-?(.?)", v)
+        if not directives:
+            raise ValueError(
+                f"{v!r} has no % directive; write it as a strftime format such as "
+                "%d/%m/%Y %H:%M (dd/MM/yyyy is spelled %d/%m/%Y), or auto"
+            )
+        bad = sorted({f"%{c}" for c in directives if c not in _DIRECTIVES})
+        if bad:
+            raise ValueError(
+                f"{v!r} has {', '.join(bad)}, not a date directive; use "
+                "%Y %y %m %b %B %d %j %H %I %p %M %S %f %z %Z (e.g. %d/%m/%Y %H:%M), or auto"
+            )
+        return v
 
     @model_validator(mode="after")
     def _amount_or_price(self) -> OrdersConfig:
@@ -405,11 +446,14 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         elif err["type"] == "literal_error":
             allowed = err.get("ctx", {}).get("expected", "")
             msg = f"must be one of {allowed}"
-        if err["type"] == "value_error" and not err["loc"]:  # a rule across settings
-            parts.append(msg.removeprefix("Value error, "))
-            continue
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across settings
+                parts.append(msg)
+                continue
         got = err.get("input")
-        got_txt = "" if err["type"] == "extra_forbidden" else f"; got {got!r}"
+        said = err["type"] == "extra_forbidden" or repr(got) in msg
+        got_txt = "" if said else f"; got {got!r}"
         parts.append(f"'{key}' {msg}{got_txt}")
     return f"{origin}: " + "; ".join(parts)
 
@@ -497,10 +541,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         origin = str(p)
+        if p.is_dir():
+            raise ConfigError(f"Config file {p} is a folder; pass the YAML file inside it.")
         if not p.is_file():
             raise ConfigError(f"Config file {p} does not exist; pass an existing YAML file.")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"Config file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                f"{line}); save it as UTF-8."
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"Config file {p} cannot be read ({exc.strerror}).") from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" near line {line + 1}" if line is not None else ""

@@ -41,6 +41,7 @@ class Dialect:
     parse_ts: str = "try_cast({x} AS TIMESTAMP)"  # naive text, read as UTC wall time
     parse_ts_offset: str = "timezone('UTC', try_cast({x} AS TIMESTAMPTZ))"  # text with an offset
     strptime: str = "try_strptime({x}, {fmt})"
+    micros_to_ts: str = "make_timestamp({x})"  # microseconds since 1970 (UTC) as a TIMESTAMP
     strftime_formats: bool = True  # False: formats are Java patterns (see java_pattern)
     local_to_utc: str = "timezone('UTC', timezone({tz}, {x}))"
     aware_to_utc: str = "timezone('UTC', {x})"
@@ -74,6 +75,7 @@ SPARK = Dialect(
     parse_ts="try_cast({x} AS TIMESTAMP)",
     parse_ts_offset="try_cast({x} AS TIMESTAMP)",
     strptime="try_to_timestamp({x}, {fmt})",
+    micros_to_ts="timestamp_micros({x})",
     strftime_formats=False,
     local_to_utc="to_utc_timestamp({x}, {tz})",
     aware_to_utc="{x}",

@@ -26,10 +26,9 @@ import pandas as pd
 
 from winback.atomic import sha256_file
 from winback.campaigns import neutralize_csv
-from winback.errors import DataError, UsageError, WinbackError
+from winback.errors import WinbackError
 
 __all__ = [
-    "check_writable",
     "export_lists",
     "export_lock",
     "read_manifest",
@@ -41,22 +40,6 @@ __all__ = [
 ]
 
 _VERSIONS = ".versions"
-
-
-def check_writable(folder: Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be written (an existing file, a read-only folder)
-    before any work is done, with a message that says how to fix it."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder} is a file, not a folder; give a folder to write to.")
-    probe = folder
-    while not probe.exists():  # the nearest folder that exists must let us create the rest
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise DataError(
-            f"{option} {folder}: cannot write in {probe} (permission denied); choose a folder "
-            "you can write to, or fix its permissions."
-        )
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from winback.errors import DataError
 from winback.evaluate import plot_profit_curve
 from winback.export import export_lists, list_exports, previous_export, write_csv
 from winback.measure import Readout, customer_outcomes, load_export, measure_campaign
-from winback.model import ChurnModel, load_model, save_model
+from winback.model import ChurnModel, check_model_file, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
@@ -196,6 +196,7 @@ def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = 
         path, version, run_id = champion_model_file(
             _store(cfg, tracking_uri), cfg.tracking.model_name
         )
+        check_model_file(path)
         return ModelRef(path, version, run_id)
     path = Path(model)
     if not path.is_file():
@@ -203,6 +204,7 @@ def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = 
             f"The model file {path} does not exist; pass a file saved by 'winback train', or "
             "--model champion for the registry's champion."
         )
+    check_model_file(path)
     return ModelRef(path, path.name)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "population_stability",
     "save_model",
     "load_model",
+    "check_model_file",
 ]
 
 #: The candidates ``fit`` chooses among, simplest first (ties go to the simpler one).
@@ -574,8 +575,9 @@ def save_model(model: ChurnModel, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path) -> ChurnModel:
-    """Load a saved model after checking its sha256 against the metadata file."""
+def check_model_file(path: str | Path) -> dict:
+    """The metadata of a saved model after checking the model file against its sha256; cheap
+    (no unpickling), so a command can check its model before any work."""
     path = Path(path)
     meta_path = path.with_suffix(path.suffix + ".json")
     if not path.is_file():
@@ -585,14 +587,43 @@ def load_model(path: str | Path) -> ChurnModel:
             f"Model metadata {meta_path} is missing, so {path} cannot be verified; "
             "save models with winback."
         )
-    want = json.loads(meta_path.read_text()).get("sha256")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise WinbackError(
+            f"Model metadata {meta_path} is not the JSON winback writes{where}; restore it "
+            "from the model's MLflow run or retrain."
+        ) from None
+    want = meta.get("sha256") if isinstance(meta, dict) else None
+    if not isinstance(want, str):
+        raise WinbackError(
+            f"Model metadata {meta_path} holds no sha256 of the model, so {path} cannot be "
+            "verified; restore it from the model's MLflow run or retrain."
+        )
     got = sha256_file(path)
     if got != want:
         raise WinbackError(
             f"Model file {path} does not match its checksum (sha256 {got[:12]}..., expected "
-            f"{str(want)[:12]}...): it was changed or damaged; retrain or restore it."
+            f"{want[:12]}...): it was changed or damaged; retrain or restore it."
         )
-    model = joblib.load(path)
+    return meta
+
+
+def load_model(path: str | Path) -> ChurnModel:
+    """Load a saved model after checking its sha256 against the metadata file."""
+    path = Path(path)
+    check_model_file(path)
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # not a pickle, or one written by incompatible library versions
+        raise WinbackError(
+            f"{path} cannot be loaded as a winback model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}); retrain it with "
+            "this version of winback."
+        ) from None
     if not isinstance(model, ChurnModel):
-        raise WinbackError(f"{path} does not hold a winback ChurnModel.")
+        raise WinbackError(
+            f"{path} does not hold a winback ChurnModel; pass a file saved by train."
+        )
     return model

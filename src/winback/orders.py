@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,10 +27,20 @@ import duckdb
 import pandas as pd
 
 from winback.config import OrdersConfig
+from winback.csvfiles import (
+    NATIVE_ENCODINGS,
+    empty_file,
+    encoding_name,
+    not_utf8,
+    not_utf8_at,
+    settle_delimiter,
+    utf8_copy,
+)
 from winback.database import is_database_url, read_database
 from winback.dialect import DUCKDB, Dialect, java_pattern
 from winback.engines.duckdb import connect
 from winback.errors import ConfigError, DataError
+from winback.secrets import mask_url
 
 __all__ = ["Orders", "Problem", "ValidationReport", "load_orders", "orders_from_frame"]
 
@@ -217,59 +226,82 @@ def _detect_format(path: Path, fmt: str) -> str:
 
 def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig) -> str:
     """Create a view ``_raw`` over a CSV file; all columns as text, parsed later."""
+    if path.stat().st_size == 0:
+        raise empty_file(path)
+    encoding = encoding_name(cfg.csv.encoding)
+    label = path
+    if encoding not in NATIVE_ENCODINGS:
+        path, encoding = utf8_copy(path, cfg.csv.encoding), "utf-8"
     p = _lit(str(path))
-    delim = cfg.csv.delimiter
+    enc = f"encoding={_lit(NATIVE_ENCODINGS[encoding])}"
     header = "true" if cfg.csv.header else "false"
-    if delim == "auto":
-        try:
-            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p})").fetchall()[0]
-        except duckdb.Error as exc:
-            raise DataError(f"{path}: could not read it as CSV ({_first_line(exc)}).") from None
-        columns = sniff[1] or []
-        one_col = len(columns) == 1
-        name = str(columns[0]["name"]) if one_col else ""
-        if one_col and re.search(r"\S\s+\S", name.strip()):
-            delim = "whitespace"
-        else:
-            delim = sniff[0]
-    if delim == "whitespace":
-        # Whitespace-separated text (any run of spaces or tabs, leading blanks allowed): read whole
-        # lines and split them in SQL, still streaming through DuckDB.
-        lines = (
-            f"read_csv({p}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', "
-            "escape='', header=false, auto_detect=false)"
-        )
+    # whole lines, for the delimiter and for whitespace-separated text
+    lines = (
+        f"read_csv({p}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', "
+        f"escape='', header=false, auto_detect=false, {enc})"
+    )
+    try:
         first_rows = con.execute(
             f"SELECT line FROM {lines} WHERE trim(line) <> '' LIMIT 1"
         ).fetchall()
-        first = first_rows[0] if first_rows else None
-        if first is None:
-            con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT NULL::VARCHAR AS x WHERE false")
+        if not first_rows:
+            raise empty_file(label, blank_lines=True)
+        first = first_rows[0][0]
+        delim = cfg.csv.delimiter
+        if delim == "auto":
+            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p}, {enc})").fetchall()
+            columns = sniff[0][1] or []
+            delim = settle_delimiter(first, "" if len(columns) == 1 else sniff[0][0], cfg)
+        if delim == "whitespace":
+            # Whitespace-separated text (any run of spaces or tabs, leading blanks allowed):
+            # split the lines in SQL, still streaming through DuckDB.
+            first_fields = first.split()
+            if cfg.csv.header:
+                names = first_fields
+            else:
+                names = [f"column{i}" for i in range(len(first_fields))]
+            sel = ", ".join(
+                f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names)
+            )
+            skip = "OFFSET 1" if cfg.csv.header else ""
+            con.execute(
+                f"""CREATE OR REPLACE TEMP VIEW _raw AS
+                    SELECT {sel} FROM (
+                        SELECT regexp_split_to_array(trim(line), '\\s+') AS parts
+                        FROM (SELECT line FROM {lines} WHERE trim(line) <> '' {skip})
+                    )"""
+            )
             return "_raw"
-        first_fields = first[0].split()
-        if cfg.csv.header:
-            names = first_fields
-        else:
-            names = [f"column{i}" for i in range(len(first_fields))]
-        sel = ", ".join(f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names))
-        skip = "OFFSET 1" if cfg.csv.header else ""
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW _raw AS
-                SELECT {sel} FROM (
-                    SELECT regexp_split_to_array(trim(line), '\\s+') AS parts
-                    FROM (SELECT line FROM {lines} WHERE trim(line) <> '' {skip})
-                )"""
-        )
-        return "_raw"
-    d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
-    try:
+        d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
         con.execute(
             f"""CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM read_csv({p},
-                delim={_lit(d)}, header={header}, all_varchar=true)"""
+                delim={_lit(d)}, header={header}, all_varchar=true, {enc})"""
         )
     except duckdb.Error as exc:
-        raise DataError(f"{path}: could not read it as CSV ({_first_line(exc)}).") from None
+        raise read_failure(label, "CSV", exc) from None
     return "_raw"
+
+
+def read_failure(label: str | Path, fmt: str | None, exc: BaseException) -> DataError:
+    """The error for a source a reader could not read: its encoding, or the reader's words
+    (``fmt`` None: it opened, then failed part way, as a damaged file does)."""
+    if fmt is None:
+        return not_utf8(label, str(exc)) or DataError(
+            f"{label}: could not read it through ({_first_line(exc)}); the file may be damaged "
+            "or cut short: export it again."
+        )
+    return not_utf8(label, str(exc)) or DataError(
+        f"{label}: could not read it as {fmt} ({_first_line(exc)})."
+    )
+
+
+def _hint(check: str, policy: str, remedy: str) -> str:
+    """A problem's fix: the remedy, and what its policy does now or how to change it (never the
+    setting that is already in force)."""
+    if policy == "fail":
+        return f"{remedy}, or set orders.policies.{check}=drop to leave those rows out"
+    done = "dropped" if policy == "drop" else "kept"
+    return f"{remedy}; {done} by orders.policies.{check}={policy}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -319,7 +351,7 @@ def _open_source(
         con.execute(f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _src.{_quote(cfg.table)}")
         return "_raw", f"{path}:{cfg.table}"
     except duckdb.Error as exc:
-        raise DataError(f"{path}: could not read it as {fmt} ({_first_line(exc)}).") from None
+        raise read_failure(path, fmt, exc) from None
 
 
 def _ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
@@ -345,9 +377,29 @@ def _ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
     yyyymmdd = d.strptime.format(x=text, fmt=_lit("%Y%m%d" if d.strftime_formats else "yyyyMMdd"))
     naive = f"CASE WHEN {eight} THEN {yyyymmdd} ELSE {d.parse_ts.format(x=text)} END"
     return (
-        f"CASE WHEN {d.search.format(x=text, pattern=_lit(_OFFSET_RE))} "
+        f"CASE WHEN {d.full_match.format(x=text, pattern=_lit(_EPOCH_RE))} "
+        f"THEN {_epoch_expr(text, d)} "
+        f"WHEN {d.search.format(x=text, pattern=_lit(_OFFSET_RE))} "
         f"THEN {d.parse_ts_offset.format(x=text)} ELSE {localize(naive)} END"
     )
+
+
+#: A Unix epoch number: 9-10 digits are seconds, 11-13 milliseconds, 14-16 microseconds and
+#: 17-19 nanoseconds (each reads as a date between 1970 and 2286).
+_EPOCH_RE = "[0-9]{9,19}"
+
+
+def _epoch_expr(text: str, d: Dialect) -> str:
+    """A Unix epoch number (text matching ``_EPOCH_RE``) as a UTC TIMESTAMP, its unit read from
+    its number of digits."""
+    n = f"length({text})"
+    micros = (
+        f"CASE WHEN {n} <= 10 THEN CAST({text} AS BIGINT) * 1000000 "
+        f"WHEN {n} <= 13 THEN CAST({text} AS BIGINT) * 1000 "
+        f"WHEN {n} <= 16 THEN CAST({text} AS BIGINT) "
+        f"ELSE CAST(substr({text}, 1, {n} - 3) AS BIGINT) END"
+    )
+    return d.micros_to_ts.format(x=micros)
 
 
 def _java_pattern(fmt: str) -> str:
@@ -507,7 +559,35 @@ def load_orders(
         Missing columns, an empty input, or any problem whose policy is ``fail``. The one-line
         message lists every problem found, each with its column, count, examples and fix.
     """
-    cfg = cfg or OrdersConfig()
+    try:
+        return _load_orders(source, cfg or OrdersConfig(), as_of, con, table, engine)
+    except _UNREADABLE as exc:  # a bad byte, line or page past what the reader first looked at
+        if isinstance(exc, _OUR_SQL):
+            raise
+        label = "a data frame" if isinstance(source, pd.DataFrame) else mask_url(str(source))
+        raise read_failure(label, None, exc) from None
+
+
+#: What DuckDB raises on a source it cannot read through; the subclasses in _OUR_SQL are
+#: mistakes in winback's own SQL and keep their traceback.
+_UNREADABLE = (duckdb.Error,)
+_OUR_SQL = (
+    duckdb.BinderException,
+    duckdb.ParserException,
+    duckdb.CatalogException,
+    duckdb.NotImplementedException,
+    duckdb.InternalException,
+)
+
+
+def _load_orders(
+    source: str | Path | pd.DataFrame,
+    cfg: OrdersConfig,
+    as_of: datetime | None,
+    con: duckdb.DuckDBPyConnection | None,
+    table: str,
+    engine,
+) -> Orders:
     try:
         zoneinfo.ZoneInfo(cfg.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -624,7 +704,15 @@ def load_orders(
             "order_ts_raw",
             "have a missing or unparsable date",
             pol.unparsable_date,
-            "fix the dates or set orders.date_format (e.g. %d/%m/%Y %H:%M)",
+            _hint(
+                "unparsable_date",
+                pol.unparsable_date,
+                "fix the dates, or set orders.date_format to their strftime format (e.g. "
+                "%d/%m/%Y %H:%M); auto reads ISO dates, YYYYMMDD and Unix epoch numbers"
+                if cfg.date_format == "auto"
+                else f"they do not match orders.date_format {cfg.date_format!r}: set it to "
+                "their format, or to auto (ISO dates, YYYYMMDD, Unix epoch numbers)",
+            ),
         ),
         (
             "null_customer_id",
@@ -633,7 +721,7 @@ def load_orders(
             "customer_id",
             "have no customer id",
             pol.null_customer_id,
-            "fill the ids or keep the default policies.null_customer_id=drop",
+            _hint("null_customer_id", pol.null_customer_id, "fill the ids at the source"),
         ),
         (
             "bad_amount",
@@ -642,16 +730,21 @@ def load_orders(
             "amount_raw",
             "have a missing or non-numeric amount",
             pol.bad_amount,
-            "fix the amounts or set policies.bad_amount=drop",
+            _hint("bad_amount", pol.bad_amount, "fix the amounts at the source"),
         ),
         (
             "absurd_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
-            f"abs(amount_f) > {max_abs!r} AND NOT {d.is_inf.format(x='amount_f')}",
+            f"abs(amount_f) > {max_abs!r} AND NOT {d.is_inf.format(x='amount_f')} "
+            "AND NOT isnan(amount_f)",
             "amount_raw",
             f"have an absurd amount (above {max_abs:,.0f} in absolute value)",
             pol.absurd_amount,
-            "check them, or raise orders.max_abs_amount if they are real",
+            _hint(
+                "absurd_amount",
+                pol.absurd_amount,
+                "check them, and raise orders.max_abs_amount if they are real",
+            ),
         ),
         (
             "future_date",
@@ -694,7 +787,14 @@ def load_orders(
         ),
     ]
     counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
-    counts = engine.fetchall(f"SELECT {counts_sql} FROM _stage")[0]
+    # U+FFFD in an id is the mark of text decoded in the wrong encoding (Spark's CSV reader puts
+    # it in place of bytes that are not UTF-8, where DuckDB's refuses them)
+    counts_sql += ", count(*) FILTER (WHERE instr(customer_id, '\ufffd') > 0)"
+    *counts, n_undecodable = engine.fetchall(f"SELECT {counts_sql} FROM _stage")[0]
+    if n_undecodable:
+        raise not_utf8_at(
+            label, f" ({n_undecodable:,} customer ids hold U+FFFD, a byte it could not decode)"
+        )
     drop_conditions: list[str] = []
     for (check, column, cond, ex_col, what, policy, fix), n in zip(checks, counts, strict=True):
         if n == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import sys
 import warnings
@@ -25,6 +24,13 @@ from pathlib import Path
 import pandas as pd
 
 from winback.config import OrdersConfig
+from winback.csvfiles import (
+    SPARK_ENCODINGS,
+    empty_file,
+    encoding_name,
+    settle_delimiter,
+    utf8_copy,
+)
 from winback.database import is_database_url, redact_url
 from winback.dialect import SPARK
 from winback.errors import ConfigError, DataError, UsageError
@@ -305,26 +311,41 @@ class SparkEngine:
     def _csv(self, path: str, cfg: OrdersConfig):
         from pyspark.sql import functions as F
 
+        if _is_local(path) and _local(path).is_file() and _local(path).stat().st_size == 0:
+            raise empty_file(path)
         delim = cfg.csv.delimiter
-        lines = self.spark.read.text(path)
+        encoding = SPARK_ENCODINGS.get(encoding_name(cfg.csv.encoding))
+        if encoding is None:
+            if not _is_local(path):
+                raise ConfigError(
+                    f"Spark reads CSV in {', '.join(sorted(set(SPARK_ENCODINGS.values())))}; "
+                    f"convert {path} from {cfg.csv.encoding} to UTF-8 first (e.g. iconv -f "
+                    f"{cfg.csv.encoding} -t utf-8)."
+                )
+            path, encoding = str(utf8_copy(_local(path), cfg.csv.encoding)), "utf-8"
+        # whole lines in the file's encoding (Spark's text reader knows only UTF-8)
+        lines = (
+            self.spark.read.option("encoding", encoding)
+            .option("sep", "\u0001")
+            .option("quote", "")
+            .option("header", False)
+            .csv(path)
+            .select(F.col("_c0").alias("value"))
+        )
         first_rows = lines.filter(F.trim(F.col("value")) != "").limit(1).collect()
         if not first_rows:
-            return self.spark.sql("SELECT CAST(NULL AS STRING) AS x WHERE false")
+            raise empty_file(path, blank_lines=True)
         first = first_rows[0][0]
         if delim == "auto":
             counts = {c: first.count(c) for c in (",", ";", "\t", "|")}
             best = max(counts, key=counts.get)
-            if counts[best]:
-                delim = best
-            elif re.search(r"\S\s+\S", first.strip()):
-                delim = "whitespace"
-            else:
-                delim = ","
+            delim = settle_delimiter(first, best if counts[best] else "", cfg)
         if delim != "whitespace":
             d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
             return (
                 self.spark.read.option("header", cfg.csv.header)
                 .option("sep", d)
+                .option("encoding", encoding)
                 .option("inferSchema", False)
                 .csv(path)
             )
