@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,33 +122,6 @@ def test_profile_prints_a_suggested_horizon(synth_file):
     res = run("profile", str(synth_file))
     assert res.returncode == 0, res.stderr
     assert "suggested horizon:" in res.stdout and "repeat buyers" in res.stdout
-
-
-def test_demo_runs_end_to_end(tmp_path):
-    res = run("demo", "--out", "demo", "--customers", "3000", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    # everything it writes stays inside --out: no ./mlruns, ./models or ./mlflow.db beside it
-    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
-    assert (tmp_path / "demo" / "mlartifacts").is_dir()
-    for name in ("orders.parquet", "features.parquet", "snapshots.parquet"):
-        assert (tmp_path / "demo" / name).is_file()
-    snap = pd.read_parquet(tmp_path / "demo" / "snapshots.parquet")
-    assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
-    assert "5/11 labels" in res.stdout and "6/11 backtest" in res.stdout
-    assert "v1 (champion" in res.stdout and "11/11 retention report" in res.stdout
-    # the past campaign and tonight's lists: two complete exports
-    export = tmp_path / "demo" / "exports"
-    folders = sorted(p for p in export.iterdir() if p.is_symlink())
-    assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]
-    for folder in folders:
-        assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
-    assert "recovered within the 95% interval" in res.stdout
-    readout = json.loads((tmp_path / "demo" / "reports" / "measure" / "measure.json").read_text())
-    assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
-    assert (tmp_path / "demo" / "reports" / "report.html").is_file()
-    assert "  model  " in res.stdout and "  bgnbd  " in res.stdout
-    assert (tmp_path / "demo" / "backtest" / "metrics.json").is_file()
-    assert (tmp_path / "demo" / "mlflow.db").is_file()
 
 
 def test_python_m_and_console_script_agree():

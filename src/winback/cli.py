@@ -754,7 +754,7 @@ def measure(
     from winback.jobs import measure_job
 
     cfg = _config(config, set_)
-    target = out or Path("reports") / f"measure-{export.resolve().name}"
+    target = out or Path("reports") / f"measure-{Path(os.path.abspath(export)).name}"
     _check_out(target)
     orders = _load(orders_path, cfg, None)
     with _progress("measuring"):

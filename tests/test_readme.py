@@ -1,0 +1,83 @@
+"""The README's tour of the command line runs as written, top to bottom, in an empty folder."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tests.conftest import ROOT
+
+
+def tour_commands(readme: str) -> list[list[str]]:
+    """The winback commands of the README's tour block, continuation lines joined and comments
+    removed, as argument lists."""
+    section = readme.split("## A short tour of the CLI", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    commands = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        if words and words[0] == "winback":
+            commands.append(words[1:])
+    return commands
+
+
+def test_the_tour_is_parsed_from_the_readme():
+    commands = tour_commands((ROOT / "README.md").read_text())
+    assert [c[0] for c in commands] == [
+        "synth", "validate", "profile", "features", "features", "backtest", "train", "score",
+        "measure", "report", "demo",
+    ]  # fmt: skip
+    assert commands[5][-2:] == ["--out", "backtest"]  # the continuation line is joined
+
+
+def test_the_readme_tour_runs_as_written(tmp_path):
+    out = {}
+    for args in tour_commands((ROOT / "README.md").read_text()):
+        res = subprocess.run(
+            [sys.executable, "-m", "winback", *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert res.returncode == 0, (args, res.stdout[-2000:], res.stderr[-2000:])
+        out[args[0]] = res.stdout
+    # it writes what the README says, and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "backtest", "demo", "exports", "features.parquet", "mlartifacts", "mlflow.db", "models",
+        "orders.parquet", "reports", "snapshots.parquet",
+    ]  # fmt: skip
+    manifest = json.loads((tmp_path / "exports" / "2024-09-30" / "manifest.json").read_text())
+    assert manifest["files"]["at_risk.csv"]["rows"] > 0
+    readout = json.loads((tmp_path / "reports" / "measure-2024-09-30" / "measure.json").read_text())
+    assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 90
+    assert (tmp_path / "reports" / "report.html").is_file()
+    assert "campaign_2024-09-30.csv" in {p.name for p in (tmp_path / "reports").iterdir()}
+    _the_demo_keeps_to_its_folder(tmp_path / "demo", out["demo"])
+
+
+def _the_demo_keeps_to_its_folder(demo: Path, stdout: str) -> None:
+    assert (demo / "mlartifacts").is_dir() and (demo / "mlflow.db").is_file()
+    for name in ("orders.parquet", "features.parquet", "snapshots.parquet"):
+        assert (demo / name).is_file()
+    snap = pd.read_parquet(demo / "snapshots.parquet")
+    assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
+    assert "5/11 labels" in stdout and "6/11 backtest" in stdout
+    assert "v1 (champion" in stdout and "11/11 retention report" in stdout
+    # the past campaign and tonight's lists: two complete exports
+    folders = sorted(p for p in (demo / "exports").iterdir() if p.is_symlink())
+    assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]
+    for folder in folders:
+        assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
+    assert "recovered within the 95% interval" in stdout
+    readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
+    assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
+    assert (demo / "reports" / "report.html").is_file()
+    assert "  model  " in stdout and "  bgnbd  " in stdout
+    assert (demo / "backtest" / "metrics.json").is_file()
