@@ -43,8 +43,9 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: $(STAMP) ## feature and nightly-scoring benchmarks on 1M/10M synthetic orders (medians of 3)
+bench: $(STAMP) ## feature, backtest/train and nightly-scoring benchmarks on 1M/10M synthetic orders (medians of 3)
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_iterate.py
 	$(BIN)/python benchmarks/bench_score.py
 
 bench-accuracy: $(STAMP) ## backtests on CDNOW and every synthetic scenario: model vs baselines, wall time

@@ -16,7 +16,11 @@ memory. Then it checks what the model promises:
 Writes benchmarks/results/accuracy.json. Scenario files are generated once by `winback synth`
 into benchmarks/data/.
 
-Usage: python benchmarks/bench_accuracy.py [--rounds 3] [--only cdnow_91d,seasonal]
+Usage: python benchmarks/bench_accuracy.py [--rounds 3] [--only cdnow_91d,seasonal] [--src DIR]
+
+--src DIR runs the same backtests with the winback of another checkout (DIR, with its own
+configs/), e.g. a worktree of an earlier release, for a before/after table; its results go to
+benchmarks/results/accuracy_src.json and its promises are checked all the same.
 """
 
 from __future__ import annotations
@@ -82,11 +86,23 @@ def _scenario_file(scenario: str, customers: int, start: str) -> Path:
     return path
 
 
-def _backtest_args(s: Setting) -> list[str]:
+def _command(src: Path | None, *args: str) -> tuple[list[str], dict | None]:
+    """The winback command and its environment: this checkout's, or the one under ``src``."""
+    if src is None:
+        return winback_cmd(*args), None
+    return [sys.executable, "-m", "winback", *args], {"PYTHONPATH": str(src / "src")}
+
+
+def _backtest_args(s: Setting, src: Path | None = None) -> list[str]:
     if s.scenario is None:
+        if src is not None:  # that checkout's own config (its settings may differ)
+            return [str(src / a) if a.startswith("configs/") else a for a in s.args]
         return s.args
     path = _scenario_file(*s.scenario)
-    return ["--orders", str(path), "--as-of", "2024-09-30", "--horizon-days", "90", *MAPPING]
+    args = ["--orders", str(path), "--as-of", "2024-09-30", "--horizon-days", "90", *MAPPING]
+    if src is not None:  # that checkout's defaults, not this one's configs/default.yaml
+        args += ["--config", str(src / "configs" / "default.yaml")]
+    return args
 
 
 def _row(r: dict) -> dict:
@@ -116,15 +132,16 @@ def _verdict(s: Setting, m: dict) -> tuple[bool, list[str]]:
     return not fails, fails
 
 
-def run(settings: list[Setting], rounds: int) -> dict:
-    report = {"rounds": rounds, "settings": {}}
+def run(settings: list[Setting], rounds: int, src: Path | None = None) -> dict:
+    report = {"rounds": rounds, "src": str(src) if src else None, "settings": {}}
     for s in settings:
-        args = _backtest_args(s)
+        args = _backtest_args(s, src)
         out = RESULTS / "accuracy" / s.name
         walls, peaks, first = [], [], None
         for i in range(rounds):
             shutil.rmtree(out, ignore_errors=True)
-            res = run_measured(winback_cmd("backtest", *args, "--out", str(out), "--no-track"))
+            cmd, env = _command(src, "backtest", *args, "--out", str(out), "--no-track")
+            res = run_measured(cmd, env=env)
             if res.returncode != 0:
                 raise SystemExit(f"{s.name}: backtest failed:\n{res.stderr[-3000:]}")
             doc = json.loads((out / "metrics.json").read_text())
@@ -139,7 +156,8 @@ def run(settings: list[Setting], rounds: int) -> dict:
         (cutoff,) = [k for k in doc["metrics"] if k != "pooled"]
         m = {score: _row(r) for score, r in doc["metrics"][cutoff].items()}
         ok, fails = _verdict(s, m)
-        choice = doc["models"][cutoff]
+        # a release before the candidate choice records none
+        choice = doc.get("models", {}).get(cutoff, {"candidate": "-", "n_trees": None})
         report["settings"][s.name] = {
             "cutoff": cutoff,
             "target": s.target,
@@ -147,7 +165,7 @@ def run(settings: list[Setting], rounds: int) -> dict:
             "scores": m,
             "candidate": choice["candidate"],
             "n_trees": choice["n_trees"],
-            "candidates": {k: v["log_loss"] for k, v in choice["candidates"].items()},
+            "candidates": {k: v["log_loss"] for k, v in choice.get("candidates", {}).items()},
             "wall_s": statistics.median(walls),
             "wall_s_rounds": walls,
             "peak_rss_mb": max(peaks),
@@ -188,6 +206,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="backtests per setting (median wall)")
     ap.add_argument("--only", help="comma-separated setting names")
+    ap.add_argument("--src", type=Path, help="root of another checkout to run instead")
     args = ap.parse_args()
     settings = SETTINGS
     if args.only:
@@ -195,11 +214,13 @@ def main() -> None:
         settings = [s for s in SETTINGS if s.name in wanted]
         if not settings:
             raise SystemExit(f"--only names none of {[s.name for s in SETTINGS]}")
-    report = run(settings, args.rounds)
+    src = args.src.resolve() if args.src else None
+    report = run(settings, args.rounds, src)
     print_table(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "accuracy.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {RESULTS / 'accuracy.json'}")
+    path = RESULTS / ("accuracy_src.json" if src else "accuracy.json")
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

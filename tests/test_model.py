@@ -73,7 +73,7 @@ def test_no_tree_means_the_btyd_probability_itself():
     )
     m = ChurnModel()
     m.features_ = ["recency_days", "bgnbd_p_no_purchase"]
-    m.booster_, m.n_trees_, m.shrink_, m.uses_margin_ = None, 0, 0.0, True
+    m.booster_, m.n_trees_, m.shrink_, m.btyd_weight_ = None, 0, 0.0, 1.0
     np.testing.assert_allclose(
         m.predict_margin(rows), [np.log(0.25), 0.0, np.log(4.0), np.log(9.0)], atol=1e-12
     )
@@ -97,7 +97,7 @@ def test_each_candidate_predicts_explains_and_checks_drift(snaps, candidate):
     X = snaps.head(2000)
     margin = m.predict_margin(X)
     np.testing.assert_allclose(m.predict_proba(X)[:, 1], 1 / (1 + np.exp(-margin)), atol=1e-12)
-    if candidate == "boosted_btyd":  # the margin is BG/NBD's logit plus the weighted trees
+    if candidate != "btyd":  # the margin is BG/NBD's weighted logit plus the weighted trees
         p = np.clip(X["bgnbd_p_no_purchase"].to_numpy(), 1e-6, 1 - 1e-6)
         trees = (
             m.booster_.predict(
@@ -106,7 +106,13 @@ def test_each_candidate_predicts_explains_and_checks_drift(snaps, candidate):
             if m.booster_
             else 0.0
         )
-        np.testing.assert_allclose(margin, np.log(p / (1 - p)) + m.shrink_ * trees, atol=1e-9)
+        # boosted_btyd starts from BG/NBD's whole logit; boosted blends the two, weights adding
+        # up to one
+        want_weight = 1.0 if candidate == "boosted_btyd" else 1.0 - m.shrink_
+        assert m.btyd_weight_ == want_weight and 0 < m.shrink_ <= 1
+        np.testing.assert_allclose(
+            margin, m.btyd_weight_ * np.log(p / (1 - p)) + m.shrink_ * trees, atol=1e-9
+        )
     for method in ("shap", "path"):
         c = m.contributions(X, method)
         # each method adds up to the margin with one bias for every row
@@ -187,8 +193,14 @@ def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(snaps):
     # method, the expected value for TreeSHAP)
     full = _path_contributions(model.booster_, Xf, model.n_trees_)
     np.testing.assert_allclose(full.sum(axis=1), raw, atol=1e-9)
-    np.testing.assert_allclose(full[:, :-1], path.to_numpy())
-    shap_bias = raw - shap.sum(axis=1).to_numpy()
+    # the model's contributions: the weighted trees', plus BG/NBD's weighted log-odds (from
+    # their training mean) on its probability when the trees are blended with it
+    want = model.shrink_ * full[:, :-1]
+    j = model.features_.index("bgnbd_p_no_purchase")
+    p = np.clip(X["bgnbd_p_no_purchase"].to_numpy(), 1e-6, 1 - 1e-6)
+    want[:, j] += model.btyd_weight_ * (np.log(p / (1 - p)) - model.margin_mean_)
+    np.testing.assert_allclose(want, path.to_numpy(), atol=1e-12)
+    shap_bias = model.predict_margin(X) - shap.sum(axis=1).to_numpy()
     np.testing.assert_allclose(shap_bias, shap_bias[0], atol=1e-9)
     same_top = (path.to_numpy().argmax(axis=1) == shap.to_numpy().argmax(axis=1)).mean()
     # the top driver agrees with TreeSHAP for most customers (measured: 74% on this small

@@ -468,6 +468,8 @@ def _describe_choice(c: dict) -> str:
     trees = "" if c["candidate"] == "btyd" else f", {c['n_trees']} trees"
     if c["candidate"] == "boosted_btyd" and c["shrink"] != 1:
         trees += f" weighted {c['shrink']:g}"
+    if c["candidate"] == "boosted" and c.get("btyd_weight"):
+        trees += f" weighted {c['shrink']:g}, BG/NBD's log-odds {c['btyd_weight']:g}"
     others = ", ".join(
         f"{what[n]} {v['log_loss']:.4f}" for n, v in c["candidates"].items() if n != c["candidate"]
     )
