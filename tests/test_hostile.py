@@ -251,3 +251,22 @@ def test_epoch_dates_are_read_through_the_cli_with_the_summary(tmp_path):
         res.stdout
     )
     assert datetime(2024, 2, 1, tzinfo=UTC).timestamp() == 1706745600
+
+
+def test_a_tracking_store_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    orders = tmp_path / "o.csv"
+    orders.write_text(HEADER + "a,1,2024-01-01,10\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "taken" / "mlflow.db").mkdir(parents=True)  # a folder where the file should be
+    for store, says in (
+        (tmp_path / "a_file" / "mlflow.db", "its folder"),
+        (tmp_path / "taken" / "mlflow.db", "cannot be written (Is a directory)"),
+    ):
+        uri = f"tracking.uri=sqlite:///{store}"
+        for command in (
+            ["train", "--orders", str(orders), "--set", uri],
+            ["backtest", "--orders", str(orders), "--as-of", "2024-01-01", "--set", uri],
+        ):
+            # the orders are far too few to train on: refused for the store, it never got there
+            _one_clean_line(_cli(*command, cwd=tmp_path), 1, "MLflow store", says)
+    assert not (tmp_path / "backtest").exists() and not (tmp_path / "models").exists()

@@ -552,11 +552,13 @@ def backtest(
     _verbose(verbose)
     from winback.backtest import write_backtest
     from winback.features import normalize_cutoffs
-    from winback.jobs import backtest_job
+    from winback.jobs import backtest_job, check_tracking
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     cuts = normalize_cutoffs(as_of)
     _check_out(out)
+    if track:
+        check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
     with _progress("backtest") as bar:
@@ -610,10 +612,12 @@ def train(
     same backtest, or with --promote.
     """
     _verbose(verbose)
-    from winback.jobs import train_job
+    from winback.jobs import check_tracking, train_job
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
     _check_out(Path(cfg.models_dir), option="models_dir")
+    if track:
+        check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     with _progress("training") as bar:
         res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, progress=bar)
@@ -753,11 +757,13 @@ def measure(
     small to tell. Writes measure.json, measure.csv and measure.html and logs an MLflow run.
     """
     _verbose(verbose)
-    from winback.jobs import measure_job
+    from winback.jobs import check_tracking, measure_job
 
     cfg = _config(config, set_)
     target = out or Path("reports") / f"measure-{Path(os.path.abspath(export)).name}"
     _check_out(target)
+    if track:
+        check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     with _progress("measuring"):
         res = measure_job(orders, cfg, export, window_days, target, track=track)

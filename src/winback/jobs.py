@@ -66,6 +66,14 @@ def _store(cfg: Config, override: str | None = None) -> str:
     return tracking_uri(override or cfg.tracking.uri, cfg.tracking.password_env)
 
 
+def check_tracking(cfg: Config, override: str | None = None) -> None:
+    """Refuse, before any work, a local tracking store that cannot be written (a run would
+    otherwise fail only when it logs, after the training)."""
+    from winback.tracking import writable_store
+
+    writable_store(_store(cfg, override))
+
+
 def run_params(cfg: Config, **extra) -> dict:
     """The settings a run is logged with."""
     return {

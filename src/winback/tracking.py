@@ -19,11 +19,13 @@ from typing import Any
 
 import pandas as pd
 
+from winback.atomic import check_writable
 from winback.errors import WinbackError
 from winback.secrets import check_url, mask_url, scrub, with_password
 
 __all__ = [
     "tracking_uri",
+    "writable_store",
     "log_backtest",
     "log_training",
     "champion_model_file",
@@ -82,21 +84,30 @@ def _unreachable(uri: str, exc: BaseException) -> WinbackError:
     )
 
 
-def _writable_store(uri: str) -> None:
-    """Fail at once, not after MLflow's retries, when a SQLite store cannot be written."""
+def writable_store(uri: str) -> None:
+    """Fail at once, not after MLflow's retries, when a SQLite store cannot be written: the
+    file (or its folder) is tried for real, which also tells a read-only mount."""
     db = _sqlite_file(uri)
     if db is None:
         return
-    folder = db.resolve().parent
-    if db.exists() and not os.access(db, os.W_OK):
+    if db.exists():
+        try:
+            with db.open("ab"):
+                return
+        except OSError as exc:
+            raise WinbackError(
+                f"The MLflow store {db} cannot be written ({exc.strerror}); make it writable "
+                "or set tracking.uri (or MLFLOW_TRACKING_URI) to a writable place."
+            ) from None
+    try:
+        if not db.parent.is_dir():
+            raise WinbackError("not a folder")
+        check_writable(db.parent)
+    except WinbackError:
         raise WinbackError(
-            f"The MLflow store {db} is read-only; make it writable or set tracking.uri."
-        )
-    if not db.exists() and not (folder.is_dir() and os.access(folder, os.W_OK)):
-        raise WinbackError(
-            f"Cannot create the MLflow store {db}: its folder {folder} does not exist or is not "
-            "writable; set tracking.uri (or MLFLOW_TRACKING_URI) to a writable place."
-        )
+            f"Cannot create the MLflow store {db}: its folder {db.parent} does not exist or "
+            "cannot be written; set tracking.uri (or MLFLOW_TRACKING_URI) to a writable place."
+        ) from None
 
 
 def _mlflow(uri: str, experiment: str):
@@ -106,7 +117,7 @@ def _mlflow(uri: str, experiment: str):
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    _writable_store(uri)
+    writable_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient()
