@@ -285,14 +285,13 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig)
 def read_failure(label: str | Path, fmt: str | None, exc: BaseException) -> DataError:
     """The error for a source a reader could not read: its encoding, or the reader's words
     (``fmt`` None: it opened, then failed part way, as a damaged file does)."""
-    if fmt is None:
-        return not_utf8(label, str(exc)) or DataError(
-            f"{label}: could not read it through ({_first_line(exc)}); the file may be damaged "
-            "or cut short: export it again."
-        )
-    return not_utf8(label, str(exc)) or DataError(
-        f"{label}: could not read it as {fmt} ({_first_line(exc)})."
+    why = _first_line(exc)
+    said = (
+        f"could not read it through ({why}); the file may be damaged or cut short: export it again."
+        if fmt is None
+        else f"could not read it as {fmt} ({why})."
     )
+    return not_utf8(label, str(exc)) or DataError(f"{label}: {said}")
 
 
 def _hint(check: str, policy: str, remedy: str) -> str:
