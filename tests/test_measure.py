@@ -32,11 +32,15 @@ def test_two_proportions_and_two_means_by_hand():
     assert row["incremental_retention"] == pytest.approx(0.10)
     assert row["incremental_retention_lo"] == pytest.approx(0.10 - 1.959964 * 0.0608276, abs=1e-6)
     assert row["incremental_retention_hi"] == pytest.approx(0.10 + 1.959964 * 0.0608276, abs=1e-6)
-    # pooled: p = 0.25, se0 = sqrt(.25 x .75 x (2/100)) = 0.0612372, z = 1.632993 -> p = 0.10247
-    assert row["incremental_retention_p"] == pytest.approx(0.10247, abs=1e-5)
+    # the p-value of the same Wald test: z = 0.10 / 0.0608276 = 1.643990 -> p = 0.100178
+    assert row["incremental_retention_p"] == pytest.approx(0.100178, abs=1e-6)
+    # the detectable uplift uses the pooled se under no effect: p = 0.25,
+    # se0 = sqrt(.25 x .75 x (2/100)) = 0.0612372
     assert row["min_detectable_uplift"] == pytest.approx((1.959964 + 0.841621) * 0.0612372, 1e-5)
     # cost: 0.5 per treated customer + 2 per treated buyer = 50 + 60
     assert row["cost"] == pytest.approx(110.0)
+    # no revenue either side: net = 0 - 110, its interval too
+    assert (row["net_revenue"], row["net_revenue_lo"], row["net_revenue_hi"]) == (-110, -110, -110)
     assert row["incremental_customers"] == pytest.approx(10.0)
     assert "no effect shown" in row["warning"]  # the interval covers zero
 
@@ -46,6 +50,37 @@ def test_two_proportions_and_two_means_by_hand():
     assert t["incremental_revenue_per_customer_lo"] == pytest.approx(10 - 1.959964 * 6.770032, 1e-5)
     assert t["incremental_revenue"] == pytest.approx(40.0)
     assert t["incremental_revenue_lo"] == pytest.approx(4 * (10 - 1.959964 * 6.770032), 1e-5)
+
+
+def test_the_interval_and_the_p_value_say_the_same_about_zero():
+    # 48 of 100 treated bought, 34 of 100 controls: d = 0.14,
+    # se = sqrt(.48 x .52 / 100 + .34 x .66 / 100) = sqrt(.004740) = 0.068848,
+    # lo = 0.14 - 1.959964 x 0.068848 = +0.00506 > 0, z = 2.03346 -> p = 0.0420 < 0.05
+    # (the pooled test gave p = 0.0439 here, and with fewer buyers a p above 0.05 with an
+    # interval above zero)
+    row = compare_groups(
+        np.r_[np.ones(48), np.zeros(52)], np.zeros(100), np.r_[np.ones(34), np.zeros(66)],
+        np.zeros(100), min_control=50,
+    )  # fmt: skip
+    assert row["incremental_retention_lo"] == pytest.approx(0.14 - 1.959964 * 0.068848, abs=1e-5)
+    assert row["incremental_retention_p"] == pytest.approx(0.04201, abs=1e-4)
+    for n_t in range(40, 60):  # whatever the counts, lo > 0 exactly when p < 0.05
+        r = compare_groups(
+            np.r_[np.ones(n_t), np.zeros(100 - n_t)], np.zeros(100),
+            np.r_[np.ones(34), np.zeros(66)], np.zeros(100),
+        )  # fmt: skip
+        assert (r["incremental_retention_lo"] > 0) == (r["incremental_retention_p"] < 0.05)
+
+
+def test_holm_adjusts_for_the_number_of_comparisons_by_hand():
+    from winback.measure import holm
+
+    # sorted 0.01, 0.02, 0.04 of m = 3 (NaN left out): x3, x2, x1 = 0.03, 0.04, 0.04
+    got = holm(np.array([0.04, np.nan, 0.01, 0.02]))
+    np.testing.assert_allclose(got, [0.04, np.nan, 0.03, 0.04])
+    # made non-decreasing, capped at 1: 0.3 x 2 = 0.6, 0.35 x 1 = 0.35 -> 0.6
+    np.testing.assert_allclose(holm(np.array([0.35, 0.3])), [0.6, 0.6])
+    np.testing.assert_allclose(holm(np.array([0.9, 0.8])), [1.0, 1.0])
 
 
 def test_small_or_missing_control_groups_are_flagged():
@@ -74,6 +109,15 @@ def test_the_overall_row_pools_groups_and_adds_their_costs():
     assert t.set_index("scope").loc["all", "retention_control"] == pytest.approx(1 / 2)
     # x: 3 contacts x 1.0; y: 1 treated buyer x 5.0
     assert t.set_index("scope")["cost"].tolist() == [8.0, 3.0, 5.0]
+    # everyone's revenue is 10: no incremental revenue, so the net (and its interval) is -cost
+    assert t["net_revenue"].tolist() == [-8.0, -3.0, -5.0]
+    assert t["net_revenue_lo"].tolist() == t["net_revenue_hi"].tolist() == [-8.0, -3.0, -5.0]
+    # three comparisons at once: the adjusted p-values are Holm's of the three
+    from winback.measure import holm
+
+    np.testing.assert_allclose(
+        t["incremental_retention_p_adjusted"], holm(t["incremental_retention_p"].to_numpy())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +162,50 @@ def test_measure_recovers_a_known_uplift_and_finds_none_when_none_was_applied(ca
         assert truth["won_back"] == 0
         assert row["incremental_retention_lo"] < 0 < row["incremental_retention_hi"]
         assert row["incremental_retention_p"] > 0.05
+
+
+def test_the_window_is_the_campaign_horizon_from_its_manifest(campaign, tmp_path):
+    d, world, listed = campaign
+    export_lists(
+        tmp_path, "2023-09-30", {"at_risk": listed}, listed,
+        {"as_of": AS_OF.isoformat(), "horizon_days": 45},
+    )  # fmt: skip
+    orders = orders_of(world)
+    # the campaign's own 45 days, wherever measure runs, unless a window is asked for
+    readout = measure_job(orders, load_config(None), tmp_path / "2023-09-30", track=False).readout
+    assert readout.window_days == 45
+    cfg = load_config(None, ["measure.window_days=20"])
+    assert measure_job(orders, cfg, tmp_path / "2023-09-30", track=False).readout.window_days == 20
+    # three comparisons (all and two groups): the readout says so
+    text = " ".join(readout.warnings)
+    assert "3 comparisons were made" in text and "Holm" in text
+
+
+def test_a_group_significant_only_before_adjusting_is_called_possible_chance():
+    # x: 48 of 100 treated bought against 34 of 100 controls, p = 0.0420 alone;
+    # y: 40 against 40, p = 1; all: 88/200 against 74/200, d = 0.07,
+    # se = sqrt(.44 x .56 / 200 + .37 x .63 / 200) = 0.048964, p = 0.1528.
+    # Holm over three: 0.0420 x 3 = 0.1260 for x
+    def people(n, bought):
+        return [1] * bought + [0] * (n - bought)
+
+    bought = people(100, 48) + people(100, 34) + people(100, 40) + people(100, 40)
+    lists = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(400)],
+            "campaign": ["x"] * 200 + ["y"] * 200,
+            "group": (["treatment"] * 100 + ["control"] * 100) * 2,
+        }
+    )
+    outcomes = pd.DataFrame({"customer_id": lists["customer_id"], "bought": bought, "revenue": 0.0})
+    t = measure_campaign(lists, outcomes, min_control=50).set_index("scope")
+    assert t.loc["x", "incremental_retention_p"] == pytest.approx(0.04200, abs=1e-4)
+    assert t.loc["all", "incremental_retention_p"] == pytest.approx(0.1528, abs=1e-4)
+    assert t.loc["x", "incremental_retention_p_adjusted"] == pytest.approx(0.1260, abs=1e-3)
+    assert t.loc["x", "warning"] == (
+        "p = 0.042 alone, but 0.126 after adjusting for 3 comparisons: this could be chance"
+    )
+    assert t.loc["y", "warning"].startswith("no effect shown")
 
 
 def test_measure_cli_prints_writes_json_and_logs_its_own_mlflow_run(campaign, tmp_path):

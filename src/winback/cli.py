@@ -783,7 +783,8 @@ def _echo_readout(r) -> None:
     )
     typer.echo(
         f"  {'group':<16} {'treated':>8} {'control':>8} {'bought T':>9} {'bought C':>9} "
-        f"{'uplift (95% interval)':>26} {'p':>7} {'incr. revenue (95% interval)':>34} {'cost':>9}"
+        f"{'uplift (95% interval)':>26} {'p':>6} {'p adj.':>6} "
+        f"{'net revenue (95% interval)':>34} {'cost':>9}"
     )
     for row in r.table.itertuples():
         if math.isnan(row.incremental_retention):
@@ -793,14 +794,12 @@ def _echo_readout(r) -> None:
             f"{row.incremental_retention * 100:+.1f} pt [{row.incremental_retention_lo * 100:+.1f},"
             f" {row.incremental_retention_hi * 100:+.1f}]"
         )
-        rev = (
-            f"{row.incremental_revenue:,.0f} [{row.incremental_revenue_lo:,.0f}, "
-            f"{row.incremental_revenue_hi:,.0f}]"
-        )
+        net = f"{row.net_revenue:,.0f} [{row.net_revenue_lo:,.0f}, {row.net_revenue_hi:,.0f}]"
         typer.echo(
             f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,} "
             f"{row.retention_treatment:>9.1%} {row.retention_control:>9.1%} {up:>26} "
-            f"{row.incremental_retention_p:>7.3f} {rev:>34} {row.cost:>9,.0f}"
+            f"{row.incremental_retention_p:>6.3f} {row.incremental_retention_p_adjusted:>6.3f} "
+            f"{net:>34} {row.cost:>9,.0f}"
         )
     for w in r.warnings:
         typer.echo(f"warning: {w}")
@@ -1081,12 +1080,16 @@ def demo(
     _echo_readout(measured.readout)
     row = measured.readout.table.iloc[0]
     known = truth["incremental_retention"]
-    inside = row["incremental_retention_lo"] <= known <= row["incremental_retention_hi"]
+    lo, hi = row["incremental_retention_lo"], row["incremental_retention_hi"]
+    if lo <= 0 <= hi:  # an interval holding zero recovers nothing, whatever else it holds
+        verdict = "not distinguishable from zero (the interval holds 0)"
+    elif lo <= known <= hi:
+        verdict = "recovered within the 95% interval"
+    else:
+        verdict = "outside the 95% interval"
     typer.echo(
         f"    known effect {known * 100:+.1f} points; measured "
-        f"{row['incremental_retention'] * 100:+.1f} [{row['incremental_retention_lo'] * 100:+.1f}, "
-        f"{row['incremental_retention_hi'] * 100:+.1f}]: "
-        + ("recovered within the 95% interval" if inside else "outside the 95% interval")
+        f"{row['incremental_retention'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]: {verdict}"
     )
 
     typer.echo(f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")

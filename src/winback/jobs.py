@@ -307,6 +307,7 @@ def score_job(
         extras = {"profit_curve.png": write_png}
         manifest = {
             "as_of": t.isoformat(),
+            "horizon_days": int(churn_model.horizon_days),  # the window measure reads out
             "input": fingerprint,
             "validation": validation_record(orders),
             "warnings": warnings,
@@ -466,7 +467,13 @@ def readout_export(
     """The campaign readout of one export (see :mod:`winback.measure`)."""
     lists, manifest = load_export(export)
     as_of = datetime.fromisoformat(str(manifest["as_of"])).replace(tzinfo=None)
-    window = int(window_days or cfg.measure.window_days or cfg.labels.horizon_days)
+    # the campaign's own horizon (recorded by score), unless a window is asked for
+    window = int(
+        window_days
+        or cfg.measure.window_days
+        or manifest.get("horizon_days")
+        or cfg.labels.horizon_days
+    )
     end = as_of + timedelta(days=window)
     last = orders.last_ts
     if last is None or last <= as_of:
@@ -490,6 +497,13 @@ def readout_export(
         )
     outcomes = customer_outcomes(orders, lists["customer_id"], as_of, end)
     table = measure_campaign(lists, outcomes, costs, cfg.measure.min_control)
+    n_tests = int(table["incremental_retention_p"].notna().sum())
+    if n_tests > 1:
+        warnings.append(
+            f"{n_tests} comparisons were made (all customers and each campaign group): by chance "
+            f"alone one of them shows p < 0.05 {1 - 0.95**n_tests:.0%} of the time, so read "
+            "incremental_retention_p_adjusted (Holm)."
+        )
     for row in table.itertuples():
         if row.warning:
             warnings.append(f"{row.scope}: {row.warning}.")

@@ -6,16 +6,20 @@ the window ``(T, T + window_days]``: ``bought`` (at least one purchase, returns 
 ``revenue`` (net: returns subtracted). Then, overall and per campaign group:
 
 - retention of treatment and control (share who bought) and their difference, the
-  **incremental retention**, with a 95% Wald interval (normal approximation:
-  ``se = sqrt(p_t (1 - p_t) / n_t + p_c (1 - p_c) / n_c)``) and a two-sided p-value from the
-  pooled two-proportion z-test;
+  **incremental retention**, with a 95% Wald interval and the two-sided p-value of the same
+  Wald test (normal approximation: ``se = sqrt(p_t (1 - p_t) / n_t + p_c (1 - p_c) / n_c)``,
+  ``z = d / se``), so the interval excludes zero exactly when p < 0.05; and that p-value
+  adjusted for the number of comparisons in the readout (Holm: the overall row and each
+  campaign group are tested at once, and one of several shows p < 0.05 by chance alone more
+  often than 5% of the time);
 - revenue per customer of both groups and their difference, the **incremental revenue per
   customer**, with a Welch interval and p-value (normal approximation; revenue is skewed, so
   small groups deserve caution);
 - the campaign's **incremental customers** and **incremental revenue** (the differences times
   the treated customers) and its **cost**: the contact cost of every treated customer plus the
   offer cost of every treated customer who bought (an offer is redeemed with a purchase; an upper
-  bound when not every buyer used it), and the net result.
+  bound when not every buyer used it), and the net result with its interval (the incremental
+  revenue's, less the cost).
 
 A warning is added when the control group is too small to tell: no control at all, or fewer than
 ``min_control`` customers; and when the interval covers zero, the warning says how large an
@@ -49,6 +53,7 @@ __all__ = [
     "customer_outcomes",
     "compare_groups",
     "measure_campaign",
+    "holm",
     "plot_readout",
 ]
 
@@ -67,6 +72,7 @@ READOUT_COLUMNS = [
     "incremental_retention_lo",
     "incremental_retention_hi",
     "incremental_retention_p",
+    "incremental_retention_p_adjusted",
     "min_detectable_uplift",
     "revenue_per_customer_treatment",
     "revenue_per_customer_control",
@@ -80,6 +86,8 @@ READOUT_COLUMNS = [
     "incremental_revenue_hi",
     "cost",
     "net_revenue",
+    "net_revenue_lo",
+    "net_revenue_hi",
     "warning",
 ]
 
@@ -106,8 +114,9 @@ class Readout:
             "observed_days": round(self.observed_days, 3),
             "model_version": self.model_version,
             "method": (
-                "difference of shares (Wald 95% interval, pooled two-proportion z-test) and of "
-                "means (Welch 95% interval, z-test), normal approximation"
+                "difference of shares (Wald 95% interval and Wald z-test, p-values also Holm-"
+                "adjusted over the rows) and of means (Welch 95% interval, z-test), normal "
+                "approximation"
             ),
             "warnings": self.warnings,
             "rows": rows,
@@ -206,7 +215,8 @@ def compare_groups(
     row["incremental_retention"] = d
     row["incremental_retention_lo"] = d - _Z * se
     row["incremental_retention_hi"] = d + _Z * se
-    row["incremental_retention_p"] = _p_two_sided(d / se0) if se0 > 0 else (1.0 if d == 0 else 0.0)
+    # the p-value of the test the interval comes from: both say the same about zero
+    row["incremental_retention_p"] = _p_two_sided(d / se) if se > 0 else (1.0 if d == 0 else 0.0)
     row["min_detectable_uplift"] = (_Z + _Z_POWER) * (se0 if se0 > 0 else se)
     dm = rt.mean() - rc.mean()
     vt = rt.var(ddof=1) if nt > 1 else 0.0
@@ -222,7 +232,7 @@ def compare_groups(
     row["incremental_revenue"] = dm * nt
     row["incremental_revenue_lo"] = row["incremental_revenue_per_customer_lo"] * nt
     row["incremental_revenue_hi"] = row["incremental_revenue_per_customer_hi"] * nt
-    row["net_revenue"] = row["incremental_revenue"] - row["cost"]
+    _net(row)
     mde = row["min_detectable_uplift"]
     if nc < min_control:
         row["warning"] = (
@@ -237,6 +247,27 @@ def compare_groups(
     else:
         row["warning"] = ""
     return row
+
+
+def _net(row: dict) -> None:
+    """The net result and its interval: the incremental revenue's, less the (observed) cost."""
+    for part in ("", "_lo", "_hi"):
+        row[f"net_revenue{part}"] = row[f"incremental_revenue{part}"] - row["cost"]
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of p-values (NaN left out and kept): the k-th smallest of
+    m is multiplied by m - k + 1, made non-decreasing, capped at 1."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = order.size
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
 
 
 def measure_campaign(
@@ -278,9 +309,19 @@ def measure_campaign(
     overall = rows.pop()
     overall["cost"] = total_cost
     if not math.isnan(overall["incremental_revenue"]):
-        overall["net_revenue"] = overall["incremental_revenue"] - total_cost
+        _net(overall)
     rows.insert(0, overall)
-    return pd.DataFrame(rows, columns=READOUT_COLUMNS)
+    table = pd.DataFrame(rows, columns=READOUT_COLUMNS)
+    table["incremental_retention_p_adjusted"] = holm(table["incremental_retention_p"].to_numpy())
+    chance = (table["warning"] == "") & (table["incremental_retention_p_adjusted"] >= 0.05)
+    n = int(table["incremental_retention_p"].notna().sum())
+    table.loc[chance, "warning"] = [
+        f"p = {p:.3f} alone, but {q:.3f} after adjusting for {n} comparisons: this could be chance"
+        for p, q in table.loc[
+            chance, ["incremental_retention_p", "incremental_retention_p_adjusted"]
+        ].itertuples(index=False)
+    ]
+    return table
 
 
 def plot_readout(table: pd.DataFrame, ax=None):

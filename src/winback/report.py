@@ -597,24 +597,30 @@ def readout_section(readout, section_id: str = "campaign") -> Section:
     if len(t):
         all_row = t.iloc[0]
         if pd.notna(all_row["incremental_retention"]):
+            a = all_row
+            n_tests = int(t["incremental_retention_p"].notna().sum())
             sec.text(
-                f"Overall: {all_row['retention_treatment']:.1%} of treated customers bought "
-                f"again against {all_row['retention_control']:.1%} of the control, an uplift of "
-                f"{all_row['incremental_retention'] * 100:+.1f} points "
-                f"[{all_row['incremental_retention_lo'] * 100:+.1f}, "
-                f"{all_row['incremental_retention_hi'] * 100:+.1f}], p = "
-                f"{all_row['incremental_retention_p']:.3g}; incremental revenue "
-                f"{all_row['incremental_revenue']:,.0f} [{all_row['incremental_revenue_lo']:,.0f}, "
-                f"{all_row['incremental_revenue_hi']:,.0f}] for a cost of {all_row['cost']:,.0f}."
+                f"Overall: {a['retention_treatment']:.1%} of treated customers bought again "
+                f"against {a['retention_control']:.1%} of the control, an uplift of "
+                f"{a['incremental_retention'] * 100:+.1f} points "
+                f"[{a['incremental_retention_lo'] * 100:+.1f}, "
+                f"{a['incremental_retention_hi'] * 100:+.1f}], p = "
+                f"{a['incremental_retention_p']:.3f} "
+                f"({a['incremental_retention_p_adjusted']:.3f} adjusted for {n_tests} "
+                f"comparisons); incremental revenue {a['incremental_revenue']:,.0f} "
+                f"[{a['incremental_revenue_lo']:,.0f}, {a['incremental_revenue_hi']:,.0f}] for a "
+                f"cost of {a['cost']:,.0f}: net {a['net_revenue']:,.0f} "
+                f"[{a['net_revenue_lo']:,.0f}, {a['net_revenue_hi']:,.0f}]."
             )
         sec.add(figure_tag(plot_readout(t), "treatment against control"))
         shown = t[
             [
                 "scope", "n_treatment", "n_control", "retention_treatment", "retention_control",
                 "incremental_retention", "incremental_retention_lo", "incremental_retention_hi",
-                "incremental_retention_p", "revenue_per_customer_treatment",
-                "revenue_per_customer_control", "incremental_revenue", "incremental_revenue_lo",
-                "incremental_revenue_hi", "cost", "net_revenue", "warning",
+                "incremental_retention_p", "incremental_retention_p_adjusted",
+                "revenue_per_customer_treatment", "revenue_per_customer_control",
+                "incremental_revenue", "incremental_revenue_lo", "incremental_revenue_hi", "cost",
+                "net_revenue", "net_revenue_lo", "net_revenue_hi", "warning",
             ]
         ]  # fmt: skip
         sec.add(table_tag(shown, percent=_RATES))
