@@ -18,20 +18,22 @@ from winback.errors import UsageError
 
 
 def test_expected_profit_list_by_hand():
-    # gain = p x 0.2 x value - 1 (contact) - 4 (offer)
+    # gain = p x 0.2 x value - 1 (contact) - 4 (offer) x P(buys), P(buys) = 1 - p + 0.2 p:
+    # the offer is paid by the contacted customers who buy, as measure counts it
     scores = pd.DataFrame(
         {
             "customer_id": ["a", "b", "c", "d", "e"],
             "p_churn": [0.9, 0.5, 0.8, 0.3, 0.5],
-            "value": [100.0, 200.0, 20.0, 500.0, 50.0],
+            "value": [100.0, 200.0, 5.0, 500.0, 50.0],
         }
     )
     scores["expected_gain"] = expected_gain(scores["p_churn"], scores["value"], 0.2, 1.0, 4.0)
-    # a: 18 - 5 = 13; b: 20 - 5 = 15; c: 3.2 - 5 = -1.8; d: 30 - 5 = 25; e: 5 - 5 = 0
-    assert scores["expected_gain"].round(6).tolist() == [13.0, 15.0, -1.8, 25.0, 0.0]
+    # a: 18 - 1 - 4 x 0.28 = 15.88; b: 20 - 1 - 4 x 0.6 = 16.6; c: 0.8 - 1 - 4 x 0.36 = -1.64;
+    # d: 30 - 1 - 4 x 0.76 = 25.96; e: 5 - 1 - 4 x 0.6 = 1.6
+    assert scores["expected_gain"].round(6).tolist() == [15.88, 16.6, -1.64, 25.96, 1.6]
     chosen = size_list(scores)
-    assert chosen["customer_id"].tolist() == ["d", "b", "a"]  # positive gains only, best first
-    assert chosen["cumulative_gain"].tolist() == [25.0, 40.0, 53.0]
+    assert chosen["customer_id"].tolist() == ["d", "b", "a", "e"]  # positive gains, best first
+    assert chosen["cumulative_gain"].round(6).tolist() == [25.96, 42.56, 58.44, 60.04]
     assert size_list(scores, capacity=2)["customer_id"].tolist() == ["d", "b"]
     assert size_list(scores, "top_k", k=2)["customer_id"].tolist() == ["a", "c"]
     # ties on p_churn (b, e at 0.5) are broken by id, so the list is stable

@@ -424,8 +424,9 @@ def test_campaign_groups_by_hand():
     assert out["campaign"].tolist()[3:] == ["repeat", "back", "back"]
     assert out["offer"].astype(object).tolist() == ["=gift"] * 2 + [np.nan] + ["points"] * 3
     assert out["channel"].astype(object).tolist() == ["email"] * 2 + [np.nan, "email"] + ["sms"] * 2
-    # gain = p x save x value - contact - offer: a 10 - 5, b 8 - 5, d 0, e 4 - 1, f 2.5 - 1
-    np.testing.assert_allclose(out["expected_gain"], [5.0, 3.0, np.nan, 0.0, 3.0, 1.5])
+    # gain = p x save x value - contact - offer x (1 - p + p x save):
+    # a 10 - 1 - 4 x 0.6 = 6.6, b 8 - 1 - 4 x 0.36 = 5.56, d 0, e 4 - 1, f 2.5 - 1
+    np.testing.assert_allclose(out["expected_gain"], [6.6, 5.56, np.nan, 0.0, 3.0, 1.5])
     # each text is kept once (categories), however many customers carry it
     assert out["offer"].cat.categories.tolist() == ["=gift", "points"]
 

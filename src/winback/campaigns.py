@@ -151,14 +151,20 @@ def control_flags(
 def expected_gain(
     p_churn, value, save_rate: float, contact_cost: float, offer_cost: float
 ) -> np.ndarray:
-    """Expected gain of contacting a customer: ``p_churn x save_rate x value - contact - offer``.
+    """Expected gain of contacting a customer, under the cost model ``measure`` reads out with:
 
-    ``value`` is what the customer is worth if kept (e.g. spend over the next period); the offer
-    cost is paid by every contacted customer (a simplification that errs on the side of cost).
+    ``p_churn x save_rate x value - contact_cost - offer_cost x P(buys | contacted)``, where
+    ``P(buys | contacted) = (1 - p_churn) + p_churn x save_rate``.
+
+    ``value`` is what the customer is worth if kept (e.g. spend over the next period). Every
+    contacted customer costs the contact; the offer is paid when it is redeemed, with a purchase:
+    by the customers it saves and by those who would have bought anyway (an upper bound when not
+    every buyer uses it). The same rule gives a campaign's cost in its readout.
     """
     p = np.asarray(p_churn, dtype=float)
     v = np.asarray(value, dtype=float)
-    return p * save_rate * v - contact_cost - offer_cost
+    buys = (1.0 - p) + p * save_rate
+    return p * save_rate * v - contact_cost - offer_cost * buys
 
 
 def size_list(

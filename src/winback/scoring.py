@@ -10,7 +10,9 @@ Two lists, both ranked by the model's calibrated ``p_churn``:
 Each customer gets ``value`` (spend over the last ``value_days``), ``expected_value`` (BG/NBD's
 expected purchases over H times their mean order value), ``value_at_risk = p_churn x value``, an
 RFM segment, the first campaign group whose rules hold (with its offer, channel and costs),
-``expected_gain = p_churn x save_rate x value - contact_cost - offer_cost``, and the top three
+``expected_gain = p_churn x save_rate x value - contact_cost - offer_cost x P(buys)`` (the offer
+is paid by the contacted customers who buy: ``P(buys) = 1 - p_churn + p_churn x save_rate``,
+the cost model of ``measure`` too), and the top three
 reasons for their risk. Each group's list is sized by maximum expected profit (or top-k, or a
 threshold) and capped by its capacity; then a deterministic share of it becomes the control
 group, which is not contacted and measures the campaign later.
