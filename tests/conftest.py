@@ -40,3 +40,60 @@ def cdnow_dir() -> Path:
 @pytest.fixture(scope="session")
 def synth_frame() -> pd.DataFrame:
     return generate_orders(SynthParams(n_customers=1500, start="2022-01-01", end="2023-12-31"))
+
+
+def check_reasons(lists: dict[str, pd.DataFrame], features: pd.DataFrame) -> int:
+    """Check every reason of every listed customer against that customer's features (their own
+    order history at the as-of) and the medians of the scored population; return how many
+    sentences were checked. A sentence no rule recognises fails too."""
+    import re
+
+    pop = features[["n_orders", "monetary_total", "gap_mean_days", "tenure_days"]].median()
+    f = features.set_index("customer_id")
+
+    def days(n: str) -> float:
+        return float(n.replace(",", ""))
+
+    def true(sentence: str, x: pd.Series) -> bool:
+        rec, gap = x["recency_days"], x.get("gap_mean_days")
+        rules = [
+            (r"bought once, (\d+) days? ago", lambda m: x["n_order_days"] == 1
+             and round(rec) == days(m[1])),
+            (r"no order for (\d+) days?, ([\d.]+)x their usual gap", lambda m: rec >= gap
+             and round(rec) == days(m[1]) and f"{rec / gap:.1f}" == m[2]),
+            (r"bought twice, (\d+) days? apart", lambda m: x["n_order_days"] == 2
+             and round(gap) == days(m[1])),
+            (r"buys less often than most customers: about every (\d+) days? "
+             r"\(typical: (\d+) days?\)", lambda m: gap > pop["gap_mean_days"]
+             and round(gap) == days(m[1]) and round(pop["gap_mean_days"]) == days(m[2])),
+            (r"(\d+) orders? so far, fewer than most customers \(typical: ([\d.]+)\)",
+             lambda m: x["n_orders"] == int(m[1]) < pop["n_orders"] == float(m[2])),
+            (r"spent ([\d,]+) so far, less than most customers \(typical: ([\d,]+)\)",
+             lambda m: x["monetary_total"] < pop["monetary_total"]
+             and round(x["monetary_total"]) == days(m[1])),
+            (r"a newer customer: first order (\d+) days? ago \(typical: (\d+) days?\)",
+             lambda m: x["tenure_days"] < pop["tenure_days"] and round(x["tenure_days"])
+             == days(m[1])),
+            (r"spend down (\d+)% vs the previous 90 days",
+             lambda m: round(-100 * x["spend_change_90d"]) == int(m[1])),
+            (r"ordering less often than before",
+             lambda m: x["orders_trend_90d"] < 0 or x["orders_trend_180d"] < 0),
+            (r"returned (\d+) order\(s\)", lambda m: x["n_returns"] == int(m[1]) > 0),
+            (r"no order in the last (\d+) days", lambda m: x[f"orders_{m[1]}d"] == 0),
+            (r"no order for (\d+) days?", lambda m: round(rec) == days(m[1])),
+            (r"last order (\d+) days? ago", lambda m: round(rec) == days(m[1])),
+        ]  # fmt: skip
+        for pattern, holds in rules:
+            m = re.fullmatch(pattern, sentence)
+            if m:
+                return bool(holds(m))
+        return False
+
+    checked = 0
+    for frame in lists.values():
+        for cid, text in zip(frame["customer_id"], frame["reasons"], strict=True):
+            assert isinstance(text, str) and text, f"customer {cid} has no reason"
+            for sentence in text.split("; "):
+                assert true(sentence, f.loc[cid]), f"untrue for {cid}: {sentence!r}"
+                checked += 1
+    return checked

@@ -105,12 +105,47 @@ def test_reasons_in_plain_language():
             "return_rate": [0.0, 0.3],
         }
     )
-    got = reasons(contrib, feats)
+    population = {"n_orders": 3.0, "monetary_total": 120.0, "gap_mean_days": 40.0}
+    got = reasons(contrib, feats, population=population)
     assert (
         got[0]
         == "no order for 142 days, 2.4x their usual gap; spend down 60% vs the previous 90 days"
     )
-    assert got[1] == "bought once, 120 days ago; only 1 order so far; returned 1 order(s)"
+    assert got[1] == (
+        "bought once, 120 days ago; 1 order so far, fewer than most customers (typical: 3); "
+        "returned 1 order(s)"
+    )
+    # without the population to compare with, no comparison is made
+    assert reasons(contrib, feats)[1] == "bought once, 120 days ago; returned 1 order(s)"
+
+
+def test_comparisons_with_the_population_are_made_only_when_true():
+    # three customers against medians of 4 orders, 100 spent, a 30-day gap, 400 days of tenure
+    population = {"n_orders": 4.0, "monetary_total": 100.0, "gap_mean_days": 30.0,
+                  "tenure_days": 400.0}  # fmt: skip
+    feats = pd.DataFrame(
+        {
+            "recency_days": [10.0, 10.0, 20.0],
+            "gap_mean_days": [60.0, 20.0, 25.0],
+            "n_order_days": [5, 9, 2],
+            "n_orders": [5, 36, 2],
+            "monetary_total": [40.0, 1464.0, 90.0],
+            "tenure_days": [300.0, 900.0, 45.0],
+        }
+    )
+    contrib = pd.DataFrame(1.0, index=feats.index, columns=feats.columns)
+    got = reasons(contrib, feats, top=6, population=population)
+    # a: above the median on orders (no "fewer"), below on spend and tenure, slower than most
+    assert got[0] == (
+        "buys less often than most customers: about every 60 days (typical: 30 days); "
+        "spent 40 so far, less than most customers (typical: 100); "
+        "a newer customer: first order 300 days ago (typical: 400 days)"
+    )
+    # b: 36 orders and 1,464 spent are above typical: neither is called low; nothing else
+    # raises b's risk truly, so b gets the plain fact of the last order
+    assert got[1] == "last order 10 days ago"
+    # c: two orders 25 days apart is one interval, not a habit
+    assert got[2].startswith("bought twice, 25 days apart; 2 orders so far, fewer than most")
 
 
 def test_csv_injection_is_neutralised():
@@ -132,7 +167,7 @@ def test_an_infrequent_buyer_is_not_called_overdue():
     contrib = pd.DataFrame(
         {"recency_days": [0.5], "gap_mean_days": [0.0], "n_order_days": [0.0], "n_orders": [0.0]}
     )
-    assert reasons(contrib, feats)[0] == "buys rarely: about every 700 days"
+    assert reasons(contrib, feats)[0] == "bought twice, 700 days apart"
 
 
 def test_window_reasons_name_real_windows_only():

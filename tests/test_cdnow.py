@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, check_reasons
 from winback.config import load_config
 from winback.features import build_features
 from winback.labels import build_labels
@@ -105,3 +105,12 @@ def test_the_first_nightly_run_after_train_is_not_called_drift(cdnow):
     assert max(drift.values()) < 0.25, drift  # drift.fail_psi
     stale = tonight.assign(recency_days=tonight["recency_days"] + 150)
     assert model.drift(stale, model.predict_proba(tonight)[:, 1])["recency_days"] > 0.25
+
+    # that night's lists: every reason of every listed customer is true of them and of the
+    # scored population they are compared with
+    from winback.config import CampaignsConfig
+    from winback.scoring import add_reasons, build_lists, score_customers
+
+    scored = score_customers(cdnow, model, t, CampaignsConfig())
+    lists = add_reasons(scored, model, build_lists(scored.scores, CampaignsConfig()))
+    assert check_reasons(lists, scored.features) >= sum(len(f) for f in lists.values()) > 1000

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import orders_of
+from tests.conftest import check_reasons, orders_of
 from winback.backtest import training_cutoffs
 from winback.campaigns import rfm_segments
 from winback.config import CampaignsConfig
@@ -54,6 +54,16 @@ def _score(d: Path, *extra: str, out: str = "exports") -> subprocess.CompletedPr
         _score_cmd(out, *extra), capture_output=True, text=True, timeout=300, cwd=d,
         env={**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/unreachable"},
     )  # fmt: skip
+
+
+def test_every_reason_is_true_of_its_customer_and_the_population(setup):
+    _, o, model = setup
+    cfg = CampaignsConfig()
+    scored = score_customers(o, model, datetime(2023, 12, 31), cfg)
+    lists = add_reasons(scored, model, build_lists(scored.scores, cfg))
+    assert scored.features_path is None  # all features at hand, to check against
+    n_listed = sum(len(f) for f in lists.values())
+    assert check_reasons(lists, scored.features) >= n_listed > 500
 
 
 def test_lists_have_every_column_and_follow_the_rules(setup):

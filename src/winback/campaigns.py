@@ -48,6 +48,7 @@ __all__ = [
     "size_list",
     "best_first",
     "reasons",
+    "REASON_REFERENCES",
     "neutralize_csv",
 ]
 
@@ -264,20 +265,36 @@ def _missing(x) -> bool:
     return x is None or x is pd.NA or (isinstance(x, float) and x != x)
 
 
-def _reason(name: str, row: pd.Series) -> str | None:
-    """A plain-language sentence for a feature that raises a customer's risk."""
+#: Features whose sentence compares a customer with the scored population (its median).
+REASON_REFERENCES = ("n_orders", "monetary_total", "gap_mean_days", "tenure_days")
+
+
+def _reason(name: str, row, population: dict[str, float] | None = None) -> str | None:
+    """A plain-language sentence for a feature that raises a customer's risk, or None when no
+    sentence about it would be true. A comparison ("fewer orders than most") is made only with
+    ``population`` (medians over the scored customers) and only when it holds."""
     v = row.get(name)
     if _missing(v):
         return None
+    pop = population or {}
     rec = row.get("recency_days")
     gap = row.get("gap_mean_days")
+    days = row.get("n_order_days", 0)
     if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
-        if row.get("n_order_days", 2) == 1 and rec is not None:
+        if days == 1 and rec is not None:
             return f"bought once, {_days(rec)} ago"
         if not _missing(gap) and gap > 0 and rec is not None:
             if rec >= gap:
                 return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
-            return f"buys rarely: about every {_days(gap)}"
+            if days == 2:  # one interval is not a habit
+                return f"bought twice, {_days(gap)} apart"
+            typical = pop.get("gap_mean_days")
+            if typical is not None and gap > typical:
+                return (
+                    f"buys less often than most customers: about every {_days(gap)} "
+                    f"(typical: {_days(typical)})"
+                )
+            return None
         return f"no order for {_days(rec)}" if rec is not None else None
     if name == "spend_change_90d" and v < 0:
         return f"spend down {-v:.0%} vs the previous 90 days"
@@ -286,16 +303,40 @@ def _reason(name: str, row: pd.Series) -> str | None:
     if name in ("return_rate", "n_returns") and row.get("n_returns", 0) > 0:
         return f"returned {int(row['n_returns'])} order(s)"
     if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
-        n = int(row.get("n_orders", 0))
-        return f"only {n} order" + ("" if n == 1 else "s") + " so far"
+        n, typical = row.get("n_orders"), pop.get("n_orders")
+        if _missing(n) or typical is None or not n < typical:
+            return None
+        n = int(n)
+        return (
+            f"{n} order{'' if n == 1 else 's'} so far, fewer than most customers "
+            f"(typical: {typical:g})"
+        )
     window = _WINDOW.fullmatch(name)
     if window and v == 0:
         return f"no order in the last {window.group(1)} days"
     if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
-        return "low spend so far"
+        spent, typical = row.get("monetary_total"), pop.get("monetary_total")
+        if _missing(spent) or typical is None or not spent < typical:
+            return None
+        return f"spent {spent:,.0f} so far, less than most customers (typical: {typical:,.0f})"
     if name == "tenure_days":
-        return f"customer for {_days(v)}"
+        typical = pop.get("tenure_days")
+        if typical is None or not v < typical:
+            return None
+        return f"a newer customer: first order {_days(v)} ago (typical: {_days(typical)})"
     return None
+
+
+def _last_order(row) -> str:
+    """The plain fact of a customer's last order (true of everyone with one)."""
+    rec = row.get("recency_days")
+    if _missing(rec):
+        return "no order on record"
+    return (
+        f"bought once, {_days(rec)} ago"
+        if row.get("n_order_days", 0) == 1
+        else (f"last order {_days(rec)} ago")
+    )
 
 
 class _Row:
@@ -314,13 +355,20 @@ class _Row:
         return self.cols[name][self.i]
 
 
-def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -> pd.Series:
+def reasons(
+    contributions: pd.DataFrame,
+    features: pd.DataFrame,
+    top: int = 3,
+    population: dict[str, float] | None = None,
+) -> pd.Series:
     """The top drivers of each customer's risk, in plain language, joined by '; '.
 
     ``contributions`` are per-feature contributions to the churn log-odds (positive = more
     risk), aligned with ``features`` by position. Features whose sentence would repeat another's
-    are skipped; features without a sentence are skipped. A customer with none left gets the
-    plain fact of their last order.
+    are skipped; features without a true sentence are skipped. ``population`` holds the medians
+    of :data:`REASON_REFERENCES` over the scored customers: a customer is called low on orders,
+    spend or tenure, or slow to buy, only when below (or above) that median, and the sentence
+    says what typical is. A customer with none left gets the plain fact of their last order.
     """
     c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
@@ -336,13 +384,13 @@ def reasons(contributions: pd.DataFrame, features: pd.DataFrame, top: int = 3) -
                 break
             if not speaks[j]:
                 continue
-            text = _reason(names[j], row)
+            text = _reason(names[j], row, population)
             if text and text not in said:
                 said.append(text)
                 if len(said) == top:
                     break
         if not said:  # nothing stands out: the one fact every listed customer has
-            said.append(_reason("recency_days", row) or "")
+            said.append(_last_order(row))
         out.append("; ".join(said))
     return pd.Series(out, index=contributions.index, dtype="string")
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from winback.campaigns import (
+    REASON_REFERENCES,
     best_first,
     control_flags,
     expected_gain,
@@ -86,6 +87,19 @@ class Scored:
             found = ds.dataset(part, format="parquet").to_table(filter=wanted)
             if found.num_rows:
                 yield found.to_pandas()
+
+    def medians(self, columns: list[str]) -> dict[str, float]:
+        """The median of each feature over every scored customer (NaN left out): what the
+        reasons compare a customer with."""
+        present = [c for c in columns if c in self.features.columns or self.features_path]
+        if self.features_path is None:
+            return {c: float(self.features[c].median()) for c in present}
+        from winback.engines.duckdb import connect
+
+        glob = str(self.features_path / "*.parquet").replace("'", "''")
+        sql = ", ".join(f'median("{c}")' for c in present)
+        row = connect().execute(f"SELECT {sql} FROM read_parquet('{glob}')").fetchone()
+        return {c: float(v) for c, v in zip(present, row, strict=True) if v is not None}
 
 
 #: Customers explained at a time when their reasons are worked out.
@@ -356,8 +370,10 @@ def add_reasons(
     if method == "auto":
         method = "shap" if len(ids) <= SHAP_MAX_ROWS else "path"
     said = [pd.Series([], dtype="string")]
+    population = scored.medians(list(REASON_REFERENCES))
     for feats in scored.features_in_blocks(ids):  # a block at a time: bounded memory
-        text = reasons(model.contributions(feats, method), feats).to_numpy()
+        text = reasons(model.contributions(feats, method), feats, population=population)
+        text = text.to_numpy()
         said.append(pd.Series(text, index=feats["customer_id"].to_numpy(), dtype="string"))
     by_id = pd.concat(said)
     scored.scores["reasons"] = scored.scores["customer_id"].map(by_id).astype("string")
