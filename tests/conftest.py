@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,16 @@ from winback.synth import SynthParams, generate_orders
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CDNOW_DIR = SHARED / "datasets" / "cdnow"
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_store_left_by_earlier_tests():
+    """Each test starts and ends, as a user's shell does, without MLFLOW_TRACKING_URI: MLflow
+    writes the store it was last pointed at into this process's environment, which would
+    otherwise reach the CLI runs of later tests (tests that want a store pass it themselves)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def frame(rows: list[tuple], columns=("customer_id", "order_ts", "amount")) -> pd.DataFrame:

@@ -80,6 +80,14 @@ def test_rfm_segments_from_the_grid():
         "Lost",
         "At risk",
     ]
+    # the same customers as a lapsed list: R 5-4 read as R 2, R 3-1 as R 1, so
+    # 0 (R 5, F 5) and 1 (F 5): Can't lose them; 2 (R 4, F 1): Hibernating; 3 (R 4, F 2):
+    # Hibernating; 4, 5 (R 3, F 4): At risk; 6 (R 2, F 2): Lost; 7 (R 2, F 3): At risk;
+    # 8 (R 1, F 1): Lost; 9 (R 1, F 3): At risk
+    assert rfm_segments(recency, orders, lapsed=True).tolist() == [
+        "Can't lose them", "Can't lose them", "Hibernating", "Hibernating", "At risk", "At risk",
+        "Lost", "At risk", "Lost", "At risk",
+    ]  # fmt: skip
 
 
 def test_reasons_in_plain_language():

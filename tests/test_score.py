@@ -102,9 +102,18 @@ def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):
     assert (s["customer_id"].to_numpy() == snap["customer_id"].to_numpy()).all()
     assert s["customer_id"].is_monotonic_increasing
     assert snap["n_orders"].duplicated().any()  # ties share their average rank
-    pd.testing.assert_series_equal(
-        s["segment"], rfm_segments(snap["recency_days"], snap["n_orders"]), check_names=False
-    )
+    # segments are quintiles within each list: they describe the list they are on
+    for name, part in s.groupby("list", observed=True):
+        rows = snap.loc[part.index]
+        want = rfm_segments(rows["recency_days"], rows["n_orders"], lapsed=name == "lapsed")
+        pd.testing.assert_series_equal(
+            part["segment"], want, check_names=False, check_categorical=False
+        )
+    lapsed = s.loc[s["list"] == "lapsed", "segment"].astype(str)
+    assert set(lapsed) <= {"At risk", "Can't lose them", "Hibernating", "Lost"}
+    at_risk = s.loc[s["list"] == "at_risk", "segment"].astype(str)
+    assert at_risk.isin(["At risk", "Can't lose them", "Hibernating", "Lost"]).any()
+    assert (at_risk == "Champions").mean() < 0.3
     for name, part in s.groupby("list"):
         ranked = part.sort_values(["p_churn", "customer_id"], ascending=[False, True])
         assert ranked["rank"].tolist() == list(range(1, len(part) + 1))

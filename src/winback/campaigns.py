@@ -105,19 +105,28 @@ def texts_of(codes: np.ndarray, values: list[str], dtype: str = "str") -> pd.Cat
     return pd.Categorical.from_codes(at[codes], categories=names)
 
 
-def segments_of(r: np.ndarray, f: np.ndarray, index=None) -> pd.Series:
+def segments_of(r: np.ndarray, f: np.ndarray, index=None, lapsed=None) -> pd.Series:
     """The RFM segment names of R and F quintile scores (arrays of 1-5), as a categorical of
-    ``string`` names (each name stored once, not once per customer)."""
+    ``string`` names (each name stored once, not once per customer).
+
+    ``lapsed`` marks customers of the lapsed list, whose quintiles are taken among lapsed
+    customers: a lapsed customer is never a champion, whatever their rank among the lapsed, so
+    the more recent two fifths of them read as R 2 and the rest as R 1 (At risk, Can't lose
+    them, Hibernating or Lost)."""
     grid = [segment_name(a, b) for a in range(1, 6) for b in range(1, 6)]
     r, f = np.asarray(r, dtype=int), np.asarray(f, dtype=int)
+    if lapsed is not None:
+        r = np.where(np.asarray(lapsed, dtype=bool), np.where(r >= 4, 2, 1), r)
     return pd.Series(texts_of((r - 1) * 5 + (f - 1), grid, "string"), index=index)
 
 
-def rfm_segments(recency_days: pd.Series, n_orders: pd.Series) -> pd.Series:
-    """The RFM segment name of each customer (quintiles within the given customers)."""
+def rfm_segments(recency_days: pd.Series, n_orders: pd.Series, lapsed: bool = False) -> pd.Series:
+    """The RFM segment name of each customer (quintiles within the given customers; ``lapsed``:
+    they are all lapsed customers, see :func:`segments_of`)."""
     r = _quintile(-recency_days.astype(float))
     f = _quintile(n_orders.astype(float))
-    return segments_of(r, f, recency_days.index)
+    flags = np.full(len(r), lapsed) if lapsed else None
+    return segments_of(r, f, recency_days.index, flags)
 
 
 def quintile_sql(x: str, order: str = "ASC", partition: str | None = None) -> str:

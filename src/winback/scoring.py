@@ -226,7 +226,8 @@ def _score_table(
 ) -> pd.DataFrame:
     """The score table of the customers in ``source`` (:func:`_score_columns`, a table or a
     query), ordered by ``order_by``: the list, the rank and decile by ``p_churn`` within it,
-    the RFM segment (quintiles within all scored customers) and the campaign group."""
+    the RFM segment (quintiles within the customer's list, so a segment describes the list it
+    is on) and the campaign group."""
     t = duck.query_df(
         f"""
         SELECT customer_id, list = 'lapsed' AS lapsed, p_churn, value, expected_value,
@@ -238,8 +239,8 @@ def _score_table(
                    row_number() OVER (PARTITION BY list ORDER BY p_churn DESC, customer_id)
                        AS rank,
                    count(*) OVER (PARTITION BY list) AS n_list,
-                   {quintile_sql("recency_days", "DESC")} AS r,
-                   {quintile_sql("n_orders", "ASC")} AS f
+                   {quintile_sql("recency_days", "DESC", "list")} AS r,
+                   {quintile_sql("n_orders", "ASC", "list")} AS f
             FROM (
                 SELECT *,
                        CASE WHEN recency_days <= {int(horizon_days)} THEN 'at_risk'
@@ -260,7 +261,7 @@ def _score_table(
             "value": t["value"],
             "expected_value": t["expected_value"],
             "value_at_risk": t["value_at_risk"],
-            "segment": segments_of(t["r"], t["f"], t.index),
+            "segment": segments_of(t["r"], t["f"], t.index, t["lapsed"]),
             "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
             "model_version": texts_of(np.zeros(n, dtype=np.int8), [model_version]),
             "n_order_days": t["n_order_days"],
