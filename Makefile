@@ -33,7 +33,7 @@ demo: $(STAMP) ## run the whole pipeline on built-in synthetic demo data (writes
 	$(BIN)/winback demo --out demo
 
 test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks

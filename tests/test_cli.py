@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,32 @@ def test_profile_prints_a_suggested_horizon(synth_file):
     res = run("profile", str(synth_file))
     assert res.returncode == 0, res.stderr
     assert "suggested horizon:" in res.stdout and "repeat buyers" in res.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    res = run("demo", "--out", "demo", "--customers", "3000", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    # everything it writes stays inside --out: no ./mlruns, ./models or ./mlflow.db beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    demo, stdout = tmp_path / "demo", res.stdout
+    assert (demo / "mlartifacts").is_dir() and (demo / "mlflow.db").is_file()
+    for name in ("orders.parquet", "features.parquet", "snapshots.parquet"):
+        assert (demo / name).is_file()
+    snap = pd.read_parquet(demo / "snapshots.parquet")
+    assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
+    assert "5/11 labels" in stdout and "6/11 backtest" in stdout
+    assert "v1 (champion" in stdout and "11/11 retention report" in stdout
+    # the past campaign and tonight's lists: two complete exports
+    folders = sorted(p for p in (demo / "exports").iterdir() if p.is_symlink())
+    assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]
+    for folder in folders:
+        assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
+    assert "recovered within the 95% interval" in stdout
+    readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
+    assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
+    assert (demo / "reports" / "report.html").is_file()
+    assert "  model  " in stdout and "  bgnbd  " in stdout
+    assert (demo / "backtest" / "metrics.json").is_file()
 
 
 def test_python_m_and_console_script_agree():

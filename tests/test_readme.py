@@ -7,9 +7,6 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
-
-import pandas as pd
 
 from tests.conftest import ROOT
 
@@ -32,7 +29,7 @@ def test_the_tour_is_parsed_from_the_readme():
     commands = tour_commands((ROOT / "README.md").read_text())
     assert [c[0] for c in commands] == [
         "synth", "validate", "profile", "features", "features", "backtest", "train", "score",
-        "measure", "report", "demo",
+        "measure", "report",
     ]  # fmt: skip
     assert commands[5][-2:] == ["--out", "backtest"]  # the continuation line is joined
 
@@ -41,7 +38,6 @@ def test_the_readme_tour_runs_as_written(tmp_path):
     # a new user's shell: no tracking store set (MLflow puts the one it was last pointed at in
     # this process's environment, where an earlier test may have left it)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = {}
     for args in tour_commands((ROOT / "README.md").read_text()):
         res = subprocess.run(
             [sys.executable, "-m", "winback", *args],
@@ -52,10 +48,9 @@ def test_the_readme_tour_runs_as_written(tmp_path):
             env=env,
         )
         assert res.returncode == 0, (args, res.stdout[-2000:], res.stderr[-2000:])
-        out[args[0]] = res.stdout
     # it writes what the README says, and nothing else
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "backtest", "demo", "exports", "features.parquet", "mlartifacts", "mlflow.db", "models",
+        "backtest", "exports", "features.parquet", "mlartifacts", "mlflow.db", "models",
         "orders.parquet", "reports", "snapshots.parquet",
     ]  # fmt: skip
     manifest = json.loads((tmp_path / "exports" / "2024-09-30" / "manifest.json").read_text())
@@ -64,25 +59,3 @@ def test_the_readme_tour_runs_as_written(tmp_path):
     assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 90
     assert (tmp_path / "reports" / "report.html").is_file()
     assert "campaign_2024-09-30.csv" in {p.name for p in (tmp_path / "reports").iterdir()}
-    _the_demo_keeps_to_its_folder(tmp_path / "demo", out["demo"])
-
-
-def _the_demo_keeps_to_its_folder(demo: Path, stdout: str) -> None:
-    assert (demo / "mlartifacts").is_dir() and (demo / "mlflow.db").is_file()
-    for name in ("orders.parquet", "features.parquet", "snapshots.parquet"):
-        assert (demo / name).is_file()
-    snap = pd.read_parquet(demo / "snapshots.parquet")
-    assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
-    assert "5/11 labels" in stdout and "6/11 backtest" in stdout
-    assert "v1 (champion" in stdout and "11/11 retention report" in stdout
-    # the past campaign and tonight's lists: two complete exports
-    folders = sorted(p for p in (demo / "exports").iterdir() if p.is_symlink())
-    assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]
-    for folder in folders:
-        assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
-    assert "recovered within the 95% interval" in stdout
-    readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
-    assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
-    assert (demo / "reports" / "report.html").is_file()
-    assert "  model  " in stdout and "  bgnbd  " in stdout
-    assert (demo / "backtest" / "metrics.json").is_file()
