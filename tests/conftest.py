@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,21 @@ def _no_tracking_store_left_by_earlier_tests():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m winback ARGS`` as a real subprocess, as a user runs it (``env`` is added to
+    this process's environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "winback", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def frame(rows: list[tuple], columns=("customer_id", "order_ts", "amount")) -> pd.DataFrame:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, orders_of
+from tests.conftest import ROOT, orders_of, run_cli
 from winback.backtest import run_backtest
 
 T = datetime(2023, 9, 1)
@@ -34,17 +30,6 @@ def test_orders_after_the_cutoff_never_change_predictions(synth_frame):
     assert a.predictions["churned"].notna().all()  # the full file can evaluate ...
     assert b.predictions["churned"].isna().all()  # ... the cut one only scores
     assert "2023-09-01" in a.metrics and not b.metrics
-
-
-def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "winback", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +57,7 @@ FAST = [
 
 def test_backtest_cli_writes_predictions_metrics_plots_and_a_run(workdir):
     uri = f"sqlite:///{workdir / 'bt.db'}"
-    res = _cli(
+    res = run_cli(
         "backtest",
         "--orders",
         "orders.parquet",
@@ -133,14 +118,14 @@ def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir
         str(H),
         *FAST,
     )
-    first = _cli(*args, cwd=workdir, env=env)
+    first = run_cli(*args, cwd=workdir, env=env)
     assert first.returncode == 0, first.stderr
     assert "v1 (champion: first version" in first.stdout
     saved = list((workdir / "models").glob("*.joblib"))
     assert len(saved) == 1 and saved[0].with_suffix(".joblib.json").is_file()
 
     # one two-leaf tree from the base rate, forced: worse than anything the choice would make
-    worse = _cli(
+    worse = run_cli(
         *args,
         "--set",
         "model.candidate=boosted",
@@ -164,13 +149,13 @@ def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir
     assert run.data.metrics["backtest_auc"] > 0.6
     assert "git_commit" in run.data.tags or not (ROOT / ".git").exists()
 
-    forced = _cli(*args, "--set", "model.n_estimators=1", "--promote", cwd=workdir, env=env)
+    forced = run_cli(*args, "--set", "model.n_estimators=1", "--promote", cwd=workdir, env=env)
     assert forced.returncode == 0, forced.stderr
     assert str(client.get_model_version_by_alias("winback-churn", "champion").version) == "3"
 
 
 def test_train_refuses_too_little_data(workdir):
-    res = _cli(
+    res = run_cli(
         "train",
         "--orders",
         "orders.parquet",

@@ -10,17 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "winback", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd or ROOT,
-    )
+    return run_cli(*args, cwd=cwd or ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")

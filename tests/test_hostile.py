@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.conftest import run_cli
 from winback.config import load_config
 from winback.errors import ConfigError, DataError
 from winback.orders import load_orders
@@ -22,16 +21,6 @@ HEADER = "customer_id,order_id,order_ts,amount\n"
 
 def _load(path, *overrides):
     return load_orders(path, load_config(None, list(overrides)).orders, as_of=AS_OF)
-
-
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "winback", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 def _one_clean_line(res: subprocess.CompletedProcess, code: int, *says: str) -> str:
@@ -218,7 +207,7 @@ def test_configs_and_outputs_that_cannot_work_are_refused_in_one_line(tmp_path):
         ),
     ]
     for args, code, says in cases:
-        _one_clean_line(_cli(*args), code, says)
+        _one_clean_line(run_cli(*args), code, says)
     assert not (tmp_path / "backtest").exists()
 
 
@@ -231,21 +220,21 @@ def test_a_model_file_that_is_not_a_model_is_refused_before_any_work(tmp_path):
     args = ["score", "--orders", str(orders), "--model", str(model), "--out", str(tmp_path / "x")]
 
     meta.write_text("{not json")
-    last = _one_clean_line(_cli(*args), 1, "model.joblib.json is not the JSON winback writes")
+    last = _one_clean_line(run_cli(*args), 1, "model.joblib.json is not the JSON winback writes")
     assert "restore it" in last
     meta.write_text(json.dumps({"version": 1}))
-    _one_clean_line(_cli(*args), 1, "holds no sha256")
+    _one_clean_line(run_cli(*args), 1, "holds no sha256")
     import hashlib
 
     meta.write_text(json.dumps({"sha256": hashlib.sha256(model.read_bytes()).hexdigest()}))
-    _one_clean_line(_cli(*args), 1, "cannot be loaded as a winback model", "retrain")
+    _one_clean_line(run_cli(*args), 1, "cannot be loaded as a winback model", "retrain")
     assert not (tmp_path / "x").exists()
 
 
 def test_epoch_dates_are_read_through_the_cli_with_the_summary(tmp_path):
     p = tmp_path / "o.csv"
     p.write_text(HEADER + "a,1,1704067200,10\nb,2,1706745600,5\n")
-    res = _cli("validate", str(p))
+    res = run_cli("validate", str(p))
     assert res.returncode == 0, res.stderr
     assert "2 orders (0 returns or cancellations) from 2 customers, 2024-01-01 to 2024-02-01" in (
         res.stdout
@@ -268,5 +257,5 @@ def test_a_tracking_store_that_cannot_be_written_is_refused_before_any_work(tmp_
             ["backtest", "--orders", str(orders), "--as-of", "2024-01-01", "--set", uri],
         ):
             # the orders are far too few to train on: refused for the store, it never got there
-            _one_clean_line(_cli(*command, cwd=tmp_path), 1, "MLflow store", says)
+            _one_clean_line(run_cli(*command, cwd=tmp_path), 1, "MLflow store", says)
     assert not (tmp_path / "backtest").exists() and not (tmp_path / "models").exists()

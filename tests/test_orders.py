@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from tests.conftest import run_cli
 from winback.config import load_config
 from winback.errors import ConfigError, DataError
 from winback.orders import load_orders
@@ -33,12 +32,6 @@ c1,o1,2024-01-05,10.00
 c1,o2,2024-02-05 13:30:00,20.50
 c2,o3,2024-03-01,5.25
 """
-
-
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "winback", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, check):
     text, message = BAD_CASES[check]
     p = _write(tmp_path, text)
-    res = _run_cli("validate", str(p), "--set", f"orders.policies.{check}={'fail'}")
+    res = run_cli("validate", str(p), "--set", f"orders.policies.{check}={'fail'}")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
@@ -269,7 +262,7 @@ def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, check):
 
 
 def test_cli_validate_prints_summary(tmp_path):
-    res = _run_cli(
+    res = run_cli(
         "validate", str(_write(tmp_path, BAD_CASES["null_customer_id"][0])), "--as-of", "2024-12-31"
     )
     assert res.returncode == 0, res.stderr
@@ -278,7 +271,7 @@ def test_cli_validate_prints_summary(tmp_path):
 
 
 def test_cli_bad_config_key_is_a_one_line_error(tmp_path):
-    res = _run_cli("validate", str(_write(tmp_path, GOOD)), "--set", "orders.polices.x=drop")
+    res = run_cli("validate", str(_write(tmp_path, GOOD)), "--set", "orders.polices.x=drop")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "'orders.polices' is not a known setting" in res.stderr
 
@@ -391,7 +384,7 @@ def test_cli_validate_says_what_it_normalised_and_dropped(tmp_path):
     text = (
         "customer_id,order_id,order_ts,amount\n13085.0,1,2024-01-01,10\n13085.0,1,2024-01-01,10\n"
     )
-    res = _run_cli("validate", str(_write(tmp_path, text)), "--as-of", "2024-12-31")
+    res = run_cli("validate", str(_write(tmp_path, text)), "--as-of", "2024-12-31")
     assert res.returncode == 0, res.stderr
     assert "normalised: column 'customer_id'" in res.stdout
     assert (
