@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -35,9 +34,8 @@ def test_the_tour_is_parsed_from_the_readme():
 
 
 def test_the_readme_tour_runs_as_written(tmp_path):
-    # a new user's shell: no tracking store set (MLflow puts the one it was last pointed at in
-    # this process's environment, where an earlier test may have left it)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # a new user's shell: no tracking store set (the autouse fixture in conftest clears the one
+    # MLflow may have left in this process's environment)
     for args in tour_commands((ROOT / "README.md").read_text()):
         res = subprocess.run(
             [sys.executable, "-m", "winback", *args],
@@ -45,7 +43,6 @@ def test_the_readme_tour_runs_as_written(tmp_path):
             text=True,
             timeout=900,
             cwd=tmp_path,
-            env=env,
         )
         assert res.returncode == 0, (args, res.stdout[-2000:], res.stderr[-2000:])
     # it writes what the README says, and nothing else
