@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from math import floor
 from pathlib import Path
 
 import pandas as pd
@@ -86,9 +87,9 @@ def check_reasons(lists: dict[str, pd.DataFrame], features: pd.DataFrame) -> int
         rec, gap = x["recency_days"], x.get("gap_mean_days")
         rules = [
             (r"bought once, (\d+) days? ago", lambda m: x["n_order_days"] == 1
-             and round(rec) == days(m[1])),
+             and floor(rec) == days(m[1])),
             (r"no order for (\d+) days?, ([\d.]+)x their usual gap", lambda m: rec >= gap
-             and round(rec) == days(m[1]) and f"{rec / gap:.1f}" == m[2]),
+             and floor(rec) == days(m[1]) and f"{rec / gap:.1f}" == m[2]),
             (r"bought twice, (\d+) days? apart", lambda m: x["n_order_days"] == 2
              and round(gap) == days(m[1])),
             (r"buys less often than most customers: about every (\d+) days? "
@@ -100,7 +101,7 @@ def check_reasons(lists: dict[str, pd.DataFrame], features: pd.DataFrame) -> int
              lambda m: x["monetary_total"] < pop["monetary_total"]
              and round(x["monetary_total"]) == days(m[1])),
             (r"a newer customer: first order (\d+) days? ago \(typical: (\d+) days?\)",
-             lambda m: x["tenure_days"] < pop["tenure_days"] and round(x["tenure_days"])
+             lambda m: x["tenure_days"] < pop["tenure_days"] and floor(x["tenure_days"])
              == days(m[1])),
             (r"spend down (\d+)% vs the previous 90 days",
              lambda m: round(-100 * x["spend_change_90d"]) == int(m[1])),
@@ -108,8 +109,8 @@ def check_reasons(lists: dict[str, pd.DataFrame], features: pd.DataFrame) -> int
              lambda m: x["orders_trend_90d"] < 0 or x["orders_trend_180d"] < 0),
             (r"returned (\d+) order\(s\)", lambda m: x["n_returns"] == int(m[1]) > 0),
             (r"no order in the last (\d+) days", lambda m: x[f"orders_{m[1]}d"] == 0),
-            (r"no order for (\d+) days?", lambda m: round(rec) == days(m[1])),
-            (r"last order (\d+) days? ago", lambda m: round(rec) == days(m[1])),
+            (r"no order for (\d+) days?", lambda m: floor(rec) == days(m[1])),
+            (r"last order (\d+) days? ago", lambda m: floor(rec) == days(m[1])),
         ]  # fmt: skip
         for pattern, holds in rules:
             m = re.fullmatch(pattern, sentence)
@@ -125,3 +126,49 @@ def check_reasons(lists: dict[str, pd.DataFrame], features: pd.DataFrame) -> int
                 assert true(sentence, f.loc[cid]), f"untrue for {cid}: {sentence!r}"
                 checked += 1
     return checked
+
+
+#: Flags of a headless Chromium on a machine without a network or a screen.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars",
+]  # fmt: skip
+
+
+def hidden_in_browser(page: Path, width: int = 1280) -> list[str]:
+    """What of an HTML page a reader cannot see in a real browser window ``width`` pixels wide:
+    each table or image that reaches past the window's right edge (cut off, or behind a
+    scrollbar), as ``section:tag:right edge``. The page is laid out by headless Chromium
+    (Debian's ``chromium``; ``.ci/run`` installs it), which runs a probe added to a copy."""
+    import shutil
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "headless Chromium is needed: apt-get install chromium (.ci/run does)"
+    probe = """<script>
+    const W = document.documentElement.clientWidth, cut = [];
+    document.querySelectorAll('table, img').forEach(el => {
+      const r = el.getBoundingClientRect();
+      if (r.right > W + 0.5) {
+        const s = el.closest('section');
+        cut.push((s ? s.id : 'page') + ':' + el.tagName.toLowerCase() + ':' + Math.round(r.right));
+      }
+    });
+    document.body.setAttribute('data-window', W);
+    document.body.setAttribute('data-cut', cut.join(' '));
+    </script>"""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "page.html"
+        copy.write_text(page.read_text(encoding="utf-8").replace("</body>", probe + "</body>"))
+        res = subprocess.run(
+            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile",
+             f"--window-size={width},900", "--dump-dom", copy.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    import re
+
+    body = re.search(r'<body data-window="(\d+)" data-cut="([^"]*)"', res.stdout)
+    assert body, f"the browser laid nothing out: {res.stderr[-500:]}"
+    assert int(body[1]) > width * 0.9  # the window really was that wide
+    return body[2].split()

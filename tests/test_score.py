@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import check_reasons, orders_of
 from winback.backtest import training_cutoffs
-from winback.campaigns import rfm_segments
+from winback.campaigns import rfm_segments, suppressed
 from winback.config import CampaignsConfig
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
@@ -72,10 +72,21 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     scored = score_customers(o, model, datetime(2023, 12, 31), cfg, model_version="7")
     scores, drift = scored.scores, scored.drift
     assert set(drift) >= {"recency_days", "p_churn"} and all(v >= 0 for v in drift.values())
-    lists = add_reasons(scored, model, build_lists(scores, cfg))
+    why = suppressed(
+        scores["customer_id"], pd.Timestamp("2023-12-31"),
+        days_since_last_order=scores["days_since_last_order"], recent_days=cfg.recent_days,
+    )  # fmt: skip
+    assert (
+        why.eq("bought in the last 14 days").sum() == (scores["days_since_last_order"] < 14).sum()
+    )
+    lists = add_reasons(scored, model, build_lists(scores, cfg, why))
     for name, frame in lists.items():
         assert list(frame.columns) == LIST_COLUMNS
-        assert (frame["list"] == name).all() and frame["rank"].is_monotonic_increasing
+        assert (frame["list"] == name).all()
+        assert frame["rank"].tolist() == list(range(1, len(frame) + 1))
+        assert frame["p_churn"].is_monotonic_decreasing and (frame["p_churn"] >= 0.5).all()
+        assert (frame["days_since_last_order"] >= 14).all()  # recent buyers left out
+        assert frame["model_version"].eq("7").all()
     at_risk, lapsed = lists["at_risk"], lists["lapsed"]
     assert len(at_risk) > 0 and len(lapsed) > 0
     assert (at_risk["expected_gain"] > 0).all()  # maximum expected profit: positive gains only
@@ -204,14 +215,21 @@ def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
     assert set(doc["files"]) == {
         "at_risk.csv",
         "at_risk.parquet",
+        "at_risk_control.csv",
+        "at_risk_control.parquet",
         "lapsed.csv",
         "lapsed.parquet",
+        "lapsed_control.csv",
+        "lapsed_control.parquet",
         "scores.parquet",
         "delta.csv",
         "profit_curve.csv",
         "profit_curve.png",
+        "README.txt",
     }
-    assert doc["rows"]["at_risk"] == len(pd.read_parquet(folder / "at_risk.parquet"))
+    assert doc["rows"]["at_risk"] == sum(
+        len(pd.read_parquet(folder / f)) for f in ("at_risk.parquet", "at_risk_control.parquet")
+    )
     assert doc["input"]["rows"] > 0 and len(doc["config_sha256"]) == 64
     before = {n: m["sha256"] for n, m in doc["files"].items()}
     second = _score(d)
@@ -282,7 +300,9 @@ def test_kill_9_never_leaves_a_partial_or_mixed_export(setup):
 def test_csv_cells_are_neutralised_in_exports(tmp_path):
     from winback.export import export_lists
 
-    frame = pd.DataFrame({"customer_id": ["=1+2", "ok"], "p_churn": [0.5, 0.4]})
+    frame = pd.DataFrame(
+        {"customer_id": ["=1+2", "ok"], "p_churn": [0.5, 0.4], "group": ["treatment"] * 2}
+    )
     folder = export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {"as_of": "x"})
     text = (folder / "at_risk.csv").read_text()
     assert "'=1+2" in text and "\n=1+2" not in text
@@ -342,7 +362,7 @@ def test_suppression_delta_and_profit_curve_through_the_cli(setup):
     dec = d / "nightly" / AS_OF
     doc = read_manifest(dec)
     assert doc["previous_export"] == "2023-11-30"
-    assert doc["suppressed"] == {"opted_out": 1, "cooldown": 1}
+    assert doc["suppressed"]["opted_out"] == 1 and doc["suppressed"]["cooldown"] == 1
     at_risk = pd.read_parquet(dec / "at_risk.parquet")
     assert a not in set(at_risk["customer_id"]) and b not in set(at_risk["customer_id"])
     scores = pd.read_parquet(dec / "scores.parquet").set_index("customer_id")
@@ -468,6 +488,7 @@ def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(
                 [0, 0, -1, 0, 0], categories=pd.Index(["vip"], dtype="string")
             ),
             "p_churn": [0.5, 0.4, 0.3, 0.2, 0.1],
+            "group": pd.array(["treatment"] * 5, dtype="str"),
         }
     )
     folder = export.export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {})
@@ -478,7 +499,11 @@ def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(
     assert back["campaign"].isna().tolist() == [False, False, True, False, False]
     pd.testing.assert_frame_equal(back, pd.read_parquet(folder / "at_risk.parquet"))
     lines = (folder / "at_risk.csv").read_text().splitlines()
-    assert lines[1:4] == ['"a","\'=gift","vip",0.5', '"b","points","vip",0.4', '"c","","",0.3']
+    assert lines[1:4] == [
+        '"a","\'=gift","vip",0.5,"treatment"',
+        '"b","points","vip",0.4,"treatment"',
+        '"c","","",0.3,"treatment"',
+    ]
 
 
 def test_impossible_dates_are_refused_in_one_line(setup):
@@ -538,7 +563,8 @@ def test_hostile_ids_cannot_run_as_formulas_or_break_rows(setup):
     top = ids.value_counts().index[: len(hostile)]  # active customers, likely to be listed
     df["customer_id"] = ids.replace(dict(zip(top, hostile, strict=True)))
     df.to_parquet(d / "hostile.parquet")
-    cmd = _score_cmd("hostile", "--set", "campaigns.size_by=top_k", "--set", "campaigns.top_k=400")
+    cmd = _score_cmd("hostile", "--set", "campaigns.size_by=top_k", "--set", "campaigns.top_k=400",
+                     "--set", "campaigns.recent_days=0", "--set", "campaigns.min_p_churn=null")  # fmt: skip
     cmd[cmd.index("--orders") + 1] = "hostile.parquet"
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=d)
     assert res.returncode == 0, res.stderr
@@ -546,7 +572,8 @@ def test_hostile_ids_cannot_run_as_formulas_or_break_rows(setup):
     folder = d / "hostile" / AS_OF
     doc = read_manifest(folder)
     seen = set()
-    for name in ("at_risk.csv", "lapsed.csv", "delta.csv", "profit_curve.csv"):
+    lists = ("at_risk.csv", "at_risk_control.csv", "lapsed.csv", "lapsed_control.csv")
+    for name in (*lists, "delta.csv", "profit_curve.csv"):
         with open(folder / name, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         assert len(rows) - 1 == doc["files"][name]["rows"], name  # a standard reader agrees
@@ -561,3 +588,75 @@ def test_hostile_ids_cannot_run_as_formulas_or_break_rows(setup):
                 assert bare[:1] not in ("=", "+", "-", "@") or cell.startswith("'"), (name, cell)
                 seen.add(cell)
     assert any(c.startswith("'\r=1+1") for c in seen)  # the hostile id is there, made safe
+
+
+def test_customer_value_by_hand():
+    from winback.scoring import customer_value
+
+    snap = pd.DataFrame(
+        {  # A bought in the last year; B and C did not
+            "spend_365d": [120.0, 0.0, 0.0],
+            "orders_365d": [2, 0, 0],
+            "monetary_total": [500.0, 300.0, 1460.0],
+            "tenure_days": [600.0, 700.0, 1100.0],
+            "recency_days": [30.0, 500.0, 370.0],
+        }
+    )
+    # A: its last year's spend; B: first to last order 200 days (< 365): all of its 300;
+    # C: 1460 over 730 days of buying = 730 a year
+    assert customer_value(snap, 365).tolist() == [120.0, 300.0, 730.0]
+
+
+def test_the_files_a_crm_imports(setup):
+    import csv
+    import re
+
+    d, _, _ = setup
+    res = _score(d, "--set", "campaigns.currency=EUR", out="crm")
+    assert res.returncode == 0, res.stderr
+    folder = d / "crm" / AS_OF
+    doc = read_manifest(folder)
+    scores = pd.read_parquet(folder / "scores.parquet")
+    readme = (folder / "README.txt").read_text()
+    assert "DO NOT CONTACT" in readme and "Amounts are in EUR" in readme
+    for name in ("at_risk", "lapsed"):
+        mail = pd.read_parquet(folder / f"{name}.parquet")
+        control = pd.read_parquet(folder / f"{name}_control.parquet")
+        # the mailing file holds only the customers to contact; the control group its own file
+        assert set(mail["group"]) == {"treatment"} and set(control["group"]) == {"control"}
+        assert len(mail) > 0 and len(control) > 0
+        assert doc["rows"][name] == len(mail) + len(control)
+        on_list = scores[scores["list"] == name].dropna(subset=["group"])
+        assert sorted(on_list["customer_id"]) == sorted(
+            [*mail["customer_id"], *control["customer_id"]]
+        )
+        assert set(on_list.set_index("customer_id").loc[control["customer_id"], "group"]) == {
+            "control"
+        }
+        for stem, full in ((name, mail), (f"{name}_control", control)):
+            assert full["rank"].tolist() == list(range(1, len(full) + 1))
+            assert full["p_churn"].is_monotonic_decreasing and (full["p_churn"] >= 0.5).all()
+            assert (full["days_since_last_order"] >= 14).all()
+            assert set(full["currency"]) == {"EUR"}
+            bands = full["risk_decile"].map(
+                lambda x: "high" if x <= 3 else "medium" if x <= 7 else "low"
+            )
+            assert full["risk_band"].tolist() == bands.tolist()
+            text = (folder / f"{stem}.csv").read_text(encoding="utf-8")
+            lines = text.splitlines()
+            header = next(csv.reader([lines[0]]))
+            assert all(f"  {c} " in readme for c in header)  # every column documented
+            assert all(line.startswith('"') for line in lines[1:])  # the id is quoted text
+            rows = pd.read_csv(folder / f"{stem}.csv", dtype={"customer_id": str})
+            assert rows["customer_id"].tolist() == full["customer_id"].tolist()
+            for col, decimals in (("p_churn", 3), ("value", 2), ("expected_gain", 2)):
+                cells = [r[header.index(col)] for r in csv.reader(lines[1:])]
+                assert all(len(re.sub(r"^[^.]*\.?", "", c)) <= decimals for c in cells), col
+                assert np.allclose(rows[col], full[col], atol=0.5 * 10**-decimals + 1e-12)
+    # long-lapsed customers are valued by their history, listed, and their risk is flagged
+    lapsed = pd.read_parquet(folder / "lapsed.parquet")
+    old = lapsed[lapsed["days_since_last_order"] >= 365]
+    assert len(old) > 0 and (old["value"] > 0).all() and old["extrapolated"].all()
+    assert not lapsed.loc[lapsed["days_since_last_order"] < 365, "extrapolated"].any()
+    assert doc["sizing"]["groups"]["lapsed"]["save_rate"] == 0.05
+    assert doc["suppressed"]["recent_buyer"] == int((scores["days_since_last_order"] < 14).sum())

@@ -241,6 +241,11 @@ def _days(x: float) -> str:
     return f"{x:.0f} day" + ("" if round(x) == 1 else "s")
 
 
+def _ago(x: float) -> str:
+    """Whole days since an order, as the lists' ``days_since_last_order`` counts them."""
+    return _days(float(np.floor(x)))
+
+
 _SPEAKING = {
     "recency_days",
     "overdue_ratio",
@@ -291,10 +296,10 @@ def _reason(name: str, row, population: dict[str, float] | None = None) -> str |
     days = row.get("n_order_days", 0)
     if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
         if days == 1 and rec is not None:
-            return f"bought once, {_days(rec)} ago"
+            return f"bought once, {_ago(rec)} ago"
         if not _missing(gap) and gap > 0 and rec is not None:
             if rec >= gap:
-                return f"no order for {_days(rec)}, {rec / gap:.1f}x their usual gap"
+                return f"no order for {_ago(rec)}, {rec / gap:.1f}x their usual gap"
             if days == 2:  # one interval is not a habit
                 return f"bought twice, {_days(gap)} apart"
             typical = pop.get("gap_mean_days")
@@ -304,7 +309,7 @@ def _reason(name: str, row, population: dict[str, float] | None = None) -> str |
                     f"(typical: {_days(typical)})"
                 )
             return None
-        return f"no order for {_days(rec)}" if rec is not None else None
+        return f"no order for {_ago(rec)}" if rec is not None else None
     if name == "spend_change_90d" and v < 0:
         return f"spend down {-v:.0%} vs the previous 90 days"
     if name in ("orders_trend_90d", "orders_trend_180d") and v < 0:
@@ -332,7 +337,7 @@ def _reason(name: str, row, population: dict[str, float] | None = None) -> str |
         typical = pop.get("tenure_days")
         if typical is None or not v < typical:
             return None
-        return f"a newer customer: first order {_days(v)} ago (typical: {_days(typical)})"
+        return f"a newer customer: first order {_ago(v)} ago (typical: {_days(typical)})"
     return None
 
 
@@ -342,9 +347,9 @@ def _last_order(row) -> str:
     if _missing(rec):
         return "no order on record"
     return (
-        f"bought once, {_days(rec)} ago"
+        f"bought once, {_ago(rec)} ago"
         if row.get("n_order_days", 0) == 1
-        else (f"last order {_days(rec)} ago")
+        else (f"last order {_ago(rec)} ago")
     )
 
 
@@ -442,14 +447,21 @@ def suppressed(
     contacts: pd.DataFrame | None = None,
     cooldown_days: int = 30,
     opted_out: Iterable[str] | None = None,
+    days_since_last_order: pd.Series | None = None,
+    recent_days: int = 0,
 ) -> pd.Series:
     """Why each customer must not be contacted: ``"opted out"``, ``"contacted on <date>"``
-    (within ``cooldown_days`` before ``as_of``), or missing when they may be.
+    (within ``cooldown_days`` before ``as_of``), ``"bought in the last <n> days"`` (whole days
+    since the last order below ``recent_days``: a win-back offer to someone who just bought
+    reads as a mistake), or missing when they may be. The first that applies is given.
 
     ``contacts`` has ``customer_id`` and ``contacted_at``; contacts after ``as_of`` are ignored.
     """
     ids = customer_ids.astype(str)
     why = pd.Series(pd.NA, index=customer_ids.index, dtype="string")
+    if days_since_last_order is not None and recent_days > 0:
+        recent = (days_since_last_order < recent_days).to_numpy(dtype=bool, na_value=False)
+        why = why.mask(recent, f"bought in the last {recent_days} days")
     if contacts is not None and len(contacts):
         c = contacts.assign(customer_id=contacts["customer_id"].astype(str))
         at = pd.to_datetime(c["contacted_at"], utc=True)

@@ -679,9 +679,13 @@ def score(
 ) -> None:
     """Score every customer as of a date and export the win-back lists (the nightly job).
 
-    Writes at_risk and lapsed lists (CSV and Parquet), scores.parquet and manifest.json to
-    OUT/<as-of>/ atomically: a crash leaves the previous complete export or the new one. Exit
-    codes: 0 done, 1 data or model problem, 2 usage.
+    Writes to OUT/<as-of>/ atomically (a crash leaves the previous complete export or the new
+    one): at_risk.csv and lapsed.csv, the customers to contact; at_risk_control.csv and
+    lapsed_control.csv, the control groups, not to contact; their Parquet twins at full
+    precision, scores.parquet (every scored customer), delta.csv, profit_curve.csv,
+    README.txt (what every column means and what the sizing assumed) and manifest.json.
+    Recent buyers (campaigns.recent_days) and customers below campaigns.min_p_churn are not
+    listed. Exit codes: 0 done, 1 data or model problem, 2 usage.
     """
     _verbose(verbose)
     from winback.jobs import find_model, score_job
@@ -697,21 +701,27 @@ def score(
 
 
 def _echo_score(res) -> None:
-    at_risk = res.lists["at_risk"]
-    n_control = int((at_risk["group"] == "control").sum())
+    def sizes(name: str) -> str:
+        control = int((res.lists[name]["group"] == "control").sum())
+        return (
+            f"{len(res.lists[name]) - control:,} to contact ({name}.csv), {control:,} control "
+            f"({name}_control.csv, not to contact)"
+        )
+
     typer.echo(
         f"scored {len(res.scores):,} customers as of {res.as_of:%Y-%m-%d} with model "
-        f"{res.model_version}; at_risk list {len(at_risk):,} ({n_control:,} control), "
-        f"lapsed list {len(res.lists['lapsed']):,} -> {res.folder}"
+        f"{res.model_version} -> {res.folder}\n"
+        f"  at_risk: {sizes('at_risk')}\n  lapsed: {sizes('lapsed')}"
     )
     typer.echo(
         f"  {'rank':>6} {'customer':<12} {'p':>4} {'value':>9} {'segment':<18} "
-        f"{'campaign':<16} {'group':<9} reasons"
+        f"{'campaign':<16} reasons"
     )
-    for r in at_risk.head(10).itertuples():
-        typer.echo(
-            f"  {r.rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
-            f"{r.segment:<18} {r.campaign:<16} {r.group:<9} {r.reasons}"
+    at_risk = res.lists["at_risk"]
+    for rank, r in enumerate(at_risk[at_risk["group"] == "treatment"].head(10).itertuples(), 1):
+        typer.echo(  # the rank in at_risk.csv
+            f"  {rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
+            f"{r.segment:<18} {r.campaign:<16} {r.reasons}"
         )
 
 
@@ -849,7 +859,9 @@ def report(
 ) -> None:
     """Write the retention report: one self-contained HTML page and its tables as CSV.
 
-    Per period: customers active at the start (S) and end (E), new ones (N), retention
+    Churn over the model's horizon at the start of each period (the share of active customers
+    who bought nothing in the next H days: what the lists score). Per period: customers active
+    at the start (S) and end (E), new ones (N), retention
     (E - N) / S, churn, repeat purchase rate and revenue retention; the monthly cohort table and
     heatmap; churn by RFM segment and channel; and, when exports exist, the score distribution,
     list sizes over time and the treatment-against-control readout of recent campaigns; the

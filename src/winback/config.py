@@ -347,7 +347,28 @@ class CampaignsConfig(_Section):
     top_k: int | None = Field(None, ge=0)
     threshold: float | None = Field(None, ge=0, le=1)
     reactivation_days: int = Field(730, ge=1)
-    value_days: int = Field(365, ge=1, description="Customer value: spend over these last days.")
+    value_days: int = Field(
+        365,
+        ge=1,
+        description="Customer value: spend over these last days (or, for a customer with no "
+        "purchase in them, what they spent per value_days while buying).",
+    )
+    min_p_churn: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A customer is listed only at this churn probability or above (null: any).",
+    )
+    recent_days: int = Field(
+        14,
+        ge=0,
+        description="Customers who bought within this many days before the as-of are not "
+        "contacted (0: no such rule).",
+    )
+    currency: str | None = Field(
+        None,
+        description="The currency of the amounts (e.g. USD, EUR), stated in every list file.",
+    )
     contact_history: str | None = Field(
         None, description="CSV or Parquet with customer_id and contacted_at (past contacts)."
     )

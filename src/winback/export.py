@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from winback.atomic import sha256_file
@@ -37,6 +38,11 @@ __all__ = [
     "write_csv",
     "write_parquet",
     "plain_columns",
+    "list_files",
+    "read_lists",
+    "for_people",
+    "readme_text",
+    "CSV_DECIMALS",
 ]
 
 _VERSIONS = ".versions"
@@ -87,6 +93,103 @@ def plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
         if isinstance(s.dtype, pd.CategoricalDtype)
     }
     return frame.astype(cats) if cats else frame
+
+
+#: Decimals of the numbers in the CSV list files, which people read and CRMs import; the Parquet
+#: files keep full precision.
+CSV_DECIMALS = {
+    "p_churn": 3,
+    "value": 2,
+    "expected_value": 2,
+    "value_at_risk": 2,
+    "expected_gain": 2,
+}
+
+
+def for_people(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the numbers of :data:`CSV_DECIMALS` rounded (the CSV's copy)."""
+    rounded = {c: frame[c].astype(float).round(d) for c, d in CSV_DECIMALS.items() if c in frame}
+    return frame.assign(**rounded) if rounded else frame
+
+
+def list_files(lists: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The files of the lists: ``<list>`` holds the customers to contact (the treatment group)
+    and ``<list>_control`` the control group, which must not be contacted, so that a file
+    uploaded as it is never mails the control group. Each file is ranked 1..n in list order."""
+    files = {}
+    for name, frame in lists.items():
+        control = (frame["group"] == "control").to_numpy(dtype=bool)
+        for stem, rows in ((name, ~control), (f"{name}_control", control)):
+            part = frame[rows].reset_index(drop=True)
+            if "rank" in part.columns:
+                part["rank"] = np.arange(1, len(part) + 1, dtype=np.int64)
+            files[stem] = part
+    return files
+
+
+def read_lists(export_dir: Path, columns: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The lists of an export, each with its treatment and control rows together (as
+    :func:`list_files` split them), the list's own order kept. Lists without a file are left
+    out."""
+    found = {}
+    for name in ("at_risk", "lapsed"):
+        parts = [
+            pd.read_parquet(f, columns=columns)
+            for f in (export_dir / f"{name}.parquet", export_dir / f"{name}_control.parquet")
+            if f.is_file()
+        ]
+        if parts:
+            found[name] = pd.concat(parts, ignore_index=True)
+    return found
+
+
+def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:
+    """The README.txt of an export: what each file holds, what every column of the list files
+    means, and what the list sizing assumed (from the manifest's ``sizing``)."""
+    sizing = manifest.get("sizing", {})
+    currency = sizing.get("currency") or "not stated (set campaigns.currency)"
+    lines = [
+        f"winback export as of {manifest.get('as_of', '?')[:10]}, scored by the model "
+        f"{manifest.get('model_version', '?')} over a {manifest.get('horizon_days', '?')}-day "
+        "horizon.",
+        "",
+        "FILES",
+        "  at_risk.csv, lapsed.csv    the customers to contact (treatment group), riskiest first",
+        "  at_risk_control.csv,       the control group: DO NOT CONTACT. Kept out of the campaign "
+        "at random,",
+        "  lapsed_control.csv         they measure it later ('winback measure' reads them).",
+        "  *.parquet                  the same rows at full precision; scores.parquet holds every "
+        "scored customer",
+        "  delta.csv                  who entered and who left each list since the previous export",
+        "  profit_curve.csv, .png     cumulative expected gain as the lists grow, best first",
+        "  manifest.json              checksums, row counts, the model, warnings, sizing",
+        "",
+        "CSV FORMAT",
+        "  UTF-8, comma-separated, the first line is the header, every text cell in double quotes "
+        "(ids stay text:",
+        "  import customer_id as text to keep leading zeros), one row per customer. Numbers are "
+        "rounded for reading:",
+        "  "
+        + ", ".join(f"{c} to {d} decimals" for c, d in CSV_DECIMALS.items())
+        + ". Amounts are in "
+        + currency
+        + ".",
+        "",
+        "COLUMNS OF THE LIST FILES",
+    ]
+    width = max(len(c) for c in column_docs) + 2
+    lines += [f"  {c:<{width}}{doc}" for c, doc in column_docs.items()]
+    lines += ["", "HOW THE LISTS WERE SIZED (assumptions, not measurements)"]
+    for key in ("rule", "value", "min_p_churn", "recent_days", "method"):
+        if key in sizing:
+            lines.append(f"  {key}: {sizing[key]}")
+    for name, g in sizing.get("groups", {}).items():
+        lines.append(
+            f"  group {name} ({g['list']}): save_rate {g['save_rate']} ({g['save_rate_source']}),"
+            f" contact_cost {g['contact_cost']}, offer_cost {g['offer_cost']}"
+            + (f", capacity {g['capacity']}" if g.get("capacity") is not None else "")
+        )
+    return "\n".join(lines) + "\n"
 
 
 #: Rows converted and written at a time by :func:`write_parquet` (one Parquet row group).
@@ -145,7 +248,9 @@ def export_lists(
     extras: dict[str, Callable[[Path], None]] | None = None,
     tables: dict[str, pd.DataFrame] | None = None,
 ) -> Path:
-    """Write ``<list>.csv`` and ``.parquet`` for each list, ``scores.parquet`` and
+    """Write ``<list>.csv`` and ``.parquet`` (the customers to contact) and
+    ``<list>_control.csv`` and ``.parquet`` (the control group) for each list (see
+    :func:`list_files`; the CSVs rounded by :func:`for_people`), ``scores.parquet`` and
     ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
 
     ``tables`` maps more CSV file names to frames (a delta, a profit curve); ``extras`` maps
@@ -166,8 +271,8 @@ def export_lists(
         folder = versions / stamp
         folder.mkdir()
         files: dict[str, dict[str, Any]] = {}
-        for name, frame in lists.items():
-            write_csv(frame, folder / f"{name}.csv")
+        for name, frame in list_files(lists).items():
+            write_csv(for_people(frame), folder / f"{name}.csv")
             write_parquet(frame, folder / f"{name}.parquet")
             for ext in ("csv", "parquet"):
                 f = folder / f"{name}.{ext}"

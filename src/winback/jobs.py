@@ -25,13 +25,28 @@ from winback.campaigns import suppressed
 from winback.config import Config
 from winback.errors import DataError
 from winback.evaluate import plot_profit_curve
-from winback.export import export_lists, list_exports, previous_export, write_csv
+from winback.export import (
+    export_lists,
+    list_exports,
+    previous_export,
+    read_lists,
+    readme_text,
+    write_csv,
+)
 from winback.measure import Readout, customer_outcomes, load_export, measure_campaign
 from winback.model import ChurnModel, check_model_file, load_model, save_model
 from winback.orders import Orders
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
-from winback.scoring import add_reasons, build_lists, delta, profit_curve, score_customers
+from winback.scoring import (
+    LIST_COLUMN_DOCS,
+    add_reasons,
+    build_lists,
+    delta,
+    listable,
+    profit_curve,
+    score_customers,
+)
 from winback.secrets import mask_url
 from winback.snapshots import build_snapshots, build_training_snapshots
 
@@ -194,6 +209,12 @@ class ModelRef:
     version: str
     run_id: str = ""
 
+    @property
+    def label(self) -> str:
+        """How the lists and the report name the model: ``registry v<N>`` for a registered
+        version, ``file <name>`` for a model file."""
+        return f"registry v{self.version}" if self.run_id else f"file {self.path.name}"
+
 
 def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = None) -> ModelRef:
     """The champion of the registry (``model="champion"``) or a saved model file, checked to
@@ -248,7 +269,7 @@ def score_job(
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
     scored = score_customers(
-        orders, churn_model, t, camp, cfg.features.windows_days, model_version=str(version)
+        orders, churn_model, t, camp, cfg.features.windows_days, model_version=ref.label
     )
     scores, drift = scored.scores, scored.drift
     worst = max(drift, key=drift.get) if drift else None
@@ -284,19 +305,26 @@ def score_job(
             else None
         )
         why = suppressed(
-            scores["customer_id"], pd.Timestamp(t), contacts, camp.cooldown_days, opted
+            scores["customer_id"],
+            pd.Timestamp(t),
+            contacts,
+            camp.cooldown_days,
+            opted,
+            scores["days_since_last_order"],
+            camp.recent_days,
         )
         scores["suppressed"] = why
         lists = build_lists(scores, camp, why)
+        listed = pd.concat([f.set_index("customer_id")["group"] for f in lists.values()])
+        scores["group"] = scores["customer_id"].map(listed).astype("string")  # NA: not listed
+        del listed
         scoring.release_memory()  # each step's leftovers go back before the next one
         lists = add_reasons(scored, churn_model, lists, camp.reasons_method)
         scoring.release_memory()
-        curve = profit_curve(scores, why)
+        curve = profit_curve(scores, why, camp.min_p_churn)
         scoring.release_memory()
         prev = previous_export(out, key)
-        old = None
-        if prev is not None:
-            old = {n: pd.read_parquet(prev / f"{n}.parquet") for n in lists}
+        old = read_lists(prev) if prev is not None else None
         changes = delta(lists, old)
         scoring.release_memory()
 
@@ -304,7 +332,7 @@ def score_job(
             plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
 
         tables = {"delta.csv": changes, "profit_curve.csv": curve}
-        extras = {"profit_curve.png": write_png}
+        in_group = scores["campaign"].notna().to_numpy()
         manifest = {
             "as_of": t.isoformat(),
             "horizon_days": int(churn_model.horizon_days),  # the window measure reads out
@@ -312,7 +340,8 @@ def score_job(
             "validation": validation_record(orders),
             "warnings": warnings,
             "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
-            "model_version": str(version),
+            "model_version": ref.label,
+            "model_registry_version": str(version) if run_id else None,
             "model_file": str(path),
             "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())[
                 "sha256"
@@ -322,7 +351,15 @@ def score_job(
             "suppressed": {
                 "opted_out": int((why == "opted out").sum()),
                 "cooldown": int(why.str.startswith("contacted", na=False).sum()),
+                "recent_buyer": int(why.str.startswith("bought", na=False).sum()),
             },
+            "below_min_p_churn": int(
+                (in_group & why.isna().to_numpy() & ~listable(scores, camp.min_p_churn)).sum()
+            ),
+            "extrapolated_listed": {
+                name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
+            },
+            "sizing": sizing_record(cfg),
             "previous_export": prev.name if prev else None,
             "drift_psi": {k: round(v, 6) for k, v in drift.items()},
             "drift_forced": bool(force and worst and drift[worst] > cfg.drift.fail_psi),
@@ -330,8 +367,50 @@ def score_job(
             "winback_version": __version__,
             "wall_seconds": round(time.perf_counter() - t0, 3),
         }
+        extras = {
+            "profit_curve.png": write_png,
+            "README.txt": lambda p: p.write_text(
+                readme_text(LIST_COLUMN_DOCS, manifest), encoding="utf-8"
+            ),
+        }
         folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
-    return ScoreResult(folder, scores, lists, t, str(version))
+    return ScoreResult(folder, scores, lists, t, ref.label)
+
+
+def sizing_record(cfg: Config) -> dict:
+    """What the list sizing assumed, for the manifest and the export's README.txt."""
+    camp = cfg.campaigns
+    gain = (
+        "expected_gain = p_churn x save_rate x value - contact_cost - offer_cost x (1 - p_churn "
+        "+ p_churn x save_rate): every contact costs contact_cost, the offer is paid by the "
+        "contacted customers who buy, and save_rate is the share of would-be churners a contact "
+        "keeps"
+    )
+    chosen = {
+        "profit": "a group's list holds its customers with expected_gain > 0, highest first",
+        "top_k": f"a group's list holds its {camp.top_k} riskiest customers",
+        "threshold": f"a group's list holds its customers with p_churn >= {camp.threshold}",
+    }[camp.size_by]
+    return {
+        "method": camp.size_by,
+        "rule": f"{chosen}, up to its capacity; {gain}",
+        "value": f"spend over the last {camp.value_days} days; with no purchase in them, what "
+        f"the customer spent per {camp.value_days} days while buying",
+        "min_p_churn": camp.min_p_churn,
+        "recent_days": camp.recent_days,
+        "currency": camp.currency,
+        "groups": {
+            g.name: {
+                "list": g.list,
+                "save_rate": g.save_rate,
+                "save_rate_source": "campaigns.groups in the config: an assumption",
+                "contact_cost": g.contact_cost,
+                "offer_cost": g.offer_cost,
+                "capacity": g.capacity,
+            }
+            for g in camp.groups
+        },
+    }
 
 
 #: Scoring this many days after the last order is allowed, with a warning: the file is stale.
@@ -570,9 +649,9 @@ def _champion_gains(
                 "'winback train' to see its gains curve here."
             )
         path, version, _ = found
-        name = f"champion v{version}"
+        name = f"champion (registry v{version})"
     else:
-        path, name = Path(model), Path(model).name
+        path, name = Path(model), f"file {Path(model).name}"
     if not path.is_file():
         return None, f"The model file {path} is missing."
     churn_model = load_model(path)
@@ -636,6 +715,7 @@ def report_job(
     from winback.report import (
         active_window_days,
         cohort_table,
+        horizon_churn,
         kpi_sections,
         overall_repeat_rate,
         plot_list_sizes,
@@ -657,11 +737,15 @@ def report_job(
     step(1, 5)
     cohorts = cohort_table(orders, as_of)
     step(2, 5)
-    tables = {"kpis.csv": kpis, "cohorts.csv": cohorts.reset_index()}
-    tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}
-    sections = kpi_sections(kpis, cohorts, by, repeat, window)
-
     exports = [e for e in list_exports(exports_dir) if datetime.fromisoformat(e.name) < end]
+    # the horizon of the lists: the latest export's model, or the configured one
+    latest_doc = json.loads((exports[-1] / "manifest.json").read_text()) if exports else {}
+    h = int(latest_doc.get("horizon_days") or cfg.labels.horizon_days)
+    churn_h = horizon_churn(orders, period, h, window, as_of)
+    tables = {"kpis.csv": kpis, "cohorts.csv": cohorts.reset_index(), "churn_horizon.csv": churn_h}
+    tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}
+    sections = kpi_sections(kpis, cohorts, by, repeat, window, churn_h, h)
+
     lists_sec = Section("lists", "Scores and win-back lists")
     camp_sec = Section("campaigns", "Campaigns: treatment against control")
     readouts: list[Readout] = []
@@ -673,9 +757,10 @@ def report_job(
         history = []
         for e in exports:
             m = json.loads((e / "manifest.json").read_text())
+            rows = m.get("rows", {})
             history.append(
-                {"as_of": e.name, "model_version": m.get("model_version")}
-                | {f"rows_{k}": v for k, v in m.get("rows", {}).items() if k != "scores"}
+                {"as_of": e.name, "model": m.get("model_version"), "scored": rows.get("scores")}
+                | {f"listed_{k}": v for k, v in rows.items() if k != "scores"}
             )
         history = pd.DataFrame(history)
         tables["list_sizes.csv"] = history
@@ -683,7 +768,9 @@ def report_job(
         scores = pd.read_parquet(latest / "scores.parquet", columns=["list", "p_churn"])
         lists_sec.text(
             f"Churn probabilities of every customer scored in the latest export ({latest.name}, "
-            f"model {history['model_version'].iloc[-1]}), and the list sizes of every export."
+            f"model {history['model'].iloc[-1]}), and the list sizes of every export: 'scored' "
+            "counts every customer scored, 'listed_<list>' those on the list (to contact and "
+            "control)."
         )
         lists_sec.add(figure_tag(plot_score_distribution(scores), "latest score distribution"))
         lists_sec.add(figure_tag(plot_list_sizes(history), "list size per export"))

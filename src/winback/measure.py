@@ -43,7 +43,7 @@ from scipy import stats
 
 from winback.engines.duckdb import registered
 from winback.errors import DataError, UsageError
-from winback.export import read_manifest
+from winback.export import read_lists, read_manifest
 from winback.orders import Orders
 
 __all__ = [
@@ -132,11 +132,7 @@ def load_export(export_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             f"The export {d} does not exist; pass a folder written by 'winback score'."
         )
     manifest = read_manifest(d)
-    frames = []
-    for name in ("at_risk", "lapsed"):
-        f = d / f"{name}.parquet"
-        if f.is_file():
-            frames.append(pd.read_parquet(f, columns=["customer_id", "list", "campaign", "group"]))
+    frames = list(read_lists(d, ["customer_id", "list", "campaign", "group"]).values())
     if not frames:
         raise DataError(f"{d} has no at_risk.parquet or lapsed.parquet list.")
     lists = pd.concat(frames, ignore_index=True)
@@ -329,7 +325,7 @@ def plot_readout(table: pd.DataFrame, ax=None):
     the difference drawn on the treatment bar."""
     from winback.evaluate import _new_ax
 
-    ax = ax or _new_ax((6.5, 0.5 * len(table) + 1.8))
+    ax = ax or _new_ax((6.5, 0.5 * len(table) + 2.2))
     y = np.arange(len(table))
     ax.barh(y + 0.2, table["retention_control"], height=0.4, label="control", color="#9aa5b1")
     lo = table["incremental_retention_lo"] + table["retention_control"]
@@ -352,5 +348,5 @@ def plot_readout(table: pd.DataFrame, ax=None):
     ax.set_yticks(y, table["scope"])
     ax.invert_yaxis()
     ax.set(xlabel="share who bought again in the window", title="Treatment against control")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
     return ax

@@ -7,15 +7,22 @@ Two lists, both ranked by the model's calibrated ``p_churn``:
   (reactivation). Lapsed customers older than the model's lookback are scored by extrapolation:
   use their ranking, not their probability at face value.
 
-Each customer gets ``value`` (spend over the last ``value_days``), ``expected_value`` (BG/NBD's
-expected purchases over H times their mean order value), ``value_at_risk = p_churn x value``, an
-RFM segment, the first campaign group whose rules hold (with its offer, channel and costs),
-``expected_gain = p_churn x save_rate x value - contact_cost - offer_cost x P(buys)`` (the offer
-is paid by the contacted customers who buy: ``P(buys) = 1 - p_churn + p_churn x save_rate``,
-the cost model of ``measure`` too), and the top three
-reasons for their risk. Each group's list is sized by maximum expected profit (or top-k, or a
-threshold) and capped by its capacity; then a deterministic share of it becomes the control
-group, which is not contacted and measures the campaign later.
+Each customer gets ``value`` (spend over the last ``value_days``; for a customer with no purchase
+in them, what they spent per ``value_days`` while buying: their spend in the scoring lookback
+over the time from their first to their last order there, at least ``value_days``),
+``expected_value`` (BG/NBD's expected purchases over H times their mean order value),
+``value_at_risk = p_churn x value``, an RFM segment, the first campaign group whose rules hold
+(with its offer, channel and costs), ``expected_gain = p_churn x save_rate x value -
+contact_cost - offer_cost x P(buys)`` (the offer is paid by the contacted customers who buy:
+``P(buys) = 1 - p_churn + p_churn x save_rate``, the cost model of ``measure`` too), and the top
+three reasons for their risk. ``extrapolated`` marks customers whose last order is older than
+any the model was trained on (its lookback): their probability is an extrapolation.
+
+A customer is listed when nothing suppresses them (opted out, contacted recently, or a purchase
+within ``recent_days``) and their ``p_churn`` is at least ``min_p_churn``. Each group's list is
+sized by maximum expected profit (or top-k, or a threshold) and capped by its capacity; then a
+deterministic share of it becomes the control group, which is not contacted and measures the
+campaign later.
 """
 
 from __future__ import annotations
@@ -54,9 +61,13 @@ __all__ = [
     "score_customers",
     "add_reasons",
     "build_lists",
+    "listable",
+    "customer_value",
     "profit_curve",
     "delta",
     "LIST_COLUMNS",
+    "LIST_COLUMN_DOCS",
+    "RISK_BANDS",
 ]
 
 
@@ -106,25 +117,38 @@ class Scored:
 REASON_BLOCK_ROWS = 250_000
 
 
-LIST_COLUMNS = [
-    "customer_id",
-    "as_of",
-    "list",
-    "rank",
-    "p_churn",
-    "risk_decile",
-    "value",
-    "expected_value",
-    "value_at_risk",
-    "segment",
-    "campaign",
-    "offer",
-    "channel",
-    "expected_gain",
-    "group",
-    "reasons",
-    "model_version",
-]
+#: The columns of a list file, and what each holds (the export's README.txt says the same).
+LIST_COLUMN_DOCS = {
+    "customer_id": "the customer's id, as text exactly as in the orders (leading zeros kept)",
+    "as_of": "the scoring date (YYYY-MM-DD): the lists use orders up to the end of this day",
+    "list": "at_risk (bought within the model's horizon; prevention) or lapsed (bought "
+    "longer ago, within campaigns.reactivation_days; reactivation)",
+    "rank": "1 = the highest churn probability in this file, then 2, 3, ... without gaps",
+    "p_churn": "the probability that the customer places no order within the horizon "
+    "(0-1; rounded to 3 decimals in the CSV)",
+    "risk_decile": "1 = the riskiest tenth of the customers scored for this list, 10 = the "
+    "least risky tenth",
+    "risk_band": "high (risk deciles 1-3), medium (4-7) or low (8-10)",
+    "extrapolated": "True when the last order is older than any the model learnt from (its "
+    "lookback): rank by the probability, do not read it at face value",
+    "days_since_last_order": "whole days from the last order to the as-of",
+    "value": "what the customer is worth if kept: spend over the last campaigns.value_days "
+    "days; with no purchase in them, what they spent per value_days while buying",
+    "expected_value": "BG/NBD's expected spend over the horizon if nothing is done",
+    "value_at_risk": "p_churn x value",
+    "currency": "the currency of every amount (campaigns.currency; empty: not stated)",
+    "segment": "the RFM segment, from quintiles of recency and frequency within this list",
+    "campaign": "the campaign group (campaigns.groups): the first whose rules the customer meets",
+    "offer": "the group's offer",
+    "channel": "the group's channel",
+    "expected_gain": "expected profit of contacting the customer: p_churn x save_rate x value "
+    "- contact_cost - offer_cost x P(buys), P(buys) = 1 - p_churn + p_churn x save_rate",
+    "group": "treatment (contact) or control (do not contact: it measures the campaign)",
+    "reasons": "up to three plain-language reasons for the risk, true of this customer "
+    "against the scored customers' medians",
+    "model_version": "the model that scored: 'registry v<N>' or 'file <name>'",
+}
+LIST_COLUMNS = list(LIST_COLUMN_DOCS)
 
 
 def score_customers(
@@ -161,7 +185,9 @@ def score_customers(
             model,
             engine.query_df(f"SELECT * FROM {parts} WHERE recency_days < {model.lookback_days}"),
         )
-        out = _score_table(engine, parts, "customer_id", h, as_of, campaigns, model_version)
+        out = _score_table(
+            engine, parts, "customer_id", h, model.lookback_days, as_of, campaigns, model_version
+        )
         scored = Scored(out, drift, pd.DataFrame(), folder / "features")
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
@@ -184,7 +210,9 @@ def score_customers(
     duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
     try:
         with registered(duck.con, base.assign(_row=np.arange(len(base))), "_scores") as name:
-            out = _score_table(duck, name, "_row", h, as_of, campaigns, model_version)
+            out = _score_table(
+                duck, name, "_row", h, model.lookback_days, as_of, campaigns, model_version
+            )
     finally:
         if duck is not engine:
             duck.con.close()
@@ -198,11 +226,25 @@ def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> 
         "recency_days": snap["recency_days"],
         "n_orders": snap["n_orders"],
         "n_order_days": snap["n_order_days"],
-        "value": snap[f"spend_{value_days}d"].astype(float),
+        "value": customer_value(snap, value_days),
         "expected_value": (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float),
     }
     cols |= {c: snap[c] for c in DRIFT_FEATURES if c in snap.columns and c not in cols}
     return pd.DataFrame(cols).assign(p_churn=p_churn)
+
+
+def customer_value(snap: pd.DataFrame, value_days: int) -> pd.Series:
+    """What each customer is worth if kept: their spend over the last ``value_days`` days; for a
+    customer with no purchase in them (a long-lapsed one), what they spent per ``value_days``
+    while buying: ``monetary_total x value_days / max(first-to-last-order days, value_days)``
+    over the snapshot's lookback. So a customer who spent 300 in one year and stopped two years
+    ago is worth 300, not 0."""
+    recent = snap[f"spend_{value_days}d"].to_numpy(dtype=float, na_value=np.nan)
+    quiet = snap[f"orders_{value_days}d"].to_numpy(dtype=float, na_value=0.0) == 0
+    span = (snap["tenure_days"] - snap["recency_days"]).to_numpy(dtype=float, na_value=0.0)
+    total = snap["monetary_total"].to_numpy(dtype=float, na_value=0.0)
+    while_buying = total * value_days / np.maximum(span, value_days)
+    return pd.Series(np.where(quiet, while_buying, recent), index=snap.index, dtype=float)
 
 
 def _drift(model: ChurnModel, scores: pd.DataFrame) -> dict[str, float]:
@@ -215,25 +257,33 @@ def _drift(model: ChurnModel, scores: pd.DataFrame) -> dict[str, float]:
     )
 
 
+#: The risk band of each risk decile (1 = riskiest tenth).
+RISK_BANDS = {"high": (1, 3), "medium": (4, 7), "low": (8, 10)}
+
+
 def _score_table(
     duck,
     source: str,
     order_by: str,
     horizon_days: int,
+    lookback_days: int,
     as_of: datetime,
     campaigns: CampaignsConfig,
     model_version: str,
 ) -> pd.DataFrame:
     """The score table of the customers in ``source`` (:func:`_score_columns`, a table or a
-    query), ordered by ``order_by``: the list, the rank and decile by ``p_churn`` within it,
-    the RFM segment (quintiles within the customer's list, so a segment describes the list it
-    is on) and the campaign group."""
+    query), ordered by ``order_by``: the list, the rank and decile by ``p_churn`` within it and
+    its band, whether the probability is extrapolated (a last order ``lookback_days`` or more
+    ago, older than any the model learnt from), the RFM segment (quintiles within the
+    customer's list, so a segment describes the list it is on) and the campaign group."""
     t = duck.query_df(
         f"""
         SELECT customer_id, list = 'lapsed' AS lapsed, p_churn, value, expected_value,
                p_churn * value AS value_at_risk,
                CAST(n_order_days AS BIGINT) AS n_order_days, rank,
-               CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f
+               CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f,
+               CAST(floor(recency_days) AS BIGINT) AS days_since_last_order,
+               recency_days >= {int(lookback_days)} AS extrapolated
         FROM (
             SELECT *,
                    row_number() OVER (PARTITION BY list ORDER BY p_churn DESC, customer_id)
@@ -252,21 +302,30 @@ def _score_table(
         """
     )
     n = len(t)
+    decile = t["risk_decile"].to_numpy()
+    band = np.full(n, -1, dtype=np.int8)
+    for i, (lo, hi) in enumerate(RISK_BANDS.values()):
+        band[(decile >= lo) & (decile <= hi)] = i
+    one = np.zeros(n, dtype=np.int8)
     out = pd.DataFrame(
         {
             "customer_id": t["customer_id"],
-            "as_of": texts_of(np.zeros(n, dtype=np.int8), [f"{as_of:%Y-%m-%d}"]),
+            "as_of": texts_of(one, [f"{as_of:%Y-%m-%d}"]),
             "list": texts_of(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
             "p_churn": t["p_churn"],
+            "extrapolated": t["extrapolated"].astype(bool),
+            "days_since_last_order": t["days_since_last_order"].astype("int64"),
             "value": t["value"],
             "expected_value": t["expected_value"],
             "value_at_risk": t["value_at_risk"],
+            "currency": texts_of(one, [campaigns.currency or ""]),
             "segment": segments_of(t["r"], t["f"], t.index, t["lapsed"]),
             "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
-            "model_version": texts_of(np.zeros(n, dtype=np.int8), [model_version]),
+            "model_version": texts_of(one, [model_version]),
             "n_order_days": t["n_order_days"],
             "rank": t["rank"].astype("int64"),
             "risk_decile": t["risk_decile"],
+            "risk_band": texts_of(band, list(RISK_BANDS)),
         },
         copy=False,
     )
@@ -411,15 +470,27 @@ def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None
     out["expected_gain"] = gain
 
 
+def listable(
+    scores: pd.DataFrame, min_p_churn: float | None, suppress: pd.Series | None = None
+) -> np.ndarray:
+    """Who may be listed: nothing suppresses them and ``p_churn >= min_p_churn`` (any risk when
+    ``min_p_churn`` is None)."""
+    ok = np.ones(len(scores), dtype=bool) if suppress is None else suppress.isna().to_numpy().copy()
+    if min_p_churn is not None:
+        ok &= scores["p_churn"].to_numpy(dtype=float, na_value=np.nan) >= min_p_churn
+    return ok
+
+
 def build_lists(
     scores: pd.DataFrame, campaigns: CampaignsConfig, suppress: pd.Series | None = None
 ) -> dict[str, pd.DataFrame]:
-    """The ``at_risk`` and ``lapsed`` lists: suppressed customers left out, each group sized and
-    capped, then split into treatment and control. Rows are ordered by list rank.
+    """The ``at_risk`` and ``lapsed`` lists: suppressed customers and those below
+    ``campaigns.min_p_churn`` left out, each group sized and capped, then split into treatment
+    and control. Rows are ordered by ``p_churn`` (then customer id) and ranked 1..n.
 
     ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
     """
-    eligible = np.ones(len(scores), dtype=bool) if suppress is None else suppress.isna().to_numpy()
+    eligible = listable(scores, campaigns.min_p_churn, suppress)
     keys = ["customer_id", "p_churn", "expected_gain"]
     kept = [scores.columns.get_loc(c) for c in LIST_COLUMNS if c != "group"]
     lists = {}
@@ -448,6 +519,7 @@ def build_lists(
         flags = np.concatenate(control)[by_rank]
         # the one copy; the lists hold their texts as the files do
         frame = plain_columns(scores.iloc[at[by_rank], kept].reset_index(drop=True))
+        frame["rank"] = np.arange(1, len(frame) + 1, dtype=np.int64)
         frame.insert(
             LIST_COLUMNS.index("group"),
             "group",
@@ -457,13 +529,14 @@ def build_lists(
     return lists
 
 
-def profit_curve(scores: pd.DataFrame, suppress: pd.Series | None = None) -> pd.DataFrame:
-    """Cumulative expected gain of contacting the eligible customers of each list, best first:
-    ``list, n_contacted, customer_id, expected_gain, cumulative_gain``. The maximum of
-    ``cumulative_gain`` is where the profit-sized list stops."""
-    keep = scores["expected_gain"].notna().to_numpy()
-    if suppress is not None:
-        keep = keep & suppress.isna().to_numpy()
+def profit_curve(
+    scores: pd.DataFrame, suppress: pd.Series | None = None, min_p_churn: float | None = None
+) -> pd.DataFrame:
+    """Cumulative expected gain of contacting the customers of each list who may be listed
+    (:func:`listable`), best first: ``list, n_contacted, customer_id, expected_gain,
+    cumulative_gain``. The maximum of ``cumulative_gain`` is where the profit-sized list
+    stops."""
+    keep = scores["expected_gain"].notna().to_numpy() & listable(scores, min_p_churn, suppress)
     names = sorted(str(n) for n in scores.loc[keep, "list"].unique())
     parts = []
     for i, name in enumerate(names):
