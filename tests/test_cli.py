@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, hidden_in_browser, run_cli
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -140,7 +140,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "recovered within the 95% interval" in stdout
     readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
     assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
-    assert (demo / "reports" / "report.html").is_file()
+    # every table and plot of the report fits a 1280-pixel browser window
+    assert hidden_in_browser(demo / "reports" / "report.html") == []
     assert "  model  " in stdout and "  bgnbd  " in stdout
     assert (demo / "backtest" / "metrics.json").is_file()
 

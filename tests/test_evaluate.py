@@ -95,3 +95,42 @@ def test_profit_curve_plot_draws_a_long_curve_through_its_peak():
     assert len(x) <= CURVE_PLOT_POINTS + 3
     assert x[0] == 1 and x[-1] == n and 77_777 in x and y.max() == 77_777.0
     assert ax.collections[0].get_offsets().tolist() == [[77_777.0, 77_777.0]]
+
+
+def test_plots_show_what_a_reader_needs():
+    from winback.evaluate import plot_calibration, plot_gains, plot_importance
+    from winback.report import plot_list_sizes
+
+    # importance: one tick per feature with room for its label, on a log scale where a feature
+    # with 1/1000 of the top gain is still a bar
+    imp = pd.Series(
+        [5000.0, 800.0, 40.0, 5.0, 0.0], index=["recency_days", "n_orders", "a", "b", "zero"]
+    )
+    ax = plot_importance(imp)
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] < 5.0
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["b", "a", "n_orders", "recency_days"]  # no gain, no bar
+    inches_per_row = ax.figure.get_figheight() / len(labels)
+    assert inches_per_row >= 8 / 72 * 2  # two 8-point lines of room per label
+    # gains: the model is drawn over the baselines, thicker, and the legend reads its capture
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 1000)
+    s = y + rng.normal(0, 1, 1000)
+    ax = plot_gains(y, {"model": s, "bgnbd": s})  # identical curves: the model must show
+    model, bgnbd = ax.get_lines()[:2]
+    assert model.get_zorder() > bgnbd.get_zorder() and model.get_linewidth() > bgnbd.get_linewidth()
+    assert bgnbd.get_linestyle() != "-"
+    top10 = np.cumsum(y[np.argsort(-s, kind="stable")])[99] / y.sum()
+    assert model.get_label() == f"model (top 10%: {top10:.0%})"
+    # calibration: bins carry their counts
+    ax = plot_calibration(y, {"model": 1 / (1 + np.exp(-s)), "bgnbd": np.full(1000, y.mean())})
+    assert ax.get_lines()[0].get_label() == "model (10 bins of 100)"
+    assert [t.get_text() for t in ax.texts] == ["n=100"] * 10
+    # list sizes: the count axis starts at zero
+    history = pd.DataFrame(
+        {"as_of": ["2024-01-01", "2024-02-01"], "listed_at_risk": [900, 950], "scored": [5, 5]}
+    )
+    ax = plot_list_sizes(history)
+    assert ax.get_ylim()[0] == 0 and [ln.get_label() for ln in ax.get_lines()] == [
+        "at_risk: listed"
+    ]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import frame, orders_of
+from tests.conftest import frame, hidden_in_browser, orders_of
 from winback.campaigns import rfm_segments
 from winback.errors import UsageError
 from winback.report import (
@@ -266,7 +266,10 @@ def test_report_html_is_valid_self_contained_and_has_every_section(tmp_path, syn
     p.feed(page)
     p.close()
     assert p.stack == [], "unclosed tags"
-    assert p.sections == ["retention", "cohorts", "losses", "campaigns", "lists", "model"]
+    assert p.sections == [
+        "horizon", "retention", "cohorts", "losses", "campaigns", "lists", "model"
+    ]  # fmt: skip
+    assert hidden_in_browser(tmp_path / "reports" / "report.html") == []
     with_images = {s for s, src in p.images}
     assert with_images == set(p.sections)
     assert all(src.startswith("data:image/png;base64,") for _, src in p.images)
@@ -274,7 +277,7 @@ def test_report_html_is_valid_self_contained_and_has_every_section(tmp_path, syn
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "<link" not in page
     for name in ("kpis.csv", "cohorts.csv", "retention_by_segment.csv", "retention_by_channel.csv",
-                 "list_sizes.csv", "campaign_2023-10-31.csv"):  # fmt: skip
+                 "list_sizes.csv", "campaign_2023-10-31.csv", "churn_horizon.csv"):  # fmt: skip
         assert (tmp_path / "reports" / name).is_file(), name
     kpis = pd.read_csv(tmp_path / "reports" / "kpis.csv")
     assert kpis["period"].iloc[-1] == "2023-11"  # the last order is on Dec 30: December is open
@@ -295,3 +298,70 @@ def test_report_without_exports_or_model_says_so_and_bad_period_is_a_usage_error
     bad = _run(["report", "--orders", "orders.parquet", "--period", "week"], tmp_path)
     assert bad.returncode == 2 and "month, quarter or year" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_browser_check_sees_a_table_too_wide_for_the_window(tmp_path):
+    from winback.html import Section, render_page, table_tag
+
+    wide = pd.DataFrame({f"column_{i:02d}": [12345.678] for i in range(40)})
+    narrow = pd.DataFrame({"scope": ["all"], "p": ["< 0.001"]})
+    sec = Section("wide", "Wide").add(table_tag(wide))
+    ok = Section("narrow", "Narrow").add(table_tag(narrow))
+    (tmp_path / "page.html").write_text(render_page("t", "s", [ok, sec]))
+    cut = hidden_in_browser(tmp_path / "page.html")
+    assert len(cut) == 1 and cut[0].startswith("wide:table:")
+
+
+def test_readout_tables_and_p_values_by_hand():
+    from winback.report import p_value, readout_tables
+
+    assert [p_value(x) for x in (0.0000997, 0.0841, 0.001, float("nan"))] == [
+        "< 0.001", "0.084", "0.001", ""
+    ]  # fmt: skip
+    t = pd.DataFrame(
+        {
+            "scope": ["all"], "n_treatment": [900], "n_control": [100],
+            "retention_treatment": [0.30], "retention_control": [0.20],
+            "incremental_retention": [0.10], "incremental_retention_lo": [0.02],
+            "incremental_retention_hi": [0.18], "incremental_retention_p": [0.0123],
+            "incremental_retention_p_adjusted": [0.0369],
+            "revenue_per_customer_treatment": [12.0], "revenue_per_customer_control": [10.0],
+            "incremental_revenue": [1800.0], "incremental_revenue_lo": [-200.0],
+            "incremental_revenue_hi": [3800.0], "cost": [500.0], "net_revenue": [1300.0],
+            "net_revenue_lo": [-700.0], "net_revenue_hi": [3300.0],
+        }
+    )  # fmt: skip
+    bought, money = readout_tables(t)
+    assert bought.iloc[0].tolist() == [
+        "all", 900, 100, "30.0%", "20.0%", "+10.0 [+2.0, +18.0]", "0.012", "0.037"
+    ]  # fmt: skip
+    assert money.iloc[0].tolist() == [
+        "all", 12.0, 10.0, "1,800 [-200, 3,800]", 500.0, "1,300 [-700, 3,300]"
+    ]  # fmt: skip
+
+
+def test_churn_over_the_model_horizon_by_hand():
+    from winback.report import horizon_churn
+
+    log = frame(
+        [
+            ("A", "2024-01-10 10:00", 10.0),
+            ("A", "2024-03-05 10:00", 10.0),
+            ("B", "2024-01-20 10:00", 10.0),
+            ("C", "2024-02-15 10:00", 10.0),
+            ("C", "2024-04-03 10:00", -10.0),  # a return is not a purchase
+        ]
+    )
+    h = horizon_churn(orders_of(log), "month", 30, 365, as_of=datetime(2024, 4, 30))
+    # Feb 1: A and B active, neither buys by Mar 2; Mar 1: A, B, C active, A buys on Mar 5;
+    # Apr 1: all three active, nobody buys by May 1 (the end of the as-of day: included)
+    assert h["period"].tolist() == ["2024-01", "2024-02", "2024-03", "2024-04"]
+    assert h["active"].tolist() == [0, 2, 3, 3]
+    assert h["churned"].tolist() == [0, 2, 2, 3]
+    assert np.isnan(h["churn_rate"].iloc[0])
+    assert h["churn_rate"].iloc[1:].tolist() == pytest.approx([1.0, 2 / 3, 1.0])
+    # over 45 days, April (complete) is left out: its 45 days have not passed by May 1;
+    # March's have (Apr 15), and A's order on Mar 5 falls in them
+    longer = horizon_churn(orders_of(log), "month", 45, 365, as_of=datetime(2024, 4, 30))
+    assert longer["period"].tolist() == ["2024-01", "2024-02", "2024-03"]
+    assert longer["churned"].tolist() == [0, 1, 2]  # Feb 1 + 45 days reaches A's Mar 5

@@ -59,15 +59,19 @@ __all__ = [
     "active_window_days",
     "retention_kpis",
     "retention_tables",
+    "horizon_churn",
     "overall_repeat_rate",
     "cohort_table",
     "retention_by",
     "plot_retention",
+    "plot_horizon_churn",
     "plot_cohorts",
     "plot_retention_by",
     "plot_score_distribution",
     "plot_list_sizes",
     "readout_section",
+    "readout_tables",
+    "p_value",
     "kpi_sections",
 ]
 
@@ -257,6 +261,55 @@ def retention_kpis(
     """
     with _activity(orders, period, lookback_days, as_of) as a:
         return _kpis(orders, a)
+
+
+def horizon_churn(
+    orders: Orders,
+    period: Period,
+    horizon_days: int,
+    lookback_days: int = 365,
+    as_of: datetime | None = None,
+) -> pd.DataFrame:
+    """Churn as the model predicts it, at the start t of every complete period whose horizon has
+    passed (``t + horizon_days`` at or before the end of the as-of day): of the customers with a
+    purchase in ``[t - lookback_days, t)``, the share with no purchase in ``[t, t +
+    horizon_days)``. This is the label the model learns and the lists score, so the report and
+    the lists tell the same story. Returns ``period, period_start, active, churned,
+    churn_rate``."""
+    end = report_end(orders, as_of)
+    first = orders.con.execute(
+        f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
+    ).fetchall()[0][0]
+    cols = ["period", "period_start", "active", "churned", "churn_rate"]
+    if first is None:
+        return pd.DataFrame(columns=cols)
+    periods = period_bounds(first, end, period)
+    h, lb = int(horizon_days), int(lookback_days)
+    periods = periods[periods["period_start"] + timedelta(days=h) <= end]
+    if periods.empty:
+        return pd.DataFrame(columns=cols)
+    with registered(orders.con, periods[["period", "period_start"]], "_wb_cuts") as cuts:
+        got = orders.con.execute(
+            f"""
+            WITH {_buys_sql(orders, end)},
+            per AS (
+                SELECT c.period, c.period_start, b.customer_id,
+                       bool_or(b.order_ts < c.period_start) AS was_active,
+                       bool_or(b.order_ts >= c.period_start) AS bought
+                FROM buys b JOIN {cuts} c
+                  ON b.order_ts >= c.period_start - INTERVAL {lb} DAY
+                 AND b.order_ts < c.period_start + INTERVAL {h} DAY
+                GROUP BY ALL
+            )
+            SELECT c.period, c.period_start,
+                   count(p.customer_id) FILTER (WHERE p.was_active) AS active,
+                   count(p.customer_id) FILTER (WHERE p.was_active AND NOT p.bought) AS churned
+            FROM {cuts} c LEFT JOIN per p USING (period, period_start)
+            GROUP BY ALL ORDER BY c.period_start
+            """
+        ).df()
+    got["churn_rate"] = (got["churned"] / got["active"].where(got["active"] > 0)).astype(float)
+    return got[cols]
 
 
 def retention_tables(
@@ -493,6 +546,22 @@ def plot_retention(kpis: pd.DataFrame, ax=None):
     return ax
 
 
+def plot_horizon_churn(frame: pd.DataFrame, horizon_days: int, ax=None):
+    """Churn within the horizon at each period start, with the customers it is out of."""
+    ax = _ax((8, 3.6), ax)
+    x = np.arange(len(frame))
+    ax.plot(x, frame["churn_rate"].astype(float), marker="o", ms=3, lw=1.5, color="#c2410c")
+    step = max(1, len(frame) // 12)
+    ax.set_xticks(x[::step], frame["period"].iloc[::step], rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(_percent())
+    ax.set(
+        title=f"Active customers who bought nothing in the next {horizon_days} days",
+        ylabel="churn rate",
+    )
+    return ax
+
+
 def _percent():
     from matplotlib.ticker import PercentFormatter
 
@@ -530,7 +599,10 @@ def plot_retention_by(frame: pd.DataFrame, by: str, ax=None):
     for i, (rate, s) in enumerate(zip(last["churn_rate"], last["S"], strict=True)):
         ax.text(rate, i, f" {rate:.0%} of {s:,}", va="center", fontsize=7)
     ax.xaxis.set_major_formatter(_percent())
-    ax.set(title=f"Churn by {by} in {last['period'].iloc[-1]}", xlabel="churn rate")
+    ax.set(
+        title=f"Churn by {by} in {last['period'].iloc[-1]}",
+        xlabel="churn rate (active at the start, not at the end)",
+    )
     return ax
 
 
@@ -540,9 +612,12 @@ def plot_score_distribution(scores: pd.DataFrame, ax=None):
     bins = np.linspace(0, 1, 41)
     for name, part in scores.groupby("list", sort=True):
         ax.hist(
-            part["p_churn"].astype(float), bins=bins, alpha=0.6, label=f"{name} ({len(part):,})"
+            part["p_churn"].astype(float),
+            bins=bins,
+            alpha=0.6,
+            label=f"{name}: {len(part):,} scored",
         )
-    ax.set(xlabel="predicted churn probability", ylabel="customers", title="Latest scores")
+    ax.set(xlabel="predicted churn probability", ylabel="customers scored", title="Latest scores")
     ax.legend(loc="upper left", fontsize=8)
     return ax
 
@@ -550,10 +625,11 @@ def plot_score_distribution(scores: pd.DataFrame, ax=None):
 def plot_list_sizes(history: pd.DataFrame, ax=None):
     """Customers on each exported list over time."""
     ax = _ax((7, 3.5), ax)
-    for col in [c for c in history.columns if c.startswith("rows_")]:
+    for col in [c for c in history.columns if c.startswith("listed_")]:
         ax.plot(pd.to_datetime(history["as_of"]), history[col], marker="o", ms=3,
-                label=col.removeprefix("rows_"))  # fmt: skip
-    ax.set(ylabel="customers listed", title="List size per export")
+                label=f"{col.removeprefix('listed_')}: listed")  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.set(ylabel="customers listed (contact + control)", title="List size per export")
     ax.legend(loc="best", fontsize=8)
     ax.figure.autofmt_xdate()
     return ax
@@ -604,27 +680,85 @@ def readout_section(readout, section_id: str = "campaign") -> Section:
                 f"against {a['retention_control']:.1%} of the control, an uplift of "
                 f"{a['incremental_retention'] * 100:+.1f} points "
                 f"[{a['incremental_retention_lo'] * 100:+.1f}, "
-                f"{a['incremental_retention_hi'] * 100:+.1f}], p = "
-                f"{a['incremental_retention_p']:.3f} "
-                f"({a['incremental_retention_p_adjusted']:.3f} adjusted for {n_tests} "
+                f"{a['incremental_retention_hi'] * 100:+.1f}], p "
+                f"{_p_said(a['incremental_retention_p'])} "
+                f"({p_value(a['incremental_retention_p_adjusted'])} adjusted for {n_tests} "
                 f"comparisons); incremental revenue {a['incremental_revenue']:,.0f} "
                 f"[{a['incremental_revenue_lo']:,.0f}, {a['incremental_revenue_hi']:,.0f}] for a "
                 f"cost of {a['cost']:,.0f}: net {a['net_revenue']:,.0f} "
                 f"[{a['net_revenue_lo']:,.0f}, {a['net_revenue_hi']:,.0f}]."
             )
         sec.add(figure_tag(plot_readout(t), "treatment against control"))
-        shown = t[
-            [
-                "scope", "n_treatment", "n_control", "retention_treatment", "retention_control",
-                "incremental_retention", "incremental_retention_lo", "incremental_retention_hi",
-                "incremental_retention_p", "incremental_retention_p_adjusted",
-                "revenue_per_customer_treatment", "revenue_per_customer_control",
-                "incremental_revenue", "incremental_revenue_lo", "incremental_revenue_hi", "cost",
-                "net_revenue", "net_revenue_lo", "net_revenue_hi", "warning",
-            ]
-        ]  # fmt: skip
-        sec.add(table_tag(shown, percent=_RATES))
+        bought, money = readout_tables(t)
+        sec.add(table_tag(bought))
+        sec.add(table_tag(money))
     return sec
+
+
+def _p_said(p: float) -> str:
+    text = p_value(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
+def p_value(p: float) -> str:
+    """A p-value as people read it: three decimals, or ``< 0.001``."""
+    if pd.isna(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _with_interval(v, lo, hi, fmt: str) -> str:
+    if pd.isna(v):
+        return ""
+    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def readout_tables(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A readout's table (:func:`winback.measure.measure_campaign`) as two tables narrow enough
+    to read on a laptop screen: who bought again (uplift in points with its interval and
+    p-values) and the money (incremental and net revenue with their intervals, and the cost).
+    Every figure is in the readout's CSV too."""
+    pt = (t[["incremental_retention", "incremental_retention_lo", "incremental_retention_hi"]]
+          * 100)  # fmt: skip
+    bought = pd.DataFrame(
+        {
+            "scope": t["scope"],
+            "treated": t["n_treatment"],
+            "control": t["n_control"],
+            "bought again, treated": [_pct(v) for v in t["retention_treatment"]],
+            "bought again, control": [_pct(v) for v in t["retention_control"]],
+            "uplift, points [95% CI]": [
+                _with_interval(*row, "+.1f") for row in pt.itertuples(index=False)
+            ],
+            "p": [p_value(v) for v in t["incremental_retention_p"]],
+            "p (Holm)": [p_value(v) for v in t["incremental_retention_p_adjusted"]],
+        }
+    )
+    money = pd.DataFrame(
+        {
+            "scope": t["scope"],
+            "revenue per treated": t["revenue_per_customer_treatment"].astype(float),
+            "revenue per control": t["revenue_per_customer_control"].astype(float),
+            "incremental revenue [95% CI]": [
+                _with_interval(*row, ",.0f")
+                for row in t[
+                    ["incremental_revenue", "incremental_revenue_lo", "incremental_revenue_hi"]
+                ].itertuples(index=False)
+            ],
+            "cost": t["cost"].astype(float),
+            "net revenue [95% CI]": [
+                _with_interval(*row, ",.0f")
+                for row in t[["net_revenue", "net_revenue_lo", "net_revenue_hi"]].itertuples(
+                    index=False
+                )
+            ],
+        }
+    )
+    return bought, money
+
+
+def _pct(v) -> str:
+    return "" if pd.isna(v) else f"{v:.1%}"
 
 
 def kpi_sections(
@@ -633,16 +767,38 @@ def kpi_sections(
     by: dict[str, pd.DataFrame],
     repeat: tuple[int, int, float],
     window_days: int,
+    horizon: pd.DataFrame | None = None,
+    horizon_days: int | None = None,
 ) -> list[Section]:
-    """Sections of the retention KPIs, the cohorts and the losses by segment and channel."""
+    """Sections of the churn over the model's horizon (``horizon``, from :func:`horizon_churn`),
+    the retention KPIs, the cohorts and the losses by segment and channel."""
+    out = []
+    if horizon is not None and horizon_days:
+        sec = Section("horizon", f"Churn over the model's horizon ({horizon_days} days)")
+        sec.text(
+            f"What the model predicts and the lists score: of the customers with a purchase in "
+            f"the {window_days} days before the start of each period, the share who bought "
+            f"nothing in the {horizon_days} days after it. Shown for the periods whose "
+            f"{horizon_days} days have passed."
+        )
+        if len(horizon):
+            sec.add(figure_tag(plot_horizon_churn(horizon, horizon_days), "churn over horizon"))
+            sec.add(table_tag(horizon, percent=("churn_rate",)))
+        else:
+            sec.text(f"No period has {horizon_days} days of orders after its start yet.", "note")
+        out.append(sec)
     sec = Section("retention", "Retention by period")
     n, rep, rate = repeat
     sec.text(
         f"Active = at least one purchase in the {window_days} days before the instant. "
         "S = active at the start of the period, E = active at its end, N = new (first purchase "
-        "in the period); retention = (E - N) / S, churn = 1 - retention; 'reactivated' are "
-        "customers not active at the start who came back. Revenue retention = net revenue in the "
-        "period from the customers active at its start / theirs in the previous period. "
+        "in the period); retention = (E - N) / S, churn = 1 - retention: a customer churns here "
+        f"only when a whole {window_days} days pass without a purchase, so over one period it is "
+        "low"
+        + (f"; churn as the model sees it is above ({horizon_days} days)" if horizon_days else "")
+        + ". 'reactivated' are customers not active at the start who came back. Revenue "
+        "retention = net revenue in the period from the customers active at its start / theirs "
+        "in the previous period. "
         f"Overall repeat purchase rate: {rep:,} of {n:,} customers bought twice or more "
         f"({rate:.1%})."
     )
@@ -651,23 +807,25 @@ def kpi_sections(
         sec.add(table_tag(kpis[_KPI_SHOWN], percent=_RATES))
     else:
         sec.text("No complete period yet.", "note")
-    out = [sec]
+    out.append(sec)
 
     sec = Section("cohorts", "Cohorts")
     sec.text(
         "Share of each cohort (month of the first purchase) that bought in each later month; "
-        "blank where the month is not over yet."
+        "blank where the month is not over yet. The table shows the first 12 months of the "
+        "latest 24 cohorts; the heatmap goes to 24 months and cohorts.csv holds every one."
     )
     if len(cohorts):
         sec.add(figure_tag(plot_cohorts(cohorts), "cohort heatmap"))
-        shown = cohorts.iloc[-24:, : 1 + 24].reset_index()
+        shown = cohorts.iloc[-24:, : 1 + 12].reset_index()
         sec.add(table_tag(shown, percent=tuple(shown.columns[2:])))
     out.append(sec)
 
     sec = Section("losses", "Who we lose: churn by segment and channel")
     sec.text(
         "Customers active at the start of each period, grouped by their RFM segment at that "
-        "moment and by the channel of their last purchase; churned = not active at the end. "
+        f"moment and by the channel of their last purchase; churned = not active at the end "
+        f"(no purchase in the {window_days} days before it). "
         "Latest complete period shown; every period is in the CSV files."
     )
     for name, frame in by.items():
