@@ -132,6 +132,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert snap["churned"].notna().all() and 0 < snap["churned"].mean() < 1
     assert "5/11 labels" in stdout and "6/11 backtest" in stdout
     assert "v1 (champion" in stdout and "11/11 retention report" in stdout
+    assert "(365-day activity)" in stdout and "bought nothing in the next 30 days" in stdout
     # the past campaign and tonight's lists: two complete exports
     folders = sorted(p for p in (demo / "exports").iterdir() if p.is_symlink())
     assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]

@@ -261,6 +261,7 @@ def test_report_html_is_valid_self_contained_and_has_every_section(tmp_path, syn
         r = _run(args, tmp_path)
         assert r.returncode == 0, r.stderr
     assert "retention" in r.stdout and "reports/report.html" in r.stdout
+    assert "active customers bought nothing in the next 60 days" in r.stdout
     page = (tmp_path / "reports" / "report.html").read_text(encoding="utf-8")
     p = _Page()
     p.feed(page)

@@ -893,7 +893,15 @@ def report(
         typer.echo(
             f"{last['period']}: {last['S']:,} active at the start, {last['N']:,} new, "
             f"{last['E']:,} at the end -> retention {last['retention_rate']:.1%}, churn "
-            f"{last['churn_rate']:.1%}, repeat purchase rate {last['repeat_purchase_rate']:.1%}"
+            f"{last['churn_rate']:.1%} ({cfg.report.active_days or cfg.features.lookback_days}"
+            f"-day activity), repeat purchase rate {last['repeat_purchase_rate']:.1%}"
+        )
+    h = res.horizon_churn.dropna(subset=["churn_rate"]) if res.horizon_churn is not None else []
+    if len(h):
+        typer.echo(
+            f"{h['period'].iloc[-1]}: {h['churn_rate'].iloc[-1]:.1%} of {h['active'].iloc[-1]:,} "
+            f"active customers bought nothing in the next {res.horizon_days} days (the churn the "
+            "lists score)"
         )
     for r in res.readouts[-1:]:
         _echo_readout(r)
@@ -1113,9 +1121,13 @@ def demo(
     typer.echo("11/11 retention report")
     rep = report_job(orders, prod, out / "reports", last, "month", exports)
     k = rep.kpis.dropna(subset=["retention_rate"]).iloc[-1]
+    h = rep.horizon_churn.dropna(subset=["churn_rate"]).iloc[-1]
+    active = prod.report.active_days or prod.features.lookback_days
     typer.echo(
-        f"    {k['period']}: retention {k['retention_rate']:.1%}, churn {k['churn_rate']:.1%}, "
-        f"repeat purchase rate {k['repeat_purchase_rate']:.1%} -> {rep.path}"
+        f"    {k['period']}: retention {k['retention_rate']:.1%}, churn {k['churn_rate']:.1%} "
+        f"({active}-day activity), repeat purchase rate {k['repeat_purchase_rate']:.1%}; "
+        f"{h['period']}: {h['churn_rate']:.1%} bought nothing in the next {rep.horizon_days} days "
+        f"-> {rep.path}"
     )
     typer.echo(
         f"look at the runs and the registered model with: mlflow ui --backend-store-uri {uri}"

@@ -625,6 +625,8 @@ class ReportResult:
     kpis: pd.DataFrame
     readouts: list[Readout]
     notes: list[str]
+    horizon_churn: pd.DataFrame | None = None
+    horizon_days: int | None = None
 
 
 def _champion_gains(
@@ -832,4 +834,4 @@ def report_job(
     files.append(out / "report.html")
     step(5, 5)
     notes = [caption] if ax is None else []
-    return ReportResult(out / "report.html", files, kpis, readouts, notes)
+    return ReportResult(out / "report.html", files, kpis, readouts, notes, churn_h, h)
