@@ -92,7 +92,7 @@ def test_the_first_nightly_run_after_train_is_not_called_drift(cdnow):
     # reason to refuse to publish; a real shift in how recently customers buy still is
     from datetime import datetime
 
-    from winback.backtest import training_cutoffs
+    from winback.cutoffs import training_cutoffs
     from winback.model import ChurnModel
     from winback.snapshots import build_snapshots
 

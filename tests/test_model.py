@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import orders_of
-from winback.backtest import training_cutoffs
+from winback.cutoffs import training_cutoffs
 from winback.errors import DataError, InsufficientDataError, WinbackError
 from winback.model import CANDIDATES, ChurnModel, load_model, save_model
 from winback.snapshots import build_snapshots

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import check_reasons, orders_of
-from winback.backtest import training_cutoffs
 from winback.campaigns import rfm_segments, suppressed
 from winback.config import CampaignsConfig
+from winback.cutoffs import training_cutoffs
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
 from winback.model import ChurnModel, save_model

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import orders_of
-from winback.backtest import training_cutoffs
+from winback.cutoffs import training_cutoffs
 from winback.features import build_features
 from winback.snapshots import customers_only, training_sample
 

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 
 from winback.atomic import atomic_path
-from winback.errors import InsufficientDataError
+from winback.cutoffs import normalize_cutoffs, training_cutoffs
 from winback.evaluate import RfmLogit, baseline_scores, score_metrics
-from winback.features import cutoff_schedule, normalize_cutoffs
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.progress import Progress, tell
@@ -30,39 +29,11 @@ from winback.snapshots import build_snapshots, build_training_snapshots
 
 __all__ = [
     "BacktestResult",
-    "training_cutoffs",
     "run_backtest",
     "write_backtest",
-    "MIN_TRAINING_HISTORY_DAYS",
 ]
 
 log = logging.getLogger(__name__)
-
-#: A training cutoff needs at least this much history before it.
-MIN_TRAINING_HISTORY_DAYS = 28
-
-
-def training_cutoffs(
-    as_of: datetime,
-    horizon_days: int,
-    spacing_days: int,
-    n_cutoffs: int,
-    first_ts: datetime,
-) -> list[datetime]:
-    """Training cutoffs for a model used at ``as_of``: the latest is ``as_of - horizon_days``."""
-    last = as_of - timedelta(days=horizon_days)
-    start = max(
-        first_ts + timedelta(days=MIN_TRAINING_HISTORY_DAYS),
-        last - timedelta(days=spacing_days * (n_cutoffs - 1)),
-    )
-    if last < start:
-        raise InsufficientDataError(
-            f"No training cutoff fits before {as_of:%Y-%m-%d}: the data starts "
-            f"{first_ts:%Y-%m-%d} and labels need {horizon_days} days after a cutoff plus "
-            f"{MIN_TRAINING_HISTORY_DAYS} days of history before it. Use a later as-of or a "
-            "shorter horizon."
-        )
-    return cutoff_schedule(start, last, spacing_days)
 
 
 @dataclass

@@ -10,12 +10,11 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 
 from winback import __version__
 from winback.config import Config, load_config
+from winback.cutoffs import cutoff_schedule, cutoffs_from_options, normalize_cutoffs, parse_as_of
 from winback.errors import ConfigError, UsageError, WinbackError
 
 __all__ = ["app", "main"]
@@ -153,17 +153,6 @@ def _config(config: Path | None, overrides: list[str] | None, engine: str | None
     if engine is not None:
         overrides = [*(overrides or []), f"engine.name={engine.strip().lower()}"]
     return load_config(config, overrides)
-
-
-def _as_of(value: str | None) -> datetime | None:
-    from winback.features import parse_cutoff
-
-    if value is None:
-        return None
-    if value.strip().lower() == "today":
-        now = datetime.now(UTC)
-        return datetime(now.year, now.month, now.day)
-    return parse_cutoff(value)
 
 
 def _source(path: str | None, cfg: Config) -> str:
@@ -303,7 +292,7 @@ def validate(
     """
     _verbose(verbose)
     cfg = _config(config, set_, engine)
-    orders = _load(path, cfg, _as_of(as_of), summary=False)
+    orders = _load(path, cfg, parse_as_of(as_of), summary=False)
     _echo_lines(orders.report.summary_lines())
 
 
@@ -320,35 +309,9 @@ def profile(
     from winback.profile import build_profile
 
     cfg = _config(config, set_)
-    orders = _load(path, cfg, _as_of(as_of), duckdb_only="profile")
+    orders = _load(path, cfg, parse_as_of(as_of), duckdb_only="profile")
     prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
     _echo_lines(prof.summary_lines())
-
-
-_EVERY_RE = re.compile(r"^\s*(\d+)\s*d?\s*$")
-
-
-def _cutoffs_from_options(
-    as_of: str | None, cutoffs: str | None, every: str | None, start: str | None, end: str | None
-) -> list[datetime]:
-    from winback.features import cutoff_schedule, normalize_cutoffs, parse_cutoff
-
-    given = sum(x is not None for x in (as_of, cutoffs, every))
-    if given != 1:
-        raise UsageError(
-            "Give exactly one of --as-of DATE, --cutoffs DATE,DATE,... or "
-            "--every 30d --from DATE --to DATE."
-        )
-    if as_of is not None:
-        return [_as_of(as_of)]  # type: ignore[list-item]
-    if cutoffs is not None:
-        return normalize_cutoffs(cutoffs)
-    m = _EVERY_RE.match(every or "")
-    if not m:
-        raise UsageError(f"--every takes a number of days such as 30d; got {every!r}.")
-    if start is None or end is None:
-        raise UsageError("--every needs both --from DATE and --to DATE.")
-    return cutoff_schedule(parse_cutoff(start), parse_cutoff(end), int(m.group(1)))
 
 
 @app.command()
@@ -410,7 +373,7 @@ def features(
     from winback.features import write_features
 
     cfg = _config(config, set_, engine)
-    cuts = _cutoffs_from_options(as_of, cutoffs, every, start, end)
+    cuts = cutoffs_from_options(as_of, cutoffs, every, start, end)
     if "://" not in out:
         _check_out(Path(out), file=cfg.engine.name == "duckdb")
     # future dates are judged against now: orders after the cutoffs are what labels are made of
@@ -551,7 +514,6 @@ def backtest(
     """
     _verbose(verbose)
     from winback.backtest import write_backtest
-    from winback.features import normalize_cutoffs
     from winback.jobs import backtest_job, check_tracking
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
@@ -620,7 +582,7 @@ def train(
         check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     with _progress("training") as bar:
-        res = train_job(orders, cfg, _as_of(as_of), track=track, promote=promote, progress=bar)
+        res = train_job(orders, cfg, parse_as_of(as_of), track=track, promote=promote, progress=bar)
     _print_metrics(res.backtest.metrics, res.backtest.choices())
     _echo_train(res)
 
@@ -694,9 +656,9 @@ def score(
     _check_out(out)  # before any work: a bad folder is found at once
     ref = find_model(cfg, model)
     # orders after the as-of are future dates to it (policies.future_date applies)
-    orders = _load(orders_path, cfg, _as_of(as_of))
+    orders = _load(orders_path, cfg, parse_as_of(as_of))
     with _progress("scoring"):
-        res = score_job(orders, cfg, out, _as_of(as_of), ref, wait_seconds=wait, force=force)
+        res = score_job(orders, cfg, out, parse_as_of(as_of), ref, wait_seconds=wait, force=force)
     _echo_score(res)
 
 
@@ -873,7 +835,7 @@ def report(
     cfg = _config(config, set_)
     if period is not None and period not in ("month", "quarter", "year"):
         raise UsageError(f"--period must be month, quarter or year; got {period!r}.")
-    day = _as_of(as_of)
+    day = parse_as_of(as_of)
     _check_out(out)
     orders = _load(orders_path, cfg, None, duckdb_only="report")
     with _progress("report") as bar:
@@ -988,7 +950,7 @@ def demo(
     import pandas as pd
 
     from winback.backtest import write_backtest
-    from winback.features import build_features, cutoff_schedule
+    from winback.features import build_features
     from winback.jobs import backtest_job
     from winback.labels import build_labels
     from winback.orders import load_orders

@@ -49,11 +49,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from winback.cutoffs import normalize_cutoffs, split_labelled_cutoffs
 from winback.dialect import DUCKDB, SPARK, Dialect
 from winback.errors import UsageError
 from winback.orders import Orders
@@ -71,9 +72,6 @@ __all__ = [
     "label_sql",
     "bgnbd_summary_sql",
     "feature_names",
-    "parse_cutoff",
-    "cutoff_schedule",
-    "normalize_cutoffs",
     "build_features",
     "write_features",
 ]
@@ -387,56 +385,6 @@ def bgnbd_summary_sql(orders: str, cutoffs: str, d: Dialect = DUCKDB) -> str:
     GROUP BY p.customer_id, c.cutoff_ts"""
 
 
-def parse_cutoff(value: str | date | datetime | pd.Timestamp) -> datetime:
-    """A cutoff as a naive UTC datetime. A date means 00:00 UTC of that day.
-
-    Strings: ``YYYY-MM-DD``, ``YYYYMMDD`` or an ISO timestamp (an offset is converted to UTC).
-    """
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    text = str(value).strip()
-    try:
-        if len(text) == 8 and text.isdigit():
-            return datetime.strptime(text, "%Y%m%d")
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"Cannot read {text!r} as a date; use YYYY-MM-DD (e.g. 2024-03-31)."
-        ) from None
-    return parse_cutoff(parsed)
-
-
-def cutoff_schedule(start: datetime, end: datetime, every_days: int) -> list[datetime]:
-    """Cutoffs every ``every_days`` days from ``end`` back to ``start`` (both included when hit),
-    returned oldest first. Anchored at ``end`` so the latest cutoff is always the one asked for."""
-    if every_days < 1:
-        raise UsageError(f"The spacing must be a whole number of days >= 1; got {every_days}.")
-    if start > end:
-        raise UsageError(f"The first cutoff {start:%Y-%m-%d} is after the last {end:%Y-%m-%d}.")
-    out = []
-    t = end
-    while t >= start:
-        out.append(t)
-        t -= timedelta(days=every_days)
-    return sorted(out)
-
-
-def normalize_cutoffs(cutoffs: Iterable[str | date | datetime] | str) -> list[datetime]:
-    """Parse, deduplicate and sort cutoffs; refuse an empty list."""
-    if isinstance(cutoffs, str):
-        cutoffs = [c for c in cutoffs.split(",") if c.strip()]
-    out = sorted({parse_cutoff(c) for c in cutoffs})
-    if not out:
-        raise UsageError("No cutoffs given; pass at least one date (e.g. --as-of 2024-03-31).")
-    return out
-
-
 def build_features(
     orders: Orders,
     cutoffs: Iterable[str | date | datetime] | str,
@@ -543,8 +491,6 @@ def write_features(
     sql = f"SELECT {keys}, {cols} FROM {table} f"
     try:
         if horizon_days is not None:
-            from winback.labels import split_labelled_cutoffs
-
             end = observed_until or orders.last_ts
             labelled, _ = split_labelled_cutoffs(cuts, end, horizon_days)
             if labelled:

@@ -20,9 +20,10 @@ import pandas as pd
 
 from winback import __version__, scoring
 from winback.atomic import atomic_path
-from winback.backtest import BacktestResult, run_backtest, training_cutoffs, write_backtest
+from winback.backtest import BacktestResult, run_backtest, write_backtest
 from winback.campaigns import suppressed
 from winback.config import Config
+from winback.cutoffs import training_cutoffs
 from winback.errors import DataError
 from winback.evaluate import plot_profit_curve
 from winback.export import (

@@ -8,41 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 
-from winback.errors import UsageError
-from winback.features import label_sql, normalize_cutoffs, parse_cutoff
+from winback.cutoffs import normalize_cutoffs, parse_cutoff, split_labelled_cutoffs
+from winback.features import label_sql
 from winback.orders import Orders
 
 __all__ = ["split_labelled_cutoffs", "build_labels"]
 
 log = logging.getLogger(__name__)
-
-
-def split_labelled_cutoffs(
-    cutoffs: Sequence[datetime], observed_until: datetime, horizon_days: int
-) -> tuple[list[datetime], list[datetime]]:
-    """Split cutoffs into (labelled, unlabelled): labelled when ``T + H <= observed_until``.
-
-    Unlabelled cutoffs are logged as a warning, so they are never left out silently."""
-    if horizon_days < 1:
-        raise UsageError(
-            f"The 'horizon_days' setting must be a whole number of days >= 1; got {horizon_days}."
-        )
-    h = timedelta(days=horizon_days)
-    labelled = [t for t in cutoffs if t + h <= observed_until]
-    unlabelled = [t for t in cutoffs if t + h > observed_until]
-    if unlabelled:
-        log.warning(
-            "%d cutoff(s) get no labels: their %d-day horizon runs past the data's end %s: %s",
-            len(unlabelled),
-            horizon_days,
-            f"{observed_until:%Y-%m-%d}",
-            ", ".join(f"{t:%Y-%m-%d}" for t in unlabelled),
-        )
-    return labelled, unlabelled
 
 
 def build_labels(

@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from winback.btyd import BGNBD
+from winback.cutoffs import normalize_cutoffs
 from winback.errors import DataError
-from winback.features import bgnbd_summary_sql, build_features, normalize_cutoffs
+from winback.features import bgnbd_summary_sql, build_features
 from winback.labels import build_labels
 from winback.orders import Orders
 from winback.progress import Progress, tell
