@@ -73,8 +73,8 @@ def _run_case(case: str, path: str) -> dict:
     elif case == "b":
         import pandas as pd
 
-        from winback.engines.reference import reference_features
         from winback.features import FeatureSpec
+        from winback.reference import reference_features
 
         df = pd.read_parquet(
             path,

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import orders_of
 from winback.cutoffs import cutoff_schedule
-from winback.engines.reference import reference_features, reference_labels
 from winback.features import FeatureSpec, build_features
 from winback.labels import build_labels
+from winback.reference import reference_features, reference_labels
 
 CUTOFFS = cutoff_schedule(datetime(2022, 9, 1), datetime(2023, 9, 1), 61)
 

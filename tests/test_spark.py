@@ -263,7 +263,7 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
 
 
 def test_strftime_formats_become_java_patterns():
-    from winback.dialect import java_pattern
+    from winback.engines.dialect import java_pattern
 
     assert java_pattern("%d/%m/%Y %H:%M") == "dd/MM/yyyy HH:mm"
     assert java_pattern("%Y%m%d") == "yyyyMMdd"

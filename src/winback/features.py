@@ -55,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from winback.cutoffs import normalize_cutoffs, split_labelled_cutoffs
-from winback.dialect import DUCKDB, SPARK, Dialect
+from winback.engines.dialect import DUCKDB, SPARK, Dialect
 from winback.errors import UsageError
 from winback.orders import Orders
 
@@ -418,16 +418,16 @@ def build_features(
         One row per ``(customer_id, cutoff_ts)``, sorted by cutoff then customer; ``cutoff_ts``
         tz-aware UTC.
     """
-    spec = _spec_for(orders, lookback_days, windows_days)
+    spec = spec_for(orders, lookback_days, windows_days)
     engine = orders.engine()
-    table = _feature_table(orders, engine, spec, normalize_cutoffs(cutoffs), groups_per_pass)
+    table = feature_table(orders, engine, spec, normalize_cutoffs(cutoffs), groups_per_pass)
     try:
         return engine.query_df(f"SELECT * FROM {table} ORDER BY cutoff_ts, customer_id")
     finally:
         engine.drop(table)
 
 
-def _spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -> FeatureSpec:
+def spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -> FeatureSpec:
     return FeatureSpec(
         lookback_days=int(lookback_days),
         windows_days=tuple(sorted(set(int(w) for w in windows_days))),
@@ -437,7 +437,7 @@ def _spec_for(orders: Orders, lookback_days: int, windows_days: Iterable[int]) -
     )
 
 
-def _feature_table(
+def feature_table(
     orders: Orders,
     engine,
     spec: FeatureSpec,
@@ -480,11 +480,11 @@ def write_features(
     a half file. ``on_part(done, total)`` is called
     after each customer partition (for a progress bar). Returns the number of rows.
     """
-    spec = _spec_for(orders, lookback_days, windows_days)
+    spec = spec_for(orders, lookback_days, windows_days)
     cuts = normalize_cutoffs(cutoffs)
     engine = orders.engine()
     d = engine.dialect
-    table = _feature_table(orders, engine, spec, cuts, groups_per_pass, on_part)
+    table = feature_table(orders, engine, spec, cuts, groups_per_pass, on_part)
     label_table = None
     cols = ", ".join(f"f.{c}" for c in feature_names(spec))
     keys = f"f.customer_id, {d.as_utc.format(ts='f.cutoff_ts')} AS cutoff_ts"

@@ -37,7 +37,7 @@ from winback.csvfiles import (
     utf8_copy,
 )
 from winback.database import is_database_url, read_database
-from winback.dialect import DUCKDB, Dialect, java_pattern
+from winback.engines.dialect import DUCKDB, Dialect, java_pattern
 from winback.engines.duckdb import connect
 from winback.errors import ConfigError, DataError
 from winback.secrets import mask_url

@@ -193,9 +193,7 @@ def score_customers(
         release_memory()
         return scored
     if engine.name == "spark":  # features and predictions on the executors
-        from winback.engines.spark import score_distributed
-
-        snap = score_distributed(orders, model, as_of, h, lookback, windows)
+        snap = _score_on_spark(orders, model, as_of, h, lookback, windows)
         p_churn = snap.pop("p_churn").to_numpy()
     else:
         snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
@@ -380,11 +378,11 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
     import math
     import tempfile
 
-    from winback.features import _spec_for, bgnbd_summary_sql, feature_sql
+    from winback.features import bgnbd_summary_sql, feature_sql, spec_for
     from winback.snapshots import bgnbd_predictions
 
     engine = orders.engine()
-    spec = _spec_for(orders, lookback, windows)
+    spec = spec_for(orders, lookback, windows)
     k = max(1, math.ceil(orders.report.n_customers / SCORE_PARTITION_ROWS))
     folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
     (folder / "features").mkdir()
@@ -414,6 +412,61 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
     finally:
         engine.drop(cut)
     return folder
+
+
+def _score_on_spark(
+    orders, model, as_of: datetime, horizon_days: int, lookback_days: int, windows_days
+) -> pd.DataFrame:
+    """The scoring snapshot at ``as_of`` with ``p_churn``, computed on the executors.
+
+    Features are computed in Spark; BG/NBD is fitted on the driver from the per-customer
+    summaries (four numbers a customer, exactly as on DuckDB); the churn model and the BG/NBD
+    fit are broadcast and applied batch by batch with ``mapInPandas``. Only the scored rows come
+    back to the driver, for list sizing, control groups, reasons and the export.
+    """
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    from winback.engines.dialect import SPARK
+    from winback.features import GROUPS_PER_PASS, bgnbd_summary_sql, feature_table, spec_for
+    from winback.snapshots import BGNBD_FEATURES, bgnbd_predictions, fit_bgnbd
+
+    engine = orders.engine()  # a SparkEngine
+    spark = engine.spark
+    spec = spec_for(orders, lookback_days, windows_days)
+    feats = feature_table(orders, engine, spec, [as_of], GROUPS_PER_PASS)
+    cut = engine.register_cutoffs([as_of])
+    try:
+        engine.create_table("_bgnbd_summaries", bgnbd_summary_sql(orders.table, cut, SPARK))
+        summaries = engine.query_df(
+            "SELECT customer_id, cutoff_ts, frequency, recency, T FROM _bgnbd_summaries"
+        )
+        bgnbd = fit_bgnbd(summaries)
+        joined = spark.sql(
+            f"""SELECT f.*, s.frequency AS _frequency, s.recency AS _recency, s.T AS _T
+                FROM {feats} f JOIN _bgnbd_summaries s ON s.customer_id = f.customer_id"""
+        ).drop("cutoff_ts")
+        fields = [f for f in joined.schema.fields if not f.name.startswith("_")]
+        schema = StructType(
+            fields + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, "p_churn"]]
+        )
+        shipped = spark.sparkContext.broadcast((model, bgnbd, int(horizon_days)))
+
+        def score(batches):
+            churn_model, fitted, h = shipped.value
+            for batch in batches:
+                rows = batch.rename(columns={"_frequency": "frequency", "_recency": "recency"})
+                rows = rows.rename(columns={"_T": "T"})
+                out = batch[[f.name for f in fields]].assign(**bgnbd_predictions(fitted, rows, h))
+                out["p_churn"] = churn_model.predict_proba(out)[:, 1]
+                yield out
+
+        scored = engine.query_df_frame(joined.mapInPandas(score, schema))
+    finally:
+        engine.drop(feats)
+        engine.drop(cut)
+        engine.drop("_bgnbd_summaries")
+    scored.insert(1, "cutoff_ts", pd.Timestamp(as_of, tz="UTC"))
+    return scored
 
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.

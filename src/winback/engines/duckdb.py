@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 
 from winback.atomic import atomic_path
-from winback.dialect import DUCKDB
+from winback.engines.dialect import DUCKDB
 
 __all__ = ["DuckDBEngine", "connect", "registered"]
 

@@ -1,7 +1,7 @@
 """The Apache Spark engine: the orders, feature and label SQL of winback on a Spark session.
 
 Nothing here defines a feature or a check: :mod:`winback.features` and :mod:`winback.orders`
-write them once, and :data:`winback.dialect.SPARK` spells the few functions Spark names
+write them once, and :data:`winback.engines.dialect.SPARK` spells the few functions Spark names
 differently. This module opens sources with Spark's readers, runs that SQL, caches the tables
 it materializes and hands results to pandas for the (much smaller) training and export steps.
 
@@ -32,7 +32,7 @@ from winback.csvfiles import (
     utf8_copy,
 )
 from winback.database import is_database_url, redact_url
-from winback.dialect import SPARK
+from winback.engines.dialect import SPARK
 from winback.errors import ConfigError, DataError, UsageError
 
 __all__ = ["INSTALL_HINT", "require_pyspark", "spark_session", "SparkEngine"]
@@ -364,57 +364,3 @@ class SparkEngine:
                 for i, n in enumerate(names)
             ]
         )
-
-
-def score_distributed(
-    orders, model, as_of: datetime, horizon_days: int, lookback_days: int, windows_days
-) -> pd.DataFrame:
-    """The scoring snapshot at ``as_of`` with ``p_churn``, computed on the executors.
-
-    Features are computed in Spark; BG/NBD is fitted on the driver from the per-customer
-    summaries (four numbers a customer, exactly as on DuckDB); the churn model and the BG/NBD
-    fit are broadcast and applied batch by batch with ``mapInPandas``. Only the scored rows come
-    back to the driver, for list sizing, control groups, reasons and the export.
-    """
-    from pyspark.sql.types import DoubleType, StructField, StructType
-
-    from winback.features import GROUPS_PER_PASS, _feature_table, _spec_for, bgnbd_summary_sql
-    from winback.snapshots import BGNBD_FEATURES, bgnbd_predictions, fit_bgnbd
-
-    engine: SparkEngine = orders.engine()
-    spark = engine.spark
-    spec = _spec_for(orders, lookback_days, windows_days)
-    feats = _feature_table(orders, engine, spec, [as_of], GROUPS_PER_PASS)
-    cut = engine.register_cutoffs([as_of])
-    try:
-        engine.create_table("_bgnbd_summaries", bgnbd_summary_sql(orders.table, cut, SPARK))
-        summaries = engine.query_df(
-            "SELECT customer_id, cutoff_ts, frequency, recency, T FROM _bgnbd_summaries"
-        )
-        bgnbd = fit_bgnbd(summaries)
-        joined = spark.sql(
-            f"""SELECT f.*, s.frequency AS _frequency, s.recency AS _recency, s.T AS _T
-                FROM {feats} f JOIN _bgnbd_summaries s ON s.customer_id = f.customer_id"""
-        ).drop("cutoff_ts")
-        fields = [f for f in joined.schema.fields if not f.name.startswith("_")]
-        schema = StructType(
-            fields + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, "p_churn"]]
-        )
-        shipped = spark.sparkContext.broadcast((model, bgnbd, int(horizon_days)))
-
-        def score(batches):
-            churn_model, fitted, h = shipped.value
-            for batch in batches:
-                rows = batch.rename(columns={"_frequency": "frequency", "_recency": "recency"})
-                rows = rows.rename(columns={"_T": "T"})
-                out = batch[[f.name for f in fields]].assign(**bgnbd_predictions(fitted, rows, h))
-                out["p_churn"] = churn_model.predict_proba(out)[:, 1]
-                yield out
-
-        scored = engine.query_df_frame(joined.mapInPandas(score, schema))
-    finally:
-        engine.drop(feats)
-        engine.drop(cut)
-        engine.drop("_bgnbd_summaries")
-    scored.insert(1, "cutoff_ts", pd.Timestamp(as_of, tz="UTC"))
-    return scored
