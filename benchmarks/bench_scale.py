@@ -108,16 +108,14 @@ def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: P
     stages["features"] = time.perf_counter() - t
     done("features")
     t = time.perf_counter()
-    score_customers = jobs.score_customers
 
-    def scores_stage(*args, **kwargs):  # marks the end of the job's scores stage
-        scored = score_customers(*args, **kwargs)
-        stages["scores"] = time.perf_counter() - t
-        done("scores")
-        return scored
+    def told(stage) -> None:  # the job's own stage hook: scores, then the rest as lists
+        if stage.name in ("model", "scores"):
+            stages["scores"] = time.perf_counter() - t
+            if stage.name == "scores":
+                done("scores")
 
-    jobs.score_customers = scores_stage
-    result = jobs.score_job(orders, cfg, scratch / "exports", model=model_path)
+    result = jobs.score_job(orders, cfg, scratch / "exports", model=model_path, on_stage=told)
     stages["lists"] = time.perf_counter() - t - stages["scores"]
     done("lists")
     stages["total"] = time.perf_counter() - t0

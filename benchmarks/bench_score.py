@@ -1,4 +1,5 @@
-"""Nightly scoring benchmark: load, features, predict, lists with reasons, export, on 10M orders.
+"""Nightly scoring benchmark: the real nightly job (``jobs.score_job``) on 10M orders, each stage
+timed by the job's own stage hook (model, scores, lists, reasons, changes, export), after loading.
 
 Each round runs in a fresh subprocess (so peak RSS is its own); reports the median of the rounds
 for each stage and in all. The model is trained once on the 1M-order file (cached under
@@ -44,38 +45,33 @@ def _model() -> Path:
 
 
 def _run(orders_path: str, model_path: str) -> dict:
+    """One round: load the orders, then the nightly job itself (``jobs.score_job``, what
+    ``winback score`` runs), its stages timed by the job's own stage hook."""
     from winback.config import load_config
     from winback.engines.duckdb import connect
-    from winback.export import export_lists
-    from winback.model import load_model
+    from winback.jobs import score_job
     from winback.orders import load_orders
-    from winback.scoring import add_reasons, build_lists, score_customers
 
     stages = {}
     t0 = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
-    model = load_model(model_path)
     orders = load_orders(
         orders_path, cfg.orders, as_of=datetime(2025, 1, 1), con=connect(cfg.engine.memory_limit)
     )
     stages["load"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    scored = score_customers(orders, model, orders.last_ts, cfg.campaigns)
-    stages["features_predict"] = time.perf_counter() - t
-    t = time.perf_counter()
-    lists = add_reasons(
-        scored, model, build_lists(scored.scores, cfg.campaigns), cfg.campaigns.reasons_method
-    )
-    stages["lists_reasons"] = time.perf_counter() - t
-    t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        export_lists(out, "bench", lists, scored.scores, {"bench": True})
-    stages["export"] = time.perf_counter() - t
+        result = score_job(
+            orders,
+            cfg,
+            Path(out),
+            model=model_path,
+            on_stage=lambda s: stages.__setitem__(s.name, s.seconds),
+        )
     stages["total"] = time.perf_counter() - t0
     return {
         "stages": stages,
-        "customers": len(scored.scores),
-        "listed": {k: len(v) for k, v in lists.items()},
+        "customers": len(result.scores),
+        "listed": {k: len(v) for k, v in result.lists.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 

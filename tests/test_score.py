@@ -660,3 +660,18 @@ def test_the_files_a_crm_imports(setup):
     assert not lapsed.loc[lapsed["days_since_last_order"] < 365, "extrapolated"].any()
     assert doc["sizing"]["groups"]["lapsed"]["save_rate"] == 0.05
     assert doc["suppressed"]["recent_buyer"] == int((scores["days_since_last_order"] < 14).sum())
+
+
+def test_the_score_job_tells_its_stages_to_a_hook(setup, tmp_path):
+    from winback.config import load_config
+    from winback.jobs import SCORE_STAGES, score_job
+
+    d, o, _ = setup
+    told = []
+    cfg = load_config(None, MAP[1::2])
+    res = score_job(o, cfg, tmp_path / "x", model=str(d / "model.joblib"), on_stage=told.append)
+    assert [s.name for s in told] == list(SCORE_STAGES)
+    assert all(s.seconds >= 0 for s in told)
+    peaks = [s.peak_rss_mb for s in told]
+    assert peaks == sorted(peaks) and peaks[0] > 50  # the process's peak so far, in MB
+    assert (res.folder / "manifest.json").is_file()

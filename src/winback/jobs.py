@@ -247,6 +247,40 @@ class ScoreResult:
     model_version: str
 
 
+@dataclass(frozen=True)
+class StageTime:
+    """One stage of a job as it ended: its name, wall seconds, and the process's peak resident
+    memory so far (MB)."""
+
+    name: str
+    seconds: float
+    peak_rss_mb: float
+
+
+#: Called at the end of each stage of a job (see :data:`SCORE_STAGES`).
+StageHook = Callable[[StageTime], None]
+
+#: The stages of :func:`score_job`, in order.
+SCORE_STAGES = ("model", "scores", "lists", "reasons", "changes", "export")
+
+
+class _Stages:
+    """Times the named stages of a job and tells a hook as each ends."""
+
+    def __init__(self, hook: StageHook | None):
+        self.hook = hook
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        import resource
+
+        t = time.perf_counter()
+        yield
+        if self.hook is not None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+            self.hook(StageTime(name, time.perf_counter() - t, peak))
+
+
 def score_job(
     orders: Orders,
     cfg: Config,
@@ -256,23 +290,108 @@ def score_job(
     tracking_uri: str | None = None,
     wait_seconds: float = 0.0,
     force: bool = False,
+    on_stage: StageHook | None = None,
 ) -> ScoreResult:
     """Score as of a date with the champion (or a model file, or a :class:`ModelRef` found
-    beforehand) and export the lists atomically."""
+    beforehand) and export the lists atomically.
+
+    Runs as the stages of :data:`SCORE_STAGES`: ``model`` (find, load and check it against the
+    orders), ``scores`` (features, BG/NBD, predictions, ranks, segments, drift), ``lists``
+    (suppression, sizing, control groups), ``reasons`` (for the listed customers), ``changes``
+    (profit curve and the delta against the previous export) and ``export`` (the files, written
+    atomically). ``on_stage`` is told each stage's wall time and peak memory as it ends."""
     t0 = time.perf_counter()
-    ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
-    path, version, run_id = ref.path, ref.version, ref.run_id
-    churn_model = load_model(path)
-    t = as_of or orders.last_ts
-    warnings = check_scoring(orders, cfg, churn_model, t)
-    for w in warnings:
-        log.warning("warning: %s", w)
+    stage = _Stages(on_stage)
+    with stage("model"):
+        ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
+        churn_model = load_model(ref.path)
+        t = as_of or orders.last_ts
+        warnings = check_scoring(orders, cfg, churn_model, t)
+        for w in warnings:
+            log.warning("warning: %s", w)
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
-    scored = score_customers(
-        orders, churn_model, t, camp, cfg.features.windows_days, model_version=ref.label
-    )
-    scores, drift = scored.scores, scored.drift
+    with stage("scores"):
+        scored = score_customers(
+            orders, churn_model, t, camp, cfg.features.windows_days, model_version=ref.label
+        )
+        scores, drift = scored.scores, scored.drift
+        forced = _check_drift(drift, cfg, force)
+    fingerprint = orders.fingerprint()
+    with contextlib.ExitStack() as hold:
+        if scored.features_path is not None:  # scored out of core, on DuckDB
+            # the orders are not needed again: DuckDB's memory goes to the lists
+            hold.enter_context(orders.engine().memory_lent())
+        with stage("lists"):
+            why = _suppressions(scores, camp, t)
+            scores["suppressed"] = why
+            lists = build_lists(scores, camp, why)
+            listed = pd.concat([f.set_index("customer_id")["group"] for f in lists.values()])
+            scores["group"] = scores["customer_id"].map(listed).astype("string")  # NA: not listed
+            del listed
+            scoring.release_memory()  # each step's leftovers go back before the next one
+        with stage("reasons"):
+            lists = add_reasons(scored, churn_model, lists, camp.reasons_method)
+            scoring.release_memory()
+        with stage("changes"):
+            curve = profit_curve(scores, why, camp.min_p_churn)
+            scoring.release_memory()
+            prev = previous_export(out, key)
+            changes = delta(lists, read_lists(prev) if prev is not None else None)
+            scoring.release_memory()
+        with stage("export"):
+            in_group = scores["campaign"].notna().to_numpy()
+            manifest = {
+                "as_of": t.isoformat(),
+                "horizon_days": int(churn_model.horizon_days),  # the window measure reads out
+                "input": fingerprint,
+                "validation": validation_record(orders),
+                "warnings": warnings,
+                "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+                "model_version": ref.label,
+                "model_registry_version": str(ref.version) if ref.run_id else None,
+                "model_file": str(ref.path),
+                "model_sha256": json.loads(
+                    ref.path.with_suffix(ref.path.suffix + ".json").read_text()
+                )["sha256"],
+                "mlflow_run": ref.run_id or None,
+                "rows": {name: len(frame) for name, frame in lists.items()}
+                | {"scores": len(scores)},
+                "suppressed": {
+                    "opted_out": int((why == "opted out").sum()),
+                    "cooldown": int(why.str.startswith("contacted", na=False).sum()),
+                    "recent_buyer": int(why.str.startswith("bought", na=False).sum()),
+                },
+                "below_min_p_churn": int(
+                    (in_group & why.isna().to_numpy() & ~listable(scores, camp.min_p_churn)).sum()
+                ),
+                "extrapolated_listed": {
+                    name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
+                },
+                "sizing": sizing_record(cfg),
+                "previous_export": prev.name if prev else None,
+                "drift_psi": {k: round(v, 6) for k, v in drift.items()},
+                "drift_forced": forced,
+                "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
+                "winback_version": __version__,
+                "wall_seconds": round(time.perf_counter() - t0, 3),
+            }
+
+            def write_png(path: Path) -> None:
+                plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
+
+            def write_readme(path: Path) -> None:
+                path.write_text(readme_text(LIST_COLUMN_DOCS, manifest), encoding="utf-8")
+
+            tables = {"delta.csv": changes, "profit_curve.csv": curve}
+            extras = {"profit_curve.png": write_png, "README.txt": write_readme}
+            folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
+    return ScoreResult(folder, scores, lists, t, ref.label)
+
+
+def _check_drift(drift: dict[str, float], cfg: Config, force: bool) -> bool:
+    """Refuse to publish lists of drifted data (unless forced), warn above the warning level;
+    True when publishing was forced past the refusal."""
     worst = max(drift, key=drift.get) if drift else None
     if worst and drift[worst] > cfg.drift.fail_psi and not force:
         raise DataError(
@@ -290,92 +409,31 @@ def score_job(
                 psi,
                 cfg.drift.warn_psi,
             )
-    fingerprint = orders.fingerprint()
-    with contextlib.ExitStack() as hold:
-        if scored.features_path is not None:  # scored out of core, on DuckDB
-            # the orders are not needed again: DuckDB's memory goes to the lists
-            hold.enter_context(orders.engine().memory_lent())
-        contacts = (
-            _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
-            if camp.contact_history
-            else None
-        )
-        opted = (
-            _read_table(camp.opt_out, ["customer_id"], "opt_out")["customer_id"]
-            if camp.opt_out
-            else None
-        )
-        why = suppressed(
-            scores["customer_id"],
-            pd.Timestamp(t),
-            contacts,
-            camp.cooldown_days,
-            opted,
-            scores["days_since_last_order"],
-            camp.recent_days,
-        )
-        scores["suppressed"] = why
-        lists = build_lists(scores, camp, why)
-        listed = pd.concat([f.set_index("customer_id")["group"] for f in lists.values()])
-        scores["group"] = scores["customer_id"].map(listed).astype("string")  # NA: not listed
-        del listed
-        scoring.release_memory()  # each step's leftovers go back before the next one
-        lists = add_reasons(scored, churn_model, lists, camp.reasons_method)
-        scoring.release_memory()
-        curve = profit_curve(scores, why, camp.min_p_churn)
-        scoring.release_memory()
-        prev = previous_export(out, key)
-        old = read_lists(prev) if prev is not None else None
-        changes = delta(lists, old)
-        scoring.release_memory()
+    return bool(force and worst and drift[worst] > cfg.drift.fail_psi)
 
-        def write_png(path: Path) -> None:
-            plot_profit_curve(curve).figure.savefig(path, dpi=110, format="png")
 
-        tables = {"delta.csv": changes, "profit_curve.csv": curve}
-        in_group = scores["campaign"].notna().to_numpy()
-        manifest = {
-            "as_of": t.isoformat(),
-            "horizon_days": int(churn_model.horizon_days),  # the window measure reads out
-            "input": fingerprint,
-            "validation": validation_record(orders),
-            "warnings": warnings,
-            "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
-            "model_version": ref.label,
-            "model_registry_version": str(version) if run_id else None,
-            "model_file": str(path),
-            "model_sha256": json.loads(path.with_suffix(path.suffix + ".json").read_text())[
-                "sha256"
-            ],
-            "mlflow_run": run_id or None,
-            "rows": {name: len(frame) for name, frame in lists.items()} | {"scores": len(scores)},
-            "suppressed": {
-                "opted_out": int((why == "opted out").sum()),
-                "cooldown": int(why.str.startswith("contacted", na=False).sum()),
-                "recent_buyer": int(why.str.startswith("bought", na=False).sum()),
-            },
-            "below_min_p_churn": int(
-                (in_group & why.isna().to_numpy() & ~listable(scores, camp.min_p_churn)).sum()
-            ),
-            "extrapolated_listed": {
-                name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
-            },
-            "sizing": sizing_record(cfg),
-            "previous_export": prev.name if prev else None,
-            "drift_psi": {k: round(v, 6) for k, v in drift.items()},
-            "drift_forced": bool(force and worst and drift[worst] > cfg.drift.fail_psi),
-            "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
-            "winback_version": __version__,
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-        }
-        extras = {
-            "profit_curve.png": write_png,
-            "README.txt": lambda p: p.write_text(
-                readme_text(LIST_COLUMN_DOCS, manifest), encoding="utf-8"
-            ),
-        }
-        folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
-    return ScoreResult(folder, scores, lists, t, ref.label)
+def _suppressions(scores: pd.DataFrame, camp, as_of: datetime) -> pd.Series:
+    """Why each scored customer must not be contacted (opted out, contacted recently, bought
+    recently), or NA: :func:`winback.campaigns.suppressed` with the configured files."""
+    contacts = (
+        _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
+        if camp.contact_history
+        else None
+    )
+    opted = (
+        _read_table(camp.opt_out, ["customer_id"], "opt_out")["customer_id"]
+        if camp.opt_out
+        else None
+    )
+    return suppressed(
+        scores["customer_id"],
+        pd.Timestamp(as_of),
+        contacts,
+        camp.cooldown_days,
+        opted,
+        scores["days_since_last_order"],
+        camp.recent_days,
+    )
 
 
 def sizing_record(cfg: Config) -> dict:
