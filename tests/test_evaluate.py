@@ -83,7 +83,7 @@ def test_score_metrics_table_and_paired_difference():
 
 
 def test_profit_curve_plot_draws_a_long_curve_through_its_peak():
-    from winback.evaluate import CURVE_PLOT_POINTS, plot_profit_curve
+    from winback.plots import CURVE_PLOT_POINTS, plot_profit_curve
 
     n = 100_003
     gain = np.where(np.arange(n) < 77_777, 1.0, -1.0)  # peak at the 77,777th customer
@@ -98,7 +98,7 @@ def test_profit_curve_plot_draws_a_long_curve_through_its_peak():
 
 
 def test_plots_show_what_a_reader_needs():
-    from winback.evaluate import plot_calibration, plot_gains, plot_importance
+    from winback.plots import plot_calibration, plot_gains, plot_importance
     from winback.report import plot_list_sizes
 
     # importance: one tick per feature with room for its label, on a log scale where a feature

@@ -178,7 +178,7 @@ def write_backtest(result: BacktestResult, out_dir: str | Path, params: dict) ->
     training cutoffs), and for the last evaluated cutoff (or the pooled predictions)
     ``gains.png``, ``calibration.png`` and ``importance.png``.
     """
-    from winback.evaluate import plot_calibration, plot_gains, plot_importance
+    from winback.plots import plot_calibration, plot_gains, plot_importance
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

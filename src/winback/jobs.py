@@ -25,7 +25,6 @@ from winback.campaigns import suppressed
 from winback.config import Config
 from winback.cutoffs import training_cutoffs
 from winback.errors import DataError
-from winback.evaluate import plot_profit_curve
 from winback.export import (
     export_lists,
     list_exports,
@@ -37,6 +36,7 @@ from winback.export import (
 from winback.measure import Readout, customer_outcomes, load_export, measure_campaign
 from winback.model import ChurnModel, check_model_file, load_model, save_model
 from winback.orders import Orders
+from winback.plots import plot_profit_curve
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
 from winback.scoring import (
@@ -695,7 +695,8 @@ def _champion_gains(
 
     Scored fresh, out of time, at ``end - H`` when every label the model trained on was
     observed before that cutoff; otherwise the model's own training-time backtest is used."""
-    from winback.evaluate import baseline_scores, fast_auc, plot_gains
+    from winback.evaluate import baseline_scores, fast_auc
+    from winback.plots import plot_gains
 
     if model is None:
         return None, "No model asked for (--model none)."

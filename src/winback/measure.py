@@ -323,9 +323,9 @@ def measure_campaign(
 def plot_readout(table: pd.DataFrame, ax=None):
     """Share who bought again, treatment against control, per scope, with the 95% interval of
     the difference drawn on the treatment bar."""
-    from winback.evaluate import _new_ax
+    from winback.plots import new_ax
 
-    ax = ax or _new_ax((6.5, 0.5 * len(table) + 2.2))
+    ax = ax or new_ax((6.5, 0.5 * len(table) + 2.2))
     y = np.arange(len(table))
     ax.barh(y + 0.2, table["retention_control"], height=0.4, label="control", color="#9aa5b1")
     lo = table["incremental_retention_lo"] + table["retention_control"]

@@ -523,9 +523,9 @@ def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
 
 
 def _ax(size: tuple[float, float], ax=None):
-    from winback.evaluate import _new_ax
+    from winback.plots import new_ax
 
-    return ax or _new_ax(size)
+    return ax or new_ax(size)
 
 
 def plot_retention(kpis: pd.DataFrame, ax=None):
