@@ -8,6 +8,7 @@ __all__ = [
     "DataError",
     "InsufficientDataError",
     "UsageError",
+    "first_line",
 ]
 
 
@@ -33,3 +34,10 @@ class InsufficientDataError(DataError):
 
 class UsageError(WinbackError, ValueError):
     """The command was called with options that do not fit together."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type's name when
+    it has none: what a one-line error quotes of a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -22,25 +22,20 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import duckdb
 import pandas as pd
 
 from winback.config import OrdersConfig
 from winback.csvfiles import (
-    NATIVE_ENCODINGS,
-    empty_file,
-    encoding_name,
-    not_utf8,
     not_utf8_at,
-    settle_delimiter,
-    utf8_copy,
 )
-from winback.database import is_database_url, read_database
-from winback.engines.dialect import DUCKDB, Dialect, java_pattern
+from winback.engines.dialect import Dialect, java_pattern, quote_ident, sql_string
 from winback.engines.duckdb import connect
 from winback.errors import ConfigError, DataError
 from winback.secrets import mask_url
+from winback.sources import open_source, read_failure
 
 __all__ = ["Orders", "Problem", "ValidationReport", "load_orders", "orders_from_frame"]
 
@@ -202,98 +197,6 @@ class Orders:
         }
 
 
-def _quote(name: str, d: Dialect = DUCKDB) -> str:
-    q = d.ident_quote
-    return q + name.replace(q, q + q) + q
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _detect_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    if path.is_dir():
-        return "parquet"
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return "parquet"
-    if suffix in {".duckdb", ".ddb", ".db"}:
-        return "duckdb"
-    return "csv"
-
-
-def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, cfg: OrdersConfig) -> str:
-    """Create a view ``_raw`` over a CSV file; all columns as text, parsed later."""
-    if path.stat().st_size == 0:
-        raise empty_file(path)
-    encoding = encoding_name(cfg.csv.encoding)
-    label = path
-    if encoding not in NATIVE_ENCODINGS:
-        path, encoding = utf8_copy(path, cfg.csv.encoding), "utf-8"
-    p = _lit(str(path))
-    enc = f"encoding={_lit(NATIVE_ENCODINGS[encoding])}"
-    header = "true" if cfg.csv.header else "false"
-    # whole lines, for the delimiter and for whitespace-separated text
-    lines = (
-        f"read_csv({p}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', "
-        f"escape='', header=false, auto_detect=false, {enc})"
-    )
-    try:
-        first_rows = con.execute(
-            f"SELECT line FROM {lines} WHERE trim(line) <> '' LIMIT 1"
-        ).fetchall()
-        if not first_rows:
-            raise empty_file(label, blank_lines=True)
-        first = first_rows[0][0]
-        delim = cfg.csv.delimiter
-        if delim == "auto":
-            sniff = con.execute(f"SELECT Delimiter, Columns FROM sniff_csv({p}, {enc})").fetchall()
-            columns = sniff[0][1] or []
-            delim = settle_delimiter(first, "" if len(columns) == 1 else sniff[0][0], cfg)
-        if delim == "whitespace":
-            # Whitespace-separated text (any run of spaces or tabs, leading blanks allowed):
-            # split the lines in SQL, still streaming through DuckDB.
-            first_fields = first.split()
-            if cfg.csv.header:
-                names = first_fields
-            else:
-                names = [f"column{i}" for i in range(len(first_fields))]
-            sel = ", ".join(
-                f"nullif(parts[{i + 1}], '') AS {_quote(n)}" for i, n in enumerate(names)
-            )
-            skip = "OFFSET 1" if cfg.csv.header else ""
-            con.execute(
-                f"""CREATE OR REPLACE TEMP VIEW _raw AS
-                    SELECT {sel} FROM (
-                        SELECT regexp_split_to_array(trim(line), '\\s+') AS parts
-                        FROM (SELECT line FROM {lines} WHERE trim(line) <> '' {skip})
-                    )"""
-            )
-            return "_raw"
-        d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM read_csv({p},
-                delim={_lit(d)}, header={header}, all_varchar=true, {enc})"""
-        )
-    except duckdb.Error as exc:
-        raise read_failure(label, "CSV", exc) from None
-    return "_raw"
-
-
-def read_failure(label: str | Path, fmt: str | None, exc: BaseException) -> DataError:
-    """The error for a source a reader could not read: its encoding, or the reader's words
-    (``fmt`` None: it opened, then failed part way, as a damaged file does)."""
-    why = _first_line(exc)
-    said = (
-        f"could not read it through ({why}); the file may be damaged or cut short: export it again."
-        if fmt is None
-        else f"could not read it as {fmt} ({why})."
-    )
-    return not_utf8(label, str(exc)) or DataError(f"{label}: {said}")
-
-
 def _hint(check: str, policy: str, remedy: str) -> str:
     """A problem's fix: the remedy, and what its policy does now or how to change it (never the
     setting that is already in force)."""
@@ -303,66 +206,16 @@ def _hint(check: str, policy: str, remedy: str) -> str:
     return f"{remedy}; {done} by orders.policies.{check}={policy}"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300]
-
-
-def _open_source(
-    con: duckdb.DuckDBPyConnection, source: str | Path, cfg: OrdersConfig
-) -> tuple[str, str]:
-    """Create the view ``_raw`` over the source; return (view name, label for messages)."""
-    text = str(source)
-    if is_database_url(text):
-        return "_raw", read_database(con, text, cfg)
-    path = Path(text)
-    if not path.exists():
-        raise DataError(f"Orders source {text} does not exist; pass a CSV, Parquet or DuckDB path.")
-    fmt = _detect_format(path, cfg.format)
-    try:
-        if fmt == "csv":
-            if path.is_dir():
-                raise DataError(f"{path} is a folder; a CSV source must be one file.")
-            return _csv_relation(con, path, cfg), str(path)
-        if fmt == "parquet":
-            glob = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM read_parquet({_lit(glob)})"
-            )
-            return "_raw", str(path)
-        # DuckDB database file
-        if not cfg.table:
-            raise ConfigError(
-                f"{path} is a DuckDB database: set orders.table to the table that holds the "
-                "orders (e.g. --set orders.table=orders)."
-            )
-        con.execute(f"ATTACH {_lit(str(path))} AS _src (READ_ONLY)")
-        tables = {
-            r[0]
-            for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = '_src'"
-            ).fetchall()
-        }
-        if cfg.table not in tables:
-            listed = ", ".join(sorted(tables)) or "none"
-            raise DataError(
-                f"{path} has no table '{cfg.table}' (tables: {listed}); set orders.table."
-            )
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _src.{_quote(cfg.table)}")
-        return "_raw", f"{path}:{cfg.table}"
-    except duckdb.Error as exc:
-        raise read_failure(path, fmt, exc) from None
-
-
 def _ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
     """SQL expression turning the input column into a UTC TIMESTAMP (NULL if unparsable)."""
-    c = _quote(col, d)
+    c = quote_ident(col, d)
     dtype = dtype.upper()
     tz = cfg.timezone
 
     def localize(expr: str) -> str:
         if tz.upper() == "UTC":
             return expr
-        return d.local_to_utc.format(x=expr, tz=_lit(tz))
+        return d.local_to_utc.format(x=expr, tz=sql_string(tz))
 
     if dtype.startswith("TIMESTAMP WITH TIME ZONE") or dtype == "TIMESTAMPTZ":
         return d.aware_to_utc.format(x=c)
@@ -371,14 +224,16 @@ def _ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
     text = f"trim(CAST({c} AS STRING))"
     if cfg.date_format != "auto":
         fmt = cfg.date_format if d.strftime_formats else _java_pattern(cfg.date_format)
-        return localize(d.strptime.format(x=text, fmt=_lit(fmt)))
+        return localize(d.strptime.format(x=text, fmt=sql_string(fmt)))
     eight = d.full_match.format(x=text, pattern="'[0-9]{8}'")
-    yyyymmdd = d.strptime.format(x=text, fmt=_lit("%Y%m%d" if d.strftime_formats else "yyyyMMdd"))
+    yyyymmdd = d.strptime.format(
+        x=text, fmt=sql_string("%Y%m%d" if d.strftime_formats else "yyyyMMdd")
+    )
     naive = f"CASE WHEN {eight} THEN {yyyymmdd} ELSE {d.parse_ts.format(x=text)} END"
     return (
-        f"CASE WHEN {d.full_match.format(x=text, pattern=_lit(_EPOCH_RE))} "
+        f"CASE WHEN {d.full_match.format(x=text, pattern=sql_string(_EPOCH_RE))} "
         f"THEN {_epoch_expr(text, d)} "
-        f"WHEN {d.search.format(x=text, pattern=_lit(_OFFSET_RE))} "
+        f"WHEN {d.search.format(x=text, pattern=sql_string(_OFFSET_RE))} "
         f"THEN {d.parse_ts_offset.format(x=text)} ELSE {localize(naive)} END"
     )
 
@@ -412,7 +267,7 @@ def _java_pattern(fmt: str) -> str:
 
 
 def _num_expr(col: str, dtype: str, d: Dialect) -> str:
-    c = _quote(col, d)
+    c = quote_ident(col, d)
     if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
         return f"try_cast(trim({c}) AS DOUBLE)"
     return f"try_cast({c} AS DOUBLE)"
@@ -420,8 +275,8 @@ def _num_expr(col: str, dtype: str, d: Dialect) -> str:
 
 def _text_expr(col: str, dtype: str, d: Dialect) -> str:
     if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
-        return f"nullif(trim({_quote(col, d)}), '')"
-    return f"CAST({_quote(col, d)} AS STRING)"
+        return f"nullif(trim({quote_ident(col, d)}), '')"
+    return f"CAST({quote_ident(col, d)} AS STRING)"
 
 
 def _without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -> str:
@@ -432,7 +287,7 @@ def _without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -
     copies = int(rows_read - distinct)
     if copies == 0:
         return "_raw"
-    names = [_quote(c, engine.dialect) for c in engine.columns("_raw")]
+    names = [quote_ident(c, engine.dialect) for c in engine.columns("_raw")]
     shown = ", ".join(f"coalesce(CAST({c} AS STRING), '')" for c in names[:4])
     rows = engine.fetchall(
         f"SELECT concat_ws(' | ', {shown}) AS v FROM _raw GROUP BY {', '.join(names)} "
@@ -479,12 +334,12 @@ def _normalise_ids(engine, view: str, cols, types: dict[str, str], label: str) -
         if col is None or col not in types:
             continue
         dtype = types[col].upper()
-        q = _quote(col, d)
+        q = quote_ident(col, d)
         if dtype in {"DOUBLE", "FLOAT", "REAL", "DECIMAL"} or dtype.startswith("DECIMAL"):
             cond = f"{q} IS NOT NULL AND {q} <> floor({q})"
         elif dtype in {"VARCHAR", "TEXT", "STRING"}:
             text = f"nullif(trim({q}), '')"
-            spelled = d.full_match.format(x=text, pattern=_lit(_FLOAT_ID))
+            spelled = d.full_match.format(x=text, pattern=sql_string(_FLOAT_ID))
             cond = f"{text} IS NOT NULL AND NOT {spelled}"
         else:
             continue
@@ -504,18 +359,24 @@ def _id_expr(col: str, dtype: str, d: Dialect, notes: dict[str, str]) -> str:
     """An id column as text; as the integer it spells when :func:`_normalise_ids` said so."""
     if not any(f"column '{col}':" in n for n in notes.values()):
         return _text_expr(col, dtype, d)
-    q = _quote(col, d)
+    q = quote_ident(col, d)
     if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:  # the text itself: no float rounding
         return f"regexp_replace(nullif(trim({q}), ''), '[.]0+$', '')"
     return f"CAST(CAST({q} AS BIGINT) AS STRING)"
 
 
-def _examples(engine, col: str, where: str) -> tuple[str, ...]:
-    """A few distinct raw values of the rows that fail a check (read again from the source)."""
-    rows = engine.fetchall(
-        f"SELECT DISTINCT coalesce(CAST({col} AS STRING), '<empty>') AS v FROM _stage_raw "
-        f"WHERE {where} ORDER BY v LIMIT {_N_EXAMPLES}"
-    )
+def _examples(
+    engine, col: str, where: str, view: str = "_stage_raw", having: str | None = None
+) -> tuple[str, ...]:
+    """A few distinct values of ``col`` (its raw text, read again from the source, by default)
+    in the rows of ``view`` where ``where`` holds, or, with ``having``, among the values whose
+    rows meet that condition together (e.g. an order id seen twice)."""
+    v = f"coalesce(CAST({col} AS STRING), '<empty>')"
+    if having is None:
+        sql = f"SELECT DISTINCT {v} AS v FROM {view} WHERE {where}"
+    else:
+        sql = f"SELECT {v} AS v FROM {view} WHERE {col} IS NOT NULL GROUP BY {col} HAVING {having}"
+    rows = engine.fetchall(f"{sql} ORDER BY v LIMIT {_N_EXAMPLES}")
     return tuple(str(r[0]) for r in rows)
 
 
@@ -579,6 +440,46 @@ _OUR_SQL = (
 )
 
 
+@dataclass
+class _Load:
+    """What the stages of :func:`load_orders` hand on to each other."""
+
+    engine: Any
+    cfg: OrdersConfig
+    label: str
+    as_of: datetime  # naive UTC
+    types: dict[str, str] = field(default_factory=dict)
+    optional: dict[str, str] = field(default_factory=dict)
+    rows_read: int = 0
+    source_view: str = "_raw"
+    notes: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)
+    has_order_id: bool = False
+    lines: bool = False
+    is_return: str = "false"
+    dup: int = 0
+
+    @property
+    def extra(self) -> list[str]:
+        """The optional columns an order carries on (category, channel)."""
+        return [k for k in ("category", "channel") if k in self.optional]
+
+
+class Check(NamedTuple):
+    """A row check of :func:`load_orders`: rows where ``condition`` holds (SQL over the staged
+    columns) are counted, shown by a few values of ``example_column``, and dropped, kept or
+    refused by their ``policy``."""
+
+    check: str
+    column: str
+    condition: str
+    example_column: str
+    what: str
+    policy: str
+    fix: str
+
+
 def _load_orders(
     source: str | Path | pd.DataFrame,
     cfg: OrdersConfig,
@@ -587,6 +488,30 @@ def _load_orders(
     table: str,
     engine,
 ) -> Orders:
+    """The stages of :func:`load_orders`, in order; each names what it does."""
+    _check_timezone(cfg)
+    if engine is None:
+        from winback.engines.duckdb import DuckDBEngine
+
+        con = con or connect()
+        engine = DuckDBEngine(con)
+    label = open_source(engine, source, cfg)
+    table = engine.table_name(table)
+    s = _Load(engine, cfg, label, (as_of or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None))
+    _map_columns(s)
+    _count_rows_and_copies(s)
+    _stage_columns(s)
+    _decide_lines(s)
+    _check_rows(s)
+    _returns_rule(s)
+    _to_orders(s)
+    _refuse_failures(s)
+    kept_lines = _orders_table(s, table)
+    report = _report(s, table, kept_lines)
+    return Orders(con, table, report, engine=None if engine.name == "duckdb" else engine)
+
+
+def _check_timezone(cfg: OrdersConfig) -> None:
     try:
         zoneinfo.ZoneInfo(cfg.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -594,23 +519,11 @@ def _load_orders(
             f"The 'orders.timezone' setting must be an IANA zone such as UTC or Europe/Berlin; "
             f"got {cfg.timezone!r}."
         ) from None
-    if engine is not None:
-        label = engine.open_source(source, cfg)
-    else:
-        from winback.engines.duckdb import DuckDBEngine
 
-        con = con or connect()
-        engine = DuckDBEngine(con)
-        if isinstance(source, pd.DataFrame):
-            con.register("_raw_frame", source)
-            con.execute("CREATE OR REPLACE TEMP VIEW _raw AS SELECT * FROM _raw_frame")
-            label = "a data frame"
-        else:
-            _, label = _open_source(con, source, cfg)
-    d = engine.dialect
-    table = engine.table_name(table)
-    as_of_naive = (as_of or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
 
+def _map_columns(s: _Load) -> None:
+    """Find the mapped columns in the source; refuse, in one line, any that is missing."""
+    engine, cfg, label = s.engine, s.cfg, s.label
     types = engine.columns("_raw")
     cols = cfg.columns
     required = {"customer_id": cols.customer_id, "order_ts": cols.order_ts}
@@ -640,24 +553,37 @@ def _load_orders(
             "(e.g. --set orders.columns.order_ts=InvoiceDate)."
         )
     optional = {k: v for k, v in optional.items() if v in types}
+    s.types, s.optional = types, optional
 
+
+def _count_rows_and_copies(s: _Load) -> None:
+    """Count the rows read (refuse an empty input), set exact copies of a line aside by their
+    policy, and read float-typed ids as the integers they hold."""
+    engine, cfg, label, types = s.engine, s.cfg, s.label, s.types
+    cols = cfg.columns
     rows_read = engine.fetchall("SELECT count(*) FROM _raw")[0][0]
     if rows_read == 0:
         raise DataError(
             f"{label}: the input is empty (0 rows); point orders.source at the order history."
         )
-    problems: list[Problem] = []
+    problems = s.problems
     source_view = _without_copies(engine, cfg, rows_read, problems)
     notes = _normalise_ids(engine, source_view, cols, types, label)
 
-    # 1. Stage: typed columns (a table), and a view that adds the raw text for examples.
+    s.rows_read, s.source_view, s.notes = rows_read, source_view, notes
+
+
+def _stage_columns(s: _Load) -> None:
+    """The typed columns (a table ``_stage``), and a view that adds the raw text for examples."""
+    engine, cfg, types, optional, notes = s.engine, s.cfg, s.types, s.optional, s.notes
+    cols, d, source_view = cfg.columns, s.engine.dialect, s.source_view
     if cols.amount is not None:
         amount = _num_expr(cols.amount, types[cols.amount], d)
-        amount_raw = _quote(cols.amount, d)
+        amount_raw = quote_ident(cols.amount, d)
     else:
         q, u = cols.quantity, cols.unit_price
         amount = f"({_num_expr(q, types[q], d)} * {_num_expr(u, types[u], d)})"  # type: ignore[arg-type]
-        amount_raw = f"concat({_quote(q, d)}, ' x ', {_quote(u, d)})"  # type: ignore[arg-type]
+        amount_raw = f"concat({quote_ident(q, d)}, ' x ', {quote_ident(u, d)})"  # type: ignore[arg-type]
     select = [
         f"{_id_expr(cols.customer_id, types[cols.customer_id], d, notes)} AS customer_id",
         f"{_ts_expr(cols.order_ts, types[cols.order_ts], cfg, d)} AS order_ts",
@@ -671,14 +597,20 @@ def _load_orders(
         if k in optional:
             select.append(f"{_text_expr(optional[k], types[optional[k]], d)} AS {k}")
     raw = [
-        f"CAST({_quote(cols.order_ts, d)} AS STRING) AS order_ts_raw",
+        f"CAST({quote_ident(cols.order_ts, d)} AS STRING) AS order_ts_raw",
         f"CAST({amount_raw} AS STRING) AS amount_raw",
     ]
     engine.create_table("_stage", f"SELECT {', '.join(select)} FROM {source_view}")
     engine.create_view("_stage_raw", f"SELECT {', '.join(select + raw)} FROM {source_view}")
     staged = [x.rsplit(" AS ", 1)[1] for x in select if x.rsplit(" AS ", 1)[1] != "amount_f"]
 
-    # 2. Decide whether rows are order lines.
+    s.has_order_id, s.staged = has_order_id, staged
+
+
+def _decide_lines(s: _Load) -> None:
+    """Whether the rows are order lines (several rows of one order id) or orders."""
+    engine, cfg, has_order_id = s.engine, s.cfg, s.has_order_id
+    cols = cfg.columns
     n_dup_ids = 0
     could_be_lines = cols.quantity is not None and cols.unit_price is not None
     if has_order_id and cfg.lines == "auto" and could_be_lines:
@@ -691,12 +623,15 @@ def _load_orders(
         )
     lines = cfg.lines == "yes" or (cfg.lines == "auto" and n_dup_ids > 0)
 
-    # 3. Row checks, all at once.
-    pol = cfg.policies
-    max_abs = cfg.max_abs_amount
-    checks: list[tuple[str, str, str, str, str, str, str]] = [
-        # check, column, condition, example column, what, policy, fix
-        (
+    s.lines = lines
+
+
+def _row_checks(s: _Load) -> list[Check]:
+    """The row checks, one entry each: adding a check or a policy is one more entry here."""
+    cfg, d, as_of_naive = s.cfg, s.engine.dialect, s.as_of
+    cols, pol, max_abs = cfg.columns, cfg.policies, cfg.max_abs_amount
+    return [
+        Check(
             "unparsable_date",
             cols.order_ts,
             "order_ts IS NULL",
@@ -713,7 +648,7 @@ def _load_orders(
                 "their format, or to auto (ISO dates, YYYYMMDD, Unix epoch numbers)",
             ),
         ),
-        (
+        Check(
             "null_customer_id",
             cols.customer_id,
             "customer_id IS NULL",
@@ -722,7 +657,7 @@ def _load_orders(
             pol.null_customer_id,
             _hint("null_customer_id", pol.null_customer_id, "fill the ids at the source"),
         ),
-        (
+        Check(
             "bad_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
             f"amount_f IS NULL OR isnan(amount_f) OR {d.is_inf.format(x='amount_f')}",
@@ -731,7 +666,7 @@ def _load_orders(
             pol.bad_amount,
             _hint("bad_amount", pol.bad_amount, "fix the amounts at the source"),
         ),
-        (
+        Check(
             "absurd_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
             f"abs(amount_f) > {max_abs!r} AND NOT {d.is_inf.format(x='amount_f')} "
@@ -745,7 +680,7 @@ def _load_orders(
                 "check them, and raise orders.max_abs_amount if they are real",
             ),
         ),
-        (
+        Check(
             "future_date",
             cols.order_ts,
             f"order_ts > TIMESTAMP '{as_of_naive.isoformat(sep=' ')}'",
@@ -761,7 +696,7 @@ def _load_orders(
                 else "fail the run (policies.future_date=fail)"
             ),  # fmt: skip
         ),
-        (
+        Check(
             "control_characters",
             cols.customer_id,
             d.search.format(x="customer_id", pattern=d.control_chars),
@@ -775,7 +710,7 @@ def _load_orders(
                 "fail": "clean the ids at the source, or set policies.control_characters=keep",
             }[pol.control_characters],
         ),
-        (
+        Check(
             "zero_amount",
             cols.amount or f"{cols.quantity} x {cols.unit_price}",
             "amount_f = 0",
@@ -785,7 +720,15 @@ def _load_orders(
             "kept as purchases by default; set policies.zero_amount=drop to drop",
         ),
     ]
-    counts_sql = ", ".join(f"count(*) FILTER (WHERE {c[2]})" for c in checks)
+
+
+def _check_rows(s: _Load) -> None:
+    """Run every row check at once, record the problems, and leave the view ``_clean`` of the
+    rows their policies keep."""
+    engine, label, problems, rows_read = s.engine, s.label, s.problems, s.rows_read
+    d = engine.dialect
+    checks = _row_checks(s)
+    counts_sql = ", ".join(f"count(*) FILTER (WHERE {c.condition})" for c in checks)
     # U+FFFD in an id is the mark of text decoded in the wrong encoding (Spark's CSV reader puts
     # it in place of bytes that are not UTF-8, where DuckDB's refuses them)
     counts_sql += ", count(*) FILTER (WHERE instr(customer_id, '\ufffd') > 0)"
@@ -809,23 +752,26 @@ def _load_orders(
     keep_rows = "NOT (" + " OR ".join(drop_conditions) + ")" if drop_conditions else "true"
     engine.create_view(
         "_clean",
-        f"""SELECT {", ".join(staged)}, CAST(round(amount_f, 4) AS {_AMOUNT_TYPE}) AS amount
+        f"""SELECT {", ".join(s.staged)}, CAST(round(amount_f, 4) AS {_AMOUNT_TYPE}) AS amount
             FROM _stage
             WHERE {keep_rows} AND order_ts IS NOT NULL AND customer_id IS NOT NULL
               AND amount_f IS NOT NULL AND NOT isnan(amount_f)
               AND NOT {d.is_inf.format(x="amount_f")} AND abs(amount_f) < 1e13""",
     )
 
-    # 4. Returns rule (on lines or orders alike).
+
+def _returns_rule(s: _Load) -> None:
+    """The SQL condition that makes a row a return or cancellation (on lines or orders alike)."""
+    cfg, optional, has_order_id, d = s.cfg, s.optional, s.has_order_id, s.engine.dialect
     ret = cfg.returns
     ret_terms = []
     if ret.negative_amount:
         ret_terms.append("amount < 0")
     if ret.status_values and "status" in optional:
-        vals = ", ".join(_lit(v) for v in ret.status_values)
+        vals = ", ".join(sql_string(v) for v in ret.status_values)
         ret_terms.append(f"coalesce(status IN ({vals}), false)")
     if ret.order_id_prefix and has_order_id:
-        starts = d.starts_with.format(x="order_id", prefix=_lit(ret.order_id_prefix))
+        starts = d.starts_with.format(x="order_id", prefix=sql_string(ret.order_id_prefix))
         ret_terms.append(f"coalesce({starts}, false)")
     if ret.status_values and "status" not in optional:
         raise ConfigError(
@@ -834,9 +780,15 @@ def _load_orders(
         )
     is_return = " OR ".join(ret_terms) if ret_terms else "false"
 
-    extra = [k for k in ("category", "channel") if k in optional]
+    s.is_return = is_return
+
+
+def _to_orders(s: _Load) -> None:
+    """Aggregate order lines to orders (view ``_orders0``), or count repeated order ids."""
+    engine, cfg, problems, rows_read = s.engine, s.cfg, s.problems, s.rows_read
+    lines, has_order_id, is_return, extra = s.lines, s.has_order_id, s.is_return, s.extra
+    cols, pol, d = cfg.columns, cfg.policies, engine.dialect
     dup = 0
-    # 5. Aggregate lines to orders, or check order ids for duplicates.
     if lines:
         no_id = engine.fetchall("SELECT count(*) FROM _clean WHERE order_id IS NULL")[0][0]
         if no_id:
@@ -858,13 +810,7 @@ def _load_orders(
             "HAVING count(DISTINCT customer_id) > 1) AS c"
         )[0]
         if conflict[0]:
-            ex = tuple(
-                r[0]
-                for r in engine.fetchall(
-                    "SELECT order_id FROM _clean WHERE order_id IS NOT NULL GROUP BY order_id "
-                    f"HAVING count(DISTINCT customer_id) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
-                )
-            )
+            ex = _examples(engine, "order_id", "true", "_clean", "count(DISTINCT customer_id) > 1")
             problems.append(
                 Problem(
                     "conflicting_customer",
@@ -903,14 +849,7 @@ def _load_orders(
                 "WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1) AS c"
             )[0][0]
             if dup:
-                ex = tuple(
-                    r[0]
-                    for r in engine.fetchall(
-                        "SELECT order_id FROM _orders0 WHERE order_id IS NOT NULL "
-                        "GROUP BY order_id "
-                        f"HAVING count(*) > 1 ORDER BY 1 LIMIT {_N_EXAMPLES}"
-                    )
-                )
+                ex = _examples(engine, "order_id", "true", "_orders0", "count(*) > 1")
                 problems.append(
                     Problem(
                         "duplicate_order_id",
@@ -924,6 +863,12 @@ def _load_orders(
                     )
                 )
 
+    s.dup = dup
+
+
+def _refuse_failures(s: _Load) -> None:
+    """Refuse, in one line, every problem whose policy is ``fail``."""
+    problems, label = s.problems, s.label
     failures = [p for p in problems if p.policy == "fail"]
     if failures:
         raise DataError(
@@ -931,7 +876,12 @@ def _load_orders(
             + "; ".join(p.describe() for p in failures)
         )
 
-    # 6. Final ids: dedupe or disambiguate, and make ids where there are none.
+
+def _orders_table(s: _Load, table: str) -> int:
+    """Final ids (copies dropped or told apart, ids made where there are none) into the orders
+    table; return how many input lines its orders hold."""
+    engine, cfg, lines, has_order_id, dup = s.engine, s.cfg, s.lines, s.has_order_id, s.dup
+    extra, source_view, d = s.extra, s.source_view, engine.dialect
     dup_policy = cfg.policies.duplicate_order_id
     rank = (
         "row_number() OVER (PARTITION BY order_id "
@@ -980,6 +930,13 @@ def _load_orders(
     if source_view != "_raw":
         engine.drop_view(source_view)
 
+    return int(kept_lines)
+
+
+def _report(s: _Load, table: str, kept_lines: int) -> ValidationReport:
+    """What reading found; refuse an input with no order left."""
+    engine, label, problems, rows_read = s.engine, s.label, s.problems, s.rows_read
+    lines, notes, as_of_naive = s.lines, s.notes, s.as_of
     n, n_cust, n_ret, lo, hi = engine.fetchall(
         f"SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE is_return), "
         f"min(order_ts), max(order_ts) FROM {table}"
@@ -1012,7 +969,7 @@ def _load_orders(
         )
     for line in report.summary_lines():
         log.debug(line)
-    return Orders(con, table, report, engine=None if engine.name == "duckdb" else engine)
+    return report
 
 
 def orders_from_frame(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Dialect", "DUCKDB", "SPARK", "java_pattern"]
+__all__ = ["Dialect", "DUCKDB", "SPARK", "java_pattern", "quote_ident", "sql_string"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,14 @@ def java_pattern(fmt: str) -> str:
         out.append("''" if ch == "'" else f"'{ch}'" if ch.isalpha() else ch)
         i += 1
     return "".join(out)
+
+
+def quote_ident(name: str, d: Dialect = DUCKDB) -> str:
+    """A column or table name quoted for ``d`` (its quote character doubled inside)."""
+    q = d.ident_quote
+    return q + name.replace(q, q + q) + q
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (single quotes doubled inside), the same on every engine."""
+    return "'" + value.replace("'", "''") + "'"

@@ -23,17 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from winback.config import OrdersConfig
-from winback.csvfiles import (
-    SPARK_ENCODINGS,
-    empty_file,
-    encoding_name,
-    settle_delimiter,
-    utf8_copy,
-)
-from winback.database import is_database_url, redact_url
 from winback.engines.dialect import SPARK
-from winback.errors import ConfigError, DataError, UsageError
+from winback.errors import UsageError
 
 __all__ = ["INSTALL_HINT", "require_pyspark", "spark_session", "SparkEngine"]
 
@@ -114,17 +105,14 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
     return spark
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
+    """Whether a Spark path is on this machine's file system."""
     return "://" not in path or path.startswith("file://")
 
 
-def _local(path: str) -> Path:
+def local_path(path: str) -> Path:
+    """A local Spark path as a :class:`~pathlib.Path` (``file://`` removed)."""
     return Path(path.removeprefix("file://"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 _TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "timestamp_ntz": "TIMESTAMP"}
@@ -252,10 +240,10 @@ class SparkEngine:
         A local folder is written under a temporary name and swapped in at the end, so readers
         never see half of it; other file systems get Spark's overwrite."""
         df = self.spark.sql(sql)
-        if not _is_local(path):
+        if not is_local(path):
             df.write.mode("overwrite").parquet(path)
             return self.spark.read.parquet(path).count()
-        out = _local(path)
+        out = local_path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -271,96 +259,3 @@ class SparkEngine:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
-
-    # -- sources ------------------------------------------------------------------------------
-    def open_source(self, source: str | Path | pd.DataFrame, cfg: OrdersConfig) -> str:
-        """Create the view ``_raw`` over a Parquet or CSV source; return a label for messages."""
-        if isinstance(source, pd.DataFrame):
-            raise UsageError(
-                "The Spark engine reads orders from files: write the frame to Parquet first."
-            )
-        text = str(source)
-        if is_database_url(text):
-            raise UsageError(
-                "Database sources are read by the DuckDB engine; on Spark, export the table "
-                f"to Parquet (or read it with Spark's JDBC source) first: {redact_url(text)}"
-            )
-        if _is_local(text) and not _local(text).exists():
-            raise DataError(f"Orders source {text} does not exist; pass a CSV or Parquet path.")
-        fmt = cfg.format
-        if fmt == "auto":
-            lower = text.lower().rstrip("/")
-            is_dir = _is_local(text) and _local(text).is_dir()
-            fmt = "parquet" if is_dir or lower.endswith((".parquet", ".pq")) else "csv"
-        if fmt == "duckdb":
-            raise ConfigError(
-                "A DuckDB database file is read by the DuckDB engine; on Spark, export the "
-                "table to Parquet first."
-            )
-        reader = self.spark.read
-        try:
-            if fmt == "parquet":
-                df = reader.parquet(text)
-            else:
-                df = self._csv(text, cfg)
-        except Exception as exc:  # Spark's AnalysisException and friends
-            raise DataError(f"{text}: could not read it as {fmt} ({_first_line(exc)}).") from None
-        df.createOrReplaceTempView("_raw")
-        return text
-
-    def _csv(self, path: str, cfg: OrdersConfig):
-        from pyspark.sql import functions as F
-
-        if _is_local(path) and _local(path).is_file() and _local(path).stat().st_size == 0:
-            raise empty_file(path)
-        delim = cfg.csv.delimiter
-        encoding = SPARK_ENCODINGS.get(encoding_name(cfg.csv.encoding))
-        if encoding is None:
-            if not _is_local(path):
-                raise ConfigError(
-                    f"Spark reads CSV in {', '.join(sorted(set(SPARK_ENCODINGS.values())))}; "
-                    f"convert {path} from {cfg.csv.encoding} to UTF-8 first (e.g. iconv -f "
-                    f"{cfg.csv.encoding} -t utf-8)."
-                )
-            path, encoding = str(utf8_copy(_local(path), cfg.csv.encoding)), "utf-8"
-        # whole lines in the file's encoding (Spark's text reader knows only UTF-8)
-        lines = (
-            self.spark.read.option("encoding", encoding)
-            .option("sep", "\u0001")
-            .option("quote", "")
-            .option("header", False)
-            .csv(path)
-            .select(F.col("_c0").alias("value"))
-        )
-        first_rows = lines.filter(F.trim(F.col("value")) != "").limit(1).collect()
-        if not first_rows:
-            raise empty_file(path, blank_lines=True)
-        first = first_rows[0][0]
-        if delim == "auto":
-            counts = {c: first.count(c) for c in (",", ";", "\t", "|")}
-            best = max(counts, key=counts.get)
-            delim = settle_delimiter(first, best if counts[best] else "", cfg)
-        if delim != "whitespace":
-            d = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
-            return (
-                self.spark.read.option("header", cfg.csv.header)
-                .option("sep", d)
-                .option("encoding", encoding)
-                .option("inferSchema", False)
-                .csv(path)
-            )
-        # whitespace-separated text: split each trimmed line on runs of blanks
-        names = (
-            first.split() if cfg.csv.header else [f"column{i}" for i in range(len(first.split()))]
-        )
-        stripped = F.regexp_replace(F.col("value"), r"^\s+|\s+$", "")
-        rows = lines.select(stripped.alias("line")).filter(F.col("line") != "")
-        if cfg.csv.header:
-            rows = rows.filter(F.col("line") != first.strip())
-        parts = F.split(F.col("line"), r"\s+")
-        return rows.select(
-            *[
-                F.when(parts.getItem(i) != "", parts.getItem(i)).alias(n)
-                for i, n in enumerate(names)
-            ]
-        )
