@@ -6,15 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from winback.campaigns import (
-    control_flags,
-    expected_gain,
-    neutralize_csv,
-    reasons,
-    rfm_segments,
-    size_list,
-)
+from winback.campaigns import control_flags, expected_gain, size_list
 from winback.errors import UsageError
+from winback.explain import reasons
+from winback.export import neutralize_csv
+from winback.segments import rfm_segments
 
 
 def test_expected_profit_list_by_hand():

@@ -160,7 +160,7 @@ def test_one_class_only_is_refused(snaps):
 
 
 def test_population_stability_by_hand():
-    from winback.model import population_stability
+    from winback.drift import population_stability
 
     ref = {"edges": [1.0], "shares": [0.5, 0.5]}  # two bins: below 1, at or above 1
     assert population_stability(ref, np.array([0.0, 2.0, 0.5, 3.0])) == pytest.approx(0.0)
@@ -180,7 +180,7 @@ def test_model_remembers_its_training_distribution(model, snaps):
 
 
 def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(snaps):
-    from winback.model import _path_contributions
+    from winback.explain import path_contributions
 
     model = ChurnModel(horizon_days=60, candidate="boosted").fit(snaps, snaps["churned"])
     X = snaps.head(3000).copy()
@@ -191,7 +191,7 @@ def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(snaps):
     raw = model.booster_.predict(Xf, num_iteration=model.n_trees_, raw_score=True)
     # each method adds up exactly with its own bias (LightGBM's root values for the path
     # method, the expected value for TreeSHAP)
-    full = _path_contributions(model.booster_, Xf, model.n_trees_)
+    full = path_contributions(model.booster_, Xf, model.n_trees_)
     np.testing.assert_allclose(full.sum(axis=1), raw, atol=1e-9)
     # the model's contributions: the weighted trees', plus BG/NBD's weighted log-odds (from
     # their training mean) on its probability when the trees are blended with it
@@ -213,7 +213,7 @@ def test_path_contributions_add_up_to_the_raw_score_and_agree_with_shap(snaps):
 def test_path_contributions_handle_single_leaf_trees():
     import lightgbm as lgb
 
-    from winback.model import _path_contributions
+    from winback.explain import path_contributions
 
     rng = np.random.default_rng(0)
     X = rng.random((60, 3))
@@ -222,5 +222,5 @@ def test_path_contributions_handle_single_leaf_trees():
     clf = lgb.LGBMClassifier(n_estimators=5, min_child_samples=31, verbose=-1).fit(X, y)
     trees = clf.booster_.dump_model()["tree_info"]
     assert any("leaf_value" in t["tree_structure"] for t in trees)
-    full = _path_contributions(clf.booster_, X, len(trees), chunk_rows=7)
+    full = path_contributions(clf.booster_, X, len(trees), chunk_rows=7)
     np.testing.assert_allclose(full.sum(axis=1), clf.predict(X, raw_score=True), atol=1e-9)

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from tests.conftest import frame, hidden_in_browser, orders_of
-from winback.campaigns import rfm_segments
 from winback.errors import UsageError
 from winback.report import (
     active_window_days,
@@ -25,6 +24,7 @@ from winback.report import (
     retention_by,
     retention_kpis,
 )
+from winback.segments import rfm_segments
 
 
 def _seed_log() -> pd.DataFrame:

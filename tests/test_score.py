@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 
 from tests.conftest import check_reasons, orders_of
-from winback.campaigns import rfm_segments, suppressed
+from winback.campaigns import suppressed
 from winback.config import CampaignsConfig
 from winback.cutoffs import training_cutoffs
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
 from winback.model import ChurnModel, save_model
 from winback.scoring import LIST_COLUMNS, add_reasons, build_lists, score_customers
+from winback.segments import rfm_segments
 from winback.snapshots import build_snapshots
 
 AS_OF = "2023-12-31"

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from winback.atomic import sha256_file
-from winback.campaigns import neutralize_csv
 from winback.errors import WinbackError
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "list_exports",
     "previous_export",
     "write_csv",
+    "neutralize_csv",
     "write_parquet",
     "plain_columns",
     "list_files",
@@ -73,6 +73,38 @@ def export_lock(out_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def neutralize_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells that start with ``=``, ``+``, ``-`` or ``@`` (also after blanks or
+    control characters), or with a tab or CR, with a quote, so spreadsheets show them instead of
+    running them (CSV injection). Numbers are left alone."""
+    out = frame.copy(deep=False)
+    for col in out.columns:
+        s = out[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):  # each distinct text once
+            names = s.cat.categories
+            if pd.api.types.is_string_dtype(names) or names.dtype == object:
+                safe = _neutralized(pd.Series(names))
+                out[col] = (
+                    s.cat.rename_categories(safe.to_numpy())
+                    if safe.is_unique
+                    else _neutralized(s)  # "=x" and "'=x" both there: cell by cell
+                )
+        elif pd.api.types.is_string_dtype(s) or s.dtype == object:
+            out[col] = _neutralized(s)
+    return out
+
+
+#: A cell a spreadsheet may run as a formula: one that starts with = + - or @, also after any
+#: blanks or control characters (some programs drop those first), or with a tab or a CR.
+_FORMULA = r"^(?:[\x00-\x20\x7f]*[=+\-@]|[\t\r])"
+
+
+def _neutralized(s: pd.Series) -> pd.Series:
+    text = s.astype("string")
+    risky = text.str.contains(_FORMULA, regex=True, na=False)
+    return text.where(~risky, "'" + text) if risky.any() else text
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

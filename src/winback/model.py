@@ -43,7 +43,9 @@ import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from winback.atomic import atomic_path, sha256_file
+from winback.drift import DRIFT_FEATURES, population_stability, reference_bins
 from winback.errors import DataError, WinbackError
+from winback.explain import path_contributions
 from winback.progress import Progress
 from winback.sample import customer_share
 
@@ -51,9 +53,7 @@ __all__ = [
     "CANDIDATES",
     "ChurnModel",
     "NON_FEATURES",
-    "DRIFT_FEATURES",
     "feature_columns",
-    "population_stability",
     "save_model",
     "load_model",
     "check_model_file",
@@ -75,12 +75,6 @@ BTYD_MARGIN_SE = 2.0
 #: Weights of the trees' corrections tried for ``boosted_btyd`` (0 = BG/NBD alone).
 SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
-#: Features whose distribution the drift guard compares with training (plus p_churn): how
-#: recently, how often of late and how much customers buy. Features that change with time by
-#: construction (tenure, order and spend totals, rates per year of tenure, days of history,
-#: BG/NBD's probabilities, which age with the customer) are left out: a shop whose customers
-#: are simply older is not drifting.
-DRIFT_FEATURES = ("recency_days", "orders_90d", "monetary_mean")
 
 #: Snapshot columns that are keys or labels, never features.
 NON_FEATURES = frozenset({"customer_id", "cutoff_ts", "churned", "orders_in_horizon"})
@@ -134,100 +128,6 @@ def _scores(y: np.ndarray, margin: np.ndarray) -> dict[str, float]:
         "mean_p": float(p.mean()),
         "churn_rate": float(y.mean()),
     }
-
-
-def _flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
-    """One tree of LightGBM's model dump as arrays: feature (-1 at leaves), threshold,
-    default_left, missing type (0 None, 1 Zero, 2 NaN), left, right, node value."""
-    feat, thr, dleft, miss, left, right, value = [], [], [], [], [], [], []
-    stack: list[tuple[dict, int, str]] = []
-
-    def add(node: dict) -> int:
-        i = len(feat)
-        leaf = "leaf_value" in node
-        if not leaf and node.get("decision_type") != "<=":
-            raise ValueError("path contributions support numeric splits only")
-        feat.append(-1 if leaf else node["split_feature"])
-        thr.append(0.0 if leaf else node["threshold"])
-        dleft.append(False if leaf else node["default_left"])
-        miss.append(0 if leaf else {"None": 0, "Zero": 1, "NaN": 2}[node["missing_type"]])
-        left.append(-1)
-        right.append(-1)
-        value.append(node["leaf_value"] if leaf else node["internal_value"])
-        if not leaf:
-            stack.append((node["left_child"], i, "l"))
-            stack.append((node["right_child"], i, "r"))
-        return i
-
-    add(tree["tree_structure"])
-    while stack:
-        child, parent, side = stack.pop()
-        (left if side == "l" else right)[parent] = add(child)
-    return (
-        np.array(feat),
-        np.array(thr),
-        np.array(dleft),
-        np.array(miss),
-        np.array(left),
-        np.array(right),
-        np.array(value, dtype=float),
-    )
-
-
-def _path_contributions(
-    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 16_384
-) -> np.ndarray:
-    """Saabas contributions, the last column the bias. Rows walk every tree together, in
-    chunks that keep the gathers in cache (about twice as fast as all rows at once)."""
-    trees = [
-        _flat_tree(t)
-        for t in booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
-    ]
-    n, m = X.shape
-    out = np.zeros((n, m + 1))
-    for start in range(0, n, chunk_rows):
-        xs = X[start : start + chunk_rows]
-        acc = out[start : start + chunk_rows]
-        rows = np.arange(xs.shape[0])
-        for feat, thr, dleft, miss, left, right, value in trees:
-            node = np.zeros(xs.shape[0], dtype=np.int64)
-            acc[:, m] += value[0]
-            active = rows if feat[0] >= 0 else rows[:0]
-            while active.size:
-                nd = node[active]
-                f = feat[nd]
-                x = xs[active, f]
-                nan = np.isnan(x)
-                mt = miss[nd]
-                # LightGBM's missing values: NaN is missing with type NaN; NaN and 0 with type
-                # Zero; with type None NaN counts as 0
-                x0 = np.where(nan & (mt != 2), 0.0, x)
-                missing = np.where(mt == 2, nan, (mt == 1) & (nan | (x0 == 0.0)))
-                go_left = np.where(missing, dleft[nd], x0 <= thr[nd])
-                child = np.where(go_left, left[nd], right[nd])
-                acc[active, f] += value[child] - value[nd]  # one node per row per step
-                node[active] = child
-                active = active[feat[child] >= 0]
-    return out
-
-
-def _bins(values: np.ndarray, n: int = 10) -> dict[str, list[float]]:
-    """Decile edges of ``values`` and the share of values in each bin."""
-    v = values[np.isfinite(values)]
-    edges = np.unique(np.quantile(v, np.linspace(0, 1, n + 1)[1:-1])) if v.size else np.array([])
-    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1)
-    return {"edges": edges.tolist(), "shares": (counts / max(v.size, 1)).tolist()}
-
-
-def population_stability(reference: dict[str, list[float]], values: np.ndarray) -> float:
-    """PSI = sum((actual - expected) x ln(actual / expected)) over the reference bins."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    edges = np.asarray(reference["edges"])
-    expected = np.clip(np.asarray(reference["shares"]), 1e-4, None)
-    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1)
-    actual = np.clip(counts / max(v.size, 1), 1e-4, None)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
 class ChurnModel(ClassifierMixin, BaseEstimator):
@@ -437,7 +337,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         latest = X[X["cutoff_ts"] == cutoffs[-1]]
         ref = {f: latest[f].to_numpy(dtype=float) for f in DRIFT_FEATURES if f in latest.columns}
         ref["p_churn"] = self.predict_proba(latest)[:, 1]
-        self.reference_ = {name: _bins(values) for name, values in ref.items()}
+        self.reference_ = {name: reference_bins(values) for name, values in ref.items()}
         return self
 
     def _boost(self, fit_set, stop_set, name: str, progress: Progress | None) -> lgb.Booster:
@@ -532,7 +432,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             if method == "shap":
                 full = self.booster_.predict(Xf, num_iteration=self.n_trees_, pred_contrib=True)
             else:
-                full = _path_contributions(self.booster_, Xf, self.n_trees_)
+                full = path_contributions(self.booster_, Xf, self.n_trees_)
             c += self.shrink_ * full[:, :-1]
         if self.uses_margin_:
             j = self.features_.index(BTYD_COLUMN)

@@ -45,11 +45,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from winback.campaigns import quintile_sql, segments_of
 from winback.engines.duckdb import registered
 from winback.errors import UsageError
 from winback.html import Section, figure_tag, table_tag
 from winback.orders import Orders
+from winback.segments import quintile_sql, segments_of
 
 __all__ = [
     "PERIODS",

@@ -39,21 +39,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from winback.campaigns import (
-    REASON_REFERENCES,
-    best_first,
-    control_flags,
-    expected_gain,
-    quintile_sql,
-    reasons,
-    segments_of,
-    size_list,
-    texts_of,
-)
+from winback.campaigns import best_first, control_flags, expected_gain, size_list
 from winback.config import CampaignGroupConfig, CampaignsConfig
+from winback.drift import DRIFT_FEATURES
+from winback.explain import REASON_REFERENCES, reasons
 from winback.export import plain_columns
-from winback.model import DRIFT_FEATURES, ChurnModel
+from winback.model import ChurnModel
 from winback.orders import Orders
+from winback.segments import quintile_sql, segments_of, texts_of
 from winback.snapshots import build_snapshots
 
 __all__ = [

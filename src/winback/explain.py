@@ -1,0 +1,261 @@
+"""Why a customer is at risk: per-feature contributions to the model's log-odds (TreeSHAP from
+LightGBM, or the faster path contributions of a tree walk), and the plain-language reasons built
+from them, each sentence true of the customer against the scored population."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+__all__ = ["reasons", "REASON_REFERENCES", "path_contributions", "flat_tree"]
+
+
+def _days(x: float) -> str:
+    return f"{x:.0f} day" + ("" if round(x) == 1 else "s")
+
+
+def _ago(x: float) -> str:
+    """Whole days since an order, as the lists' ``days_since_last_order`` counts them."""
+    return _days(float(np.floor(x)))
+
+
+_SPEAKING = {
+    "recency_days",
+    "overdue_ratio",
+    "bgnbd_p_no_purchase",
+    "bgnbd_p_alive",
+    "spend_change_90d",
+    "orders_trend_90d",
+    "orders_trend_180d",
+    "return_rate",
+    "n_returns",
+    "n_orders",
+    "n_order_days",
+    "orders_per_year",
+    "bgnbd_expected_purchases",
+    "monetary_total",
+    "monetary_mean",
+    "net_spend",
+    "last_order_amount",
+    "tenure_days",
+}
+_WINDOW = re.compile(r"orders_(\d+)d")
+
+
+def _can_speak(name: str) -> bool:
+    """Whether :func:`_reason` has a sentence for this feature (for some customer)."""
+    return name in _SPEAKING or _WINDOW.fullmatch(name) is not None
+
+
+def _missing(x) -> bool:
+    """None, NaN or pd.NA (cheaper than pd.isna on one value)."""
+    return x is None or x is pd.NA or (isinstance(x, float) and x != x)
+
+
+#: Features whose sentence compares a customer with the scored population (its median).
+REASON_REFERENCES = ("n_orders", "monetary_total", "gap_mean_days", "tenure_days")
+
+
+def _reason(name: str, row, population: dict[str, float] | None = None) -> str | None:
+    """A plain-language sentence for a feature that raises a customer's risk, or None when no
+    sentence about it would be true. A comparison ("fewer orders than most") is made only with
+    ``population`` (medians over the scored customers) and only when it holds."""
+    v = row.get(name)
+    if _missing(v):
+        return None
+    pop = population or {}
+    rec = row.get("recency_days")
+    gap = row.get("gap_mean_days")
+    days = row.get("n_order_days", 0)
+    if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
+        if days == 1 and rec is not None:
+            return f"bought once, {_ago(rec)} ago"
+        if not _missing(gap) and gap > 0 and rec is not None:
+            if rec >= gap:
+                return f"no order for {_ago(rec)}, {rec / gap:.1f}x their usual gap"
+            if days == 2:  # one interval is not a habit
+                return f"bought twice, {_days(gap)} apart"
+            typical = pop.get("gap_mean_days")
+            if typical is not None and gap > typical:
+                return (
+                    f"buys less often than most customers: about every {_days(gap)} "
+                    f"(typical: {_days(typical)})"
+                )
+            return None
+        return f"no order for {_ago(rec)}" if rec is not None else None
+    if name == "spend_change_90d" and v < 0:
+        return f"spend down {-v:.0%} vs the previous 90 days"
+    if name in ("orders_trend_90d", "orders_trend_180d") and v < 0:
+        return "ordering less often than before"
+    if name in ("return_rate", "n_returns") and row.get("n_returns", 0) > 0:
+        return f"returned {int(row['n_returns'])} order(s)"
+    if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
+        n, typical = row.get("n_orders"), pop.get("n_orders")
+        if _missing(n) or typical is None or not n < typical:
+            return None
+        n = int(n)
+        return (
+            f"{n} order{'' if n == 1 else 's'} so far, fewer than most customers "
+            f"(typical: {typical:g})"
+        )
+    window = _WINDOW.fullmatch(name)
+    if window and v == 0:
+        return f"no order in the last {window.group(1)} days"
+    if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
+        spent, typical = row.get("monetary_total"), pop.get("monetary_total")
+        if _missing(spent) or typical is None or not spent < typical:
+            return None
+        return f"spent {spent:,.0f} so far, less than most customers (typical: {typical:,.0f})"
+    if name == "tenure_days":
+        typical = pop.get("tenure_days")
+        if typical is None or not v < typical:
+            return None
+        return f"a newer customer: first order {_ago(v)} ago (typical: {_days(typical)})"
+    return None
+
+
+def _last_order(row) -> str:
+    """The plain fact of a customer's last order (true of everyone with one)."""
+    rec = row.get("recency_days")
+    if _missing(rec):
+        return "no order on record"
+    return (
+        f"bought once, {_ago(rec)} ago"
+        if row.get("n_order_days", 0) == 1
+        else (f"last order {_ago(rec)} ago")
+    )
+
+
+class _Row:
+    """Read access to one row of column arrays, like a Series' ``get``."""
+
+    __slots__ = ("cols", "i")
+
+    def __init__(self, cols: dict[str, np.ndarray], i: int):
+        self.cols, self.i = cols, i
+
+    def get(self, name: str, default=None):
+        col = self.cols.get(name)
+        return default if col is None else col[self.i]
+
+    def __getitem__(self, name: str):
+        return self.cols[name][self.i]
+
+
+def reasons(
+    contributions: pd.DataFrame,
+    features: pd.DataFrame,
+    top: int = 3,
+    population: dict[str, float] | None = None,
+) -> pd.Series:
+    """The top drivers of each customer's risk, in plain language, joined by '; '.
+
+    ``contributions`` are per-feature contributions to the churn log-odds (positive = more
+    risk), aligned with ``features`` by position. Features whose sentence would repeat another's
+    are skipped; features without a true sentence are skipped. ``population`` holds the medians
+    of :data:`REASON_REFERENCES` over the scored customers: a customer is called low on orders,
+    spend or tenure, or slow to buy, only when below (or above) that median, and the sentence
+    says what typical is. A customer with none left gets the plain fact of their last order.
+    """
+    c = contributions.to_numpy(dtype=float)
+    names = list(contributions.columns)
+    speaks = np.array([_can_speak(n) for n in names])  # features that have a sentence at all
+    candidates = np.argsort(-c, axis=1, kind="stable")[:, : min(3 * top + 3, c.shape[1])]
+    cols = {name: features[name].to_numpy() for name in features.columns}
+    out = []
+    for i in range(c.shape[0]):
+        row = _Row(cols, i)
+        said: list[str] = []
+        for j in candidates[i]:
+            if c[i, j] <= 0:
+                break
+            if not speaks[j]:
+                continue
+            text = _reason(names[j], row, population)
+            if text and text not in said:
+                said.append(text)
+                if len(said) == top:
+                    break
+        if not said:  # nothing stands out: the one fact every listed customer has
+            said.append(_last_order(row))
+        out.append("; ".join(said))
+    return pd.Series(out, index=contributions.index, dtype="string")
+
+
+def flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """One tree of LightGBM's model dump as arrays: feature (-1 at leaves), threshold,
+    default_left, missing type (0 None, 1 Zero, 2 NaN), left, right, node value."""
+    feat, thr, dleft, miss, left, right, value = [], [], [], [], [], [], []
+    stack: list[tuple[dict, int, str]] = []
+
+    def add(node: dict) -> int:
+        i = len(feat)
+        leaf = "leaf_value" in node
+        if not leaf and node.get("decision_type") != "<=":
+            raise ValueError("path contributions support numeric splits only")
+        feat.append(-1 if leaf else node["split_feature"])
+        thr.append(0.0 if leaf else node["threshold"])
+        dleft.append(False if leaf else node["default_left"])
+        miss.append(0 if leaf else {"None": 0, "Zero": 1, "NaN": 2}[node["missing_type"]])
+        left.append(-1)
+        right.append(-1)
+        value.append(node["leaf_value"] if leaf else node["internal_value"])
+        if not leaf:
+            stack.append((node["left_child"], i, "l"))
+            stack.append((node["right_child"], i, "r"))
+        return i
+
+    add(tree["tree_structure"])
+    while stack:
+        child, parent, side = stack.pop()
+        (left if side == "l" else right)[parent] = add(child)
+    return (
+        np.array(feat),
+        np.array(thr),
+        np.array(dleft),
+        np.array(miss),
+        np.array(left),
+        np.array(right),
+        np.array(value, dtype=float),
+    )
+
+
+def path_contributions(
+    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 16_384
+) -> np.ndarray:
+    """Saabas contributions, the last column the bias. Rows walk every tree together, in
+    chunks that keep the gathers in cache (about twice as fast as all rows at once)."""
+    trees = [
+        flat_tree(t)
+        for t in booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
+    ]
+    n, m = X.shape
+    out = np.zeros((n, m + 1))
+    for start in range(0, n, chunk_rows):
+        xs = X[start : start + chunk_rows]
+        acc = out[start : start + chunk_rows]
+        rows = np.arange(xs.shape[0])
+        for feat, thr, dleft, miss, left, right, value in trees:
+            node = np.zeros(xs.shape[0], dtype=np.int64)
+            acc[:, m] += value[0]
+            active = rows if feat[0] >= 0 else rows[:0]
+            while active.size:
+                nd = node[active]
+                f = feat[nd]
+                x = xs[active, f]
+                nan = np.isnan(x)
+                mt = miss[nd]
+                # LightGBM's missing values: NaN is missing with type NaN; NaN and 0 with type
+                # Zero; with type None NaN counts as 0
+                x0 = np.where(nan & (mt != 2), 0.0, x)
+                missing = np.where(mt == 2, nan, (mt == 1) & (nan | (x0 == 0.0)))
+                go_left = np.where(missing, dleft[nd], x0 <= thr[nd])
+                child = np.where(go_left, left[nd], right[nd])
+                acc[active, f] += value[child] - value[nd]  # one node per row per step
+                node[active] = child
+                active = active[feat[child] >= 0]
+    return out
