@@ -477,12 +477,6 @@ def _with_windows(cfg: Config, horizon_days: int | None, lookback_days: int | No
         raise ConfigError(format_validation_error(exc, "--horizon-days/--lookback-days")) from None
 
 
-def _run_params(cfg: Config, **extra) -> dict:
-    from winback.jobs import run_params
-
-    return run_params(cfg, **extra)
-
-
 @app.command()
 def backtest(
     as_of: Annotated[
@@ -513,7 +507,6 @@ def backtest(
     predictions.parquet, metrics.json and PNG plots to --out, and logs the run to MLflow.
     """
     _verbose(verbose)
-    from winback.backtest import write_backtest
     from winback.jobs import backtest_job, check_tracking
 
     cfg = _with_windows(_config(config, set_, engine), horizon_days, lookback_days)
@@ -524,31 +517,16 @@ def backtest(
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
     with _progress("backtest") as bar:
-        result = backtest_job(orders, cfg, cuts, progress=bar)
-    params = _run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cuts])
-    files = write_backtest(result, out, params)
-    if result.metrics:
-        _print_metrics(result.metrics, result.choices())
+        run = backtest_job(orders, cfg, cuts, out=out, track=track, progress=bar)
+    if run.result.metrics:
+        _print_metrics(run.result.metrics, run.result.choices())
     else:
         typer.echo("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
     typer.echo(
-        f"wrote {', '.join(f.name for f in files)} to {out} in {time.perf_counter() - t0:.1f}s"
+        f"wrote {', '.join(f.name for f in run.files)} to {out} in {time.perf_counter() - t0:.1f}s"
     )
-    if track:
-        from winback.secrets import mask_url
-        from winback.tracking import log_backtest, tracking_uri
-
-        uri = tracking_uri(cfg.tracking.uri, cfg.tracking.password_env)
-        run_id = log_backtest(
-            uri,
-            cfg.tracking.experiment,
-            params,
-            result.metrics,
-            files,
-            orders.fingerprint(),
-            result.choices(),
-        )
-        typer.echo(f"MLflow run {run_id} in {mask_url(uri)}")
+    if run.run_id:
+        typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}")
 
 
 @app.command()
@@ -658,7 +636,9 @@ def score(
     # orders after the as-of are future dates to it (policies.future_date applies)
     orders = _load(orders_path, cfg, parse_as_of(as_of))
     with _progress("scoring"):
-        res = score_job(orders, cfg, out, parse_as_of(as_of), ref, wait_seconds=wait, force=force)
+        res = score_job(
+            orders, cfg, out, as_of=parse_as_of(as_of), model=ref, wait_seconds=wait, force=force
+        )
     _echo_score(res)
 
 
@@ -738,7 +718,7 @@ def measure(
         check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     with _progress("measuring"):
-        res = measure_job(orders, cfg, export, window_days, target, track=track)
+        res = measure_job(orders, cfg, export, window_days=window_days, out=target, track=track)
     if as_json:
         typer.echo(json.dumps(res.readout.to_dict(), indent=2, default=str))
         return
@@ -843,10 +823,10 @@ def report(
             orders,
             cfg,
             out,
-            day,
-            period,
-            exports,
-            None if model == "none" else model,
+            as_of=day,
+            period=period,
+            exports_dir=exports,
+            model=None if model == "none" else model,
             on_step=bar.update,
         )
     k = res.kpis.dropna(subset=["retention_rate"])
@@ -949,7 +929,6 @@ def demo(
     _verbose(verbose)
     import pandas as pd
 
-    from winback.backtest import write_backtest
     from winback.features import build_features
     from winback.jobs import backtest_job
     from winback.labels import build_labels
@@ -1008,18 +987,19 @@ def demo(
     demo_cfg = cfg.model_copy(
         update={"labels": cfg.labels.model_copy(update={"horizon_days": horizon})}
     )
-    bt = backtest_job(orders, demo_cfg, [eval_at])
-    params = _run_params(demo_cfg, evaluation_cutoffs=[f"{eval_at:%Y-%m-%d}"])
-    files = write_backtest(bt, out / "backtest", params)
-    _print_metrics(bt.metrics, bt.choices())
-    from winback.tracking import log_backtest
-
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    run_id = log_backtest(
-        uri, "winback-demo", params, bt.metrics, files, orders.fingerprint(), bt.choices()
+    run = backtest_job(
+        orders,
+        demo_cfg,
+        [eval_at],
+        out=out / "backtest",
+        track=True,
+        tracking_uri=uri,
+        experiment="winback-demo",
     )
+    _print_metrics(run.result.metrics, run.result.choices())
     typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
-    typer.echo(f"    MLflow run {run_id}")
+    typer.echo(f"    MLflow run {run.run_id}")
 
     from winback.jobs import measure_job, report_job, score_job, train_job
     from winback.synth import simulate_campaign
@@ -1037,7 +1017,7 @@ def demo(
         "its lists, with a randomized control group"
     )
     past = train_job(orders, prod, t0, track=False)
-    sent = score_job(orders, prod, exports, t0, str(past.path))
+    sent = score_job(orders, prod, exports, as_of=t0, model=str(past.path))
     _echo_score(sent)
 
     uplift = 0.10
@@ -1058,7 +1038,9 @@ def demo(
     orders = load_orders(world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
 
     typer.echo(f"9/11 measure the campaign: treatment against control over {horizon} days")
-    measured = measure_job(orders, prod, sent.folder, horizon, out / "reports" / "measure")
+    measured = measure_job(
+        orders, prod, sent.folder, window_days=horizon, out=out / "reports" / "measure"
+    )
     _echo_readout(measured.readout)
     row = measured.readout.table.iloc[0]
     known = truth["incremental_retention"]
@@ -1077,11 +1059,11 @@ def demo(
     typer.echo(f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")
     res = train_job(orders, prod, last)
     _echo_train(res)
-    scored = score_job(orders, prod, exports, last, "champion")
+    scored = score_job(orders, prod, exports, as_of=last, model="champion")
     _echo_score(scored)
 
     typer.echo("11/11 retention report")
-    rep = report_job(orders, prod, out / "reports", last, "month", exports)
+    rep = report_job(orders, prod, out / "reports", as_of=last, period="month", exports_dir=exports)
     k = rep.kpis.dropna(subset=["retention_rate"]).iloc[-1]
     h = rep.horizon_churn.dropna(subset=["churn_rate"]).iloc[-1]
     active = prod.report.active_days or prod.features.lookback_days

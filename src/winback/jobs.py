@@ -102,14 +102,31 @@ def run_params(cfg: Config, **extra) -> dict:
     }
 
 
+@dataclass
+class BacktestRun:
+    """A backtest, the files written of it and its MLflow run (when asked for)."""
+
+    result: BacktestResult
+    files: list[Path]
+    run_id: str | None = None
+    tracking_uri: str | None = None  # masked
+
+
 def backtest_job(
     orders: Orders,
     cfg: Config,
     cutoffs: list[datetime],
+    *,
+    out: Path | None = None,
+    track: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
     progress: Progress | None = None,
-) -> BacktestResult:
-    """Backtest the configured model and the baselines at each cutoff (see run_backtest)."""
-    return run_backtest(
+) -> BacktestRun:
+    """Backtest the configured model and the baselines at each cutoff (see
+    :func:`winback.backtest.run_backtest`); write its predictions, metrics and plots to ``out``
+    and log the run to MLflow (``track``; ``experiment`` defaults to the config's)."""
+    result = run_backtest(
         orders,
         cutoffs,
         cfg.labels.horizon_days,
@@ -122,6 +139,24 @@ def backtest_job(
         cfg.random_state,
         progress=progress,
     )
+    params = run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cutoffs])
+    files = write_backtest(result, out, params) if out is not None else []
+    run = BacktestRun(result, files)
+    if track:
+        from winback.tracking import log_backtest
+
+        uri = _store(cfg, tracking_uri)
+        run.run_id = log_backtest(
+            uri,
+            experiment or cfg.tracking.experiment,
+            params,
+            result.metrics,
+            files,
+            orders.fingerprint(),
+            result.choices(),
+        )
+        run.tracking_uri = mask_url(uri)
+    return run
 
 
 @dataclass
@@ -140,6 +175,7 @@ def train_job(
     orders: Orders,
     cfg: Config,
     as_of: datetime | None = None,
+    *,
     track: bool = True,
     promote: bool = False,
     tracking_uri: str | None = None,
@@ -155,7 +191,7 @@ def train_job(
     def told(stage: str, done: int, total: int) -> None:
         tell(progress, f"production model: {stage}", done, total)
 
-    bt = backtest_job(orders, cfg, [eval_at], progress=progress)
+    bt = backtest_job(orders, cfg, [eval_at], progress=progress).result
     cuts = training_cutoffs(
         t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
     )
@@ -285,6 +321,7 @@ def score_job(
     orders: Orders,
     cfg: Config,
     out: Path,
+    *,
     as_of: datetime | None = None,
     model: str | ModelRef = "champion",
     tracking_uri: str | None = None,
@@ -560,6 +597,7 @@ def measure_job(
     orders: Orders,
     cfg: Config,
     export: Path,
+    *,
     window_days: int | None = None,
     out: Path | None = None,
     track: bool = True,
@@ -567,7 +605,7 @@ def measure_job(
 ) -> MeasureResult:
     """Read out an exported list against the orders placed after its as-of: write
     ``measure.json``, ``measure.csv`` and ``measure.html`` to ``out`` and log the run."""
-    readout = readout_export(orders, cfg, export, window_days)
+    readout = readout_export(orders, cfg, export, window_days=window_days)
     files: list[Path] = []
     if out is not None:
         files = write_readout(readout, out)
@@ -600,7 +638,7 @@ def measure_job(
 
 
 def readout_export(
-    orders: Orders, cfg: Config, export: Path, window_days: int | None = None
+    orders: Orders, cfg: Config, export: Path, *, window_days: int | None = None
 ) -> Readout:
     """The campaign readout of one export (see :mod:`winback.measure`)."""
     lists, manifest = load_export(export)
@@ -765,6 +803,7 @@ def report_job(
     orders: Orders,
     cfg: Config,
     out: Path,
+    *,
     as_of: datetime | None = None,
     period: str | None = None,
     exports_dir: Path | None = None,
