@@ -76,6 +76,22 @@ def assert_same(duck: pd.DataFrame, sprk: pd.DataFrame, keys=("cutoff_ts", "cust
             assert x.astype(object).tolist() == y.astype(object).tolist(), col
 
 
+def test_both_engines_are_engines_and_import_nothing_above_them(synth_pair):
+    import ast
+
+    from winback.engines import Engine
+
+    duck, sprk = synth_pair
+    assert isinstance(duck.engine(), Engine) and isinstance(sprk.engine(), Engine)
+    assert duck.engine().name == "duckdb" and sprk.engine().name == "spark"
+    # the ground floor: engines/ imports nothing of winback's but errors, atomic and itself
+    for path in (ROOT / "src" / "winback" / "engines").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("winback"):
+                ok = node.module in ("winback.errors", "winback.atomic")
+                assert ok or node.module.startswith("winback.engines"), (path.name, node.module)
+
+
 def test_orders_read_and_validated_alike(synth_pair):
     duck, sprk = synth_pair
     assert sprk.report.summary_lines() == duck.report.summary_lines()
