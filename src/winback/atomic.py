@@ -11,7 +11,13 @@ from pathlib import Path
 
 from winback.errors import DataError, UsageError
 
-__all__ = ["atomic_path", "check_writable", "check_writable_file", "sha256_file"]
+__all__ = [
+    "atomic_path",
+    "atomic_parquet",
+    "check_writable",
+    "check_writable_file",
+    "sha256_file",
+]
 
 
 @contextmanager
@@ -38,6 +44,12 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def atomic_parquet(frame, path: str | Path) -> None:
+    """Write a pandas frame to Parquet (no index) through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def check_writable(folder: str | Path, option: str = "--out") -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from winback import __version__
 from winback.config import Config, load_config
-from winback.cutoffs import cutoff_schedule, cutoffs_from_options, normalize_cutoffs, parse_as_of
+from winback.cutoffs import cutoffs_from_options, normalize_cutoffs, parse_as_of
 from winback.errors import ConfigError, UsageError, WinbackError
 
 __all__ = ["app", "main"]
@@ -162,13 +162,6 @@ def _source(path: str | None, cfg: Config) -> str:
     return src
 
 
-def _connect(cfg: Config):
-    from winback.engines.duckdb import connect
-
-    e = cfg.engine
-    return connect(e.memory_limit, e.threads, e.temp_directory)
-
-
 def _check_out(path: Path, file: bool = False, option: str = "--out") -> None:
     """Refuse an output that cannot be written before any work is done."""
     from winback.atomic import check_writable, check_writable_file
@@ -204,8 +197,10 @@ def _load(
         with _progress("reading and validating orders on Spark"):
             orders = load_orders(source, cfg.orders, as_of=as_of, engine=SparkEngine(spark))
     else:
+        from winback.jobs import connect_duckdb
+
         with _progress("reading and validating orders"):
-            orders = load_orders(source, cfg.orders, as_of=as_of, con=_connect(cfg))
+            orders = load_orders(source, cfg.orders, as_of=as_of, con=connect_duckdb(cfg))
     if summary:
         for line in orders.report.summary_lines():
             log.info("orders: %s", line)
@@ -268,13 +263,6 @@ def _progress(label: str) -> Iterator[_Reporter]:
 def _echo_lines(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
-
-
-def _atomic_parquet(df, out: Path) -> None:
-    from winback.atomic import atomic_path
-
-    with atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 @app.command()
@@ -901,7 +889,9 @@ def synth(
     params = scenario_params(scenario, n_customers=n, start=start, end=end, seed=seed)
     t0 = time.perf_counter()
     df = generate_orders(params)
-    _atomic_parquet(df, out)
+    from winback.atomic import atomic_parquet
+
+    atomic_parquet(df, out)
     typer.echo(
         f"wrote {len(df):,} orders of {df['customer_id'].nunique():,} customers ({scenario}) "
         f"to {out} in {time.perf_counter() - t0:.1f}s"
@@ -927,156 +917,18 @@ def demo(
     Everything is written inside --out (orders, exports, models, mlflow.db, reports).
     """
     _verbose(verbose)
-    import pandas as pd
-
-    from winback.features import build_features
-    from winback.jobs import backtest_job
-    from winback.labels import build_labels
-    from winback.orders import load_orders
-    from winback.profile import build_profile
-    from winback.synth import SynthParams, generate_orders
+    from winback.demo import run_demo
 
     _check_out(out)
-    cfg = load_config(None, ["orders.columns.category=category", "orders.columns.channel=channel"])
-    t0_clock = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"1/11 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
-    df = generate_orders(SynthParams(n_customers=customers, seed=seed))
-    orders_file = out / "orders.parquet"
-    _atomic_parquet(df, orders_file)
-    typer.echo(f"    {len(df):,} orders -> {orders_file}")
-
-    typer.echo("2/11 validate")
-    orders = load_orders(orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
-    _echo_lines(["    " + line for line in orders.report.summary_lines()])
-
-    typer.echo("3/11 profile")
-    prof = build_profile(orders, lookback_days=cfg.features.lookback_days)
-    _echo_lines(["    " + line for line in prof.summary_lines()])
-
-    horizon = prof.suggested_horizon_days or cfg.labels.horizon_days
-    last = orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
-    cuts = cutoff_schedule(last - timedelta(days=365), last, 30)
-    typer.echo(f"4/11 features at {len(cuts)} monthly cutoffs in one pass")
-    feats = build_features(orders, cuts, cfg.features.lookback_days, cfg.features.windows_days)
-    _atomic_parquet(feats, out / "features.parquet")
-    typer.echo(f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
-
-    typer.echo(f"5/11 labels: churned = no purchase within H = {horizon} days after the cutoff")
-    labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
-    snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
-    _atomic_parquet(snap, out / "snapshots.parquet")
-    table = snap.groupby("cutoff_ts").agg(
-        customers=("customer_id", "size"),
-        churn_rate=("churned", "mean"),
-        median_recency_days=("recency_days", "median"),
-    )
-    typer.echo("    cutoff      customers  churn rate  median recency (days)")
-    for ts, row in table.iterrows():
-        typer.echo(
-            f"    {ts:%Y-%m-%d}  {int(row.customers):>9,}  {row.churn_rate:>10.1%}  "
-            f"{row.median_recency_days:>21.0f}"
-        )
-    typer.echo(f"    labelled snapshots -> {out / 'snapshots.parquet'}")
-
-    eval_at = last - timedelta(days=horizon)
-    typer.echo(
-        f"6/11 backtest at {eval_at:%Y-%m-%d} (H = {horizon} days): train on earlier cutoffs, "
-        "compare with the baselines"
-    )
-    demo_cfg = cfg.model_copy(
-        update={"labels": cfg.labels.model_copy(update={"horizon_days": horizon})}
-    )
-    uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    run = backtest_job(
-        orders,
-        demo_cfg,
-        [eval_at],
-        out=out / "backtest",
-        track=True,
-        tracking_uri=uri,
-        experiment="winback-demo",
-    )
-    _print_metrics(run.result.metrics, run.result.choices())
-    typer.echo(f"    predictions, metrics and plots -> {out / 'backtest'}")
-    typer.echo(f"    MLflow run {run.run_id}")
-
-    from winback.jobs import measure_job, report_job, score_job, train_job
-    from winback.synth import simulate_campaign
-
-    prod = demo_cfg.model_copy(
-        update={
-            "models_dir": str(out / "models"),
-            "tracking": cfg.tracking.model_copy(update={"uri": uri, "experiment": "winback-demo"}),
-        }
-    )
-    exports = out / "exports"
-    t0 = last - timedelta(days=horizon)
-    typer.echo(
-        f"7/11 a win-back campaign on {t0:%Y-%m-%d}: train a model as of that day and export "
-        "its lists, with a randomized control group"
-    )
-    past = train_job(orders, prod, t0, track=False)
-    sent = score_job(orders, prod, exports, as_of=t0, model=str(past.path))
-    _echo_score(sent)
-
-    uplift = 0.10
-    typer.echo(
-        f"8/11 simulate the campaign: {uplift:.0%} of the treated customers who would not have "
-        f"bought within {horizon} days are won back (the control group is left alone)"
-    )
-    listed = pd.concat(sent.lists.values(), ignore_index=True)
-    world, truth = simulate_campaign(df, listed, pd.Timestamp(t0), horizon, uplift, seed)
-    world_file = out / "orders_after_campaign.parquet"
-    _atomic_parquet(world, world_file)
-    typer.echo(
-        f"    {truth['won_back']:.0f} of {truth['n_treatment']:.0f} treated customers won back: "
-        f"known effect {truth['incremental_retention'] * 100:+.1f} points of retention, "
-        f"{truth['incremental_revenue_per_customer']:+.2f} revenue per treated customer "
-        f"-> {world_file}"
-    )
-    orders = load_orders(world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=_connect(cfg))
-
-    typer.echo(f"9/11 measure the campaign: treatment against control over {horizon} days")
-    measured = measure_job(
-        orders, prod, sent.folder, window_days=horizon, out=out / "reports" / "measure"
-    )
-    _echo_readout(measured.readout)
-    row = measured.readout.table.iloc[0]
-    known = truth["incremental_retention"]
-    lo, hi = row["incremental_retention_lo"], row["incremental_retention_hi"]
-    if lo <= 0 <= hi:  # an interval holding zero recovers nothing, whatever else it holds
-        verdict = "not distinguishable from zero (the interval holds 0)"
-    elif lo <= known <= hi:
-        verdict = "recovered within the 95% interval"
-    else:
-        verdict = "outside the 95% interval"
-    typer.echo(
-        f"    known effect {known * 100:+.1f} points; measured "
-        f"{row['incremental_retention'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]: {verdict}"
-    )
-
-    typer.echo(f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")
-    res = train_job(orders, prod, last)
-    _echo_train(res)
-    scored = score_job(orders, prod, exports, as_of=last, model="champion")
-    _echo_score(scored)
-
-    typer.echo("11/11 retention report")
-    rep = report_job(orders, prod, out / "reports", as_of=last, period="month", exports_dir=exports)
-    k = rep.kpis.dropna(subset=["retention_rate"]).iloc[-1]
-    h = rep.horizon_churn.dropna(subset=["churn_rate"]).iloc[-1]
-    active = prod.report.active_days or prod.features.lookback_days
-    typer.echo(
-        f"    {k['period']}: retention {k['retention_rate']:.1%}, churn {k['churn_rate']:.1%} "
-        f"({active}-day activity), repeat purchase rate {k['repeat_purchase_rate']:.1%}; "
-        f"{h['period']}: {h['churn_rate']:.1%} bought nothing in the next {rep.horizon_days} days "
-        f"-> {rep.path}"
-    )
-    typer.echo(
-        f"look at the runs and the registered model with: mlflow ui --backend-store-uri {uri}"
-    )
-    typer.echo(f"done in {time.perf_counter() - t0_clock:.1f}s")
+    show = {
+        "line": typer.echo,
+        "lines": _echo_lines,
+        "metrics": lambda bt: _print_metrics(bt.metrics, bt.choices()),
+        "score": _echo_score,
+        "train": _echo_train,
+        "readout": _echo_readout,
+    }
+    run_demo(out, customers=customers, seed=seed, say=lambda kind, what: show[kind](what))
 
 
 def main() -> None:
