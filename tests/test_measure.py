@@ -254,3 +254,24 @@ def test_measure_refuses_a_folder_that_is_not_an_export_and_orders_that_end_too_
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0]
         assert r.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_the_demo_says_whether_a_known_effect_was_recovered():
+    from winback.demo import recovery
+    from winback.measure import Readout
+
+    def readout(lo: float, hi: float) -> Readout:
+        table = pd.DataFrame(
+            {"incremental_retention": [(lo + hi) / 2], "incremental_retention_lo": [lo],
+             "incremental_retention_hi": [hi]}
+        )  # fmt: skip
+        return Readout("x", datetime(2024, 1, 1), 30, 30.0, table, [])
+
+    assert recovery(readout(0.03, 0.13), 0.09).endswith(": recovered within the 95% interval")
+    assert recovery(readout(0.10, 0.20), 0.09).endswith(": outside the 95% interval")
+    # an interval that holds zero recovers nothing, though it holds the known effect too
+    said = recovery(readout(-0.02, 0.12), 0.09)
+    assert said == (
+        "known effect +9.0 points; measured +5.0 [-2.0, +12.0]: "
+        "not distinguishable from zero (the interval holds 0)"
+    )

@@ -37,7 +37,7 @@ from winback.orders import load_orders
 from winback.profile import build_profile
 from winback.synth import SynthParams, generate_orders, simulate_campaign
 
-__all__ = ["run_demo", "DemoResult", "Say"]
+__all__ = ["run_demo", "recovery", "DemoResult", "Say"]
 
 #: What the demo tells as it goes: ``("line", text)``, ``("lines", [text, ...])``, and the
 #: results of its jobs to show: ``("metrics", BacktestResult)``, ``("score", ScoreResult)``,
@@ -52,6 +52,22 @@ class DemoResult:
     report: ReportResult
     truth: dict[str, float]  # the simulated campaign's known effect
     readout: Readout  # and its measurement
+
+
+def recovery(readout: Readout, known: float) -> str:
+    """Whether a campaign's readout recovered its known effect on retention, in one sentence."""
+    row = readout.table.iloc[0]
+    lo, hi = row["incremental_retention_lo"], row["incremental_retention_hi"]
+    if lo <= 0 <= hi:  # an interval holding zero recovers nothing, whatever else it holds
+        verdict = "not distinguishable from zero (the interval holds 0)"
+    elif lo <= known <= hi:
+        verdict = "recovered within the 95% interval"
+    else:
+        verdict = "outside the 95% interval"
+    return (
+        f"known effect {known * 100:+.1f} points; measured "
+        f"{row['incremental_retention'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]: {verdict}"
+    )
 
 
 def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> DemoResult:
@@ -167,20 +183,7 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
         orders, prod, sent.folder, window_days=horizon, out=out / "reports" / "measure"
     )
     say("readout", measured.readout)
-    row = measured.readout.table.iloc[0]
-    known = truth["incremental_retention"]
-    lo, hi = row["incremental_retention_lo"], row["incremental_retention_hi"]
-    if lo <= 0 <= hi:  # an interval holding zero recovers nothing, whatever else it holds
-        verdict = "not distinguishable from zero (the interval holds 0)"
-    elif lo <= known <= hi:
-        verdict = "recovered within the 95% interval"
-    else:
-        verdict = "outside the 95% interval"
-    say(
-        "line",
-        f"    known effect {known * 100:+.1f} points; measured "
-        f"{row['incremental_retention'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]: {verdict}",
-    )
+    say("line", "    " + recovery(measured.readout, truth["incremental_retention"]))
 
     say("line", f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")
     res = train_job(orders, prod, last)
