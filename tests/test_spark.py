@@ -353,3 +353,16 @@ def test_a_latin_1_file_read_as_utf_8_on_spark_is_refused(spark, tmp_path):
     cfg = OrdersConfig.model_validate({"columns": {"order_id": None}})
     with pytest.raises(DataError, match="not UTF-8 text.*orders.csv.encoding"):
         load_orders(path, cfg, as_of=AS_OF, engine=SparkEngine(spark))
+
+
+def test_campaign_outcomes_are_read_alike_on_both_engines(synth_pair):
+    from winback.measure import customer_outcomes
+
+    duck, sprk = synth_pair
+    ids = duck.to_pandas()["customer_id"].drop_duplicates().head(300).tolist() + ["nobody"]
+    start, end = datetime(2023, 6, 30), datetime(2023, 9, 28)
+    a = customer_outcomes(duck, pd.Series(ids), start, end)
+    b = customer_outcomes(sprk, pd.Series(ids), start, end)
+    assert len(a) == 301 and a["bought"].any() and not a["bought"].all()
+    assert a.set_index("customer_id").loc["nobody"].tolist() == [False, 0.0]
+    assert_same(a, b, keys=("customer_id",))

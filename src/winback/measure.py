@@ -41,7 +41,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from winback.engines.duckdb import registered
 from winback.errors import DataError, UsageError
 from winback.export import read_lists, read_manifest
 from winback.orders import Orders
@@ -151,20 +150,21 @@ def customer_outcomes(
 ) -> pd.DataFrame:
     """``customer_id, bought, revenue`` in ``(start, end]`` for the given customers (every one of
     them, zero when they placed no order)."""
+    engine = orders.engine()
     ids = pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=str).unique()})
-    with registered(orders.con, ids, "_wb_measure_ids") as name:
-        return orders.con.execute(
+    with engine.registered(ids, "_wb_measure_ids") as name:
+        return engine.query_df(
             f"""
             SELECT i.customer_id,
                    coalesce(bool_or(NOT o.is_return), false) AS bought,
-                   coalesce(sum(o.amount), 0)::DOUBLE AS revenue
+                   CAST(coalesce(sum(o.amount), 0) AS DOUBLE) AS revenue
             FROM {name} i LEFT JOIN {orders.table} o
               ON o.customer_id = i.customer_id
              AND o.order_ts > TIMESTAMP '{start:%Y-%m-%d %H:%M:%S.%f}'
              AND o.order_ts <= TIMESTAMP '{end:%Y-%m-%d %H:%M:%S.%f}'
             GROUP BY i.customer_id
             """
-        ).df()
+        )
 
 
 def _p_two_sided(z: float) -> float:

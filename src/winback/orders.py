@@ -158,6 +158,11 @@ class Orders:
 
         return self._engine or DuckDBEngine(self.con)
 
+    def with_table(self, table: str, report: ValidationReport) -> Orders:
+        """Orders on the same connection and engine, held in another table or view (a subset
+        of these, say)."""
+        return Orders(self.con, table, report, engine=self._engine)
+
     @property
     def last_ts(self) -> datetime | None:
         """Timestamp of the last order (UTC, naive); the data is observed up to this instant."""

@@ -101,11 +101,11 @@ class DataProfile:
 
 
 def _quantiles(orders: Orders, sql: str) -> dict[str, float]:
-    row = orders.con.execute(
+    row = orders.engine().fetchall(
         f"""SELECT avg(x), quantile_cont(x, 0.1), quantile_cont(x, 0.25), median(x),
                    quantile_cont(x, 0.75), quantile_cont(x, 0.9), max(x), count(x)
             FROM ({sql}) AS t(x)"""
-    ).fetchall()[0]
+    )[0]
     if not row[-1]:
         return {}
     keys = ("mean", "p10", "p25", "median", "p75", "p90", "max")
@@ -125,19 +125,19 @@ def build_profile(
     call more customers churned who were only slow.
     """
     t = orders.table
-    n_cust, n_orders, n_ret = orders.con.execute(
+    n_cust, n_orders, n_ret = orders.engine().fetchall(
         f"SELECT count(DISTINCT customer_id), count(*), count(*) FILTER (WHERE is_return) FROM {t}"
-    ).fetchall()[0]
+    )[0]
     n_purch = n_orders - n_ret
     per_cust = _quantiles(
         orders,
         f"SELECT count(*) FROM {t} WHERE NOT is_return GROUP BY customer_id",
     )
-    repeat = orders.con.execute(
+    repeat = orders.engine().fetchall(
         f"""SELECT avg(CASE WHEN n > 1 THEN 1.0 ELSE 0.0 END) FROM (
                SELECT count(DISTINCT CAST(order_ts AS DATE)) AS n FROM {t}
                WHERE NOT is_return GROUP BY customer_id)"""
-    ).fetchall()[0][0]
+    )[0][0]
     gaps = _quantiles(
         orders,
         f"""SELECT date_diff('day', lag(d) OVER (PARTITION BY customer_id ORDER BY d), d)

@@ -161,7 +161,7 @@ def score_customers(
     spilling to disk when they outgrow memory), so pandas only ever holds the score table, whose
     repeated texts (as-of, list, segment, campaign, offer, channel, model version) are
     categoricals; the lists and the export files hold them as plain text."""
-    from winback.engines.duckdb import DuckDBEngine, connect, registered
+    from winback.engines.duckdb import DuckDBEngine, connect
 
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
@@ -200,7 +200,7 @@ def score_customers(
     # ranks and segments in DuckDB: the orders' own, or (Spark) a private one on the driver
     duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
     try:
-        with registered(duck.con, base.assign(_row=np.arange(len(base))), "_scores") as name:
+        with duck.registered(base.assign(_row=np.arange(len(base))), "_scores") as name:
             out = _score_table(
                 duck, name, "_row", h, model.lookback_days, as_of, campaigns, model_version
             )

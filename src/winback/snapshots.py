@@ -144,7 +144,7 @@ def customers_only(orders: Orders, ids: Sequence[str] | None) -> Iterator[Orders
     )
     try:
         report = replace(orders.report, n_customers=len(ids))
-        yield Orders(orders.con, view, report, engine=getattr(orders, "_engine", None))
+        yield orders.with_table(view, report)
     finally:
         engine.drop_view(view)
         engine.drop(table)

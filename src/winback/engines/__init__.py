@@ -8,6 +8,7 @@ Everything above reaches a database through the :class:`Engine` interface.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +36,12 @@ class Engine(Protocol):
 
     def register_customers(self, ids: Sequence[str]) -> str:
         """A temporary table ``customer_id`` of the ids; its name."""
+        ...
+
+    def registered(
+        self, frame: pd.DataFrame, prefix: str = "_frame"
+    ) -> AbstractContextManager[str]:
+        """A pandas frame visible to SQL under a fresh name for the length of a ``with``."""
         ...
 
     def table_name(self, name: str) -> str:

@@ -91,6 +91,10 @@ class DuckDBEngine:
             )
         return name
 
+    def registered(self, frame: pd.DataFrame, prefix: str = "_frame"):
+        """A pandas frame visible to SQL under a fresh name for the length of a ``with`` block."""
+        return registered(self.con, frame, prefix)
+
     def table_name(self, name: str) -> str:
         """The name to create a table under (the caller's own connection: as asked)."""
         return name

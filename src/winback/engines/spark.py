@@ -17,7 +17,8 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -163,6 +164,16 @@ class SparkEngine:
         schema = StructType([StructField("customer_id", StringType(), False)])
         self._keep(name, self.spark.createDataFrame([(str(i),) for i in ids], schema))
         return name
+
+    @contextmanager
+    def registered(self, frame: pd.DataFrame, prefix: str = "_frame") -> Iterator[str]:
+        """A pandas frame visible to SQL under a fresh name for the length of the block."""
+        name = f"{prefix}_{next(_counter)}"
+        self.spark.createDataFrame(frame).createOrReplaceTempView(name)
+        try:
+            yield name
+        finally:
+            self.drop(name)
 
     def table_name(self, name: str) -> str:
         """A name of its own: views are shared by everything on the session."""

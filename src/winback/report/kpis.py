@@ -45,7 +45,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from winback.engines.duckdb import registered
 from winback.errors import UsageError
 from winback.orders import Orders
 from winback.segments import quintile_sql, segments_of
@@ -67,6 +66,15 @@ __all__ = [
 Period = Literal["month", "quarter", "year"]
 PERIODS: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}  # months per period
 _LONGEST_DAYS = {"month": 31, "quarter": 92, "year": 366}
+
+
+def _query(orders: Orders, sql: str) -> pd.DataFrame:
+    """A query's rows through the orders' engine, timestamps naive UTC as the periods are."""
+    df = orders.engine().query_df(sql)
+    for col in df.columns:
+        if isinstance(df[col].dtype, pd.DatetimeTZDtype):
+            df[col] = df[col].dt.tz_convert("UTC").dt.tz_localize(None)
+    return df
 
 
 def _check_period(period: str) -> None:
@@ -206,25 +214,24 @@ def _activity(
     each period bound is joined from them per query."""
     end = report_end(orders, as_of)
     window = active_window_days(lookback_days, period)
-    first = orders.con.execute(
+    first = orders.engine().fetchall(
         f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
-    ).fetchall()[0][0]
+    )[0][0]
     if first is None:
         raise UsageError("The order history has no purchases: nothing to report.")
     periods = period_bounds(first, end, period)
-    with registered(orders.con, periods, "_wb_periods") as view:
+    with orders.engine().registered(periods, "_wb_periods") as view:
         if periods.empty:
             yield _Activity(period, end, periods, view, None)
             return
         spells = f"{view}_spells"
-        orders.con.execute(
-            f"CREATE TEMP TABLE {spells} AS WITH {_buys_sql(orders, end)} "
-            f"SELECT * FROM ({_spells_sql(window)})"
+        orders.engine().create_table(
+            spells, f"WITH {_buys_sql(orders, end)} SELECT * FROM ({_spells_sql(window)})"
         )
         try:
             yield _Activity(period, end, periods, view, spells)
         finally:
-            orders.con.execute(f"DROP TABLE IF EXISTS {spells}")
+            orders.engine().drop(spells)
 
 
 _KPI_COLUMNS = [
@@ -266,9 +273,9 @@ def horizon_churn(
     the lists tell the same story. Returns ``period, period_start, active, churned,
     churn_rate``."""
     end = report_end(orders, as_of)
-    first = orders.con.execute(
+    first = orders.engine().fetchall(
         f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
-    ).fetchall()[0][0]
+    )[0][0]
     cols = ["period", "period_start", "active", "churned", "churn_rate"]
     if first is None:
         return pd.DataFrame(columns=cols)
@@ -277,8 +284,9 @@ def horizon_churn(
     periods = periods[periods["period_start"] + timedelta(days=h) <= end]
     if periods.empty:
         return pd.DataFrame(columns=cols)
-    with registered(orders.con, periods[["period", "period_start"]], "_wb_cuts") as cuts:
-        got = orders.con.execute(
+    with orders.engine().registered(periods[["period", "period_start"]], "_wb_cuts") as cuts:
+        got = _query(
+            orders,
             f"""
             WITH {_buys_sql(orders, end)},
             per AS (
@@ -295,8 +303,8 @@ def horizon_churn(
                    count(p.customer_id) FILTER (WHERE p.was_active AND NOT p.bought) AS churned
             FROM {cuts} c LEFT JOIN per p USING (period, period_start)
             GROUP BY ALL ORDER BY c.period_start
-            """
-        ).df()
+            """,
+        )
     got["churn_rate"] = (got["churned"] / got["active"].where(got["active"] > 0)).astype(float)
     return got[cols]
 
@@ -316,7 +324,8 @@ def retention_tables(
 def _kpis(orders: Orders, a: _Activity) -> pd.DataFrame:
     if a.spells is None:
         return pd.DataFrame(columns=_KPI_COLUMNS)
-    raw = orders.con.execute(
+    raw = _query(
+        orders,
         f"""
         WITH {a.ctes(orders)},
         counts AS (
@@ -373,8 +382,8 @@ def _kpis(orders: Orders, a: _Activity) -> pd.DataFrame:
         LEFT JOIN rev_now rn USING (period_start)
         LEFT JOIN rev_before rb USING (period_start)
         ORDER BY p.period_start
-        """
-    ).df()
+        """,
+    )
     for c in ("S", "E", "N", "retained", "buyers", "repeat_buyers"):
         raw[c] = raw[c].astype("int64")
     s = raw["S"].astype(float).where(raw["S"] > 0)
@@ -392,12 +401,12 @@ def _kpis(orders: Orders, a: _Activity) -> pd.DataFrame:
 def overall_repeat_rate(orders: Orders, as_of: datetime | None = None) -> tuple[int, int, float]:
     """(customers with a purchase, those with 2+ purchases, their share) up to the as-of day."""
     end = report_end(orders, as_of)
-    n, rep = orders.con.execute(
+    n, rep = orders.engine().fetchall(
         f"""SELECT count(*), count(*) FILTER (WHERE k >= 2) FROM (
                 SELECT customer_id, count(*) AS k FROM {orders.table}
                 WHERE NOT is_return AND order_ts < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'
                 GROUP BY 1)"""
-    ).fetchall()[0]
+    )[0]
     return int(n), int(rep), (rep / n if n else float("nan"))
 
 
@@ -407,7 +416,8 @@ def cohort_table(orders: Orders, as_of: datetime | None = None) -> pd.DataFrame:
     NaN where that month is not complete at the as-of (the cohort is too young)."""
     end = report_end(orders, as_of)
     stamp = f"TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}'"
-    counts = orders.con.execute(
+    counts = _query(
+        orders,
         f"""
         WITH buys AS (
             SELECT customer_id, order_ts FROM {orders.table}
@@ -423,8 +433,8 @@ def cohort_table(orders: Orders, as_of: datetime | None = None) -> pd.DataFrame:
             FROM buys b JOIN firsts f USING (customer_id)
         )
         SELECT cohort, k, count(*) AS n FROM months GROUP BY ALL ORDER BY ALL
-        """
-    ).df()
+        """,
+    )
     if counts.empty:
         return pd.DataFrame(columns=["customers"])
     sizes = counts[counts["k"] == 0].set_index("cohort")["n"]
@@ -477,7 +487,8 @@ def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
             f"{quintile_sql('recency_days', 'DESC', 'period_start')} AS r, "
             f"{quintile_sql('n_orders', 'ASC', 'period_start')} AS f"
         )
-    frame = orders.con.execute(
+    frame = _query(
+        orders,
         f"""
         WITH {a.ctes(orders)},
         ranked AS (
@@ -495,8 +506,8 @@ def _by(orders: Orders, a: _Activity, by: str) -> pd.DataFrame:
         graded AS (SELECT period_start, at_end, {keys} FROM start_rows)
         SELECT * EXCLUDE (at_end), count(*) AS S, sum(at_end) AS retained
         FROM graded GROUP BY ALL
-        """
-    ).df()
+        """,
+    )
     frame = frame.merge(a.periods[["period", "period_start"]], on="period_start")
     if by == "segment":
         frame["segment"] = segments_of(frame["r"], frame["f"], frame.index).astype("str")
