@@ -551,6 +551,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Relative paths written in the file are read from the file's folder (``--set`` values and
     the built-in defaults from the working directory).
 
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file holding any subset of the settings (``configs/default.yaml`` lists them all).
+    overrides : list of str, optional
+        ``key=value`` pairs applied after the file, e.g. ``labels.horizon_days=60``; values are
+        read as YAML.
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
     Raises
     ------
     ConfigError

@@ -131,9 +131,32 @@ def backtest_job(
     experiment: str | None = None,
     progress: Progress | None = None,
 ) -> BacktestRun:
-    """Backtest the configured model and the baselines at each cutoff (see
-    :func:`winback.backtest.run_backtest`); write its predictions, metrics and plots to ``out``
-    and log the run to MLflow (``track``; ``experiment`` defaults to the config's)."""
+    """Backtest the configured model and the baselines at each cutoff.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    cfg : Config
+        Horizon, lookback, training schedule, model and evaluation settings.
+    cutoffs : list of datetime
+        The evaluation cutoffs T: at each, the model trains on labels known at T (see
+        :func:`winback.backtest.run_backtest`).
+    out : Path, optional
+        Where ``predictions.parquet``, ``metrics.json`` and the plots go; nothing is written
+        when None.
+    track : bool
+        Log the run to MLflow (``tracking_uri``, else the config's store; ``experiment``, else
+        the config's).
+    progress : Progress, optional
+        Told as each stage of the backtest advances.
+
+    Returns
+    -------
+    BacktestRun
+        The result (predictions, metrics, the candidate chosen at each cutoff), the files and
+        the MLflow run id.
+    """
     result = run_backtest(
         orders,
         cutoffs,
@@ -189,7 +212,34 @@ def train_job(
     tracking_uri: str | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Gate, backtest at T - H, train on every training cutoff up to T - H, save, register."""
+    """Train the model used at ``as_of``: gate, backtest at T - H, train, save, register.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    cfg : Config
+        The whole configuration (sufficiency, training, model, tracking, models_dir).
+    as_of : datetime, optional
+        The date the model is for (default: the day of the last order). It trains on every
+        training cutoff up to ``as_of - H``, whose labels are known by then.
+    track : bool
+        Register the model in MLflow and promote it when it beats the champion (``promote``:
+        whatever it scores).
+    progress : Progress, optional
+        Told as each stage advances.
+
+    Returns
+    -------
+    TrainResult
+        The model, its file (with a ``.json`` of metadata and checksum), its backtest at T - H
+        and, when tracked, the promotion decision.
+
+    Raises
+    ------
+    InsufficientDataError
+        When the orders fail the sufficiency gate, with every shortfall at once.
+    """
     t = as_of or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
     check_sufficiency(orders, t, h, lb, cfg.sufficiency)
@@ -337,14 +387,40 @@ def score_job(
     force: bool = False,
     on_stage: StageHook | None = None,
 ) -> ScoreResult:
-    """Score as of a date with the champion (or a model file, or a :class:`ModelRef` found
-    beforehand) and export the lists atomically.
+    """Score every customer as of a date and export the win-back lists atomically.
 
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders (up to the as-of).
+    cfg : Config
+        Features, campaigns (groups, sizing, suppression), drift and tracking settings.
+    out : Path
+        The exports folder; the export goes to ``out/<as-of>`` (a link swapped atomically).
+    as_of : datetime, optional
+        The scoring date (default: the last order's).
+    model : str or ModelRef
+        ``champion`` (the registry's), a model file, or a :class:`ModelRef` found beforehand.
+    wait_seconds : float
+        How long to wait for another run holding the folder's lock.
+    force : bool
+        Publish even when the data drifted past ``drift.fail_psi``.
+    on_stage : StageHook, optional
+        Told each stage's wall time and peak memory as it ends.
+
+    Returns
+    -------
+    ScoreResult
+        The export's folder, every scored customer, the lists, the as-of and the model's label.
+
+    Notes
+    -----
     Runs as the stages of :data:`SCORE_STAGES`: ``model`` (find, load and check it against the
     orders), ``scores`` (features, BG/NBD, predictions, ranks, segments, drift), ``lists``
     (suppression, sizing, control groups), ``reasons`` (for the listed customers), ``changes``
     (profit curve and the delta against the previous export) and ``export`` (the files, written
-    atomically). ``on_stage`` is told each stage's wall time and peak memory as it ends."""
+    atomically).
+    """
     t0 = time.perf_counter()
     stage = _Stages(on_stage)
     with stage("model"):
@@ -611,8 +687,30 @@ def measure_job(
     track: bool = True,
     tracking_uri: str | None = None,
 ) -> MeasureResult:
-    """Read out an exported list against the orders placed after its as-of: write
-    ``measure.json``, ``measure.csv`` and ``measure.html`` to ``out`` and log the run."""
+    """Read out an exported list against the orders placed after its as-of.
+
+    Parameters
+    ----------
+    orders : Orders
+        Orders that include those placed since the export's as-of.
+    cfg : Config
+        Campaign groups (their costs) and the readout's settings.
+    export : Path
+        An export folder written by :func:`score_job` (``EXPORTS/<as-of>``).
+    window_days : int, optional
+        The outcome window; default ``measure.window_days``, else the horizon the export's
+        manifest records.
+    out : Path, optional
+        Where ``measure.json``, ``measure.csv`` and ``measure.html`` go.
+    track : bool
+        Log the readout as an MLflow run.
+
+    Returns
+    -------
+    MeasureResult
+        The readout (treatment against control, overall and per group, with intervals) and the
+        files written.
+    """
     readout = readout_export(orders, cfg, export, window_days=window_days)
     files: list[Path] = []
     if out is not None:
@@ -819,7 +917,32 @@ def report_job(
     tracking_uri: str | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> ReportResult:
-    """Write ``report.html`` and its tables (CSV) to ``out``."""
+    """Write the retention report, ``report.html``, and its tables (CSV) to ``out``.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    cfg : Config
+        Report settings (period, active days, exports folder, readouts) and the horizon.
+    out : Path
+        The report's folder.
+    as_of : datetime, optional
+        Report up to the end of this day (default: the last order's).
+    period : str, optional
+        ``month``, ``quarter`` or ``year`` (default ``report.period``).
+    exports_dir : Path, optional
+        Where :func:`score_job` writes; its exports give the lists' figures and readouts.
+    model : str, optional
+        ``champion``, a model file, or None: the model whose gains curve is shown.
+    on_step : callable, optional
+        Called with (done, total) as the report's steps finish.
+
+    Returns
+    -------
+    ReportResult
+        The page, the files, the KPIs, the readouts, the churn over the horizon and notes.
+    """
     from winback.html import Section, figure_tag, render_page, table_tag
     from winback.report import (
         active_window_days,

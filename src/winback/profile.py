@@ -123,6 +123,21 @@ def build_profile(
     ``(T, T + H]`` and the come-back window ``(T + H, T + 2H]`` are observed. The suggestion is the
     shortest H whose come-back share is at most 20%: shorter horizons give earlier warnings but
     call more customers churned who were only slow.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    lookback_days : int
+        The active population at a cutoff: a purchase in this many days before it.
+    candidates : tuple of int
+        The horizons (days) to weigh.
+
+    Returns
+    -------
+    DataProfile
+        Counts, order gaps, repeat rate, the churn and come-back shares of each candidate and
+        the suggested horizon; ``summary_lines()`` says it in words.
     """
     t = orders.table
     n_cust, n_orders, n_ret = orders.engine().fetchall(
@@ -210,6 +225,17 @@ def check_sufficiency(
     needs at least ``min(lookback_days, 180)`` days of history before it, and at that cutoff the
     active population needs ``min_customers`` customers, ``min_repeat_buyers`` customers who had
     bought on 2+ days, and ``min_per_class`` churned and ``min_per_class`` retained customers.
+
+    Parameters
+    ----------
+    orders : Orders
+        The validated orders.
+    as_of : datetime
+        The date a model would be trained at.
+    horizon_days, lookback_days : int
+        The label horizon and the population lookback.
+    cfg : SufficiencyConfig, optional
+        The minimums (the config's ``sufficiency`` section; its defaults when None).
 
     Raises
     ------

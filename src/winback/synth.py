@@ -268,6 +268,12 @@ def generate_orders(params: SynthParams | None = None) -> pd.DataFrame:
     """Generate an order history in the orders contract: what the shop's file holds, the orders
     of :func:`generate_history` from ``start`` on.
 
+    Parameters
+    ----------
+    params : SynthParams, optional
+        Customers, period, rates and seed (a scenario's with :func:`scenario_params`); the
+        default shop when None.
+
     Returns
     -------
     DataFrame
