@@ -93,23 +93,32 @@ def segments_of(r: np.ndarray, f: np.ndarray, index=None, lapsed=None) -> pd.Ser
     """The RFM segment names of R and F quintile scores (arrays of 1-5), as a categorical of
     ``string`` names (each name stored once, not once per customer).
 
-    ``lapsed`` marks customers of the lapsed list, whose quintiles are taken among lapsed
-    customers: a lapsed customer is never a champion, whatever their rank among the lapsed, so
-    the more recent two fifths of them read as R 2 and the rest as R 1 (At risk, Can't lose
-    them, Hibernating or Lost)."""
+    ``lapsed`` (one flag per customer, when the segments describe the lists) tells the two lists
+    apart, whose quintiles are each taken within the list, so that no name contradicts the list
+    it stands on:
+
+    - a lapsed customer is never a champion, whatever their rank among the lapsed: the more
+      recent two fifths of them read as R 2 and the rest as R 1 (At risk, Can't lose them,
+      Hibernating or Lost);
+    - an at-risk customer bought within the horizon, so is never Hibernating or Lost: the least
+      recent two fifths with few orders (R 1-2, F 1-2) read as About to sleep (R 3)."""
     grid = [segment_name(a, b) for a in range(1, 6) for b in range(1, 6)]
     r, f = np.asarray(r, dtype=int), np.asarray(f, dtype=int)
     if lapsed is not None:
-        r = np.where(np.asarray(lapsed, dtype=bool), np.where(r >= 4, 2, 1), r)
+        gone = np.asarray(lapsed, dtype=bool)
+        r = np.where(gone, np.where(r >= 4, 2, 1), np.where((r <= 2) & (f <= 2), 3, r))
     return pd.Series(texts_of((r - 1) * 5 + (f - 1), grid, "string"), index=index)
 
 
-def rfm_segments(recency_days: pd.Series, n_orders: pd.Series, lapsed: bool = False) -> pd.Series:
-    """The RFM segment name of each customer (quintiles within the given customers; ``lapsed``:
-    they are all lapsed customers, see :func:`segments_of`)."""
+def rfm_segments(
+    recency_days: pd.Series, n_orders: pd.Series, lapsed: bool | None = None
+) -> pd.Series:
+    """The RFM segment name of each customer (quintiles within the given customers). ``lapsed``:
+    they are the lapsed list (True) or the at-risk list (False), see :func:`segments_of`; None:
+    the plain grid, not about a list."""
     r = _quintile(-recency_days.astype(float))
     f = _quintile(n_orders.astype(float))
-    flags = np.full(len(r), lapsed) if lapsed else None
+    flags = None if lapsed is None else np.full(len(r), lapsed)
     return segments_of(r, f, recency_days.index, flags)
 
 
