@@ -77,6 +77,13 @@ def _query(orders: Orders, sql: str) -> pd.DataFrame:
     return df
 
 
+def _first_purchase(orders: Orders) -> datetime | None:
+    """The instant of the first purchase (not a return), or None when there is none."""
+    return orders.engine().fetchall(
+        f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
+    )[0][0]
+
+
 def _check_period(period: str) -> None:
     if period not in PERIODS:
         raise UsageError(f"The period must be one of {', '.join(PERIODS)}; got {period!r}.")
@@ -214,9 +221,7 @@ def _activity(
     each period bound is joined from them per query."""
     end = report_end(orders, as_of)
     window = active_window_days(lookback_days, period)
-    first = orders.engine().fetchall(
-        f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
-    )[0][0]
+    first = _first_purchase(orders)
     if first is None:
         raise UsageError("The order history has no purchases: nothing to report.")
     periods = period_bounds(first, end, period)
@@ -273,9 +278,7 @@ def horizon_churn(
     the lists tell the same story. Returns ``period, period_start, active, churned,
     churn_rate``."""
     end = report_end(orders, as_of)
-    first = orders.engine().fetchall(
-        f"SELECT min(order_ts) FROM {orders.table} WHERE NOT is_return"
-    )[0][0]
+    first = _first_purchase(orders)
     cols = ["period", "period_start", "active", "churned", "churn_rate"]
     if first is None:
         return pd.DataFrame(columns=cols)
