@@ -31,10 +31,10 @@ from winback.jobs import (
     score_job,
     train_job,
 )
-from winback.labels import build_labels
 from winback.measure import Readout
 from winback.orders import load_orders
 from winback.profile import build_profile
+from winback.snapshots import build_snapshots
 from winback.synth import SynthParams, generate_orders, simulate_campaign
 
 __all__ = ["run_demo", "recovery", "DemoResult", "Say"]
@@ -100,8 +100,9 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
     say("line", f"    {len(feats):,} rows x {feats.shape[1]} columns -> {out / 'features.parquet'}")
 
     say("line", f"5/11 labels: churned = no purchase within H = {horizon} days after the cutoff")
-    labels = build_labels(orders, cuts, horizon, cfg.features.lookback_days)
-    snap = feats.merge(labels, on=["customer_id", "cutoff_ts"], how="inner")
+    snap = build_snapshots(
+        orders, cuts, horizon, cfg.features.lookback_days, cfg.features.windows_days
+    )
     atomic_parquet(snap, out / "snapshots.parquet")
     table = snap.groupby("cutoff_ts").agg(
         customers=("customer_id", "size"),
@@ -115,7 +116,7 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
             f"    {ts:%Y-%m-%d}  {int(row.customers):>9,}  {row.churn_rate:>10.1%}  "
             f"{row.median_recency_days:>21.0f}",
         )
-    say("line", f"    labelled snapshots -> {out / 'snapshots.parquet'}")
+    say("line", f"    labelled snapshots (features, BG/NBD, label) -> {out / 'snapshots.parquet'}")
 
     eval_at = last - timedelta(days=horizon)
     say(

@@ -47,7 +47,7 @@ from winback.export import plain_columns
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.segments import quintile_sql, segments_of, texts_of
-from winback.snapshots import build_snapshots
+from winback.snapshots import BGNBD_FEATURES, SUMMARY_COLUMNS, build_snapshots, snapshot_source
 
 __all__ = [
     "Scored",
@@ -343,27 +343,6 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _fit_bgnbd_in_sql(engine, summary_sql: str):
-    """:func:`winback.snapshots.fit_bgnbd` on a query's summaries, bringing only the sampled
-    customers' four numbers to pandas, not every customer's."""
-    from winback.engines.duckdb import registered
-    from winback.snapshots import BGNBD, fit_positions
-
-    n = int(engine.fetchall(f"SELECT count(*) FROM ({summary_sql}) AS s")[0][0])
-    ranked = (
-        f"SELECT customer_id, frequency, recency, T, "
-        f"row_number() OVER (ORDER BY customer_id) - 1 AS _pos FROM ({summary_sql}) AS s"
-    )
-    positions = fit_positions(n)
-    if positions is None:
-        rows = engine.query_df(f"SELECT * FROM ({ranked}) AS r ORDER BY _pos")
-    else:
-        with registered(engine.con, pd.DataFrame({"_pos": positions}), "_fit_pos") as pos:
-            rows = engine.query_df(f"SELECT r.* FROM ({ranked}) AS r JOIN {pos} USING (_pos)")
-        rows = rows.set_index("_pos").loc[positions]
-    return BGNBD().fit(rows["frequency"], rows["recency"], rows["T"])
-
-
 def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campaigns) -> Path:
     """Score in customer hash partitions; return a folder with each partition's full snapshot
     under ``features/`` and its :func:`_score_columns` under ``scores/`` (Parquet parts). The
@@ -371,39 +350,26 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
     import math
     import tempfile
 
-    from winback.features import bgnbd_summary_sql, feature_sql, spec_for
-    from winback.snapshots import bgnbd_predictions
-
-    engine = orders.engine()
-    spec = spec_for(orders, lookback, windows)
     k = max(1, math.ceil(orders.report.n_customers / SCORE_PARTITION_ROWS))
     folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
     (folder / "features").mkdir()
     (folder / "scores").mkdir()
-    cut = engine.register_cutoffs([as_of])
     try:
-        fitted = _fit_bgnbd_in_sql(engine, bgnbd_summary_sql(orders.table, cut, engine.dialect))
-        for i in range(k):
-            f = engine.query_df(feature_sql(orders.table, cut, spec, engine.dialect, (i, k)))
-            if f.empty:
-                continue
-            part = (
-                f"(SELECT * FROM {orders.table} WHERE "
-                f"{engine.dialect.hash_mod.format(col='customer_id', k=k)} = {i}) AS part"
-            )
-            s = engine.query_df(bgnbd_summary_sql(part, cut, engine.dialect))
-            s = s.set_index("customer_id").loc[f["customer_id"].to_numpy()]
-            f = f.assign(**bgnbd_predictions(fitted, s, horizon_days))
-            f.to_parquet(folder / "features" / f"part-{i:05d}.parquet", index=False)
-            scores = _score_columns(f, model.predict_proba(f)[:, 1], campaigns.value_days)
-            scores.to_parquet(folder / "scores" / f"part-{i:05d}.parquet", index=False)
-            del f, s, scores
-            release_memory()
+        with snapshot_source(
+            orders, [as_of], horizon_days, lookback, windows, materialize=False
+        ) as source:
+            for i in range(k):
+                f = source.read((i, k))
+                if f.empty:
+                    continue
+                f.to_parquet(folder / "features" / f"part-{i:05d}.parquet", index=False)
+                scores = _score_columns(f, model.predict_proba(f)[:, 1], campaigns.value_days)
+                scores.to_parquet(folder / "scores" / f"part-{i:05d}.parquet", index=False)
+                del f, scores
+                release_memory()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    finally:
-        engine.drop(cut)
     return folder
 
 
@@ -412,52 +378,31 @@ def _score_on_spark(
 ) -> pd.DataFrame:
     """The scoring snapshot at ``as_of`` with ``p_churn``, computed on the executors.
 
-    Features are computed in Spark; BG/NBD is fitted on the driver from the per-customer
-    summaries (four numbers a customer, exactly as on DuckDB); the churn model and the BG/NBD
-    fit are broadcast and applied batch by batch with ``mapInPandas``. Only the scored rows come
-    back to the driver, for list sizing, control groups, reasons and the export.
+    Features and BG/NBD summaries are computed in Spark, BG/NBD is fitted on the driver from a
+    sample of the summaries (exactly as on DuckDB); the churn model and the fit are broadcast
+    and applied batch by batch with ``mapInPandas``. Only the scored rows come back to the
+    driver, for list sizing, control groups, reasons and the export.
     """
     from pyspark.sql.types import DoubleType, StructField, StructType
 
-    from winback.engines.dialect import SPARK
-    from winback.features import GROUPS_PER_PASS, bgnbd_summary_sql, feature_table, spec_for
-    from winback.snapshots import BGNBD_FEATURES, bgnbd_predictions, fit_bgnbd
-
     engine = orders.engine()  # a SparkEngine
     spark = engine.spark
-    spec = spec_for(orders, lookback_days, windows_days)
-    feats = feature_table(orders, engine, spec, [as_of], GROUPS_PER_PASS)
-    cut = engine.register_cutoffs([as_of])
-    try:
-        engine.create_table("_bgnbd_summaries", bgnbd_summary_sql(orders.table, cut, SPARK))
-        summaries = engine.query_df(
-            "SELECT customer_id, cutoff_ts, frequency, recency, T FROM _bgnbd_summaries"
-        )
-        bgnbd = fit_bgnbd(summaries)
-        joined = spark.sql(
-            f"""SELECT f.*, s.frequency AS _frequency, s.recency AS _recency, s.T AS _T
-                FROM {feats} f JOIN _bgnbd_summaries s ON s.customer_id = f.customer_id"""
-        ).drop("cutoff_ts")
-        fields = [f for f in joined.schema.fields if not f.name.startswith("_")]
+    with snapshot_source(orders, [as_of], horizon_days, lookback_days, windows_days) as source:
+        joined = spark.sql(source.sql()).drop("cutoff_ts")
+        fields = [f for f in joined.schema.fields if f.name not in SUMMARY_COLUMNS]
         schema = StructType(
             fields + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, "p_churn"]]
         )
-        shipped = spark.sparkContext.broadcast((model, bgnbd, int(horizon_days)))
+        shipped = spark.sparkContext.broadcast((model, source.bgnbd))
 
         def score(batches):
-            churn_model, fitted, h = shipped.value
+            churn_model, bgnbd = shipped.value
             for batch in batches:
-                rows = batch.rename(columns={"_frequency": "frequency", "_recency": "recency"})
-                rows = rows.rename(columns={"_T": "T"})
-                out = batch[[f.name for f in fields]].assign(**bgnbd_predictions(fitted, rows, h))
+                out = bgnbd.add_to(batch)
                 out["p_churn"] = churn_model.predict_proba(out)[:, 1]
                 yield out
 
         scored = engine.query_df_frame(joined.mapInPandas(score, schema))
-    finally:
-        engine.drop(feats)
-        engine.drop(cut)
-        engine.drop("_bgnbd_summaries")
     scored.insert(1, "cutoff_ts", pd.Timestamp(as_of, tz="UTC"))
     return scored
 

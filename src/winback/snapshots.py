@@ -9,6 +9,10 @@ predictions for the next ``horizon_days`` become features:
 Training snapshots of a large history are built for a seeded sample of its customers only
 (:func:`training_sample`, :func:`customers_only`): the model uses a bounded number of rows, and
 BG/NBD's four parameters are estimated as well from the sample.
+
+Training, backtests and scoring on DuckDB (whole or a partition at a time) and on Spark all
+assemble their rows through :func:`snapshot_source`: the same SQL, the same fits, the same
+:meth:`BGNBDAtCutoffs.add_to`.
 """
 
 from __future__ import annotations
@@ -16,26 +20,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
 
 from winback.btyd import BGNBD
-from winback.cutoffs import normalize_cutoffs
+from winback.cutoffs import normalize_cutoffs, parse_cutoff, split_labelled_cutoffs
+from winback.engines import Engine
 from winback.errors import DataError
-from winback.features import bgnbd_summary_sql, build_features
+from winback.features import (
+    GROUPS_PER_PASS,
+    FeatureSpec,
+    bgnbd_summary_sql,
+    build_features,
+    feature_sql,
+    feature_table,
+    spec_for,
+)
 from winback.labels import build_labels
 from winback.orders import Orders
 from winback.progress import Progress, tell
 from winback.sample import customer_share
 
 __all__ = [
-    "bgnbd_summaries",
-    "fit_bgnbd",
+    "SnapshotSource",
+    "snapshot_source",
+    "BGNBDAtCutoffs",
+    "fit_bgnbd_at_cutoffs",
     "bgnbd_predictions",
-    "add_bgnbd_features",
     "build_snapshots",
     "build_training_snapshots",
     "customers_only",
@@ -52,15 +66,9 @@ BGNBD_FEATURES = ["bgnbd_p_alive", "bgnbd_p_no_purchase", "bgnbd_expected_purcha
 BGNBD_FIT_MAX_CUSTOMERS = 200_000
 
 
-def bgnbd_summaries(orders: Orders, cutoffs: list[datetime]) -> pd.DataFrame:
-    """``customer_id, cutoff_ts, frequency, recency, T`` (days) of every customer with a purchase
-    day at or before each cutoff."""
-    engine = orders.engine()
-    table = engine.register_cutoffs(cutoffs)
-    try:
-        return engine.query_df(bgnbd_summary_sql(orders.table, table, engine.dialect))
-    finally:
-        engine.drop(table)
+#: The BG/NBD summary of a snapshot row, as it travels with the features until
+#: :meth:`BGNBDAtCutoffs.add_to` turns it into the BG/NBD features.
+SUMMARY_COLUMNS = {"_bgnbd_frequency": "frequency", "_bgnbd_recency": "recency", "_bgnbd_T": "T"}
 
 
 def fit_positions(n: int) -> np.ndarray | None:
@@ -69,17 +77,6 @@ def fit_positions(n: int) -> np.ndarray | None:
     if n <= BGNBD_FIT_MAX_CUSTOMERS:
         return None
     return np.random.RandomState(0).choice(n, size=BGNBD_FIT_MAX_CUSTOMERS, replace=False)
-
-
-def fit_bgnbd(summaries: pd.DataFrame, start: dict[str, float] | None = None) -> BGNBD:
-    """BG/NBD fitted on one cutoff's summaries (a seeded sample of them on large histories),
-    in customer order, so the fit does not depend on the order an engine returns rows in.
-    ``start``: a neighbouring cutoff's parameters, tried as a starting point too."""
-    fit_on = summaries.sort_values("customer_id", kind="stable")
-    positions = fit_positions(len(fit_on))
-    if positions is not None:
-        fit_on = fit_on.iloc[positions]
-    return BGNBD().fit(fit_on["frequency"], fit_on["recency"], fit_on["T"], start=start)
 
 
 def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> dict:
@@ -93,37 +90,179 @@ def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> di
     }
 
 
-def add_bgnbd_features(
-    features: pd.DataFrame,
-    summaries: pd.DataFrame,
+@dataclass(frozen=True)
+class BGNBDAtCutoffs:
+    """BG/NBD fitted at each cutoff (naive UTC), and the horizon its predictions look over.
+
+    Small and picklable: Spark ships it to its executors, where :meth:`add_to` turns each
+    batch's summary columns into the BG/NBD features exactly as DuckDB's rows are."""
+
+    fits: dict[datetime, BGNBD]
+    horizon_days: int
+
+    def add_to(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """``rows`` without their :data:`SUMMARY_COLUMNS`, with :data:`BGNBD_FEATURES` added
+        last, each row predicted by its cutoff's fit (rows without ``cutoff_ts`` need a single
+        fit)."""
+        summary = rows[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
+        if summary["frequency"].isna().any():
+            raise DataError("internal: an active customer has no BG/NBD summary")
+        out = rows.drop(columns=list(SUMMARY_COLUMNS))
+        added = {c: np.full(len(rows), np.nan) for c in BGNBD_FEATURES}
+        for cutoff, at in self._rows_by_cutoff(rows).items():
+            for c, values in bgnbd_predictions(
+                self.fits[cutoff], summary.iloc[at], self.horizon_days
+            ).items():
+                added[c][at] = values
+        return out.assign(**added)
+
+    def _rows_by_cutoff(self, rows: pd.DataFrame) -> dict[datetime, np.ndarray]:
+        if "cutoff_ts" not in rows.columns:
+            if len(self.fits) != 1:
+                raise ValueError("rows without cutoff_ts need BG/NBD fitted at one cutoff")
+            return {next(iter(self.fits)): np.arange(len(rows))}
+        ts = pd.DatetimeIndex(rows["cutoff_ts"])
+        if ts.tz is not None:
+            ts = ts.tz_convert("UTC").tz_localize(None)
+        return {
+            pd.Timestamp(cutoff).to_pydatetime(): at
+            for cutoff, at in pd.Series(ts).groupby(ts, sort=True).indices.items()
+        }
+
+
+def fit_bgnbd_at_cutoffs(
+    engine: Engine,
+    summaries: str,
+    cutoffs: Sequence[datetime],
     horizon_days: int,
     progress: Progress | None = None,
-) -> pd.DataFrame:
-    """Fit BG/NBD per cutoff on ``summaries`` and add its predictions to ``features`` (rows in
-    the same order; only the key and summary columns are ever joined, not whole rows). Cutoffs
-    are fitted oldest first, each starting from the previous one's parameters."""
-    keys = ["customer_id", "cutoff_ts"]
-    m = features[keys].merge(
-        summaries[[*keys, "frequency", "recency", "T"]], on=keys, how="left", validate="1:1"
-    )
-    if m["frequency"].isna().any():
-        raise DataError("internal: an active customer has no BG/NBD summary")
-    added = {c: np.full(len(features), np.nan) for c in BGNBD_FEATURES}
-    by_cutoff = summaries.groupby("cutoff_ts", sort=True).indices
-    groups = features.groupby("cutoff_ts", sort=True).indices
+) -> BGNBDAtCutoffs:
+    """BG/NBD fitted at each cutoff on the summaries in the table ``summaries`` (a seeded
+    sample of them on large histories, in customer order, so the fit does not depend on the
+    order an engine returns rows in). Only the fitted customers' three numbers reach pandas.
+    Cutoffs are fitted oldest first, each starting from the previous one's parameters too."""
+    fits: dict[datetime, BGNBD] = {}
     previous = None
-    for done, (cutoff, rows) in enumerate(groups.items(), start=1):
-        model = fit_bgnbd(summaries.iloc[by_cutoff[cutoff]], start=previous)
-        previous = model.params_
+    cuts = sorted(cutoffs)
+    for done, cutoff in enumerate(cuts, start=1):
+        at = f"cutoff_ts = TIMESTAMP '{cutoff.isoformat(sep=' ')}'"
+        n = int(engine.fetchall(f"SELECT count(*) FROM {summaries} WHERE {at}")[0][0])
+        ranked = (
+            "SELECT frequency, recency, T, row_number() OVER (ORDER BY customer_id) - 1 AS _pos "
+            f"FROM {summaries} WHERE {at}"
+        )
+        positions = fit_positions(n)
+        if positions is None:
+            rows = engine.query_df(f"SELECT * FROM ({ranked}) r ORDER BY _pos")
+        else:
+            with engine.registered(pd.DataFrame({"_pos": positions}), "_fit_pos") as pos:
+                rows = engine.query_df(f"SELECT r.* FROM ({ranked}) r JOIN {pos} p USING (_pos)")
+            rows = rows.set_index("_pos").loc[positions]
+        model = BGNBD().fit(rows["frequency"], rows["recency"], rows["T"], start=previous)
+        previous = fits.setdefault(cutoff, model).params_
         log.debug(
             "BG/NBD at %s: %s",
-            f"{pd.Timestamp(cutoff):%Y-%m-%d}",
+            f"{cutoff:%Y-%m-%d}",
             ", ".join(f"{k} {v:.4g}" for k, v in model.params_.items()),
         )
-        for c, values in bgnbd_predictions(model, m.iloc[rows], horizon_days).items():
-            added[c][rows] = values
-        tell(progress, "BG/NBD fits", done, len(groups))
-    return features.assign(**added)
+        tell(progress, "BG/NBD fits", done, len(cuts))
+    return BGNBDAtCutoffs(fits, int(horizon_days))
+
+
+@dataclass
+class SnapshotSource:
+    """Features and BG/NBD summaries of the active population at cutoffs, on the orders'
+    engine, and BG/NBD fitted at each cutoff: the one place snapshots are assembled, for
+    training, backtests and scoring on either engine (see :func:`snapshot_source`).
+
+    :meth:`sql` gives the rows with their summary columns (for an engine to read or, on Spark,
+    to score where they are); :attr:`bgnbd` turns those columns into the BG/NBD features;
+    :meth:`read` does both."""
+
+    engine: Engine
+    orders_table: str
+    cut_table: str
+    spec: FeatureSpec
+    features: str | None
+    summaries: str
+    bgnbd: BGNBDAtCutoffs
+
+    def sql(self, part: tuple[int, int] | None = None) -> str:
+        """Every feature column, then :data:`SUMMARY_COLUMNS`; ``part = (i, k)``: the customers
+        of hash partition i of k only (computed for that partition alone when the features
+        are not materialised)."""
+        d = self.engine.dialect
+        if self.features is None:
+            feats = feature_sql(self.orders_table, self.cut_table, self.spec, d, part)
+            where = ""
+        else:
+            feats = f"SELECT * FROM {self.features}"
+            where = (
+                f" WHERE {d.hash_mod.format(col='f.customer_id', k=part[1])} = {part[0]}"
+                if part
+                else ""
+            )
+        summary = ", ".join(f"s.{src} AS {col}" for col, src in SUMMARY_COLUMNS.items())
+        return (
+            f"SELECT f.*, {summary} FROM ({feats}) f LEFT JOIN {self.summaries} s "
+            f"ON s.customer_id = f.customer_id AND s.cutoff_ts = f.cutoff_ts{where}"
+        )
+
+    def rows(self, part: tuple[int, int] | None = None) -> pd.DataFrame:
+        """:meth:`sql` read into pandas, sorted by cutoff then customer."""
+        return self.engine.query_df(f"{self.sql(part)} ORDER BY cutoff_ts, customer_id")
+
+    def read(self, part: tuple[int, int] | None = None) -> pd.DataFrame:
+        """Snapshot rows: the features with the BG/NBD features, sorted by cutoff then
+        customer."""
+        return self.bgnbd.add_to(self.rows(part))
+
+
+@contextmanager
+def snapshot_source(
+    orders: Orders,
+    cutoffs: Iterable[str | date | datetime] | str,
+    horizon_days: int,
+    lookback_days: int = 365,
+    windows_days: Iterable[int] = (30, 90, 180, 365),
+    *,
+    materialize: bool = True,
+    progress: Progress | None = None,
+) -> Iterator[SnapshotSource]:
+    """A :class:`SnapshotSource` at ``cutoffs``; its tables are dropped on leaving.
+
+    BG/NBD's summaries are computed once for every customer who had bought by each cutoff and
+    fitted at each cutoff with active customers. ``materialize=True`` computes the features at
+    every cutoff into a table (in customer partitions when large); ``False`` leaves them to be
+    computed a hash partition at a time by :meth:`SnapshotSource.read`, so memory holds one
+    partition (scoring a large population)."""
+    cuts = normalize_cutoffs(cutoffs)
+    engine = orders.engine()
+    spec = spec_for(orders, lookback_days, windows_days)
+    cut_table = engine.register_cutoffs(cuts)
+    made: list[str] = []
+    try:
+        features = None
+        if materialize:
+            tell(progress, f"features at {len(cuts)} cutoff(s)", 0, 1)
+            features = feature_table(orders, engine, spec, cuts, GROUPS_PER_PASS)
+            made.append(features)
+            tell(progress, f"features at {len(cuts)} cutoff(s)", 1, 1)
+        summaries = engine.materialize_parts(
+            [bgnbd_summary_sql(orders.table, cut_table, engine.dialect)]
+        )
+        made.append(summaries)
+        active = (
+            [ts for (ts,) in engine.fetchall(f"SELECT DISTINCT cutoff_ts FROM {features}")]
+            if features
+            else [ts for (ts,) in engine.fetchall(f"SELECT DISTINCT cutoff_ts FROM {summaries}")]
+        )
+        bgnbd = fit_bgnbd_at_cutoffs(engine, summaries, active, horizon_days, progress)
+        yield SnapshotSource(engine, orders.table, cut_table, spec, features, summaries, bgnbd)
+    finally:
+        for table in made:
+            engine.drop(table)
+        engine.drop(cut_table)
 
 
 @contextmanager
@@ -214,19 +353,22 @@ def build_snapshots(
     with ``labels=False`` every cutoff is kept and there are no label columns (for scoring).
     ``progress(stage, done, total)`` hears of the features and of each BG/NBD fit.
     """
-    cuts = normalize_cutoffs(cutoffs)
-    tell(progress, f"features at {len(cuts)} cutoff(s)", 0, 1)
-    feats = build_features(orders, cuts, lookback_days, windows_days)
+    cuts = asked = normalize_cutoffs(cutoffs)
+    lab = None
     if labels:
         lab = build_labels(orders, cuts, horizon_days, lookback_days, observed_until)
-        feats = feats.merge(lab, on=["customer_id", "cutoff_ts"], how="inner")
-        kept = pd.DatetimeIndex(feats["cutoff_ts"].unique()).tz_convert(None)
-        cuts = sorted(ts.to_pydatetime() for ts in kept)
-    tell(progress, f"features at {len(cuts)} cutoff(s)", 1, 1)
-    if feats.empty:
-        return feats
-    summaries = bgnbd_summaries(orders, cuts)
-    return add_bgnbd_features(feats, summaries, horizon_days, progress)
+        end = parse_cutoff(observed_until) if observed_until is not None else orders.last_ts
+        cuts, _ = split_labelled_cutoffs(cuts, end, horizon_days)  # the ones with labels
+    if not cuts:  # nothing labelled: the features' columns, no rows
+        feats = build_features(orders, asked, lookback_days, windows_days)
+        return feats if lab is None else feats.merge(lab, on=["customer_id", "cutoff_ts"])
+    with snapshot_source(
+        orders, cuts, horizon_days, lookback_days, windows_days, progress=progress
+    ) as source:
+        rows = source.rows()
+        if lab is not None:
+            rows = rows.merge(lab, on=["customer_id", "cutoff_ts"], how="inner")
+        return source.bgnbd.add_to(rows)
 
 
 def build_training_snapshots(
