@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from winback.config import OrdersConfig
-from winback.database import read_database, redact_url
 from winback.engines.duckdb import connect
 from winback.errors import DataError
 from winback.orders import load_orders
+from winback.orders.database import read_database, redact_url
 
 PASSWORD = "Pg-s3cret-7f2a"  # the test role's password; must never be printed
 TRACKING_PASSWORD = "Tr@ck-9x:p/w"  # the MLflow store's, with characters a URL must encode
@@ -188,7 +188,7 @@ def test_cli_reads_the_database_and_never_prints_the_password(postgres, tmp_path
 
 
 def test_database_urls_are_told_from_paths():
-    from winback.database import is_database_url
+    from winback.orders.database import is_database_url
 
     assert is_database_url("postgresql://u@h/db")
     assert is_database_url("postgresql+psycopg://u@h:5432/db")

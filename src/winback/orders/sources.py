@@ -2,7 +2,8 @@
 database, each creating the view ``_raw`` that :func:`winback.orders.load_orders` maps and checks.
 
 What both engines decide alike about a CSV (its encoding, emptiness and delimiter) is in
-:mod:`winback.csvfiles`; a database is streamed by :mod:`winback.database` (DuckDB only).
+:mod:`winback.orders.csvfiles`; a database is streamed by :mod:`winback.orders.database`
+(DuckDB only).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import duckdb
 import pandas as pd
 
 from winback.config import OrdersConfig
-from winback.csvfiles import (
+from winback.engines.dialect import quote_ident, sql_string
+from winback.engines.spark import is_local, local_path
+from winback.errors import ConfigError, DataError, UsageError, first_line
+from winback.orders.csvfiles import (
     NATIVE_ENCODINGS,
     SPARK_ENCODINGS,
     empty_file,
@@ -22,10 +26,7 @@ from winback.csvfiles import (
     settle_delimiter,
     utf8_copy,
 )
-from winback.database import is_database_url, read_database, redact_url
-from winback.engines.dialect import quote_ident, sql_string
-from winback.engines.spark import is_local, local_path
-from winback.errors import ConfigError, DataError, UsageError, first_line
+from winback.orders.database import is_database_url, read_database, redact_url
 
 __all__ = ["open_source", "read_failure"]
 
