@@ -943,16 +943,13 @@ def report_job(
     ReportResult
         The page, the files, the KPIs, the readouts, the churn over the horizon and notes.
     """
-    from winback.html import Section, figure_tag, render_page, table_tag
+    from winback.html import render_page
     from winback.report import (
         active_window_days,
         cohort_table,
         horizon_churn,
         kpi_sections,
         overall_repeat_rate,
-        plot_list_sizes,
-        plot_score_distribution,
-        readout_section,
         report_end,
         retention_tables,
     )
@@ -978,74 +975,16 @@ def report_job(
     tables |= {f"retention_by_{name}.csv": frame for name, frame in by.items()}
     sections = kpi_sections(kpis, cohorts, by, repeat, window, churn_h, h)
 
-    lists_sec = Section("lists", "Scores and win-back lists")
-    camp_sec = Section("campaigns", "Campaigns: treatment against control")
-    readouts: list[Readout] = []
-    if not exports:
-        note = f"No exports in {exports_dir}: run 'winback score --out {exports_dir}' nightly."
-        lists_sec.text(note, "note")
-        camp_sec.text(note, "note")
-    else:
-        history = []
-        for e in exports:
-            m = json.loads((e / "manifest.json").read_text())
-            rows = m.get("rows", {})
-            history.append(
-                {"as_of": e.name, "model": m.get("model_version"), "scored": rows.get("scores")}
-                | {f"listed_{k}": v for k, v in rows.items() if k != "scores"}
-            )
-        history = pd.DataFrame(history)
-        tables["list_sizes.csv"] = history
-        latest = exports[-1]
-        scores = pd.read_parquet(latest / "scores.parquet", columns=["list", "p_churn"])
-        lists_sec.text(
-            f"Churn probabilities of every customer scored in the latest export ({latest.name}, "
-            f"model {history['model'].iloc[-1]}), and the list sizes of every export: 'scored' "
-            "counts every customer scored, 'listed_<list>' those on the list (to contact and "
-            "control)."
-        )
-        lists_sec.add(figure_tag(plot_score_distribution(scores), "latest score distribution"))
-        lists_sec.add(figure_tag(plot_list_sizes(history), "list size per export"))
-        lists_sec.add(table_tag(history))
-        step(3, 5)
-        measurable = [
-            e
-            for e in exports
-            if orders.last_ts - datetime.fromisoformat(e.name) >= timedelta(days=MIN_READOUT_DAYS)
-        ]
-        for e in measurable[-cfg.report.max_readouts :] if cfg.report.max_readouts else []:
-            r = readout_export(orders, cfg, e)
-            readouts.append(r)
-            tables[f"campaign_{e.name}.csv"] = r.table
-        if readouts:
-            camp_sec.text(
-                "Churn and retention per campaign group, contacted (treatment) against held-out "
-                "(control) customers, for the latest exports whose outcome window has begun."
-            )
-            for i, r in enumerate(reversed(readouts)):
-                sub = readout_section(r, f"campaign-{i}")
-                camp_sec.add(f'<h3 id="{sub.id}">{sub.title}</h3>')
-                for part in sub.parts:
-                    camp_sec.add(part)
-        else:
-            camp_sec.text(
-                "No export is old enough: no orders after any export's as-of yet.", "note"
-            )
-    sections += [camp_sec, lists_sec]
-
+    lists_sec = _lists_section(exports, exports_dir, tables)
+    step(3, 5)
+    readouts = []
+    for e in _readout_exports(orders, cfg, exports):
+        readouts.append(readout_export(orders, cfg, e))
+        tables[f"campaign_{e.name}.csv"] = readouts[-1].table
+    sections += [_campaigns_section(readouts, exports, exports_dir), lists_sec]
     step(4, 5)
-    model_sec = Section("model", "Champion model: gains")
     ax, caption = _champion_gains(orders, cfg, model, tracking_uri, end)
-    if ax is not None:
-        model_sec.text(
-            "Share of the customers who churned that a list of the riskiest customers reaches, "
-            "against the baselines."
-        )
-        model_sec.add(figure_tag(ax, "gains of the champion model"))
-        model_sec.text(caption, "note")
-    else:
-        model_sec.text(caption, "note")
-    sections.append(model_sec)
+    sections.append(_model_section(ax, caption))
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -1065,3 +1004,86 @@ def report_job(
     step(5, 5)
     notes = [caption] if ax is None else []
     return ReportResult(out / "report.html", files, kpis, readouts, notes, churn_h, h)
+
+
+def _readout_exports(orders: Orders, cfg: Config, exports: list[Path]) -> list[Path]:
+    """The latest ``report.max_readouts`` exports whose outcome window has begun."""
+    measurable = [
+        e
+        for e in exports
+        if orders.last_ts - datetime.fromisoformat(e.name) >= timedelta(days=MIN_READOUT_DAYS)
+    ]
+    return measurable[-cfg.report.max_readouts :] if cfg.report.max_readouts else []
+
+
+def _lists_section(exports: list[Path], exports_dir: Path, tables: dict[str, pd.DataFrame]):
+    """The report's "Scores and win-back lists" section; adds ``list_sizes.csv`` to ``tables``."""
+    from winback.html import Section, figure_tag, table_tag
+    from winback.report import plot_list_sizes, plot_score_distribution
+
+    sec = Section("lists", "Scores and win-back lists")
+    if not exports:
+        sec.text(f"No exports in {exports_dir}: run 'winback score --out {exports_dir}' nightly.",
+                 "note")  # fmt: skip
+        return sec
+    history = []
+    for e in exports:
+        m = json.loads((e / "manifest.json").read_text())
+        rows = m.get("rows", {})
+        history.append(
+            {"as_of": e.name, "model": m.get("model_version"), "scored": rows.get("scores")}
+            | {f"listed_{k}": v for k, v in rows.items() if k != "scores"}
+        )
+    history = pd.DataFrame(history)
+    tables["list_sizes.csv"] = history
+    latest = exports[-1]
+    scores = pd.read_parquet(latest / "scores.parquet", columns=["list", "p_churn"])
+    sec.text(
+        f"Churn probabilities of every customer scored in the latest export ({latest.name}, "
+        f"model {history['model'].iloc[-1]}), and the list sizes of every export: 'scored' "
+        "counts every customer scored, 'listed_<list>' those on the list (to contact and "
+        "control)."
+    )
+    sec.add(figure_tag(plot_score_distribution(scores), "latest score distribution"))
+    sec.add(figure_tag(plot_list_sizes(history), "list size per export"))
+    sec.add(table_tag(history))
+    return sec
+
+
+def _campaigns_section(readouts: list[Readout], exports: list[Path], exports_dir: Path):
+    """The report's "Campaigns: treatment against control" section."""
+    from winback.html import Section
+    from winback.report import readout_section
+
+    sec = Section("campaigns", "Campaigns: treatment against control")
+    if not exports:
+        sec.text(f"No exports in {exports_dir}: run 'winback score --out {exports_dir}' nightly.",
+                 "note")  # fmt: skip
+    elif not readouts:
+        sec.text("No export is old enough: no orders after any export's as-of yet.", "note")
+    else:
+        sec.text(
+            "Churn and retention per campaign group, contacted (treatment) against held-out "
+            "(control) customers, for the latest exports whose outcome window has begun."
+        )
+        for i, r in enumerate(reversed(readouts)):
+            sub = readout_section(r, f"campaign-{i}")
+            sec.add(f'<h3 id="{sub.id}">{sub.title}</h3>')
+            for part in sub.parts:
+                sec.add(part)
+    return sec
+
+
+def _model_section(ax, caption: str):
+    """The report's "Champion model: gains" section (or why there is no plot)."""
+    from winback.html import Section, figure_tag
+
+    sec = Section("model", "Champion model: gains")
+    if ax is not None:
+        sec.text(
+            "Share of the customers who churned that a list of the riskiest customers reaches, "
+            "against the baselines."
+        )
+        sec.add(figure_tag(ax, "gains of the champion model"))
+    sec.text(caption, "note")
+    return sec
