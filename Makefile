@@ -36,12 +36,12 @@ test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
 
 bench: $(STAMP) ## feature, backtest/train and nightly-scoring benchmarks on 1M/10M synthetic orders (medians of 3)
 	$(BIN)/python benchmarks/bench_features.py

@@ -215,3 +215,80 @@ def test_score_without_a_champion_fails_fast_and_creates_no_store(synth_file, tm
     (tmp_path / "taken").write_text("a file")
     res = run("score", "--orders", str(synth_file), "--out", "taken", cwd=tmp_path)
     assert res.returncode == 2 and "is a file, not a folder" in res.stderr
+
+
+def _json_lines(stderr: str) -> list[dict]:
+    """Every line of stderr as JSON (the test fails on any line that is not)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.strip()]
+
+
+def test_log_format_json_tells_a_scheduler_every_stage_and_the_outcome(synth_file, tmp_path):
+    models, out = tmp_path / "models", tmp_path / "exports"
+    train = run(
+        "--log-format", "json", "train", "--orders", str(synth_file), "--no-track",
+        "--set", f"models_dir={models}",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert train.stdout == ""  # everything is on stderr, as JSON
+    events = _json_lines(train.stderr)
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert stages == ["gate", "backtest", "snapshots", "fit", "save"]  # untracked: no 'track'
+    done = events[-1]
+    assert done["event"] == "done" and done["status"] == "ok" and done["exit_code"] == 0
+    assert Path(done["model_file"]).is_file() and done["rows"] > 0
+    model = done["model_file"]
+
+    score = run(
+        "--log-format", "json", "score", "--orders", str(synth_file), "--model", model,
+        "--out", str(out), "--as-of", "2023-12-31",
+    )  # fmt: skip
+    assert score.returncode == 0, score.stderr
+    events = _json_lines(score.stderr)
+    assert all({"ts", "level", "command", "event"} <= e.keys() for e in events)
+    assert {e["command"] for e in events} == {"score"}
+    stages = [e for e in events if e["event"] == "stage"]
+    assert [e["stage"] for e in stages] == ["model", "scores", "lists", "reasons", "changes",
+                                            "export"]  # fmt: skip
+    assert all(e["seconds"] >= 0 and e["peak_rss_mb"] > 0 for e in stages)
+    done = events[-1]
+    assert done["event"] == "done" and done["status"] == "ok" and done["exit_code"] == 0
+    assert [e for e in events if e["event"] == "done"] == [done]  # one final line
+    folder = Path(done["folder"])
+    assert done["scored"] == len(pd.read_parquet(folder / "scores.parquet"))
+    for name, n in done["listed"].items():
+        assert n["contact"] == len(pd.read_csv(folder / f"{name}.csv"))
+        assert n["control"] == len(pd.read_csv(folder / f"{name}_control.csv"))
+    # the report's lines are there too, as output events
+    texts = [e["text"] for e in events if e["event"] == "output"]
+    assert texts[0].startswith(f"scored {done['scored']:,} customers as of 2023-12-31")
+
+
+@pytest.mark.parametrize(
+    "args, status, code",
+    [
+        (["score", "--orders", "missing.parquet", "--model", "missing.joblib"], "error", 1),
+        (["score", "--no-such-option"], "usage_error", 2),
+        (["frobnicate"], "usage_error", 2),
+    ],
+)
+def test_log_format_json_ends_a_failed_run_with_its_status(args, status, code, tmp_path):
+    res = run("--log-format", "json", *args, cwd=tmp_path)
+    assert res.returncode == code
+    assert "Traceback" not in res.stderr
+    (done,) = _json_lines(res.stderr)
+    assert done["event"] == "done" and done["status"] == status and done["exit_code"] == code
+    assert done["level"] == "error" and done["message"]
+
+
+def test_log_format_from_the_environment_and_a_bad_one_refused(tmp_path):
+    import os
+
+    env = {**os.environ, "WINBACK_LOG_FORMAT": "json"}
+    res = subprocess.run(
+        [sys.executable, "-m", "winback", "frobnicate"], capture_output=True, text=True,
+        cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2 and json.loads(res.stderr)["status"] == "usage_error"
+    bad = run("--log-format", "yaml", "synth", "--out", str(tmp_path / "o.parquet"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("usage error: --log-format must be text or json; got 'yaml'")

@@ -25,16 +25,24 @@ from winback import __version__
 from winback.config import Config, load_config
 from winback.cutoffs import cutoffs_from_options, normalize_cutoffs, parse_as_of
 from winback.errors import ConfigError, UsageError, WinbackError
+from winback.runlog import event, run_log
 
 __all__ = ["app", "main"]
 
 log = logging.getLogger("winback")
 
+#: Every command's --help ends with this.
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 a data, config or model problem (one line on stderr says which and "
+    "how to fix it); 2 wrong usage; 130 interrupted. With --log-format json (before the "
+    "command) the last line on stderr is a JSON 'done' object with the status and exit code."
+)
+
 app = typer.Typer(
     name="winback",
     help="Churn prediction and win-back lists from order histories. Exit codes: 0 done, "
     "1 a data, config or model problem (one line on stderr says which and how to fix it), "
-    "2 wrong usage.",
+    "2 wrong usage, 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -105,13 +113,15 @@ _QUIET_LOGGERS = ("mlflow", "alembic", "py4j", "urllib3", "numexpr", "matplotlib
 
 
 def _setup_logging(verbose: bool) -> None:
-    """winback's log lines on stderr (INFO, DEBUG with --verbose); libraries' chatter and
-    warnings only with --verbose."""
+    """winback's log lines on stderr (INFO, DEBUG with --verbose), as text or JSON lines
+    (--log-format); libraries' chatter and warnings only with --verbose."""
     import warnings
+
+    from winback.runlog import JsonLines
 
     level = logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(JsonLines() if run_log.json else logging.Formatter("%(message)s"))
     root = logging.getLogger("winback")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -119,6 +129,21 @@ def _setup_logging(verbose: bool) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     warnings.simplefilter("default" if verbose else "ignore")
+
+
+def _say(line: str) -> None:
+    """A line of the command's report: on stdout, or an ``output`` event in JSON."""
+    if run_log.json:
+        event(log, "output", text=line)
+    else:
+        typer.echo(line)
+
+
+def _on_stage(stage) -> None:
+    """A job's stage ended: a ``stage`` event (in text, with --verbose only)."""
+    level = logging.INFO if run_log.json else logging.DEBUG
+    event(log, "stage", level, stage=stage.name, seconds=round(stage.seconds, 3),
+          peak_rss_mb=round(stage.peak_rss_mb, 1))  # fmt: skip
 
 
 def _verbose(verbose: bool) -> None:
@@ -133,9 +158,26 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+LOG_FORMAT_HELP = (
+    "text (for people; a progress bar at a terminal) or json: one JSON object per line on "
+    "stderr with the stages, counts, timings and a final 'done' line with the status and exit "
+    "code, for Airflow, Kubernetes or any log shipper. Also WINBACK_LOG_FORMAT."
+)
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: VerboseOpt = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            metavar="text|json",
+            envvar="WINBACK_LOG_FORMAT",
+            help=LOG_FORMAT_HELP,
+        ),
+    ] = "text",
     version: Annotated[
         bool,
         typer.Option(
@@ -144,6 +186,12 @@ def _main(
     ] = False,
 ) -> None:
     """winback: churn prediction and win-back lists from order histories."""
+    from winback.runlog import FORMATS
+
+    fmt = log_format.strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--log-format must be text or json; got {log_format!r}.")
+    run_log.format, run_log.command = fmt, ctx.invoked_subcommand
     _setup_logging(verbose)
 
 
@@ -233,8 +281,13 @@ class _Reporter:
     def finish(self) -> None:
         """Log the stage that just ended (when not drawing a bar)."""
         if self.stage is not None and self.log_lines:
-            count = f" ({self.done:,}/{self.total:,})" if self.total > 1 else ""
-            log.info("%s%s: %.1fs", self.stage, count, time.perf_counter() - self.started)
+            seconds = time.perf_counter() - self.started
+            if run_log.json:
+                event(log, "progress", step=self.stage, seconds=round(seconds, 3),
+                      done=self.done, total=self.total)  # fmt: skip
+            else:
+                count = f" ({self.done:,}/{self.total:,})" if self.total > 1 else ""
+                log.info("%s%s: %.1fs", self.stage, count, seconds)
         self.stage = None
 
 
@@ -252,9 +305,10 @@ def _progress(label: str) -> Iterator[_Reporter]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=run_log.json or not console.is_terminal,
     ) as bar:
-        reporter = _Reporter(label, bar, bar.add_task(label, total=None), not console.is_terminal)
+        lines = run_log.json or not console.is_terminal
+        reporter = _Reporter(label, bar, bar.add_task(label, total=None), lines)
         reporter(label, 0, 0)
         yield reporter
         reporter.finish()
@@ -262,10 +316,10 @@ def _progress(label: str) -> Iterator[_Reporter]:
 
 def _echo_lines(lines: list[str]) -> None:
     for line in lines:
-        typer.echo(line)
+        _say(line)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def validate(
     path: PathArg = None,
     config: ConfigOpt = None,
@@ -284,7 +338,7 @@ def validate(
     _echo_lines(orders.report.summary_lines())
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def profile(
     path: PathArg = None,
     config: ConfigOpt = None,
@@ -302,7 +356,7 @@ def profile(
     _echo_lines(prof.summary_lines())
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def features(
     orders_path: OrdersOpt = None,
     out: Annotated[
@@ -377,9 +431,7 @@ def features(
             horizon_days=horizon_days,
             on_part=bar.update,
         )
-    typer.echo(
-        f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s"
-    )
+    _say(f"wrote {n:,} rows for {len(cuts)} cutoff(s) to {out} in {time.perf_counter() - t0:.1f}s")
     if "://" in out:  # written by Spark to a remote file system
         return
     from winback.engines.duckdb import connect
@@ -392,25 +444,25 @@ def features(
         .fetchall()
     )
     for ts, k in per_cut:
-        typer.echo(f"  {ts:%Y-%m-%d}: {k:,} customers")
+        _say(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
 
 def _print_metrics(metrics: dict, choices: dict | None = None) -> None:
-    typer.echo(
+    _say(
         f"{'cutoff':<11} {'score':<8} {'customers':>9} {'churn':>6} {'ROC-AUC [95% CI]':>24} "
         f"{'Brier':>6} {'lift@10':>7} {'vs BG/NBD [95% CI]':>27}"
     )
     for key, table in metrics.items():
         for score, r in table.iterrows():
             brier = "" if r["brier"] != r["brier"] else f"{r['brier']:.4f}"
-            typer.echo(
+            _say(
                 f"{key:<11} {score:<8} {int(r['customers']):>9,} {r['churn_rate']:>6.3f} "
                 f"{r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] {brier:>6} "
                 f"{r['lift_10']:>7.3f} {r['auc_minus_bgnbd']:+.4f} "
                 f"[{r['auc_minus_bgnbd_lo']:+.4f}, {r['auc_minus_bgnbd_hi']:+.4f}]"
             )
     for key, c in (choices or {}).items():
-        typer.echo(f"{key}: the model is {_describe_choice(c)}")
+        _say(f"{key}: the model is {_describe_choice(c)}")
 
 
 def _describe_choice(c: dict) -> str:
@@ -465,7 +517,7 @@ def _with_windows(cfg: Config, horizon_days: int | None, lookback_days: int | No
         raise ConfigError(format_validation_error(exc, "--horizon-days/--lookback-days")) from None
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def backtest(
     as_of: Annotated[
         str,
@@ -505,19 +557,28 @@ def backtest(
     orders = _load(orders_path, cfg, None)
     t0 = time.perf_counter()
     with _progress("backtest") as bar:
-        run = backtest_job(orders, cfg, cuts, out=out, track=track, progress=bar)
+        run = backtest_job(
+            orders, cfg, cuts, out=out, track=track, progress=bar, on_stage=_on_stage
+        )
+    run_log.counts |= {
+        "out": str(out),
+        "files": [f.name for f in run.files],
+        "mlflow_run_id": run.run_id,
+        "chosen": {k: c["candidate"] for k, c in run.result.choices().items()},
+        "auc": {k: float(t.loc["model", "auc"]) for k, t in run.result.metrics.items()},
+    }
     if run.result.metrics:
         _print_metrics(run.result.metrics, run.result.choices())
     else:
-        typer.echo("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
-    typer.echo(
+        _say("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
+    _say(
         f"wrote {', '.join(f.name for f in run.files)} to {out} in {time.perf_counter() - t0:.1f}s"
     )
     if run.run_id:
-        typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}")
+        _say(f"MLflow run {run.run_id} in {run.tracking_uri}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def train(
     orders_path: OrdersOpt = None,
     as_of: AsOfOpt = None,
@@ -548,28 +609,41 @@ def train(
         check_tracking(cfg)
     orders = _load(orders_path, cfg, None)
     with _progress("training") as bar:
-        res = train_job(orders, cfg, parse_as_of(as_of), track=track, promote=promote, progress=bar)
+        res = train_job(
+            orders,
+            cfg,
+            parse_as_of(as_of),
+            track=track,
+            promote=promote,
+            progress=bar,
+            on_stage=_on_stage,
+        )
+    run_log.counts |= {
+        "model_file": str(res.path),
+        "rows": res.n_rows,
+        "cutoffs": len(res.cutoffs),
+        "chosen": res.model.choice()["candidate"],
+    }
     _print_metrics(res.backtest.metrics, res.backtest.choices())
     _echo_train(res)
 
 
 def _echo_train(res) -> None:
     cuts = res.cutoffs
-    typer.echo(
+    _say(
         f"trained on {res.n_rows:,} rows at {len(cuts)} cutoffs "
         f"({cuts[0]:%Y-%m-%d} to {cuts[-1]:%Y-%m-%d}) in {res.seconds:.1f}s"
     )
-    typer.echo(f"the model is {_describe_choice(res.model.choice())}")
-    typer.echo(f"saved {res.path} (+ .json with metadata and sha256)")
+    _say(f"the model is {_describe_choice(res.model.choice())}")
+    _say(f"saved {res.path} (+ .json with metadata and sha256)")
     if res.promotion is not None:
         p = res.promotion
+        run_log.counts |= {"registry_version": p.version, "promoted": bool(p.promoted)}
         verdict = "champion" if p.promoted else "not promoted"
-        typer.echo(
-            f"MLflow: v{p.version} ({verdict}: {p.reason}); run {p.run_id} in {res.tracking_uri}"
-        )
+        _say(f"MLflow: v{p.version} ({verdict}: {p.reason}); run {p.run_id} in {res.tracking_uri}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def score(
     orders_path: OrdersOpt = None,
     as_of: Annotated[
@@ -613,7 +687,7 @@ def score(
     precision, scores.parquet (every scored customer), delta.csv, profit_curve.csv,
     README.txt (what every column means and what the sizing assumed) and manifest.json.
     Recent buyers (campaigns.recent_days) and customers below campaigns.min_p_churn are not
-    listed. Exit codes: 0 done, 1 data or model problem, 2 usage.
+    listed.
     """
     _verbose(verbose)
     from winback.jobs import find_model, score_job
@@ -625,12 +699,33 @@ def score(
     orders = _load(orders_path, cfg, parse_as_of(as_of))
     with _progress("scoring"):
         res = score_job(
-            orders, cfg, out, as_of=parse_as_of(as_of), model=ref, wait_seconds=wait, force=force
+            orders,
+            cfg,
+            out,
+            as_of=parse_as_of(as_of),
+            model=ref,
+            wait_seconds=wait,
+            force=force,
+            on_stage=_on_stage,
         )
     _echo_score(res)
 
 
 def _echo_score(res) -> None:
+    run_log.counts |= {
+        "as_of": f"{res.as_of:%Y-%m-%d}",
+        "scored": len(res.scores),
+        "listed": {
+            name: {
+                "contact": int((frame["group"] == "treatment").sum()),
+                "control": int((frame["group"] == "control").sum()),
+            }
+            for name, frame in res.lists.items()
+        },
+        "model_version": res.model_version,
+        "folder": str(res.folder),
+    }
+
     def sizes(name: str) -> str:
         control = int((res.lists[name]["group"] == "control").sum())
         return (
@@ -638,24 +733,24 @@ def _echo_score(res) -> None:
             f"({name}_control.csv, not to contact)"
         )
 
-    typer.echo(
+    _say(
         f"scored {len(res.scores):,} customers as of {res.as_of:%Y-%m-%d} with model "
         f"{res.model_version} -> {res.folder}\n"
         f"  at_risk: {sizes('at_risk')}\n  lapsed: {sizes('lapsed')}"
     )
-    typer.echo(
+    _say(
         f"  {'rank':>6} {'customer':<12} {'p':>4} {'value':>9} {'segment':<18} "
         f"{'campaign':<16} reasons"
     )
     at_risk = res.lists["at_risk"]
     for rank, r in enumerate(at_risk[at_risk["group"] == "treatment"].head(10).itertuples(), 1):
-        typer.echo(  # the rank in at_risk.csv
+        _say(  # the rank in at_risk.csv
             f"  {rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
             f"{r.segment:<18} {r.campaign:<16} {r.reasons}"
         )
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def measure(
     export: Annotated[
         Path,
@@ -708,44 +803,44 @@ def measure(
     with _progress("measuring"):
         res = measure_job(orders, cfg, export, window_days=window_days, out=target, track=track)
     if as_json:
-        typer.echo(json.dumps(res.readout.to_dict(), indent=2, default=str))
+        _say(json.dumps(res.readout.to_dict(), indent=2, default=str))
         return
     _echo_readout(res.readout)
-    typer.echo(f"wrote {', '.join(str(f) for f in res.files)}")
+    _say(f"wrote {', '.join(str(f) for f in res.files)}")
     if res.run_id:
-        typer.echo(f"MLflow run {res.run_id}")
+        _say(f"MLflow run {res.run_id}")
 
 
 def _echo_readout(r) -> None:
-    typer.echo(
+    _say(
         f"campaign of {r.as_of:%Y-%m-%d}: outcomes over {r.window_days} days "
         f"({r.observed_days:.0f} observed)"
     )
-    typer.echo(
+    _say(
         f"  {'group':<16} {'treated':>8} {'control':>8} {'bought T':>9} {'bought C':>9} "
         f"{'uplift (95% interval)':>26} {'p':>6} {'p adj.':>6} "
         f"{'net revenue (95% interval)':>34} {'cost':>9}"
     )
     for row in r.table.itertuples():
         if math.isnan(row.incremental_retention):
-            typer.echo(f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,}  -")
+            _say(f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,}  -")
             continue
         up = (
             f"{row.incremental_retention * 100:+.1f} pt [{row.incremental_retention_lo * 100:+.1f},"
             f" {row.incremental_retention_hi * 100:+.1f}]"
         )
         net = f"{row.net_revenue:,.0f} [{row.net_revenue_lo:,.0f}, {row.net_revenue_hi:,.0f}]"
-        typer.echo(
+        _say(
             f"  {row.scope:<16} {row.n_treatment:>8,} {row.n_control:>8,} "
             f"{row.retention_treatment:>9.1%} {row.retention_control:>9.1%} {up:>26} "
             f"{row.incremental_retention_p:>6.3f} {row.incremental_retention_p_adjusted:>6.3f} "
             f"{net:>34} {row.cost:>9,.0f}"
         )
     for w in r.warnings:
-        typer.echo(f"warning: {w}")
+        _say(f"warning: {w}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def report(
     orders_path: OrdersOpt = None,
     as_of: Annotated[
@@ -820,7 +915,7 @@ def report(
     k = res.kpis.dropna(subset=["retention_rate"])
     if len(k):
         last = k.iloc[-1]
-        typer.echo(
+        _say(
             f"{last['period']}: {last['S']:,} active at the start, {last['N']:,} new, "
             f"{last['E']:,} at the end -> retention {last['retention_rate']:.1%}, churn "
             f"{last['churn_rate']:.1%} ({cfg.report.active_days or cfg.features.lookback_days}"
@@ -828,7 +923,7 @@ def report(
         )
     h = res.horizon_churn.dropna(subset=["churn_rate"]) if res.horizon_churn is not None else []
     if len(h):
-        typer.echo(
+        _say(
             f"{h['period'].iloc[-1]}: {h['churn_rate'].iloc[-1]:.1%} of {h['active'].iloc[-1]:,} "
             f"active customers bought nothing in the next {res.horizon_days} days (the churn the "
             "lists score)"
@@ -836,8 +931,8 @@ def report(
     for r in res.readouts[-1:]:
         _echo_readout(r)
     for note in res.notes:
-        typer.echo(f"note: {note}")
-    typer.echo(f"wrote {res.path} and {len(res.files) - 1} CSV tables")
+        _say(f"note: {note}")
+    _say(f"wrote {res.path} and {len(res.files) - 1} CSV tables")
 
 
 def _scenario_help() -> str:
@@ -846,7 +941,7 @@ def _scenario_help() -> str:
     return "The kind of shop: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + "."
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def synth(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output Parquet file.")] = Path(
         "orders.parquet"
@@ -892,13 +987,13 @@ def synth(
     from winback.atomic import atomic_parquet
 
     atomic_parquet(df, out)
-    typer.echo(
+    _say(
         f"wrote {len(df):,} orders of {df['customer_id'].nunique():,} customers ({scenario}) "
         f"to {out} in {time.perf_counter() - t0:.1f}s"
     )
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def demo(
     out: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="Folder for the demo's files.")
@@ -934,50 +1029,71 @@ def demo(
 def main() -> None:
     """Entry point: run the app, turning errors into one line on stderr and an exit code: 1
     for a data, config or model problem, 2 for wrong usage (an unknown command or option, a
-    missing or malformed value)."""
+    missing or malformed value). With --log-format json that line, like every other, is a
+    JSON object: the final ``done`` line, written on success too."""
     from typer.exceptions import TyperException
 
     debug = os.environ.get("WINBACK_DEBUG") == "1"
+    _log_format_early(sys.argv[1:])
     try:
         app(standalone_mode=False)
     except UsageError as exc:
-        typer.echo(f"usage error: {exc}", err=True)
-        sys.exit(2)
+        _finish("usage_error", 2, f"usage error: {exc}")
     except WinbackError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _finish("error", 1, f"error: {exc}")
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        _finish("ok" if not exc.exit_code else "error", exc.exit_code)
     except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
+        _finish("error", 1, "aborted")
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _finish("interrupted", 130, "interrupted")
     except TyperException as exc:  # the command line parser's own errors (typer's click)
-        sys.exit(_usage_failure(exc))
+        code, message = _usage_failure(exc)
+        _finish("usage_error" if code == 2 else ("ok" if code == 0 else "error"), code, message)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
         if debug:
             raise
-        typer.echo(
+        _finish(
+            "error",
+            1,
             f"error: unexpected {type(exc).__name__}: {exc} "
             "(set WINBACK_DEBUG=1 for the traceback, and please report it)",
-            err=True,
         )
-        sys.exit(1)
+    _finish("ok", 0)
 
 
-def _usage_failure(exc) -> int:
-    """One line for a parser error (help for a bare 'winback'); the exit code."""
+def _log_format_early(argv: list[str]) -> None:
+    """The log format before the parser runs, so that even a usage error it finds is written
+    in the format asked for."""
+    fmt = os.environ.get("WINBACK_LOG_FORMAT", "text")
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            fmt = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            fmt = arg.split("=", 1)[1]
+    run_log.format = "json" if fmt.strip().lower() == "json" else "text"
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    run_log.command = next((a for a in argv if a in commands), None)
+
+
+def _finish(status: str, code: int, message: str | None = None) -> None:
+    """End the process: the message on stderr (JSON: the ``done`` line), then the exit code."""
+    if run_log.json:
+        typer.echo(run_log.done(status, code, message), err=True)
+    elif message:
+        typer.echo(message, err=True)
+    sys.exit(code)
+
+
+def _usage_failure(exc) -> tuple[int, str | None]:
+    """The exit code and one line for a parser error (help for a bare 'winback')."""
     ctx = getattr(exc, "ctx", None)
     if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
         typer.echo(ctx.get_help())
-        return 0
+        return 0, None
     message = " ".join(exc.format_message().split()) if hasattr(exc, "format_message") else ""
     code = int(getattr(exc, "exit_code", 2))
     if code == 2:
         where = f"{ctx.command_path} --help" if ctx is not None else "winback --help"
-        typer.echo(f"usage error: {message} (see {where})", err=True)
-    else:
-        typer.echo(f"error: {message}", err=True)
-    return code
+        return code, f"usage error: {message} (see {where})"
+    return code, f"error: {message}"

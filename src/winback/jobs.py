@@ -110,6 +110,43 @@ def run_params(cfg: Config, **extra) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class StageTime:
+    """One stage of a job as it ended: its name, wall seconds, and the process's peak resident
+    memory so far (MB)."""
+
+    name: str
+    seconds: float
+    peak_rss_mb: float
+
+
+#: Called at the end of each stage of a job (see :data:`SCORE_STAGES`).
+StageHook = Callable[[StageTime], None]
+
+#: The stages of :func:`score_job`, :func:`train_job` and :func:`backtest_job`, in order
+#: (``track`` only when the run is logged to MLflow).
+SCORE_STAGES = ("model", "scores", "lists", "reasons", "changes", "export")
+TRAIN_STAGES = ("gate", "backtest", "snapshots", "fit", "save", "track")
+BACKTEST_STAGES = ("backtest", "write", "track")
+
+
+class _Stages:
+    """Times the named stages of a job and tells a hook as each ends."""
+
+    def __init__(self, hook: StageHook | None):
+        self.hook = hook
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        import resource
+
+        t = time.perf_counter()
+        yield
+        if self.hook is not None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+            self.hook(StageTime(name, time.perf_counter() - t, peak))
+
+
 @dataclass
 class BacktestRun:
     """A backtest, the files written of it and its MLflow run (when asked for)."""
@@ -130,6 +167,7 @@ def backtest_job(
     tracking_uri: str | None = None,
     experiment: str | None = None,
     progress: Progress | None = None,
+    on_stage: StageHook | None = None,
 ) -> BacktestRun:
     """Backtest the configured model and the baselines at each cutoff.
 
@@ -150,6 +188,9 @@ def backtest_job(
         the config's).
     progress : Progress, optional
         Told as each stage of the backtest advances.
+    on_stage : StageHook, optional
+        Told each stage's wall time and peak memory as it ends (:data:`BACKTEST_STAGES`:
+        ``backtest``, ``write``, ``track``).
 
     Returns
     -------
@@ -157,36 +198,40 @@ def backtest_job(
         The result (predictions, metrics, the candidate chosen at each cutoff), the files and
         the MLflow run id.
     """
-    result = run_backtest(
-        orders,
-        cutoffs,
-        cfg.labels.horizon_days,
-        cfg.features.lookback_days,
-        cfg.features.windows_days,
-        cfg.training.spacing_days,
-        cfg.training.n_cutoffs,
-        cfg.model_params(),
-        cfg.evaluation.n_bootstrap,
-        cfg.random_state,
-        progress=progress,
-    )
+    stage = _Stages(on_stage)
+    with stage("backtest"):
+        result = run_backtest(
+            orders,
+            cutoffs,
+            cfg.labels.horizon_days,
+            cfg.features.lookback_days,
+            cfg.features.windows_days,
+            cfg.training.spacing_days,
+            cfg.training.n_cutoffs,
+            cfg.model_params(),
+            cfg.evaluation.n_bootstrap,
+            cfg.random_state,
+            progress=progress,
+        )
     params = run_params(cfg, evaluation_cutoffs=[f"{c:%Y-%m-%d}" for c in cutoffs])
-    files = write_backtest(result, out, params) if out is not None else []
+    with stage("write"):
+        files = write_backtest(result, out, params) if out is not None else []
     run = BacktestRun(result, files)
     if track:
-        from winback.tracking import log_backtest
+        with stage("track"):
+            from winback.tracking import log_backtest
 
-        uri = _store(cfg, tracking_uri)
-        run.run_id = log_backtest(
-            uri,
-            experiment or cfg.tracking.experiment,
-            params,
-            result.metrics,
-            files,
-            orders.fingerprint(),
-            result.choices(),
-        )
-        run.tracking_uri = mask_url(uri)
+            uri = _store(cfg, tracking_uri)
+            run.run_id = log_backtest(
+                uri,
+                experiment or cfg.tracking.experiment,
+                params,
+                result.metrics,
+                files,
+                orders.fingerprint(),
+                result.choices(),
+            )
+            run.tracking_uri = mask_url(uri)
     return run
 
 
@@ -211,6 +256,7 @@ def train_job(
     promote: bool = False,
     tracking_uri: str | None = None,
     progress: Progress | None = None,
+    on_stage: StageHook | None = None,
 ) -> TrainResult:
     """Train the model used at ``as_of``: gate, backtest at T - H, train, save, register.
 
@@ -228,6 +274,8 @@ def train_job(
         whatever it scores).
     progress : Progress, optional
         Told as each stage advances.
+    on_stage : StageHook, optional
+        Told each stage's wall time and peak memory as it ends (:data:`TRAIN_STAGES`).
 
     Returns
     -------
@@ -242,57 +290,65 @@ def train_job(
     """
     t = as_of or orders.last_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     h, lb = cfg.labels.horizon_days, cfg.features.lookback_days
-    check_sufficiency(orders, t, h, lb, cfg.sufficiency)
+    stage = _Stages(on_stage)
+    with stage("gate"):
+        check_sufficiency(orders, t, h, lb, cfg.sufficiency)
     t0 = time.perf_counter()
     eval_at = t - timedelta(days=h)
 
     def told(stage: str, done: int, total: int) -> None:
         tell(progress, f"production model: {stage}", done, total)
 
-    bt = backtest_job(orders, cfg, [eval_at], progress=progress).result
+    with stage("backtest"):
+        bt = backtest_job(orders, cfg, [eval_at], progress=progress).result
     cuts = training_cutoffs(
         t, h, cfg.training.spacing_days, cfg.training.n_cutoffs, orders.first_ts
     )
-    snaps = build_training_snapshots(
-        orders,
-        cuts,
-        h,
-        lb,
-        cfg.features.windows_days,
-        observed_until=t,
-        max_training_rows=cfg.model.max_training_rows,
-        holdout_share=cfg.training.holdout_share,
-        seed=cfg.random_state,
-        progress=told,
-    )
-    model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(
-        snaps, snaps["churned"], progress=told
-    )
-    model.data_fingerprint_ = orders.fingerprint()
-    name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{datetime.now(UTC):%Y%m%dT%H%M%S}.joblib"
-    path = save_model(model, Path(cfg.models_dir) / name)
+    with stage("snapshots"):
+        snaps = build_training_snapshots(
+            orders,
+            cuts,
+            h,
+            lb,
+            cfg.features.windows_days,
+            observed_until=t,
+            max_training_rows=cfg.model.max_training_rows,
+            holdout_share=cfg.training.holdout_share,
+            seed=cfg.random_state,
+            progress=told,
+        )
+    with stage("fit"):
+        model = ChurnModel(horizon_days=h, **cfg.model_params()).fit(
+            snaps, snaps["churned"], progress=told
+        )
+        model.data_fingerprint_ = orders.fingerprint()
+    with stage("save"):
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        name = f"{cfg.tracking.model_name}-{t:%Y%m%d}-h{h}-{stamp}.joblib"
+        path = save_model(model, Path(cfg.models_dir) / name)
     result = TrainResult(model, path, bt, cuts, len(snaps), time.perf_counter() - t0)
     if track:
-        from winback.tracking import log_training
+        with stage("track"):
+            from winback.tracking import log_training
 
-        uri = _store(cfg, tracking_uri)
-        files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), run_params(cfg))
-        files.append(path.with_suffix(path.suffix + ".json"))
-        result.promotion = log_training(
-            uri,
-            cfg.tracking.experiment,
-            cfg.tracking.model_name,
-            model,
-            snaps.head(200),
-            run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path.resolve())),
-            bt.metrics,
-            files,
-            orders.fingerprint(),
-            f"T={eval_at:%Y-%m-%d},H={h},L={lb}",
-            promote=promote,
-            choices=bt.choices(),
-        )
-        result.tracking_uri = mask_url(uri)
+            uri = _store(cfg, tracking_uri)
+            files = write_backtest(bt, Path(cfg.models_dir) / (name + ".backtest"), run_params(cfg))
+            files.append(path.with_suffix(path.suffix + ".json"))
+            result.promotion = log_training(
+                uri,
+                cfg.tracking.experiment,
+                cfg.tracking.model_name,
+                model,
+                snaps.head(200),
+                run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path.resolve())),
+                bt.metrics,
+                files,
+                orders.fingerprint(),
+                f"T={eval_at:%Y-%m-%d},H={h},L={lb}",
+                promote=promote,
+                choices=bt.choices(),
+            )
+            result.tracking_uri = mask_url(uri)
     return result
 
 
@@ -339,40 +395,6 @@ class ScoreResult:
     lists: dict[str, pd.DataFrame]
     as_of: datetime
     model_version: str
-
-
-@dataclass(frozen=True)
-class StageTime:
-    """One stage of a job as it ended: its name, wall seconds, and the process's peak resident
-    memory so far (MB)."""
-
-    name: str
-    seconds: float
-    peak_rss_mb: float
-
-
-#: Called at the end of each stage of a job (see :data:`SCORE_STAGES`).
-StageHook = Callable[[StageTime], None]
-
-#: The stages of :func:`score_job`, in order.
-SCORE_STAGES = ("model", "scores", "lists", "reasons", "changes", "export")
-
-
-class _Stages:
-    """Times the named stages of a job and tells a hook as each ends."""
-
-    def __init__(self, hook: StageHook | None):
-        self.hook = hook
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        import resource
-
-        t = time.perf_counter()
-        yield
-        if self.hook is not None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
-            self.hook(StageTime(name, time.perf_counter() - t, peak))
 
 
 def score_job(
@@ -885,6 +907,12 @@ def _champion_gains(
         )
     pred = pd.read_parquet(bt)
     pred = pred[pred["churned"].notna()]
+    if pred.empty:
+        return None, (
+            f"{name} was trained on labels up to {trained_until + timedelta(days=h):%Y-%m-%d}, "
+            "so the orders do not yet allow an out-of-time check, and its backtest at training "
+            "time had no customer whose horizon the orders covered: no gains curve yet."
+        )
     y = pred["churned"].astype(bool).to_numpy()
     scores = {
         n: pred[c].to_numpy(dtype=float)
