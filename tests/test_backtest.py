@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -91,14 +92,24 @@ def test_backtest_cli_writes_predictions_metrics_plots_and_a_run(workdir):
     client = MlflowClient(tracking_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("winback").experiment_id])
     assert run.data.tags["winback.kind"] == "backtest"
-    assert "pooled.model.auc" in run.data.metrics and "20230701.bgnbd.auc" in run.data.metrics
+    # metric names are the same in every run (runs compare in the UI); the evaluation cutoff
+    # is the step, its date as a number
+    assert run.data.metrics["pooled.model.auc"] == pytest.approx(metrics["pooled"]["model"]["auc"])
+    assert run.data.tags["winback.cutoffs"] == "2023-07-01,2023-09-01"
+    assert not [k for k in run.data.metrics if k[:1].isdigit()]  # no date inside a name
+    history = client.get_metric_history(run.info.run_id, "bgnbd.auc")
+    assert {m.step: m.value for m in history} == pytest.approx(
+        {20230701: metrics["2023-07-01"]["bgnbd"]["auc"],
+         20230901: metrics["2023-09-01"]["bgnbd"]["auc"]}
+    )  # fmt: skip
     # the model's choice and every candidate's held-out score, per evaluation cutoff
     doc = json.loads((out / "metrics.json").read_text())
     for cutoff, tag in (("2023-07-01", "20230701"), ("2023-09-01", "20230901")):
         choice = doc["models"][cutoff]
         assert run.data.tags[f"winback.candidate.{tag}"] == choice["candidate"]
         for name, scores in choice["candidates"].items():
-            got = run.data.metrics[f"{tag}.candidates.{name}.log_loss"]
+            steps = client.get_metric_history(run.info.run_id, f"candidates.{name}.log_loss")
+            got = {m.step: m.value for m in steps}[int(tag)]
             assert got == pytest.approx(scores["log_loss"])
     assert run.data.tags["data.rows"] == str(len(pd.read_parquet(workdir / "orders.parquet")))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -152,6 +163,52 @@ def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir
     forced = run_cli(*args, "--set", "model.n_estimators=1", "--promote", cwd=workdir, env=env)
     assert forced.returncode == 0, forced.stderr
     assert str(client.get_model_version_by_alias("winback-churn", "champion").version) == "3"
+
+
+def test_the_champion_comes_from_the_registry_wherever_train_ran(tmp_path, synth_frame):
+    # train in one folder, move it away, score from another: only the store is needed
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    first = tmp_path / "first"
+    first.mkdir()
+    synth_frame.to_parquet(first / "orders.parquet")
+    args = ("--orders", "orders.parquet", "--as-of", "2023-12-01", *FAST)
+    trained = run_cli("train", "--horizon-days", str(H), *args, cwd=first,
+                      env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    saved = next((first / "models").glob("*.joblib"))
+    moved = first.rename(tmp_path / "moved")
+    assert not saved.exists()  # the path train logged points nowhere now
+    res = run_cli("score", *args, "--model", "champion", "--out", "exports", cwd=moved,
+                  env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "with model registry v1" in res.stdout
+    cached = list((moved / "models" / "registry" / "winback-churn" / "v1").glob("artifacts/*"))
+    assert sorted(p.name for p in cached) == [saved.name, saved.name + ".json"]
+    for folder in (tmp_path, moved, store):
+        assert not (folder / "mlruns").exists()  # artifacts live with the store
+    assert (store / "mlartifacts").is_dir()
+
+    # what MLflow's users do: load the registry's champion and predict p_churn from features
+    import mlflow
+
+    from tests.conftest import orders_of
+    from winback.model import load_model
+    from winback.snapshots import build_snapshots
+
+    snap = build_snapshots(orders_of(synth_frame, category="category", channel="channel"),
+                           ["2023-12-01"], H, labels=False)  # fmt: skip
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model("models:/winback-churn@champion")
+    got = served.predict(snap)
+    assert list(got.columns) == ["p_churn"] and len(got) == len(snap)
+    want = load_model(cached[0] if cached[0].suffix == ".joblib" else cached[1]).predict_proba(snap)
+    assert np.allclose(got["p_churn"].to_numpy(), want[:, 1], rtol=0, atol=1e-12)
+    assert got["p_churn"].between(0, 1).all() and got["p_churn"].nunique() > 10
+    reqs = moved / "models" / "registry" / "winback-churn" / "v1" / "requirements.txt"
+    pinned = reqs.read_text()
+    assert "lightgbm==" in pinned and "winback" not in pinned  # its code travels with it
 
 
 def test_train_refuses_too_little_data(workdir):

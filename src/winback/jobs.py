@@ -339,6 +339,7 @@ def train_job(
                 cfg.tracking.experiment,
                 cfg.tracking.model_name,
                 model,
+                path,
                 snaps.head(200),
                 run_params(cfg, as_of=f"{t:%Y-%m-%d}", model_file=str(path.resolve())),
                 bt.metrics,
@@ -367,6 +368,11 @@ class ModelRef:
         return f"registry v{self.version}" if self.run_id else f"file {self.path.name}"
 
 
+def registry_cache(cfg: Config) -> Path:
+    """Where models read from the registry are kept: ``<models_dir>/registry``."""
+    return Path(cfg.models_dir) / "registry"
+
+
 def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = None) -> ModelRef:
     """The champion of the registry (``model="champion"``) or a saved model file, checked to
     exist before any scoring work; looking for the champion never creates a store."""
@@ -374,7 +380,7 @@ def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = 
         from winback.tracking import champion_model_file
 
         path, version, run_id = champion_model_file(
-            _store(cfg, tracking_uri), cfg.tracking.model_name
+            _store(cfg, tracking_uri), cfg.tracking.model_name, registry_cache(cfg)
         )
         check_model_file(path)
         return ModelRef(path, version, run_id)
@@ -870,7 +876,7 @@ def _champion_gains(
         from winback.tracking import find_champion
 
         uri = _store(cfg, tracking_uri)
-        found = find_champion(uri, cfg.tracking.model_name)
+        found = find_champion(uri, cfg.tracking.model_name, registry_cache(cfg))
         if found is None:
             return None, (
                 f"No champion of '{cfg.tracking.model_name}' in {mask_url(uri)}: train one with "

@@ -1,10 +1,16 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: with :mod:`winback.pyfunc` (the model as MLflow serves it), the only
+module that imports mlflow.
 
-Runs log their params, metrics (per cutoff and pooled, model and baselines), plots, the data
-fingerprint and the git commit. ``train`` also logs the model with its input signature and
-registers it; the alias ``champion`` marks the version production scores with. A new version
-takes the alias only when it beats the champion on the same backtest (same evaluation cutoff and
-horizon), or when promotion is forced.
+Runs log their params, metrics (model and baselines: ``<score>.<metric>`` at each evaluation
+cutoff's step, the cutoff's date as a number, and ``pooled.<score>.<metric>``, so metric names
+stay the same from run to run and runs compare in the UI), plots, the data fingerprint and the
+git commit. ``train`` also logs the model as a pyfunc (it predicts ``p_churn``; its signature,
+an input example, the model file with its checksum, winback's code and pinned requirements)
+and registers it; the alias ``champion`` marks the version production scores with, read from
+the registry (``models:/<name>/<version>``) so that scoring needs only the tracking URI. A new
+version takes the alias only when it beats the champion on the same backtest (same evaluation
+cutoff and horizon), or when promotion is forced. A SQLite store keeps its artifacts beside its
+database file (``mlartifacts/``), never in the working folder.
 """
 
 from __future__ import annotations
@@ -142,42 +148,54 @@ def _flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _metric_dict(metrics: dict[str, pd.DataFrame]) -> dict[str, float]:
-    out = {}
+#: The metrics logged for the model and each baseline.
+METRIC_NAMES = ("auc", "auc_lo", "auc_hi", "pr_auc", "brier", "ece", "lift_10", "capture_10",
+                "lift_20", "capture_20", "auc_minus_bgnbd")  # fmt: skip
+
+
+def cutoff_step(cutoff: str) -> int:
+    """The MLflow step of an evaluation cutoff: its date as a number (1998-03-31 -> 19980331),
+    so metric names stay the same from run to run and the UI orders cutoffs by date."""
+    return int(cutoff.replace("-", ""))
+
+
+def _metric_steps(metrics: dict[str, pd.DataFrame]) -> dict[int | None, dict[str, float]]:
+    """Per step (an evaluation cutoff's :func:`cutoff_step`; None for the pooled metrics, named
+    ``pooled.<score>.<metric>``): ``<score>.<metric>`` -> value."""
+    out: dict[int | None, dict[str, float]] = {}
     for cutoff, table in metrics.items():
-        tag = "pooled" if cutoff == "pooled" else cutoff.replace("-", "")
+        step = None if cutoff == "pooled" else cutoff_step(cutoff)
+        prefix = "pooled." if step is None else ""
         for score, row in table.iterrows():
-            for name in (
-                "auc",
-                "auc_lo",
-                "auc_hi",
-                "pr_auc",
-                "brier",
-                "ece",
-                "lift_10",
-                "capture_10",
-                "lift_20",
-                "capture_20",
-                "auc_minus_bgnbd",
-            ):
+            for name in METRIC_NAMES:
                 value = row.get(name)
                 if value is not None and pd.notna(value):
-                    out[f"{tag}.{score}.{name}"] = float(value)
+                    out.setdefault(step, {})[f"{prefix}{score}.{name}"] = float(value)
     return out
+
+
+def _log_metric_steps(mlflow, steps: dict[int | None, dict[str, float]]) -> None:
+    for step, values in steps.items():
+        mlflow.log_metrics(values, step=step or 0)
 
 
 def _log_choices(mlflow, choices: dict[str, dict] | None) -> None:
     """The candidate each model chose (a tag per cutoff) and every candidate's scores on the
-    held-out customers that chose it (metrics ``<cutoff>.candidates.<name>.<score>``)."""
+    held-out customers that chose it: metrics ``candidates.<name>.<score>`` and ``n_trees`` at
+    each evaluation cutoff's step, ``production.candidates.<name>.<score>`` for the model
+    ``train`` saves."""
+    steps: dict[int | None, dict[str, float]] = {}
     for cutoff, c in (choices or {}).items():
-        tag = "production" if cutoff == "production" else cutoff.replace("-", "")
+        production = cutoff == "production"
+        tag = "production" if production else cutoff.replace("-", "")
         mlflow.set_tag(f"winback.candidate.{tag}", c["candidate"])
-        values = {}
+        prefix = "production." if production else ""
+        values = steps.setdefault(None if production else cutoff_step(cutoff), {})
         for name, scores in c["candidates"].items():
             for k in ("log_loss", "auc", "brier", "lift_10"):
-                values[f"{tag}.candidates.{name}.{k}"] = float(scores[k])
-        values[f"{tag}.n_trees"] = float(c["n_trees"])
-        mlflow.log_metrics(values)
+                values[f"{prefix}candidates.{name}.{k}"] = float(scores[k])
+        values[f"{prefix}n_trees"] = float(c["n_trees"])
+    _log_metric_steps(mlflow, steps)
 
 
 def _log_common(mlflow, params, metrics, files, fingerprint, kind):
@@ -188,7 +206,10 @@ def _log_common(mlflow, params, metrics, files, fingerprint, kind):
     mlflow.log_params(_flat_params(params))
     for k, v in (fingerprint or {}).items():
         mlflow.set_tag(f"data.{k}", str(v))
-    mlflow.log_metrics(_metric_dict(metrics))
+    cutoffs = sorted(k for k in metrics if k != "pooled")
+    if cutoffs:
+        mlflow.set_tag("winback.cutoffs", ",".join(cutoffs))
+    _log_metric_steps(mlflow, _metric_steps(metrics))
     for f in files:
         mlflow.log_artifact(str(f))
 
@@ -220,11 +241,32 @@ class Promotion:
     reason: str
 
 
+def model_requirements() -> list[str]:
+    """winback's dependencies pinned to the installed versions: what the logged model needs to
+    load and predict in a fresh environment (MLflow adds itself)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    out = []
+    for req in requires("winback") or []:
+        if ";" in req:  # an extra (spark, db, dev): not needed to predict
+            continue
+        name = re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0]
+        if name.lower() == "mlflow":
+            continue
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(req)
+    return out
+
+
 def log_training(
     uri: str,
     experiment: str,
     model_name: str,
     model,
+    model_file: Path,
     sample: pd.DataFrame,
     params: dict[str, Any],
     metrics: dict[str, pd.DataFrame],
@@ -243,21 +285,30 @@ def log_training(
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
+    import winback
+    from winback.pyfunc import ChurnPyfunc
+
     client = MlflowClient()
-    x = sample[model.features_].astype(float)
-    signature = infer_signature(x, model.predict_proba(sample)[:, 1])
+    x = sample[model.features_]  # the types build_snapshots gives, so its frames predict
+    signature = infer_signature(x, pd.DataFrame({"p_churn": model.predict_proba(sample)[:, 1]}))
     auc = float(next(iter(metrics.values())).loc["model", "auc"]) if metrics else float("nan")
     with mlflow.start_run(run_name="train") as run:
         _log_common(mlflow, params, metrics, files, fingerprint, "train")
         _log_choices(mlflow, {"production": model.choice(), **(choices or {})})
         mlflow.set_tag("winback.backtest_key", backtest_key)
         mlflow.log_metric("backtest_auc", auc)
-        info = mlflow.sklearn.log_model(
-            model,
+        model_file = Path(model_file)
+        info = mlflow.pyfunc.log_model(
             name="model",
+            python_model=ChurnPyfunc(),
+            artifacts={
+                "model": str(model_file),
+                "metadata": str(model_file.with_suffix(model_file.suffix + ".json")),
+            },
+            code_paths=[str(Path(winback.__file__).parent)],
+            pip_requirements=model_requirements(),
             signature=signature,
             input_example=x.head(3),
-            serialization_format="cloudpickle",
         )
         run_id = run.info.run_id
     version = mlflow.register_model(info.model_uri, model_name).version
@@ -294,12 +345,15 @@ def log_training(
     return Promotion(run_id=run_id, version=str(version), promoted=promoted, reason=reason)
 
 
-def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
+def champion_model_file(uri: str, model_name: str, cache: Path) -> tuple[Path, str, str]:
     """(local model file, version, run id) of the version with the ``champion`` alias.
 
-    The file is the one ``train`` saved (its path is a param of the run), so scoring loads the
-    same checksummed model whether or not the tracking store is reachable later. Looking for a
-    champion never creates a store or an experiment.
+    The model file and its checksummed metadata are read from the registry (the artifacts of
+    ``models:/<name>/<version>``) into ``cache/<name>/v<version>/`` once, so a scheduler on
+    another machine needs only the tracking URI, and moving the folder ``train`` ran in
+    changes nothing. A version logged by an older winback, without those artifacts, is read
+    from the file ``train`` saved (a param of its run). Looking for a champion never creates a
+    store or an experiment.
     """
     db = _sqlite_file(uri)
     if db is not None and not db.is_file():
@@ -310,7 +364,7 @@ def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         mv = client.get_model_version_by_alias(model_name, CHAMPION)
     except Exception as exc:  # noqa: BLE001 - the registry says no in several ways
@@ -320,21 +374,57 @@ def champion_model_file(uri: str, model_name: str) -> tuple[Path, str, str]:
             f"No '{CHAMPION}' version of model '{model_name}' in {mask_url(uri)}; train one "
             "with 'winback train', or pass --model PATH to a saved model."
         ) from None
-    run = client.get_run(mv.run_id)
-    path = run.data.params.get("model_file")
-    if not path:
+    path = _registry_model_file(client, uri, model_name, str(mv.version), Path(cache))
+    if path is None:  # logged before the model file was an artifact of the model
+        param = client.get_run(mv.run_id).data.params.get("model_file")
+        if not param:
+            raise WinbackError(
+                f"The champion v{mv.version} of '{model_name}' holds no winback model file; "
+                "pass --model PATH, or train and promote a new version."
+            )
+        path = Path(param)
+    return path, str(mv.version), mv.run_id
+
+
+def _registry_model_file(client, uri: str, model_name: str, version: str, cache: Path):
+    """The model file of a registered version, downloaded into the cache once (None when the
+    version holds no winback model file)."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    dest = cache / model_name / f"v{version}"
+    found = sorted(dest.glob("artifacts/*.joblib")) if dest.is_dir() else []
+    if found:
+        return found[0]
+    source = client.get_model_version_download_uri(model_name, version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=dest.parent))
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
+        if not any(root.glob("artifacts/*.joblib")):
+            return None
+        shutil.rmtree(dest, ignore_errors=True)
+        root.rename(dest)  # whole or not at all
+    except Exception as exc:  # noqa: BLE001 - an artifact store out of reach, a missing file
         raise WinbackError(
-            f"The champion v{mv.version} of '{model_name}' has no model_file param; "
-            "pass --model PATH."
-        )
-    return Path(path), str(mv.version), mv.run_id
+            f"The champion v{version} of '{model_name}' could not be read from the registry "
+            f"({type(exc).__name__}: {scrub(str(exc))[:200]}); check that the artifact store "
+            "is reachable from here, or pass --model PATH."
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(dest.glob("artifacts/*.joblib"))[0]
 
 
-def find_champion(uri: str, model_name: str) -> tuple[Path, str, str] | None:
+def find_champion(uri: str, model_name: str, cache: Path) -> tuple[Path, str, str] | None:
     """Like :func:`champion_model_file`, but ``None`` when there is no champion (or no store:
     a SQLite store that does not exist is not created)."""
     try:
-        return champion_model_file(uri, model_name)
+        return champion_model_file(uri, model_name, cache)
     except WinbackError:
         return None
 
