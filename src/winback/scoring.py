@@ -359,7 +359,7 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
             orders, [as_of], horizon_days, lookback, windows, materialize=False
         ) as source:
             for i in range(k):
-                f = source.read((i, k))
+                f = source.read((i, k), ordered=False)  # ranked in SQL afterwards
                 if f.empty:
                     continue
                 f.to_parquet(folder / "features" / f"part-{i:05d}.parquet", index=False)
