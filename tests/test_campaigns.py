@@ -252,3 +252,66 @@ def test_best_first_orders_by_value_then_id_with_missing_last():
     # 2 first; the ties at 1 by id as Python compares them (b < c < é); then -3; NaN last
     assert got["customer_id"].tolist() == ["Z", "b", "c", "é", "d", "a"]
     assert got.index.tolist() == [3, 0, 4, 1, 5, 2]  # rows keep their index
+
+
+def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
+    # the definition: walk each customer's features by contribution, keep the first `top`
+    # true sentences, never the same one twice, else the plain fact of the last order
+    from winback.explain import _can_speak, _last_order, _reason, _Row
+
+    def one_by_one(contrib, feats, top, population):
+        c = contrib.to_numpy(dtype=float)
+        names = list(contrib.columns)
+        cols = {name: feats[name].to_numpy() for name in feats.columns}
+        order = np.argsort(-c, axis=1, kind="stable")[:, : min(3 * top + 3, c.shape[1])]
+        out = []
+        for i in range(len(c)):
+            said = []
+            for j in order[i]:
+                if c[i, j] <= 0:
+                    break
+                text = _can_speak(names[j]) and _reason(names[j], _Row(cols, i), population)
+                if text and text not in said:
+                    said.append(text)
+                    if len(said) == top:
+                        break
+            out.append("; ".join(said) if said else _last_order(_Row(cols, i)))
+        return out
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    days = rng.integers(1, 8, n)
+    feats = pd.DataFrame(
+        {
+            "recency_days": np.where(
+                rng.random(n) < 0.5, rng.integers(0, 400, n), rng.uniform(0, 400, n)
+            ),  # fmt: skip
+            "gap_mean_days": np.where(days > 1, rng.choice([0.0, 30.0, 45.5, 90.0], n), np.nan),
+            "n_order_days": days,
+            "n_orders": days + rng.integers(0, 3, n),
+            "overdue_ratio": np.where(rng.random(n) < 0.3, np.nan, rng.uniform(0, 5, n)),
+            "bgnbd_p_alive": rng.random(n),
+            "spend_change_90d": rng.uniform(-1, 1, n),
+            "orders_trend_90d": rng.integers(-2, 3, n).astype(float),
+            "orders_trend_180d": rng.integers(-2, 3, n).astype(float),
+            "n_returns": rng.integers(0, 3, n),
+            "return_rate": rng.random(n),
+            "orders_30d": rng.integers(0, 2, n),
+            "orders_90d": rng.integers(0, 3, n),
+            "orders_prev_90d": rng.integers(0, 3, n),
+            "monetary_total": rng.uniform(0, 500, n),
+            "monetary_mean": rng.uniform(0, 100, n),
+            "tenure_days": rng.uniform(0, 900, n),
+            "weekend_share": rng.random(n),
+        }
+    )
+    # contributions with ties, zeros and negatives, so the walk stops and skips as it should
+    contrib = pd.DataFrame(
+        rng.choice([-0.5, 0.0, 0.1, 0.2, 0.2, 0.7, 1.3], size=feats.shape), columns=feats.columns
+    )
+    population = {"n_orders": 3.0, "monetary_total": 150.0, "gap_mean_days": 40.0,
+                  "tenure_days": 400.0}  # fmt: skip
+    for top, pop in ((3, population), (3, None), (1, population), (6, population)):
+        got = reasons(contrib, feats, top=top, population=pop)
+        assert got.tolist() == one_by_one(contrib, feats, top, pop)
+    assert got.str.contains("; ").mean() > 0.5  # the case is rich: most get several reasons

@@ -160,30 +160,124 @@ def reasons(
     of :data:`REASON_REFERENCES` over the scored customers: a customer is called low on orders,
     spend or tenure, or slow to buy, only when below (or above) that median, and the sentence
     says what typical is. A customer with none left gets the plain fact of their last order.
+
+    Which sentences a customer gets is decided for all customers at once (:func:`_says` tells,
+    column by column, where a feature's sentence would be true); only the chosen sentences are
+    written, one by one.
     """
     c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
-    speaks = np.array([_can_speak(n) for n in names])  # features that have a sentence at all
-    candidates = np.argsort(-c, axis=1, kind="stable")[:, : min(3 * top + 3, c.shape[1])]
+    n = c.shape[0]
     cols = {name: features[name].to_numpy() for name in features.columns}
-    out = []
-    for i in range(c.shape[0]):
-        row = _Row(cols, i)
-        said: list[str] = []
-        for j in candidates[i]:
-            if c[i, j] <= 0:
-                break
-            if not speaks[j]:
-                continue
-            text = _reason(names[j], row, population)
-            if text and text not in said:
-                said.append(text)
-                if len(said) == top:
-                    break
-        if not said:  # nothing stands out: the one fact every listed customer has
-            said.append(_last_order(row))
-        out.append("; ".join(said))
+    nums = _Numbers(cols, n)
+    k = min(3 * top + 3, c.shape[1])
+    candidates = np.argsort(-c, axis=1, kind="stable")[:, :k]
+    # the walk down each customer's candidates stops at the first that does not raise the risk
+    alive = np.cumprod(~(np.take_along_axis(c, candidates, axis=1) <= 0), axis=1).astype(bool)
+    says = np.zeros((n, len(names)), dtype=bool)
+    for j, name in enumerate(names):
+        if _can_speak(name):
+            says[:, j] = _says(name, nums, population or {})
+    rows = np.arange(n)[:, None]
+    ok = alive & says[rows, candidates]
+    group = np.array([_GROUP.get(name, name) for name in names], dtype=object)[candidates]
+    keep = ok.copy()
+    for i in range(1, k):  # a sentence already said (same group, same words) is not repeated
+        for earlier in range(i):
+            keep[:, i] &= ~(keep[:, earlier] & (group[:, earlier] == group[:, i]))
+    keep &= np.cumsum(keep, axis=1) <= top
+    out = np.full(n, None, dtype=object)
+    for i in range(k):
+        at = np.flatnonzero(keep[:, i])
+        if not len(at):
+            continue
+        said = np.array(
+            [
+                _reason(names[j], _Row(cols, r), population)
+                for r, j in zip(at, candidates[at, i], strict=True)
+            ],
+            dtype=object,
+        )
+        before = out[at]
+        first = before == None  # noqa: E711 - elementwise on an object array
+        out[at[first]] = said[first]
+        out[at[~first]] = before[~first] + "; " + said[~first]
+    for r in np.flatnonzero(out == None):  # noqa: E711 - nothing stands out: the last order
+        out[r] = _last_order(_Row(cols, r))
     return pd.Series(out, index=contributions.index, dtype="string")
+
+
+#: Features whose sentence, for a given customer, is the same words (said once).
+_GROUP = {
+    **dict.fromkeys(
+        ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"), "recency"
+    ),
+    **dict.fromkeys(("orders_trend_90d", "orders_trend_180d"), "trend"),
+    **dict.fromkeys(("return_rate", "n_returns"), "returns"),
+    **dict.fromkeys(
+        ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"), "orders"
+    ),
+    **dict.fromkeys(("monetary_total", "monetary_mean", "net_spend", "last_order_amount"), "spent"),
+}
+
+
+class _Numbers:
+    """The feature columns as float arrays (NaN where missing); None for an absent column."""
+
+    def __init__(self, cols: dict[str, np.ndarray], n: int):
+        self.cols, self.n, self.done = cols, n, {}
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self.done:
+            col = self.cols.get(name)
+            self.done[name] = (
+                None
+                if col is None
+                else pd.Series(col).astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            )
+        return self.done[name]
+
+    def get_or(self, name: str, default: float) -> np.ndarray:
+        col = self.get(name)
+        return np.full(self.n, default, dtype=float) if col is None else col
+
+
+def _says(name: str, nums: _Numbers, pop: dict[str, float]) -> np.ndarray:
+    """Where :func:`_reason` has a true sentence for ``name``, for every customer at once (the
+    same conditions, column by column)."""
+    none = np.zeros(nums.n, dtype=bool)
+    v = nums.get(name)
+    if v is None:
+        return none
+    present = ~np.isnan(v)
+    with np.errstate(invalid="ignore"):
+        if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
+            rec = nums.get("recency_days")
+            if rec is None:
+                return none
+            days = nums.get_or("n_order_days", 0.0)
+            gap = nums.get_or("gap_mean_days", np.nan)
+            has_gap = ~np.isnan(gap) & (gap > 0)
+            typical = pop.get("gap_mean_days")
+            slower = gap > typical if typical is not None else none
+            told = (rec >= gap) | (days == 2) | slower
+            return present & ((days == 1) | ~has_gap | told)
+        if name == "spend_change_90d" or name in ("orders_trend_90d", "orders_trend_180d"):
+            return present & (v < 0)
+        if name in ("return_rate", "n_returns"):
+            return present & (nums.get_or("n_returns", 0.0) > 0)
+        if _GROUP.get(name) in ("orders", "spent"):
+            ref = "n_orders" if _GROUP[name] == "orders" else "monetary_total"
+            x, typical = nums.get(ref), pop.get(ref)
+            if x is None or typical is None:
+                return none
+            return present & ~np.isnan(x) & (x < typical)
+        if _WINDOW.fullmatch(name):
+            return present & (v == 0)
+        if name == "tenure_days":
+            typical = pop.get("tenure_days")
+            return none if typical is None else present & (v < typical)
+    return none
 
 
 def flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
