@@ -564,8 +564,8 @@ def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> 
     for name, frame in new.items():
         before = (old or {}).get(name)
         before = before if before is not None else frame.head(0)
-        entered = frame[~frame["customer_id"].isin(before["customer_id"])][cols]
-        left = before[~before["customer_id"].isin(frame["customer_id"])][cols]
+        entered = frame[~_among(frame["customer_id"], before["customer_id"])][cols]
+        left = before[~_among(before["customer_id"], frame["customer_id"])][cols]
         rows.append(entered.assign(list=name, change="entered"))
         rows.append(left.assign(list=name, change="left"))
     out = pd.concat(rows, ignore_index=True)
@@ -574,3 +574,16 @@ def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> 
         .sort_values(["list", "change", "customer_id"], kind="stable")
         .reset_index(drop=True)
     )
+
+
+def _among(ids: pd.Series, others: pd.Series) -> np.ndarray:
+    """``ids.isin(others)`` through Arrow's hash set: pandas' own makes a Python object of
+    every value of ``others``, seconds for a million ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def arrow(s: pd.Series):
+        return pa.array(s, from_pandas=True).cast(pa.large_string())
+
+    found = pc.is_in(arrow(ids), value_set=arrow(others))
+    return found.fill_null(False).to_numpy(zero_copy_only=False)
