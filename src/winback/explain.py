@@ -4,6 +4,7 @@ from them, each sentence true of the customer against the scored population."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -20,7 +21,7 @@ def _days(x: float) -> str:
 
 def _ago(x: float) -> str:
     """Whole days since an order, as the lists' ``days_since_last_order`` counts them."""
-    return _days(float(np.floor(x)))
+    return _days(float(math.floor(x)) if x == x else x)
 
 
 _SPEAKING = {
@@ -60,62 +61,61 @@ def _missing(x) -> bool:
 REASON_REFERENCES = ("n_orders", "monetary_total", "gap_mean_days", "tenure_days")
 
 
-def _reason(name: str, row, population: dict[str, float] | None = None) -> str | None:
-    """A plain-language sentence for a feature that raises a customer's risk, or None when no
-    sentence about it would be true. A comparison ("fewer orders than most") is made only with
-    ``population`` (medians over the scored customers) and only when it holds."""
-    v = row.get(name)
-    if _missing(v):
-        return None
-    pop = population or {}
-    rec = row.get("recency_days")
-    gap = row.get("gap_mean_days")
-    days = row.get("n_order_days", 0)
-    if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
-        if days == 1 and rec is not None:
-            return f"bought once, {_ago(rec)} ago"
-        if not _missing(gap) and gap > 0 and rec is not None:
-            if rec >= gap:
-                return f"no order for {_ago(rec)}, {rec / gap:.1f}x their usual gap"
-            if days == 2:  # one interval is not a habit
-                return f"bought twice, {_days(gap)} apart"
-            typical = pop.get("gap_mean_days")
-            if typical is not None and gap > typical:
-                return (
-                    f"buys less often than most customers: about every {_days(gap)} "
-                    f"(typical: {_days(typical)})"
-                )
-            return None
-        return f"no order for {_ago(rec)}" if rec is not None else None
-    if name == "spend_change_90d" and v < 0:
-        return f"spend down {-v:.0%} vs the previous 90 days"
-    if name in ("orders_trend_90d", "orders_trend_180d") and v < 0:
-        return "ordering less often than before"
-    if name in ("return_rate", "n_returns") and row.get("n_returns", 0) > 0:
-        return f"returned {int(row['n_returns'])} order(s)"
-    if name in ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"):
-        n, typical = row.get("n_orders"), pop.get("n_orders")
-        if _missing(n) or typical is None or not n < typical:
-            return None
-        n = int(n)
-        return (
-            f"{n} order{'' if n == 1 else 's'} so far, fewer than most customers "
+def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float]) -> list:
+    """The sentence of ``name`` for each customer in ``rows``, customers for whom
+    :func:`_says` holds: a plain-language reason that raises their risk, true of them. A
+    comparison ("fewer orders than most") is made with ``pop`` (medians over the scored
+    customers) and only when it holds."""
+    group = _GROUP.get(name, name)
+    v = nums.get(name)[rows].tolist()
+    if group == "recency":
+        rec = nums.get("recency_days")[rows].tolist()
+        days = nums.get_or("n_order_days", 0.0)[rows].tolist()
+        gap = nums.get_or("gap_mean_days", np.nan)[rows].tolist()
+        typical = pop.get("gap_mean_days")
+        out = []
+        for r, d, g in zip(rec, days, gap, strict=True):
+            if d == 1:
+                out.append(f"bought once, {_ago(r)} ago")
+            elif g == g and g > 0:  # a usual gap to compare with
+                if r >= g:
+                    out.append(f"no order for {_ago(r)}, {r / g:.1f}x their usual gap")
+                elif d == 2:  # one interval is not a habit
+                    out.append(f"bought twice, {_days(g)} apart")
+                else:  # slower than the typical customer (what _says checked)
+                    out.append(
+                        f"buys less often than most customers: about every {_days(g)} "
+                        f"(typical: {_days(typical)})"
+                    )
+            else:
+                out.append(f"no order for {_ago(r)}")
+        return out
+    if group == "spend_change_90d":
+        return [f"spend down {-x:.0%} vs the previous 90 days" for x in v]
+    if group == "trend":
+        return ["ordering less often than before"] * len(v)
+    if group == "returns":
+        return [f"returned {int(x)} order(s)" for x in nums.get("n_returns")[rows].tolist()]
+    if group == "orders":
+        typical = pop["n_orders"]
+        return [
+            f"{int(x)} order{'' if int(x) == 1 else 's'} so far, fewer than most customers "
             f"(typical: {typical:g})"
-        )
+            for x in nums.get("n_orders")[rows].tolist()
+        ]
+    if group == "spent":
+        typical = pop["monetary_total"]
+        return [
+            f"spent {x:,.0f} so far, less than most customers (typical: {typical:,.0f})"
+            for x in nums.get("monetary_total")[rows].tolist()
+        ]
+    if group == "tenure_days":
+        typical = pop["tenure_days"]
+        return [
+            f"a newer customer: first order {_ago(x)} ago (typical: {_days(typical)})" for x in v
+        ]
     window = _WINDOW.fullmatch(name)
-    if window and v == 0:
-        return f"no order in the last {window.group(1)} days"
-    if name in ("monetary_total", "monetary_mean", "net_spend", "last_order_amount"):
-        spent, typical = row.get("monetary_total"), pop.get("monetary_total")
-        if _missing(spent) or typical is None or not spent < typical:
-            return None
-        return f"spent {spent:,.0f} so far, less than most customers (typical: {typical:,.0f})"
-    if name == "tenure_days":
-        typical = pop.get("tenure_days")
-        if typical is None or not v < typical:
-            return None
-        return f"a newer customer: first order {_ago(v)} ago (typical: {_days(typical)})"
-    return None
+    return [f"no order in the last {window.group(1)} days"] * len(v)
 
 
 def _last_order(row) -> str:
@@ -191,13 +191,11 @@ def reasons(
         at = np.flatnonzero(keep[:, i])
         if not len(at):
             continue
-        said = np.array(
-            [
-                _reason(names[j], _Row(cols, r), population)
-                for r, j in zip(at, candidates[at, i], strict=True)
-            ],
-            dtype=object,
-        )
+        said = np.empty(len(at), dtype=object)
+        chosen = candidates[at, i]
+        for j in np.unique(chosen):  # each feature's sentences written together
+            mine = chosen == j
+            said[mine] = _sentences(names[j], at[mine], nums, population or {})
         before = out[at]
         first = before == None  # noqa: E711 - elementwise on an object array
         out[at[first]] = said[first]
