@@ -386,3 +386,59 @@ def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
         got = reasons(contrib, feats, top=top, population=pop)
         assert got.tolist() == one_by_one(contrib, feats, top, pop)
     assert got.str.contains("; ").mean() > 0.5  # the case is rich: most get several reasons
+
+
+def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path):
+    import csv
+
+    from winback.export import neutralize_csv, write_csv
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    texts = np.array(['a"b', "", "x,y", "line\nbreak", "cr\r\nlf", "=SUM(1)", "ünï", " -2"],
+                     dtype=object)  # fmt: skip
+    floats = np.concatenate([rng.random(n - 13).round(3), [0.0, -0.0, 5.0, 1e-5, 1e-4, 1e-7,
+                             1e9, 123456789012.5, 1e16, 0.1 + 0.2, np.inf, -np.inf, np.nan]])  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": pd.Series(rng.integers(0, 10**6, n).astype(str), dtype="str"),
+            "text": pd.Series(rng.choice(texts, n), dtype="str").mask(rng.random(n) < 0.1),
+            "plain": pd.Series(
+                rng.choice(np.array(["q", None, 'say "hi"'], dtype=object), n), dtype=object
+            ),  # fmt: skip
+            "rank": np.arange(1, n + 1),
+            "maybe": pd.array(
+                np.where(rng.random(n) < 0.1, None, rng.integers(-3, 5, n)), dtype="Int64"
+            ),  # fmt: skip
+            "flag": rng.random(n) < 0.3,
+            "maybe_flag": pd.array(
+                np.where(rng.random(n) < 0.1, None, rng.random(n) < 0.5), dtype="boolean"
+            ),  # fmt: skip
+            "p": rng.permutation(floats),
+            "money": np.where(rng.random(n) < 0.05, np.nan, rng.normal(0, 1e4, n)).round(2),
+            "raw": rng.normal(0, 1, n) * 10.0 ** rng.integers(-12, 18, n),
+            "segment": pd.Categorical(rng.choice(["About to sleep", 'Q"uote', None], n)),
+            "numbers_as_categories": pd.Categorical(rng.choice([1, 2, 3], n)),
+        }
+    )
+
+    def pandas_bytes(f: pd.DataFrame) -> bytes:
+        path = tmp_path / "pandas.csv"
+        neutralize_csv(f).to_csv(path, index=False, lineterminator="\n",
+                                 quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8")  # fmt: skip
+        return path.read_bytes()
+
+    cases = {
+        "every kind": frame,
+        "no rows": frame.head(0),
+        "one column": frame[["text"]],
+        "a slice": frame.iloc[1234:1300],
+        # types written by pandas itself: dates, objects holding numbers
+        "dates": frame.assign(
+            when=pd.Timestamp("2024-01-01") + pd.to_timedelta(frame["rank"], "h")
+        ),
+        "objects": frame.assign(mixed=pd.Series([1, "a", 2.5, None] * (n // 4), dtype=object)),
+    }
+    for name, case in cases.items():
+        write_csv(case, tmp_path / "ours.csv")
+        assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(case), name

@@ -110,10 +110,93 @@ def _neutralized(s: pd.Series) -> pd.Series:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """UTF-8 CSV with spreadsheet formulas neutralised, every text cell quoted (a line break or
     CR inside an id stays inside its cell, so any CSV reader finds the rows written) and Unix
-    line ends."""
-    neutralize_csv(frame).to_csv(
-        path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8"
-    )
+    line ends.
+
+    The bytes are pandas' ``to_csv`` with ``QUOTE_NONNUMERIC`` (text quoted, quotes doubled,
+    numbers as Python writes them, missing cells ``""``), built column by column in Arrow: for a
+    list of a million customers that is seconds faster than pandas' row-by-row writer. A frame
+    with a column type this does not know is written by pandas itself."""
+    safe = neutralize_csv(frame)
+    named = len(safe.columns) > 0 and all(isinstance(c, str) for c in safe.columns)
+    cells = [_csv_cells(safe[c]) for c in safe.columns] if named else [None]
+    if any(c is None for c in cells):
+        safe.to_csv(
+            path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8"
+        )
+        return
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pa.large_string()
+    header = ",".join('"' + str(c).replace('"', '""') + '"' for c in safe.columns) + "\n"
+    with open(path, "wb") as f:
+        f.write(header.encode("utf-8"))
+        if len(safe):
+            comma, newline, none = (pa.scalar(t, text) for t in (",", "\n", ""))
+            lines = pc.binary_join_element_wise(*cells, comma)
+            lines = pc.binary_join_element_wise(lines, newline, none)  # each line ends in \n
+            offsets, data = lines.buffers()[1], lines.buffers()[2]
+            at = lines.offset
+            ends = np.frombuffer(offsets, dtype=np.int64)[at : at + len(lines) + 1]
+            f.write(memoryview(data)[int(ends[0]) : int(ends[-1])])
+
+
+def _csv_cells(s: pd.Series):
+    """One column's CSV cells as :func:`write_csv` writes them (an Arrow large_string array
+    without nulls), or None for a type it leaves to pandas."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pa.large_string()
+    empty = pa.scalar('""', text)
+    if isinstance(s.dtype, pd.CategoricalDtype):  # each category written once
+        names = _csv_cells(pd.Series(s.cat.categories))
+        if names is None:
+            return None
+        codes = pa.array(s.cat.codes.to_numpy(), mask=s.cat.codes.to_numpy() < 0)
+        return pc.fill_null(pc.take(names, codes), empty)
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        flags = pa.array(s, from_pandas=True, type=pa.bool_())
+        words = pc.if_else(flags, pa.scalar("True", text), pa.scalar("False", text))
+        return pc.fill_null(words, empty)
+    if pd.api.types.is_integer_dtype(dtype):
+        return pc.fill_null(pc.cast(pa.array(s, from_pandas=True), text), empty)
+    if dtype == np.float64:
+        return _csv_floats(s.to_numpy())
+    if pd.api.types.is_string_dtype(dtype):
+        plain = dtype.kind == "O"
+        if plain and pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty"):
+            return None  # numbers or other objects: pandas decides each cell
+        values = pa.array(s.to_numpy(dtype=object) if plain else s, from_pandas=True)
+        values = pc.cast(values, text)
+        quote = pa.scalar('"', text)
+        quoted = pc.binary_join_element_wise(
+            quote, pc.replace_substring(values, '"', '""'), quote, pa.scalar("", text)
+        )
+        return pc.fill_null(quoted, empty)
+    return None
+
+
+def _csv_floats(x: np.ndarray):
+    """Floats as Python's ``repr`` writes them (NaN: ``""``): Arrow's shortest digits, with the
+    ``.0`` Python keeps on whole numbers, and ``repr`` itself where the two switch to exponents
+    at different sizes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pa.large_string()
+    out = pc.cast(pa.array(x, from_pandas=True), text)
+    bare = pc.invert(pc.match_substring_regex(out, "[.eni]"))
+    whole = pc.binary_join_element_wise(out, pa.scalar(".0", text), pa.scalar("", text))
+    out = pc.if_else(bare, whole, out)
+    with np.errstate(invalid="ignore"):
+        odd = ~np.isnan(x) & ~((x == 0) | ((np.abs(x) >= 1e-4) & (np.abs(x) < 1e9)))
+    if odd.any():
+        cells = np.array(out.to_pylist(), dtype=object)
+        cells[odd] = [repr(v) for v in x[odd].tolist()]
+        out = pa.array(cells, type=text)
+    return pc.fill_null(out, pa.scalar('""', text))
 
 
 def plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
