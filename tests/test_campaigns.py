@@ -388,7 +388,7 @@ def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
     assert got.str.contains("; ").mean() > 0.5  # the case is rich: most get several reasons
 
 
-def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path):
+def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, monkeypatch):
     import csv
 
     from winback.export import neutralize_csv, write_csv
@@ -442,3 +442,11 @@ def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path):
     for name, case in cases.items():
         write_csv(case, tmp_path / "ours.csv")
         assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(case), name
+    # built a block of rows at a time: the same bytes, whatever the block
+    import winback.export
+
+    some = frame.head(600)
+    for rows in (1, 7, 599, 600):
+        monkeypatch.setattr(winback.export, "CSV_BLOCK_ROWS", rows)
+        write_csv(some, tmp_path / "ours.csv")
+        assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(some), rows

@@ -118,8 +118,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     with a column type this does not know is written by pandas itself."""
     safe = neutralize_csv(frame)
     named = len(safe.columns) > 0 and all(isinstance(c, str) for c in safe.columns)
-    cells = [_csv_cells(safe[c]) for c in safe.columns] if named else [None]
-    if any(c is None for c in cells):
+    if not named or not all(_csv_known(safe[c]) for c in safe.columns):
         safe.to_csv(
             path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8"
         )
@@ -128,12 +127,13 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow.compute as pc
 
     text = pa.large_string()
+    comma, newline, none = (pa.scalar(t, text) for t in (",", "\n", ""))
     header = ",".join('"' + str(c).replace('"', '""') + '"' for c in safe.columns) + "\n"
     with open(path, "wb") as f:
         f.write(header.encode("utf-8"))
-        if len(safe):
-            comma, newline, none = (pa.scalar(t, text) for t in (",", "\n", ""))
-            lines = pc.binary_join_element_wise(*cells, comma)
+        for start in range(0, len(safe), CSV_BLOCK_ROWS):  # a block's text in memory at a time
+            block = safe.iloc[start : start + CSV_BLOCK_ROWS]
+            lines = pc.binary_join_element_wise(*(_csv_cells(block[c]) for c in block), comma)
             lines = pc.binary_join_element_wise(lines, newline, none)  # each line ends in \n
             offsets, data = lines.buffers()[1], lines.buffers()[2]
             at = lines.offset
@@ -141,9 +141,27 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
             f.write(memoryview(data)[int(ends[0]) : int(ends[-1])])
 
 
+#: Rows of a CSV file built in memory at a time.
+CSV_BLOCK_ROWS = 100_000
+
+
+def _csv_known(s: pd.Series) -> bool:
+    """Whether :func:`_csv_cells` writes this column (else pandas writes the file)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return _csv_known(pd.Series(s.cat.categories))
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        return True
+    if dtype == np.float64:
+        return True
+    if pd.api.types.is_string_dtype(dtype):  # objects: text only; numbers are pandas' to quote
+        return dtype.kind != "O" or pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
+    return False
+
+
 def _csv_cells(s: pd.Series):
     """One column's CSV cells as :func:`write_csv` writes them (an Arrow large_string array
-    without nulls), or None for a type it leaves to pandas."""
+    without nulls), for a column :func:`_csv_known` accepts."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -151,8 +169,6 @@ def _csv_cells(s: pd.Series):
     empty = pa.scalar('""', text)
     if isinstance(s.dtype, pd.CategoricalDtype):  # each category written once
         names = _csv_cells(pd.Series(s.cat.categories))
-        if names is None:
-            return None
         codes = pa.array(s.cat.codes.to_numpy(), mask=s.cat.codes.to_numpy() < 0)
         return pc.fill_null(pc.take(names, codes), empty)
     dtype = s.dtype
@@ -166,8 +182,6 @@ def _csv_cells(s: pd.Series):
         return _csv_floats(s.to_numpy())
     if pd.api.types.is_string_dtype(dtype):
         plain = dtype.kind == "O"
-        if plain and pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty"):
-            return None  # numbers or other objects: pandas decides each cell
         values = pa.array(s.to_numpy(dtype=object) if plain else s, from_pandas=True)
         values = pc.cast(values, text)
         quote = pa.scalar('"', text)
@@ -175,7 +189,7 @@ def _csv_cells(s: pd.Series):
             quote, pc.replace_substring(values, '"', '""'), quote, pa.scalar("", text)
         )
         return pc.fill_null(quoted, empty)
-    return None
+    raise TypeError(f"no CSV cells for {dtype}")  # _csv_known said no
 
 
 def _csv_floats(x: np.ndarray):
