@@ -43,3 +43,15 @@ def test_a_sample_is_drawn_only_when_the_model_could_not_use_every_row(synth_ord
     sampled = rows["customer_id"].isin(ids).sum()
     assert 1_000 < sampled < 3_000
     assert training_sample(synth_orders, cuts, 365, 2_000, 0.2, 1) == ids  # seeded
+
+
+def test_a_cutoff_without_labels_is_reported_once(synth_orders, caplog):
+    from winback.snapshots import build_snapshots
+
+    last = synth_orders.last_ts
+    early = datetime(last.year - 1, 7, 1)
+    with caplog.at_level("WARNING", logger="winback"):
+        snap = build_snapshots(synth_orders, [early, last], 90)
+    said = [r.getMessage() for r in caplog.records if "get no labels" in r.getMessage()]
+    assert len(said) == 1 and f"{last:%Y-%m-%d}" in said[0]
+    assert set(snap["cutoff_ts"].dt.tz_convert(None)) == {pd.Timestamp(early)}

@@ -358,9 +358,9 @@ def build_snapshots(
     cuts = asked = normalize_cutoffs(cutoffs)
     lab = None
     if labels:
-        lab = build_labels(orders, cuts, horizon_days, lookback_days, observed_until)
         end = parse_cutoff(observed_until) if observed_until is not None else orders.last_ts
-        cuts, _ = split_labelled_cutoffs(cuts, end, horizon_days)  # the ones with labels
+        cuts, _ = split_labelled_cutoffs(cuts, end, horizon_days)  # logs the others, once
+        lab = build_labels(orders, cuts, horizon_days, lookback_days, observed_until)
     if not cuts:  # nothing labelled: the features' columns, no rows
         feats = build_features(orders, asked, lookback_days, windows_days)
         return feats if lab is None else feats.merge(lab, on=["customer_id", "cutoff_ts"])
