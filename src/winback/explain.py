@@ -24,31 +24,27 @@ def _ago(x: float) -> str:
     return _days(float(math.floor(x)) if x == x else x)
 
 
-_SPEAKING = {
-    "recency_days",
-    "overdue_ratio",
-    "bgnbd_p_no_purchase",
-    "bgnbd_p_alive",
-    "spend_change_90d",
-    "orders_trend_90d",
-    "orders_trend_180d",
-    "return_rate",
-    "n_returns",
-    "n_orders",
-    "n_order_days",
-    "orders_per_year",
-    "bgnbd_expected_purchases",
-    "monetary_total",
-    "monetary_mean",
-    "net_spend",
-    "last_order_amount",
-    "tenure_days",
+#: Features whose sentence, for a given customer, is the same words (said once).
+_GROUP = {
+    **dict.fromkeys(
+        ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"), "recency"
+    ),
+    **dict.fromkeys(("orders_trend_90d", "orders_trend_180d"), "trend"),
+    **dict.fromkeys(("return_rate", "n_returns"), "returns"),
+    **dict.fromkeys(
+        ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"), "orders"
+    ),
+    **dict.fromkeys(("monetary_total", "monetary_mean", "net_spend", "last_order_amount"), "spent"),
 }
+
+
+#: Features with a sentence (for some customers); besides these, ``orders_<w>d`` windows.
+_SPEAKING = {*_GROUP, "spend_change_90d", "tenure_days"}
 _WINDOW = re.compile(r"orders_(\d+)d")
 
 
 def _can_speak(name: str) -> bool:
-    """Whether :func:`_reason` has a sentence for this feature (for some customer)."""
+    """Whether :func:`_sentences` has a sentence for this feature (for some customer)."""
     return name in _SPEAKING or _WINDOW.fullmatch(name) is not None
 
 
@@ -205,20 +201,6 @@ def reasons(
     return pd.Series(out, index=contributions.index, dtype="string")
 
 
-#: Features whose sentence, for a given customer, is the same words (said once).
-_GROUP = {
-    **dict.fromkeys(
-        ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"), "recency"
-    ),
-    **dict.fromkeys(("orders_trend_90d", "orders_trend_180d"), "trend"),
-    **dict.fromkeys(("return_rate", "n_returns"), "returns"),
-    **dict.fromkeys(
-        ("n_orders", "n_order_days", "orders_per_year", "bgnbd_expected_purchases"), "orders"
-    ),
-    **dict.fromkeys(("monetary_total", "monetary_mean", "net_spend", "last_order_amount"), "spent"),
-}
-
-
 class _Numbers:
     """The feature columns as float arrays (NaN where missing); None for an absent column."""
 
@@ -241,15 +223,16 @@ class _Numbers:
 
 
 def _says(name: str, nums: _Numbers, pop: dict[str, float]) -> np.ndarray:
-    """Where :func:`_reason` has a true sentence for ``name``, for every customer at once (the
-    same conditions, column by column)."""
+    """Where :func:`_sentences` has a true sentence for ``name``, for every customer at once
+    (column by column)."""
     none = np.zeros(nums.n, dtype=bool)
     v = nums.get(name)
     if v is None:
         return none
     present = ~np.isnan(v)
     with np.errstate(invalid="ignore"):
-        if name in ("recency_days", "overdue_ratio", "bgnbd_p_no_purchase", "bgnbd_p_alive"):
+        group = _GROUP.get(name, name)
+        if group == "recency":
             rec = nums.get("recency_days")
             if rec is None:
                 return none
@@ -260,19 +243,19 @@ def _says(name: str, nums: _Numbers, pop: dict[str, float]) -> np.ndarray:
             slower = gap > typical if typical is not None else none
             told = (rec >= gap) | (days == 2) | slower
             return present & ((days == 1) | ~has_gap | told)
-        if name == "spend_change_90d" or name in ("orders_trend_90d", "orders_trend_180d"):
+        if group in ("spend_change_90d", "trend"):
             return present & (v < 0)
-        if name in ("return_rate", "n_returns"):
+        if group == "returns":
             return present & (nums.get_or("n_returns", 0.0) > 0)
-        if _GROUP.get(name) in ("orders", "spent"):
-            ref = "n_orders" if _GROUP[name] == "orders" else "monetary_total"
+        if group in ("orders", "spent"):
+            ref = "n_orders" if group == "orders" else "monetary_total"
             x, typical = nums.get(ref), pop.get(ref)
             if x is None or typical is None:
                 return none
             return present & ~np.isnan(x) & (x < typical)
         if _WINDOW.fullmatch(name):
             return present & (v == 0)
-        if name == "tenure_days":
+        if group == "tenure_days":
             typical = pop.get("tenure_days")
             return none if typical is None else present & (v < typical)
     return none
