@@ -224,3 +224,29 @@ def test_path_contributions_handle_single_leaf_trees():
     assert any("leaf_value" in t["tree_structure"] for t in trees)
     full = path_contributions(clf.booster_, X, len(trees), chunk_rows=7)
     np.testing.assert_allclose(full.sum(axis=1), clf.predict(X, raw_score=True), atol=1e-9)
+
+
+def test_path_contributions_credit_the_split_feature_with_the_step_to_the_leaf():
+    import lightgbm as lgb
+
+    from winback.explain import path_contributions
+
+    rng = np.random.default_rng(1)
+    X = rng.random((200, 3))
+    y = (X[:, 1] > 0.5).astype(int)
+    # one tree of two leaves: a single split, on feature 1
+    clf = lgb.LGBMClassifier(n_estimators=1, num_leaves=2, verbose=-1).fit(X, y)
+    root = clf.booster_.dump_model()["tree_info"][0]["tree_structure"]
+    assert root["split_feature"] == 1
+    left, right = root["left_child"]["leaf_value"], root["right_child"]["leaf_value"]
+    rows = np.array([[0.9, 0.1, 0.3], [0.2, 0.95, 0.7], [0.5, np.nan, 0.5]])
+    full = path_contributions(clf.booster_, rows, 1)
+    # the bias is the root's value; feature 1 gets the step from the root to the row's leaf,
+    # the others nothing; trained without missing values, LightGBM reads a missing one as 0,
+    # which is below the threshold: the left leaf
+    base = root["internal_value"]
+    assert root["missing_type"] == "None" and root["threshold"] > 0
+    nan_leaf = left
+    np.testing.assert_allclose(full[:, 3], [base] * 3)
+    np.testing.assert_allclose(full[:, 1], [left - base, right - base, nan_leaf - base])
+    np.testing.assert_allclose(full[:, [0, 2]], 0.0)

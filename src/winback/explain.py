@@ -12,7 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-__all__ = ["reasons", "REASON_REFERENCES", "path_contributions", "flat_tree"]
+__all__ = ["reasons", "REASON_REFERENCES", "path_contributions"]
 
 
 def _days(x: float) -> str:
@@ -261,76 +261,60 @@ def _says(name: str, nums: _Numbers, pop: dict[str, float]) -> np.ndarray:
     return none
 
 
-def flat_tree(tree: dict[str, Any]) -> tuple[np.ndarray, ...]:
-    """One tree of LightGBM's model dump as arrays: feature (-1 at leaves), threshold,
-    default_left, missing type (0 None, 1 Zero, 2 NaN), left, right, node value."""
-    feat, thr, dleft, miss, left, right, value = [], [], [], [], [], [], []
-    stack: list[tuple[dict, int, str]] = []
-
-    def add(node: dict) -> int:
-        i = len(feat)
-        leaf = "leaf_value" in node
-        if not leaf and node.get("decision_type") != "<=":
-            raise ValueError("path contributions support numeric splits only")
-        feat.append(-1 if leaf else node["split_feature"])
-        thr.append(0.0 if leaf else node["threshold"])
-        dleft.append(False if leaf else node["default_left"])
-        miss.append(0 if leaf else {"None": 0, "Zero": 1, "NaN": 2}[node["missing_type"]])
-        left.append(-1)
-        right.append(-1)
-        value.append(node["leaf_value"] if leaf else node["internal_value"])
-        if not leaf:
-            stack.append((node["left_child"], i, "l"))
-            stack.append((node["right_child"], i, "r"))
-        return i
-
-    add(tree["tree_structure"])
+def _leaf_paths(tree: dict[str, Any]) -> tuple[float, dict[int, dict[int, float]]]:
+    """One tree of LightGBM's model dump: its root value, and for each leaf (by its
+    ``leaf_index``) what each feature split on along the way from the root changed the value by
+    (Saabas). A single-leaf tree has no leaf index: it is leaf 0, with nothing credited."""
+    root = tree["tree_structure"]
+    if "leaf_value" in root:
+        return float(root["leaf_value"]), {0: {}}
+    paths: dict[int, dict[int, float]] = {}
+    stack: list[tuple[dict, dict[int, float]]] = [(root, {})]
     while stack:
-        child, parent, side = stack.pop()
-        (left if side == "l" else right)[parent] = add(child)
-    return (
-        np.array(feat),
-        np.array(thr),
-        np.array(dleft),
-        np.array(miss),
-        np.array(left),
-        np.array(right),
-        np.array(value, dtype=float),
-    )
+        node, credit = stack.pop()
+        if "leaf_value" in node:
+            paths[int(node["leaf_index"])] = credit
+            continue
+        f = int(node["split_feature"])
+        for side in ("left_child", "right_child"):
+            child = node[side]
+            value = child["leaf_value"] if "leaf_value" in child else child["internal_value"]
+            mine = dict(credit)
+            mine[f] = mine.get(f, 0.0) + value - node["internal_value"]
+            stack.append((child, mine))
+    return float(root["internal_value"]), paths
 
 
 def path_contributions(
-    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 16_384
+    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 250_000
 ) -> np.ndarray:
-    """Saabas contributions, the last column the bias. Rows walk every tree together, in
-    chunks that keep the gathers in cache (about twice as fast as all rows at once)."""
-    trees = [
-        flat_tree(t)
-        for t in booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
-    ]
+    """Saabas contributions, the last column the bias.
+
+    What a tree credits each feature with depends only on the leaf a row lands in (the splits on
+    the way there), so LightGBM's own predictor finds the leaves (``pred_leaf``: its handling of
+    missing values, natively) and each tree adds its leaf's credits, a feature column at a
+    time, ``chunk_rows`` rows at a time."""
+    trees = booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
     n, m = X.shape
-    out = np.zeros((n, m + 1))
+    bias = 0.0
+    tables: list[list[tuple[int, np.ndarray]]] = []  # per tree: (feature, credit by leaf)
+    for tree in trees:
+        root, paths = _leaf_paths(tree)
+        bias += root
+        by_leaf = np.zeros((max(paths) + 1, m + 1))
+        for leaf, credit in paths.items():
+            for f, v in credit.items():
+                by_leaf[leaf, f] += v
+        used = np.flatnonzero(np.any(by_leaf != 0, axis=0))
+        tables.append([(int(f), by_leaf[:, f].copy()) for f in used])
+    out = np.zeros((m + 1, n))  # a feature's column contiguous while trees add to it
+    out[m] = bias
     for start in range(0, n, chunk_rows):
-        xs = X[start : start + chunk_rows]
-        acc = out[start : start + chunk_rows]
-        rows = np.arange(xs.shape[0])
-        for feat, thr, dleft, miss, left, right, value in trees:
-            node = np.zeros(xs.shape[0], dtype=np.int64)
-            acc[:, m] += value[0]
-            active = rows if feat[0] >= 0 else rows[:0]
-            while active.size:
-                nd = node[active]
-                f = feat[nd]
-                x = xs[active, f]
-                nan = np.isnan(x)
-                mt = miss[nd]
-                # LightGBM's missing values: NaN is missing with type NaN; NaN and 0 with type
-                # Zero; with type None NaN counts as 0
-                x0 = np.where(nan & (mt != 2), 0.0, x)
-                missing = np.where(mt == 2, nan, (mt == 1) & (nan | (x0 == 0.0)))
-                go_left = np.where(missing, dleft[nd], x0 <= thr[nd])
-                child = np.where(go_left, left[nd], right[nd])
-                acc[active, f] += value[child] - value[nd]  # one node per row per step
-                node[active] = child
-                active = active[feat[child] >= 0]
-    return out
+        stop = min(start + chunk_rows, n)
+        leaves = booster.predict(X[start:stop], num_iteration=num_iteration, pred_leaf=True)
+        # a tree's leaves contiguous too: gathers along a column of rows run 7x slower
+        leaves = np.ascontiguousarray(np.reshape(leaves, (stop - start, -1)).T, dtype=np.intp)
+        for credits, at in zip(tables, leaves, strict=True):
+            for f, by_leaf in credits:
+                out[f, start:stop] += np.take(by_leaf, at)
+    return out.T
