@@ -450,3 +450,19 @@ def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, mon
         monkeypatch.setattr(winback.export, "CSV_BLOCK_ROWS", rows)
         write_csv(some, tmp_path / "ours.csv")
         assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(some), rows
+
+
+def test_control_flags_follow_the_documented_digest():
+    import hashlib
+
+    ids = ["C000001", "42", "kunde-ä", "0007", "x" * 300]
+    # the rule, by hand: the first 8 bytes of sha256("salt|campaign|id") over 2**64 < share
+    want = [
+        int.from_bytes(hashlib.sha256(f"s|at_risk|{c}".encode()).digest()[:8], "big") / 2**64
+        for c in ids
+    ]
+    for share in (0.2, 0.5, 0.8):
+        got = control_flags(pd.Series(ids, dtype="str"), "at_risk", "s", share)
+        np.testing.assert_array_equal(got, np.array(want) < share)
+        np.testing.assert_array_equal(control_flags(iter(ids), "at_risk", "s", share), got)
+    assert control_flags([], "at_risk", "s", 0.1).shape == (0,)

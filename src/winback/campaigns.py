@@ -6,7 +6,6 @@ Pure functions over frames and arrays; the scoring job composes them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,16 +25,31 @@ __all__ = [
 def control_flags(
     customer_ids: Iterable[str], campaign: str, salt: str, share: float
 ) -> np.ndarray:
-    """True for customers in the control group: ``sha256(salt|campaign|id)`` read as a number in
-    [0, 1) falls below ``share``. The same customer gets the same flag on every run."""
+    """True for customers in the control group: the first 8 bytes of
+    ``sha256(salt|campaign|id)`` (UTF-8) read as a big-endian number over 2^64 fall below
+    ``share``. The same customer gets the same flag on every run.
+
+    The digests are computed in DuckDB, on all cores (a million customers in a fraction of a
+    second; one at a time in Python took seconds)."""
     if not 0.0 <= share < 1.0:
         raise UsageError(f"The control share must be in [0, 1); got {share}.")
-    prefix = f"{salt}|{campaign}|".encode()
-    out = []
-    for cid in customer_ids:
-        digest = hashlib.sha256(prefix + str(cid).encode()).digest()
-        out.append(int.from_bytes(digest[:8], "big") / 2**64 < share)
-    return np.array(out, dtype=bool)
+    from winback.engines.duckdb import connect
+
+    ids = customer_ids if isinstance(customer_ids, pd.Series) else pd.Series(list(customer_ids))
+    ids = pd.DataFrame({"cid": ids.astype("str").reset_index(drop=True), "_i": np.arange(len(ids))})
+    con = connect()
+    try:
+        con.register("_ids", ids)
+        found = con.execute(
+            "SELECT _i, CAST('0x' || left(sha256(? || cid), 16) AS UBIGINT) AS h FROM _ids",
+            [f"{salt}|{campaign}|"],
+        ).fetchnumpy()
+    finally:
+        con.close()
+    number = np.empty(len(ids), dtype=np.uint64)
+    number[found["_i"]] = found["h"]
+    # a uint64 to float rounds as Python's int / 2**64 does: to the nearest double
+    return number.astype(np.float64) / 2.0**64 < share
 
 
 def expected_gain(
