@@ -126,12 +126,32 @@ def _last_order(row) -> str:
     )
 
 
+class _Columns:
+    """A frame's columns as arrays, each converted when first asked for (the reasons read a
+    handful of a snapshot's sixty)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame, self.done = frame, {}
+
+    def get(self, name: str, default=None):
+        if name not in self.done:
+            self.done[name] = self.frame[name].to_numpy() if name in self.frame else None
+        col = self.done[name]
+        return default if col is None else col
+
+    def __getitem__(self, name: str):
+        col = self.get(name)
+        if col is None:
+            raise KeyError(name)
+        return col
+
+
 class _Row:
     """Read access to one row of column arrays, like a Series' ``get``."""
 
     __slots__ = ("cols", "i")
 
-    def __init__(self, cols: dict[str, np.ndarray], i: int):
+    def __init__(self, cols: _Columns | dict[str, np.ndarray], i: int):
         self.cols, self.i = cols, i
 
     def get(self, name: str, default=None):
@@ -161,10 +181,11 @@ def reasons(
     column by column, where a feature's sentence would be true); only the chosen sentences are
     written, one by one.
     """
-    c = contributions.to_numpy(dtype=float)
+    # a customer's contributions side by side in memory: the sort runs along rows
+    c = np.ascontiguousarray(contributions.to_numpy(dtype=float))
     names = list(contributions.columns)
     n = c.shape[0]
-    cols = {name: features[name].to_numpy() for name in features.columns}
+    cols = _Columns(features)
     nums = _Numbers(cols, n)
     k = min(3 * top + 3, c.shape[1])
     candidates = np.argsort(-c, axis=1, kind="stable")[:, :k]
@@ -204,7 +225,7 @@ def reasons(
 class _Numbers:
     """The feature columns as float arrays (NaN where missing); None for an absent column."""
 
-    def __init__(self, cols: dict[str, np.ndarray], n: int):
+    def __init__(self, cols: _Columns, n: int):
         self.cols, self.n, self.done = cols, n, {}
 
     def get(self, name: str) -> np.ndarray | None:

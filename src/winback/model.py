@@ -427,7 +427,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         if method not in ("shap", "path"):
             raise ValueError(f"method must be 'shap' or 'path'; got {method!r}")
         Xf = self._check(X)
-        c = np.zeros((len(Xf), len(self.features_)))
+        # column-major, as path contributions come and as pandas holds a frame's columns
+        c = np.zeros((len(self.features_), len(Xf))).T
         if self.booster_ is not None:
             if method == "shap":
                 full = self.booster_.predict(Xf, num_iteration=self.n_trees_, pred_contrib=True)
