@@ -66,31 +66,39 @@ __all__ = [
 
 @dataclass
 class Scored:
-    """Scores of every customer, the drift figures, and the features they were scored on
-    (aligned by position with ``scores``), in memory or, for large populations, in a folder
-    of Parquet parts read back only for the customers who are listed."""
+    """Scores of every customer, the drift figures, and the features they were scored on:
+    in memory (aligned by position with ``scores``) or, for large populations, in a folder of
+    Parquet parts, where ``feature_rows`` gives each score row's row in the parts read one
+    after another; only the listed customers' rows are read back."""
 
     scores: pd.DataFrame
     drift: dict[str, float]
     features: pd.DataFrame
     features_path: Path | None = None
+    feature_rows: np.ndarray | None = None
 
-    def features_in_blocks(self, ids) -> Iterator[pd.DataFrame]:
-        """The full feature rows of the customers ``ids``, a block at a time (at most
-        ``REASON_BLOCK_ROWS`` rows from memory, or one Parquet part's customers)."""
+    def features_in_blocks(
+        self, positions: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        """The full feature rows of the score rows at ``positions`` (sorted), a block at a
+        time: ``(positions of the block, their features)``, at most ``REASON_BLOCK_ROWS`` rows
+        from memory, or one Parquet part's customers."""
         if self.features_path is None:
-            rows = np.flatnonzero(self.features["customer_id"].isin(ids).to_numpy())
-            for i in range(0, len(rows), REASON_BLOCK_ROWS):
-                yield self.features.iloc[rows[i : i + REASON_BLOCK_ROWS]].reset_index(drop=True)
+            for i in range(0, len(positions), REASON_BLOCK_ROWS):
+                at = positions[i : i + REASON_BLOCK_ROWS]
+                yield at, self.features.iloc[at].reset_index(drop=True)
             return
-        import pyarrow as pa
-        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
 
-        wanted = ds.field("customer_id").isin(pa.array(np.asarray(ids, dtype=object)))
+        wanted = self.feature_rows[positions]
+        start = 0
         for part in sorted(self.features_path.glob("*.parquet")):
-            found = ds.dataset(part, format="parquet").to_table(filter=wanted)
-            if found.num_rows:
-                yield found.to_pandas()
+            stop = start + pq.ParquetFile(part).metadata.num_rows
+            mine = np.flatnonzero((wanted >= start) & (wanted < stop))
+            if len(mine):
+                table = pq.read_table(part).take(wanted[mine] - start)
+                yield positions[mine], table.to_pandas()
+            start = stop
 
     def medians(self, columns: list[str]) -> dict[str, float]:
         """The median of each feature over every scored customer (NaN left out): what the
@@ -178,10 +186,18 @@ def score_customers(
             model,
             engine.query_df(f"SELECT * FROM {parts} WHERE recency_days < {model.lookback_days}"),
         )
-        out = _score_table(
-            engine, parts, "customer_id", h, model.lookback_days, as_of, campaigns, model_version
+        out, rows = _score_table(
+            engine,
+            parts,
+            "customer_id",
+            h,
+            model.lookback_days,
+            as_of,
+            campaigns,
+            model_version,
+            position="_feature_row",
         )
-        scored = Scored(out, drift, pd.DataFrame(), folder / "features")
+        scored = Scored(out, drift, pd.DataFrame(), folder / "features", rows)
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
         return scored
@@ -201,7 +217,7 @@ def score_customers(
     duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
     try:
         with duck.registered(base.assign(_row=np.arange(len(base))), "_scores") as name:
-            out = _score_table(
+            out, _ = _score_table(
                 duck, name, "_row", h, model.lookback_days, as_of, campaigns, model_version
             )
     finally:
@@ -261,15 +277,19 @@ def _score_table(
     as_of: datetime,
     campaigns: CampaignsConfig,
     model_version: str,
-) -> pd.DataFrame:
+    position: str | None = None,
+) -> tuple[pd.DataFrame, np.ndarray | None]:
     """The score table of the customers in ``source`` (:func:`_score_columns`, a table or a
     query), ordered by ``order_by``: the list, the rank and decile by ``p_churn`` within it and
     its band, whether the probability is extrapolated (a last order ``lookback_days`` or more
     ago, older than any the model learnt from), the RFM segment (quintiles within the
-    customer's list, so a segment describes the list it is on) and the campaign group."""
+    customer's list, so a segment describes the list it is on) and the campaign group; and the
+    column ``position`` of ``source`` in the table's order (where its features are), if
+    asked."""
+    carried = f"{position} AS _position, " if position else ""
     t = duck.query_df(
         f"""
-        SELECT customer_id, list = 'lapsed' AS lapsed, p_churn, value, expected_value,
+        SELECT {carried}customer_id, list = 'lapsed' AS lapsed, p_churn, value, expected_value,
                p_churn * value AS value_at_risk,
                CAST(n_order_days AS BIGINT) AS n_order_days, rank,
                CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f,
@@ -320,9 +340,10 @@ def _score_table(
         },
         copy=False,
     )
+    rows = t["_position"].to_numpy(dtype=np.int64) if position else None
     del t
     _assign_groups(out, campaigns.groups)
-    return out
+    return out, rows
 
 
 #: Above this many customers, DuckDB scores in customer hash partitions of about
@@ -354,6 +375,7 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
     folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
     (folder / "features").mkdir()
     (folder / "scores").mkdir()
+    written = 0
     try:
         with snapshot_source(
             orders, [as_of], horizon_days, lookback, windows, materialize=False
@@ -364,6 +386,8 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
                     continue
                 f.to_parquet(folder / "features" / f"part-{i:05d}.parquet", index=False)
                 scores = _score_columns(f, model.predict_proba(f)[:, 1], campaigns.value_days)
+                scores["_feature_row"] = np.arange(written, written + len(f))  # in the parts
+                written += len(f)
                 scores.to_parquet(folder / "scores" / f"part-{i:05d}.parquet", index=False)
                 del f, scores
                 release_memory()
@@ -417,21 +441,38 @@ def add_reasons(
     """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``).
 
     ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
-    ids = pd.concat([f["customer_id"] for f in lists.values()]).unique()
+    ids = scored.scores["customer_id"]
+    where = {name: _positions(frame["customer_id"], ids) for name, frame in lists.items()}
+    listed = np.unique(np.concatenate([np.empty(0, dtype=np.intp), *where.values()]))
     if method == "auto":
-        method = "shap" if len(ids) <= SHAP_MAX_ROWS else "path"
-    said = [pd.Series([], dtype="string")]
+        method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
+    said = np.full(len(ids), None, dtype=object)
     population = scored.medians(list(REASON_REFERENCES))
-    for feats in scored.features_in_blocks(ids):  # a block at a time: bounded memory
+    for at, feats in scored.features_in_blocks(listed):  # a block at a time: bounded memory
         text = reasons(model.contributions(feats, method), feats, population=population)
-        text = text.to_numpy()
-        said.append(pd.Series(text, index=feats["customer_id"].to_numpy(), dtype="string"))
-    by_id = pd.concat(said)
-    scored.scores["reasons"] = scored.scores["customer_id"].map(by_id).astype("string")
+        said[at] = text.to_numpy()
+    scored.scores["reasons"] = pd.array(said, dtype="string")
     return {
-        name: frame.assign(reasons=frame["customer_id"].map(by_id).astype("string"))
+        name: frame.assign(reasons=pd.array(said[where[name]], dtype="string"))
         for name, frame in lists.items()
     }
+
+
+def _positions(ids: pd.Series, among: pd.Series) -> np.ndarray:
+    """Where each of ``ids`` is in ``among`` (every one of them is there), through Arrow's
+    hash table."""
+    import pyarrow.compute as pc
+
+    found = pc.index_in(_arrow_text(ids), value_set=_arrow_text(among))
+    if found.null_count:
+        raise ValueError(f"{found.null_count} listed customer(s) not among the scored ones")
+    return found.to_numpy().astype(np.intp)
+
+
+def _arrow_text(s: pd.Series):
+    import pyarrow as pa
+
+    return pa.array(s, from_pandas=True).cast(pa.large_string())
 
 
 def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
@@ -579,11 +620,7 @@ def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> 
 def _among(ids: pd.Series, others: pd.Series) -> np.ndarray:
     """``ids.isin(others)`` through Arrow's hash set: pandas' own makes a Python object of
     every value of ``others``, seconds for a million ids."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    def arrow(s: pd.Series):
-        return pa.array(s, from_pandas=True).cast(pa.large_string())
-
-    found = pc.is_in(arrow(ids), value_set=arrow(others))
+    found = pc.is_in(_arrow_text(ids), value_set=_arrow_text(others))
     return found.fill_null(False).to_numpy(zero_copy_only=False)
