@@ -466,3 +466,25 @@ def test_control_flags_follow_the_documented_digest():
         np.testing.assert_array_equal(got, np.array(want) < share)
         np.testing.assert_array_equal(control_flags(iter(ids), "at_risk", "s", share), got)
     assert control_flags([], "at_risk", "s", 0.1).shape == (0,)
+
+
+def test_plain_columns_spell_out_categories_in_their_categories_dtype():
+    from winback.export import plain_columns
+
+    codes = np.array([0, 1, 2, -1, 1])
+    frame = pd.DataFrame(
+        {
+            "arrow": pd.Categorical.from_codes(codes, pd.Index(["a", "b", 'x"y'], dtype="str")),
+            "n": range(5),
+            "objects": pd.Categorical.from_codes(codes, pd.Index(["a", "b", "c"], dtype=object)),
+        },
+        index=[5, 6, 7, 8, 9],
+    )
+    out = plain_columns(frame)
+    assert out["arrow"].dtype == "str" and out["objects"].dtype == object
+    assert out.index.tolist() == [5, 6, 7, 8, 9]
+    assert out["arrow"].tolist()[:3] == ["a", "b", 'x"y'] and out["arrow"].isna().tolist() == [
+        False, False, False, True, False
+    ]  # fmt: skip
+    assert out["arrow"].iloc[4] == "b" and out["objects"].tolist()[:3] == ["a", "b", "c"]
+    assert out["n"].tolist() == list(range(5))

@@ -201,11 +201,12 @@ def _csv_floats(x: np.ndarray):
 
     text = pa.large_string()
     out = pc.cast(pa.array(x, from_pandas=True), text)
-    bare = pc.invert(pc.match_substring_regex(out, "[.eni]"))
-    whole = pc.binary_join_element_wise(out, pa.scalar(".0", text), pa.scalar("", text))
-    out = pc.if_else(bare, whole, out)
     with np.errstate(invalid="ignore"):
         odd = ~np.isnan(x) & ~((x == 0) | ((np.abs(x) >= 1e-4) & (np.abs(x) < 1e9)))
+        # whole numbers short of 1e9: Arrow writes them without a point or an exponent
+        bare = ~odd & np.isfinite(x) & (x == np.trunc(x))
+    whole = pc.binary_join_element_wise(out, pa.scalar(".0", text), pa.scalar("", text))
+    out = pc.if_else(pa.array(bare), whole, out)
     if odd.any():
         cells = np.array(out.to_pylist(), dtype=object)
         cells[odd] = [repr(v) for v in x[odd].tolist()]
@@ -216,12 +217,23 @@ def _csv_floats(x: np.ndarray):
 def plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its categorical columns (the score table keeps repeated texts as
     categories) back as columns of their categories' dtype, as the export files hold them."""
-    cats = {
-        c: s.cat.categories.dtype
-        for c, s in frame.items()
-        if isinstance(s.dtype, pd.CategoricalDtype)
-    }
-    return frame.astype(cats) if cats else frame
+    cats = [c for c, s in frame.items() if isinstance(s.dtype, pd.CategoricalDtype)]
+    return frame.assign(**{c: _spelled_out(frame[c]) for c in cats}) if cats else frame
+
+
+def _spelled_out(s: pd.Series) -> pd.Series:
+    """A categorical column as its categories' dtype. Texts are taken from the categories by
+    code in Arrow (four times faster than pandas' ``astype`` on a million rows)."""
+    dtype = s.cat.categories.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return s.astype(dtype)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = s.cat.codes.to_numpy()
+    names = pa.array(s.cat.categories, from_pandas=True)
+    texts = pc.take(names, pa.array(codes, mask=codes < 0))
+    return pd.Series(pd.array(texts, dtype=dtype), index=s.index, name=s.name)
 
 
 #: Decimals of the numbers in the CSV list files, which people read and CRMs import; the Parquet
