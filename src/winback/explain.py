@@ -197,7 +197,8 @@ def reasons(
             says[:, j] = _says(name, nums, population or {})
     rows = np.arange(n)[:, None]
     ok = alive & says[rows, candidates]
-    group = np.array([_GROUP.get(name, name) for name in names], dtype=object)[candidates]
+    # the sentence group of each candidate, as a number (compared below, column by column)
+    group = pd.factorize(np.array([_GROUP.get(name, name) for name in names]))[0][candidates]
     keep = ok.copy()
     for i in range(1, k):  # a sentence already said (same group, same words) is not repeated
         for earlier in range(i):

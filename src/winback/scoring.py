@@ -443,7 +443,10 @@ def add_reasons(
     ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
     ids = scored.scores["customer_id"]
     where = {name: _positions(frame["customer_id"], ids) for name, frame in lists.items()}
-    listed = np.unique(np.concatenate([np.empty(0, dtype=np.intp), *where.values()]))
+    on_a_list = np.zeros(len(ids), dtype=bool)
+    for at in where.values():
+        on_a_list[at] = True
+    listed = np.flatnonzero(on_a_list)
     if method == "auto":
         method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
     said = np.full(len(ids), None, dtype=object)
