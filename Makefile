@@ -13,16 +13,16 @@ help: ## list the targets with one line each
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt pip
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev,spark,db]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev,spark,db,fast]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv (if missing) and install winback with Spark, database drivers and dev tools, at the versions in constraints.txt
+install: $(STAMP) ## create .venv (if missing) and install winback with Spark, database drivers, compiled trees and dev tools, at the versions in constraints.txt
 
 lock: ## resolve pyproject.toml's ranges afresh in a scratch venv and pin the result in constraints.txt
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e '.[dev,spark,db]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev,spark,db,fast]'
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --all --exclude-editable \
 	  | grep -v -i -e '^winback' -e '^setuptools=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

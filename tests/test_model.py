@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import orders_of
+from winback.atomic import sha256_file
 from winback.cutoffs import training_cutoffs
 from winback.errors import DataError, InsufficientDataError, WinbackError
 from winback.model import CANDIDATES, ChurnModel, load_model, save_model
@@ -250,3 +251,50 @@ def test_path_contributions_credit_the_split_feature_with_the_step_to_the_leaf()
     np.testing.assert_allclose(full[:, 3], [base] * 3)
     np.testing.assert_allclose(full[:, 1], [left - base, right - base, nan_leaf - base])
     np.testing.assert_allclose(full[:, [0, 2]], 0.0)
+
+
+def test_compiled_trees_predict_as_lightgbm_and_are_cached_by_checksum(snaps, tmp_path):
+    import pickle
+    import sys
+
+    model = ChurnModel(horizon_days=60, candidate="boosted").fit(snaps, snaps["churned"])
+    path = save_model(model, tmp_path / "m.joblib")
+    X = snaps.head(5000).copy()
+    X.loc[X.index[:500], "gap_mean_days"] = np.nan  # missing values take LightGBM's way
+    want = load_model(path).predict_proba(X)[:, 1]
+
+    compiled = load_model(path)
+    assert compiled.compile_trees(path).startswith("compiled (lleaves ")
+    np.testing.assert_allclose(compiled.predict_proba(X)[:, 1], want, rtol=0, atol=1e-9)
+    (cache,) = tmp_path.glob("m.trees-*.bin")
+    sums = cache.with_suffix(".sha256")
+    assert sums.read_text().strip() == sha256_file(cache)
+
+    # loading the model again loads the cached code: the file is not written again
+    stamp = cache.stat().st_mtime_ns
+    again = load_model(path)
+    again.compile_trees(path)
+    assert cache.stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(again.predict_proba(X)[:, 1], want, rtol=0, atol=1e-9)
+
+    # a cache cut short fails its checksum and is compiled afresh, never run
+    cache.write_bytes(cache.read_bytes()[:100])
+    fixed = load_model(path)
+    fixed.compile_trees(path)
+    assert sums.read_text().strip() == sha256_file(cache) and cache.stat().st_size > 100
+    np.testing.assert_allclose(fixed.predict_proba(X)[:, 1], want, rtol=0, atol=1e-9)
+
+    # native code stays in its process: a pickled model predicts with LightGBM's trees
+    copy = pickle.loads(pickle.dumps(compiled))
+    assert copy.predictor.startswith("lightgbm ")
+    np.testing.assert_allclose(copy.predict_proba(X)[:, 1], want, rtol=0, atol=1e-12)
+
+    # without lleaves, LightGBM's predictor scores
+    saved = sys.modules.get("lleaves")
+    sys.modules["lleaves"] = None  # import lleaves now raises ImportError
+    try:
+        plain = load_model(path)
+        assert plain.compile_trees(path).startswith("lightgbm ")
+    finally:
+        sys.modules["lleaves"] = saved
+    np.testing.assert_allclose(plain.predict_proba(X)[:, 1], want, rtol=0, atol=1e-12)

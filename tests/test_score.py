@@ -214,6 +214,9 @@ def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
     folder = d / "exports" / AS_OF
     assert folder.is_symlink()
     doc = read_manifest(folder)
+    # the trees were compiled (the dev install has lleaves), cached next to the model file
+    assert doc["predictor"] == "compiled (lleaves 1.3.0)"
+    assert list(Path(doc["model_file"]).parent.glob("*.trees-*.bin"))
     assert set(doc["files"]) == {
         "at_risk.csv",
         "at_risk.parquet",

@@ -226,6 +226,12 @@ class EngineConfig(_Section):
     memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     threads: int | None = Field(None, ge=1, description="Default: every core.")
     temp_directory: str | None = Field(None, description="Spill folder; default DuckDB's .tmp.")
+    compiled_trees: bool = Field(
+        True,
+        description="Score with the model's trees compiled to native code when lleaves is "
+        "installed (pip install 'winback[fast]'), cached next to the model file; false: "
+        "LightGBM's predictor.",
+    )
     spark: SparkConfig = Field(default_factory=SparkConfig)
 
 

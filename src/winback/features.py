@@ -228,9 +228,13 @@ def feature_sql(
     win_out = ", ".join(f"b.orders_{w}d, b.spend_{w}d" for w in spec.windows_days)
     weekend = d.weekend.format(ts="order_ts")
     # the last purchase's amount; of several at the same instant, the largest
-    last_amount = d.arg_max.format(value="amount", key=d.pair.format(a="order_ts", b="amount"))
-    # the first purchase's amount (the oldest, so the largest age); of several, the largest
-    first_amount = d.arg_max.format(value="amount", key=d.pair.format(a="age_days", b="amount"))
+    last_amount = d.arg_max.format(
+        value="amount", key=d.latest_key.format(ts="order_ts", amount="amount")
+    )
+    # the first purchase's amount (the oldest, to the millisecond); of several, the largest
+    first_amount = d.arg_max.format(
+        value="amount", key=d.earliest_key.format(ts="order_ts", amount="amount")
+    )
     doy_angle = "2 * pi() * (dayofyear(b.cutoff_ts) - 1) / 365.25"
     start = spec.data_start or datetime(1970, 1, 1)
     history = d.days_between.format(

@@ -454,6 +454,10 @@ def score_job(
     with stage("model"):
         ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
         churn_model = load_model(ref.path)
+        # on Spark the executors score, with LightGBM's predictor
+        if cfg.engine.compiled_trees and cfg.engine.name == "duckdb":
+            churn_model.compile_trees(ref.path)
+        log.debug("predictor: %s", churn_model.predictor)
         t = as_of or orders.last_ts
         warnings = check_scoring(orders, cfg, churn_model, t)
         for w in warnings:
@@ -500,6 +504,7 @@ def score_job(
                 "model_version": ref.label,
                 "model_registry_version": str(ref.version) if ref.run_id else None,
                 "model_file": str(ref.path),
+                "predictor": churn_model.predictor,
                 "model_sha256": json.loads(
                     ref.path.with_suffix(ref.path.suffix + ".json").read_text()
                 )["sha256"],

@@ -382,8 +382,39 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """The trees' part of the margin (already shrunk)."""
         if self.booster_ is None:
             return np.zeros(len(Xf))
-        raw = self.booster_.predict(Xf, num_iteration=self.n_trees_, raw_score=True)
+        compiled = getattr(self, "compiled_", None)
+        if compiled is not None:
+            raw = compiled.raw(Xf)
+        else:
+            raw = self.booster_.predict(Xf, num_iteration=self.n_trees_, raw_score=True)
         return self.shrink_ * raw
+
+    def compile_trees(self, model_file: str | Path | None = None) -> str:
+        """Predict with the trees compiled to native code from now on, when the optional
+        lleaves package is installed (:mod:`winback.compiled`; cached next to ``model_file``);
+        return which predictor scores: ``compiled (lleaves <version>)`` or ``lightgbm
+        <version>``, LightGBM's own, kept when lleaves is missing or compiling fails."""
+        from winback.compiled import compile_trees
+
+        self.compiled_ = (
+            None
+            if self.booster_ is None
+            else compile_trees(
+                self.booster_, self.n_trees_, None if model_file is None else Path(model_file)
+            )
+        )
+        return self.predictor
+
+    @property
+    def predictor(self) -> str:
+        """Which predictor scores: the compiled trees' or LightGBM's own."""
+        compiled = getattr(self, "compiled_", None)
+        return compiled.label if compiled is not None else f"lightgbm {lgb.__version__}"
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("compiled_", None)  # native code belongs to this process, not the file
+        return state
 
     def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
         """The log-odds of churn: BG/NBD's (for the candidates built on it) plus the trees'
