@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import check_reasons, orders_of
+from winback.atomic import sha256_file
 from winback.campaigns import suppressed
 from winback.config import CampaignsConfig
 from winback.cutoffs import training_cutoffs
@@ -40,7 +41,35 @@ def setup(tmp_path_factory, synth_frame):
     snaps = build_snapshots(o, cuts, 60)
     model = ChurnModel(horizon_days=60, n_estimators=200).fit(snaps, snaps["churned"])
     save_model(model, d / "model.joblib")
+    boosted = ChurnModel(horizon_days=60, n_estimators=100, candidate="boosted")
+    save_model(boosted.fit(snaps, snaps["churned"]), d / "boosted.joblib")
     return d, o, model
+
+
+def test_score_compiles_the_trees_once_and_scores_as_lightgbm_does(setup):
+    d, _, _ = setup
+    runs = {}
+    for name, extra in [
+        ("compiled", []),
+        ("again", []),
+        ("lightgbm", ["--set", "engine.compiled_trees=false"]),
+    ]:
+        cmd = [a if a != "model.joblib" else "boosted.joblib" for a in _score_cmd(name, *extra)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=d)
+        assert res.returncode == 0, res.stderr
+        runs[name] = read_manifest(d / name / AS_OF)
+        if name == "compiled":  # cached next to the model file, with the cache's checksum
+            (cache,) = d.glob("boosted.trees-*.bin")
+            stamp = cache.stat().st_mtime_ns
+            assert cache.with_suffix(".sha256").read_text().strip() == sha256_file(cache)
+    assert cache.stat().st_mtime_ns == stamp  # the second run loaded it
+    # the dev install has lleaves; the setting turns it off
+    assert runs["compiled"]["predictor"] == runs["again"]["predictor"] == "compiled (lleaves 1.3.0)"
+    assert runs["lightgbm"]["predictor"].startswith("lightgbm ")
+    compiled = pd.read_parquet(d / "compiled" / AS_OF / "scores.parquet")
+    plain = pd.read_parquet(d / "lightgbm" / AS_OF / "scores.parquet")
+    assert len(compiled) > 1000 and compiled["customer_id"].equals(plain["customer_id"])
+    np.testing.assert_allclose(compiled["p_churn"], plain["p_churn"], rtol=0, atol=1e-9)
 
 
 def _score_cmd(out: str, *extra: str) -> list[str]:
@@ -214,9 +243,7 @@ def test_score_cli_exports_atomically_and_reruns_byte_identical(setup):
     folder = d / "exports" / AS_OF
     assert folder.is_symlink()
     doc = read_manifest(folder)
-    # the trees were compiled (the dev install has lleaves), cached next to the model file
-    assert doc["predictor"] == "compiled (lleaves 1.3.0)"
-    assert list(Path(doc["model_file"]).parent.glob("*.trees-*.bin"))
+    assert doc["predictor"] == "BG/NBD alone (no trees)"  # what this shop's model chose
     assert set(doc["files"]) == {
         "at_risk.csv",
         "at_risk.parquet",

@@ -408,6 +408,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     @property
     def predictor(self) -> str:
         """Which predictor scores: the compiled trees' or LightGBM's own."""
+        if self.booster_ is None:
+            return "BG/NBD alone (no trees)"
         compiled = getattr(self, "compiled_", None)
         return compiled.label if compiled is not None else f"lightgbm {lgb.__version__}"
 
