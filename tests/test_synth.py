@@ -153,3 +153,94 @@ def test_unhappy_scenario_loses_customers_after_returns():
 def test_unknown_scenario_is_refused_with_the_choices():
     with pytest.raises(UsageError, match="btyd, seasonal, censored"):
         scenario_params("mystery")
+
+
+def _tiny_shop():
+    """Four listed customers, each with one purchase on 2024-03-02 at noon (29.5 days before the as-of);
+    b and d buy again in the window, a and c do not."""
+    ts = pd.Timestamp("2024-03-02 12:00", tz="UTC")
+    rows = [
+        (1, "a", ts, 10.0), (2, "b", ts, 20.0), (3, "c", ts, 30.0), (4, "d", ts, 40.0),
+        (5, "b", ts + pd.Timedelta(days=40), 25.0), (6, "d", ts + pd.Timedelta(days=45), 45.0),
+    ]  # fmt: skip
+    orders = pd.DataFrame(rows, columns=["order_id", "customer_id", "order_ts", "amount"])
+    orders = orders.assign(quantity=1, category="books", channel="web")
+    lists = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "group": ["treatment", "treatment", "control", "control"],
+        }
+    )
+    return orders, lists, pd.Timestamp("2024-04-01", tz="UTC")
+
+
+def test_heterogeneous_campaign_moves_each_kind_as_its_definition_says():
+    from winback.synth import CampaignEffects, campaign_kinds, simulate_campaign
+
+    orders, lists, as_of = _tiny_shop()
+    # every one-order customer is a regular here and last bought 29.5 days ago, at the peak
+    # of the bell: certain persuadables and sleeping dogs
+    certain = CampaignEffects(
+        persuadable=1.0, sleeping_dog=1.0, regular_orders=1, lapse_days=29.5, lapse_width_days=10
+    )
+    kinds = campaign_kinds(orders, lists, as_of, 60, certain).set_index("customer_id")
+    assert kinds["kind"].to_dict() == {
+        "a": "persuadable", "b": "sleeping_dog", "c": "persuadable", "d": "sleeping_dog"
+    }  # fmt: skip
+    assert kinds["true_uplift"].to_dict() == {"a": 1, "b": -1, "c": 1, "d": -1}
+    assert kinds["recency_days"].tolist() == [29.5] * 4 and kinds["n_orders"].tolist() == [1] * 4
+    after, truth = simulate_campaign(orders, lists, as_of, 60, effects=certain)
+    bought = after[after["order_ts"] > as_of].groupby("customer_id")["amount"].sum().to_dict()
+    # a (treated persuadable) buys its median order, 10; b (treated sleeping dog) stays away;
+    # c and d are held out: c still does not buy, d buys its 45 as before
+    assert bought == {"a": 10.0, "d": 45.0}
+    assert truth == {
+        "n_treatment": 2.0,
+        "won_back": 1.0,
+        "pushed_away": 1.0,
+        "incremental_retention": 0.0,  # (1 - 1) / 2
+        "incremental_revenue_per_customer": -7.5,  # (10 - 25) / 2
+    }
+    # nobody moved: lost causes and sure things
+    none = CampaignEffects(persuadable=0.0, sleeping_dog=0.0)
+    kinds = campaign_kinds(orders, lists, as_of, 60, none).set_index("customer_id")["kind"]
+    assert kinds.to_dict() == {
+        "a": "lost_cause", "b": "sure_thing", "c": "lost_cause", "d": "sure_thing"
+    }  # fmt: skip
+    same, truth = simulate_campaign(orders, lists, as_of, 60, effects=none)
+    pd.testing.assert_frame_equal(
+        same, orders.sort_values("order_ts", kind="stable").reset_index(drop=True)
+    )
+    assert truth["incremental_retention"] == 0.0
+    with pytest.raises(UsageError, match="either one uplift or heterogeneous effects"):
+        simulate_campaign(orders, lists, as_of, 60, 0.1, effects=none)
+    with pytest.raises(UsageError, match="sleeping_dog share"):
+        CampaignEffects(sleeping_dog=1.5)
+
+
+def test_heterogeneous_kinds_follow_the_history_they_are_drawn_from():
+    from winback.synth import CampaignEffects, SynthParams, campaign_kinds, generate_orders
+
+    orders = generate_orders(SynthParams(n_customers=20_000, seed=11))
+    as_of = pd.Timestamp("2023-10-01", tz="UTC")
+    last = orders[orders["order_ts"] <= as_of].groupby("customer_id")["order_ts"].max()
+    ids = last.index.astype(str)
+    lists = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "group": ["treatment", "control"] * (len(ids) // 2) + ["control"] * (len(ids) % 2),
+        }
+    )
+    kinds = campaign_kinds(orders, lists, as_of, 60, CampaignEffects())
+    # persuadables only among those who would not buy anyway, sleeping dogs only among buyers
+    assert not kinds.loc[kinds["kind"] == "persuadable", "buys_anyway"].any()
+    assert kinds.loc[kinds["kind"] == "sleeping_dog", "buys_anyway"].all()
+    # the shares follow the chances the history gave: within 4 standard errors
+    for kind, p in (("persuadable", "p_persuadable"), ("sleeping_dog", "p_sleeping_dog")):
+        n, expected = (kinds["kind"] == kind).sum(), kinds[p].sum()
+        assert abs(n - expected) < 4 * (kinds[p] * (1 - kinds[p])).sum() ** 0.5 + 1
+    # regulars lapsed about 90 days are the most persuadable
+    near = kinds["recency_days"].between(60, 120) & (kinds["n_orders"] >= 3)
+    far = kinds["recency_days"] > 300
+    assert kinds.loc[near & ~kinds["buys_anyway"], "p_persuadable"].mean() > 0.4
+    assert kinds.loc[far & ~kinds["buys_anyway"], "p_persuadable"].mean() < 0.05

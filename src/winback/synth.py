@@ -43,6 +43,9 @@ __all__ = [
     "generate_orders",
     "customers_for_orders",
     "simulate_campaign",
+    "CampaignEffects",
+    "CAMPAIGN_KINDS",
+    "campaign_kinds",
 ]
 
 CATEGORIES = ("books", "music", "video", "games", "electronics", "home", "toys", "beauty")
@@ -327,35 +330,142 @@ def customers_for_orders(n_orders: int, params: SynthParams | None = None) -> in
     return max(1, int(round(n_orders / per_customer)))
 
 
+#: The kinds of listed customer a contact meets, by what it does to their buying in the window.
+CAMPAIGN_KINDS = {
+    "persuadable": "would not buy without the contact; buys with it (true uplift +1)",
+    "sure_thing": "buys either way (0)",
+    "lost_cause": "does not buy either way (0)",
+    "sleeping_dog": "would buy without the contact; the contact keeps them away (-1)",
+}
+
+
+@dataclass(frozen=True)
+class CampaignEffects:
+    """Heterogeneous effects of a contact in :func:`simulate_campaign`: who a contact moves,
+    from what their history shows at the as-of (so a model of the features can learn it).
+
+    A listed customer who would not buy in the window is *persuadable* with probability
+    ``persuadable x fit``: ``fit`` is 1 for a regular (at least ``regular_orders`` orders) whose
+    last order was ``lapse_days`` ago, falls off as a bell curve of width ``lapse_width_days``
+    on either side of it, and is a third of that for a customer with fewer orders; otherwise
+    they are a *lost cause*. A listed customer who would buy anyway is a *sleeping dog* (the
+    contact keeps them away) with probability ``sleeping_dog`` for a regular and a fifth of it
+    for the others; otherwise a *sure thing*."""
+
+    persuadable: float = 0.6
+    lapse_days: float = 90.0
+    lapse_width_days: float = 60.0
+    regular_orders: int = 3
+    sleeping_dog: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name in ("persuadable", "sleeping_dog"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise UsageError(f"The {name} share must be in [0, 1]; got {share}.")
+        if self.lapse_width_days <= 0 or self.regular_orders < 1:
+            raise UsageError("lapse_width_days must be > 0 and regular_orders >= 1.")
+
+
+def campaign_kinds(
+    orders: pd.DataFrame,
+    lists: pd.DataFrame,
+    as_of: pd.Timestamp,
+    window_days: int,
+    effects: CampaignEffects,
+    seed: int = 7,
+) -> pd.DataFrame:
+    """Each listed customer's kind (:data:`CAMPAIGN_KINDS`) under ``effects``, the same whether
+    they were treated or held out: ``customer_id, group, n_orders, recency_days,
+    buys_anyway`` (a purchase in ``(as_of, as_of + window_days]`` in ``orders``),
+    ``p_persuadable, p_sleeping_dog`` (the chances their history gave them), ``kind`` and
+    ``true_uplift`` (what a contact does to whether they buy in the window: +1, 0 or -1)."""
+    start, end = _window(as_of, window_days)
+    listed = lists[["customer_id", "group"]].astype({"customer_id": str}).copy()
+    listed = listed.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    cid = orders["customer_id"].astype(str)
+    bought = orders["amount"] > 0
+    before = orders[bought & (orders["order_ts"] <= start)].assign(_c=cid)
+    history = before.groupby("_c")["order_ts"].agg(["count", "max"])
+    history = history.reindex(listed["customer_id"])
+    n_orders = history["count"].fillna(0).to_numpy(dtype=float)
+    recency = ((start - history["max"]).dt.total_seconds() / 86400).to_numpy(dtype=float)
+    in_window = set(cid[bought & (orders["order_ts"] > start) & (orders["order_ts"] <= end)])
+    anyway = listed["customer_id"].isin(in_window).to_numpy()
+    regular = n_orders >= effects.regular_orders
+    bell = np.exp(-0.5 * ((recency - effects.lapse_days) / effects.lapse_width_days) ** 2)
+    fit = np.where(regular, 1.0, 1 / 3) * np.nan_to_num(bell)
+    p_persuade = effects.persuadable * fit
+    p_dog = effects.sleeping_dog * np.where(regular, 1.0, 0.2)
+    u = np.random.default_rng((seed, 1)).random(len(listed))  # apart from the order times
+    kind = np.where(
+        anyway,
+        np.where(u < p_dog, "sleeping_dog", "sure_thing"),
+        np.where(u < p_persuade, "persuadable", "lost_cause"),
+    )
+    uplift = np.select([kind == "persuadable", kind == "sleeping_dog"], [1, -1], 0)
+    return listed.assign(
+        n_orders=n_orders.astype(np.int64),
+        recency_days=recency,
+        buys_anyway=anyway,
+        p_persuadable=np.where(anyway, 0.0, p_persuade),
+        p_sleeping_dog=np.where(anyway, p_dog, 0.0),
+        kind=kind,
+        true_uplift=uplift.astype(np.int64),
+    )
+
+
+def _window(as_of, window_days: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    start = pd.Timestamp(as_of)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    return start, start + pd.Timedelta(days=window_days)
+
+
 def simulate_campaign(
     orders: pd.DataFrame,
     lists: pd.DataFrame,
     as_of: pd.Timestamp,
     window_days: int,
-    uplift: float,
+    uplift: float | None = None,
     seed: int = 7,
+    effects: CampaignEffects | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Apply a known campaign effect to synthetic orders: each treated customer (``group ==
-    'treatment'`` in ``lists``) who placed no order in ``(as_of, as_of + window_days]`` is won back
-    with probability ``uplift`` and buys once in the window, for their median order amount. The
-    control group and everyone else are left alone.
+    """Apply a known campaign effect to synthetic orders; the control group and everyone not
+    listed are left alone.
 
-    Returns the orders with the extra rows (``order_id`` above every existing one) and the truth:
-    ``n_treatment``, ``won_back``, ``incremental_retention`` (won back / treated) and
-    ``incremental_revenue_per_customer`` (their spend / treated).
+    With ``uplift`` (one effect for all): each treated customer (``group == 'treatment'`` in
+    ``lists``) who placed no order in ``(as_of, as_of + window_days]`` is won back with
+    probability ``uplift`` and buys once in the window, for their median order amount.
+
+    With ``effects`` (heterogeneous, :class:`CampaignEffects`): each listed customer has a kind
+    (:func:`campaign_kinds`, with the same ``seed``); treated persuadables buy once in the window
+    as above, and treated sleeping dogs do not place the purchases they would have placed in it.
+
+    Returns the orders with the extra rows (``order_id`` above every existing one; a sleeping
+    dog's window purchases removed) and the truth: ``n_treatment``, ``won_back``,
+    ``pushed_away`` (sleeping dogs who stayed away), ``incremental_retention`` ((won back -
+    pushed away) / treated) and ``incremental_revenue_per_customer`` (their spend, gained less
+    lost, / treated).
     """
-    if not 0.0 <= uplift <= 1.0:
+    if (uplift is None) == (effects is None):
+        raise UsageError("Give the campaign either one uplift or heterogeneous effects.")
+    if uplift is not None and not 0.0 <= uplift <= 1.0:
         raise UsageError(f"The uplift must be a share in [0, 1]; got {uplift}.")
-    start = pd.Timestamp(as_of)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
-    end = start + pd.Timedelta(days=window_days)
+    start, end = _window(as_of, window_days)
     treated = pd.Index(lists.loc[lists["group"] == "treatment", "customer_id"].astype(str))
     cid = orders["customer_id"].astype(str)
     in_window = (orders["order_ts"] > start) & (orders["order_ts"] <= end) & (orders["amount"] > 0)
-    bought = pd.Index(cid[in_window].unique())
-    candidates = treated.difference(bought).sort_values()
     rng = np.random.default_rng(seed)
-    won = candidates[rng.random(len(candidates)) < uplift]
+    if effects is None:
+        bought = pd.Index(cid[in_window].unique())
+        candidates = treated.difference(bought).sort_values()
+        won = candidates[rng.random(len(candidates)) < uplift]
+        away = pd.Index([], dtype=str)
+    else:
+        kinds = campaign_kinds(orders, lists, as_of, window_days, effects, seed)
+        contacted = kinds[kinds["group"] == "treatment"]
+        won = pd.Index(contacted.loc[contacted["kind"] == "persuadable", "customer_id"])
+        away = pd.Index(contacted.loc[contacted["kind"] == "sleeping_dog", "customer_id"])
     history = orders[(orders["order_ts"] <= start) & (orders["amount"] > 0)]
     typical = history.groupby(history["customer_id"].astype(str))["amount"].median()
     first = orders.drop_duplicates("customer_id")  # category and channel of the first order
@@ -366,13 +476,17 @@ def simulate_campaign(
     rows["amount"] = typical.reindex(won).fillna(orders["amount"].median()).round(2).to_numpy()
     rows["quantity"] = 1
     rows["order_id"] = orders["order_id"].max() + 1 + np.arange(len(won))
-    out = pd.concat([orders, rows.reset_index(drop=True)], ignore_index=True)
+    dropped = in_window & cid.isin(away)
+    lost = float(orders.loc[dropped, "amount"].sum())
+    out = pd.concat([orders[~dropped], rows.reset_index(drop=True)], ignore_index=True)
     out = out.sort_values("order_ts", kind="stable").reset_index(drop=True)
     n = len(treated)
+    gained = float(rows["amount"].sum())
     truth = {
         "n_treatment": float(n),
         "won_back": float(len(won)),
-        "incremental_retention": len(won) / n if n else float("nan"),
-        "incremental_revenue_per_customer": float(rows["amount"].sum()) / n if n else float("nan"),
+        "pushed_away": float(len(away)),
+        "incremental_retention": (len(won) - len(away)) / n if n else float("nan"),
+        "incremental_revenue_per_customer": (gained - lost) / n if n else float("nan"),
     }
     return out, truth
