@@ -160,9 +160,22 @@ def test_distributed_scores_equal_duckdb_scores(synth_pair):
     camp = load_config(None).campaigns
     t = datetime(2023, 12, 31)
     a = score_customers(duck, model, t, camp).scores
-    b = score_customers(sprk, model, t, camp).scores
+    on_spark = score_customers(sprk, model, t, camp)
+    b = on_spark.scores
     assert_same(a, b, keys=("customer_id",))
     assert a["p_churn"].between(0, 1).all() and a["p_churn"].nunique() > 10
+    # the snapshot stays on the executors: the driver holds no feature rows, and reads the
+    # full rows of the customers it asks for only
+    assert on_spark.features.empty and on_spark.remote is not None
+    wanted = b["customer_id"].iloc[[3, 1, 4]]
+    rows = on_spark.remote.rows(wanted)
+    assert sorted(rows["customer_id"]) == sorted(wanted) and len(rows.columns) > 50
+    lookback = max(model.lookback_days, 91, camp.reactivation_days)  # as scoring's population
+    full = build_snapshots(duck, [t], 90, lookback, labels=False).set_index("customer_id")
+    got = rows.set_index("customer_id")
+    assert len(got) == 3
+    want = full.loc[got.index, [c for c in got.columns if c != "p_churn"]]
+    assert_same(want.reset_index(), got[want.columns].reset_index(), keys=("customer_id",))
 
 
 def test_master_url_comes_from_the_environment(synth_parquet, tmp_path):

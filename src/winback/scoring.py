@@ -76,6 +76,7 @@ class Scored:
     features: pd.DataFrame
     features_path: Path | None = None
     feature_rows: np.ndarray | None = None
+    remote: _SparkFeatures | None = None
 
     def features_in_blocks(
         self, positions: np.ndarray
@@ -83,6 +84,13 @@ class Scored:
         """The full feature rows of the score rows at ``positions`` (sorted), a block at a
         time: ``(positions of the block, their features)``, at most ``REASON_BLOCK_ROWS`` rows
         from memory, or one Parquet part's customers."""
+        if self.remote is not None:  # kept on the executors: fetched for these customers only
+            for i in range(0, len(positions), REASON_BLOCK_ROWS):
+                at = positions[i : i + REASON_BLOCK_ROWS]
+                ids = self.scores["customer_id"].iloc[at]
+                found = self.remote.rows(ids)
+                yield at, found.iloc[_positions(ids, found["customer_id"])].reset_index(drop=True)
+            return
         if self.features_path is None:
             for i in range(0, len(positions), REASON_BLOCK_ROWS):
                 at = positions[i : i + REASON_BLOCK_ROWS]
@@ -103,6 +111,8 @@ class Scored:
     def medians(self, columns: list[str]) -> dict[str, float]:
         """The median of each feature over every scored customer (NaN left out): what the
         reasons compare a customer with."""
+        if self.remote is not None:
+            return self.remote.medians(columns)
         present = [c for c in columns if c in self.features.columns or self.features_path]
         if self.features_path is None:
             return {c: float(self.features[c].median()) for c in present}
@@ -201,13 +211,17 @@ def score_customers(
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
         return scored
+    remote = None
     if engine.name == "spark":  # features and predictions on the executors
-        snap = _score_on_spark(orders, model, as_of, h, lookback, windows)
+        remote = _score_on_spark(orders, model, as_of, h, lookback, windows, campaigns.value_days)
+        snap = remote.score_inputs()
         p_churn = snap.pop("p_churn").to_numpy()
     else:
         snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
         p_churn = model.predict_proba(snap)[:, 1] if len(snap) else np.empty(0)
     if snap.empty:
+        if remote is not None:
+            remote.close()
         return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
     order = snap["customer_id"].reset_index(drop=True).sort_values(kind="stable").index
     snap = snap.iloc[order].reset_index(drop=True)
@@ -223,7 +237,11 @@ def score_customers(
     finally:
         if duck is not engine:
             duck.con.close()
-    return Scored(out, drift, snap)
+    if remote is None:
+        return Scored(out, drift, snap)
+    scored = Scored(out, drift, pd.DataFrame(), remote=remote)
+    weakref.finalize(scored, remote.close)  # the executors' copy goes with the scores
+    return scored
 
 
 def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> pd.DataFrame:
@@ -398,15 +416,24 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
 
 
 def _score_on_spark(
-    orders, model, as_of: datetime, horizon_days: int, lookback_days: int, windows_days
-) -> pd.DataFrame:
-    """The scoring snapshot at ``as_of`` with ``p_churn``, computed on the executors.
+    orders,
+    model,
+    as_of: datetime,
+    horizon_days: int,
+    lookback_days: int,
+    windows_days,
+    value_days: int,
+) -> _SparkFeatures:
+    """The scoring snapshot at ``as_of`` with ``p_churn``, computed and kept on the executors.
 
     Features and BG/NBD summaries are computed in Spark, BG/NBD is fitted on the driver from a
     sample of the summaries (exactly as on DuckDB); the churn model and the fit are broadcast
-    and applied batch by batch with ``mapInPandas``. Only the scored rows come back to the
-    driver, for list sizing, control groups, reasons and the export.
+    and applied batch by batch with ``mapInPandas``, and the scored snapshot is persisted where
+    it was computed. The driver reads from it only what it asks for: the few columns the score
+    table needs (:meth:`_SparkFeatures.score_inputs`), and the full rows of the listed customers
+    for their reasons (:meth:`_SparkFeatures.rows`).
     """
+    from pyspark import StorageLevel
     from pyspark.sql.types import DoubleType, StructField, StructType
 
     engine = orders.engine()  # a SparkEngine
@@ -426,9 +453,52 @@ def _score_on_spark(
                 out["p_churn"] = churn_model.predict_proba(out)[:, 1]
                 yield out
 
-        scored = engine.query_df_frame(joined.mapInPandas(score, schema))
-    scored.insert(1, "cutoff_ts", pd.Timestamp(as_of, tz="UTC"))
-    return scored
+        scored = joined.mapInPandas(score, schema).persist(StorageLevel.MEMORY_AND_DISK)
+        scored.count()  # computed now, while the source's tables exist
+    return _SparkFeatures(engine, scored, pd.Timestamp(as_of, tz="UTC"), value_days)
+
+
+class _SparkFeatures:
+    """A scored snapshot persisted on Spark's executors (see :func:`_score_on_spark`)."""
+
+    def __init__(self, engine, frame, cutoff: pd.Timestamp, value_days: int):
+        self.engine, self.frame, self.cutoff, self.value_days = engine, frame, cutoff, value_days
+
+    def score_inputs(self) -> pd.DataFrame:
+        """The columns :func:`_score_columns` and the drift figures read, and ``p_churn``, of
+        every scored customer: a dozen of the snapshot's sixty."""
+        v = self.value_days
+        wanted = [
+            "customer_id", "recency_days", "tenure_days", "n_orders", "n_order_days",
+            "monetary_total", "monetary_mean", f"spend_{v}d", f"orders_{v}d",
+            "bgnbd_expected_purchases", *DRIFT_FEATURES, "p_churn",
+        ]  # fmt: skip
+        present = list(dict.fromkeys(c for c in wanted if c in self.frame.columns))
+        return self.engine.query_df_frame(self.frame.select(*present))
+
+    def rows(self, ids: pd.Series) -> pd.DataFrame:
+        """The full snapshot rows of the customers ``ids`` (in any order)."""
+        from pyspark.sql.functions import broadcast
+
+        wanted = self.engine.spark.createDataFrame(
+            pd.DataFrame({"customer_id": ids.astype(str).to_numpy(dtype=object)})
+        )
+        found = self.engine.query_df_frame(self.frame.join(broadcast(wanted), "customer_id"))
+        found.insert(1, "cutoff_ts", self.cutoff)
+        return found
+
+    def medians(self, columns: list[str]) -> dict[str, float]:
+        """The median of each column over every scored customer (missing values left out)."""
+        present = [c for c in columns if c in self.frame.columns]
+        if not present:
+            return {}
+        row = self.frame.selectExpr(
+            *(f"percentile(`{c}`, 0.5) FILTER (WHERE NOT isnan(`{c}`)) AS `{c}`" for c in present)
+        ).collect()[0]
+        return {c: float(row[c]) for c in present if row[c] is not None}
+
+    def close(self) -> None:
+        self.frame.unpersist()
 
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
@@ -449,15 +519,26 @@ def add_reasons(
     listed = np.flatnonzero(on_a_list)
     if method == "auto":
         method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
-    said = np.full(len(ids), None, dtype=object)
+    import pyarrow as pa
+
+    # each block's sentences as Arrow text (a Python string object per customer would hold
+    # several times the memory), and for every score row the block row that explains it
+    blocks, which = [], np.full(len(ids), -1, dtype=np.int64)
     population = scored.medians(list(REASON_REFERENCES))
+    done = 0
     for at, feats in scored.features_in_blocks(listed):  # a block at a time: bounded memory
         text = reasons(model.contributions(feats, method), feats, population=population)
-        said[at] = text.to_numpy()
-    scored.scores["reasons"] = pd.array(said, dtype="string")
+        blocks.append(pa.array(text, type=pa.large_string(), from_pandas=True))
+        which[at] = np.arange(done, done + len(at))
+        done += len(at)
+    said = pa.concat_arrays(blocks) if blocks else pa.array([], type=pa.large_string())
+
+    def reasons_of(rows: np.ndarray):
+        return pd.array(said.take(pa.array(rows, mask=rows < 0)), dtype="string")
+
+    scored.scores["reasons"] = reasons_of(which)
     return {
-        name: frame.assign(reasons=pd.array(said[where[name]], dtype="string"))
-        for name, frame in lists.items()
+        name: frame.assign(reasons=reasons_of(which[where[name]])) for name, frame in lists.items()
     }
 
 
