@@ -707,3 +707,29 @@ def test_the_score_job_tells_its_stages_to_a_hook(setup, tmp_path):
     peaks = [s.peak_rss_mb for s in told]
     assert peaks == sorted(peaks) and peaks[0] > 50  # the process's peak so far, in MB
     assert (res.folder / "manifest.json").is_file()
+
+
+def test_score_sizes_lists_with_learned_save_rates_and_says_so(setup, tmp_path):
+    d, _, _ = setup
+    row = {
+        "n_campaigns": 3, "n_treatment": 900, "n_control": 800, "prior": 0.1,
+        "save_rate": 0.4, "save_rate_lo": 0.3, "save_rate_hi": 0.5, "weight": 0.9,
+    }  # fmt: skip
+    learned = tmp_path / "learned.json"
+    learned.write_text(
+        json.dumps({"learned_at": "2024-01-05T00:00:00+00:00", "groups": {"repeat_buyers": row}})
+    )
+    r = _score(d, "--set", f"campaigns.learned={learned}", out=str(tmp_path / "x"))
+    assert r.returncode == 0, r.stderr
+    groups = read_manifest(tmp_path / "x" / AS_OF)["sizing"]["groups"]
+    assert groups["repeat_buyers"]["save_rate"] == 0.4
+    assert groups["repeat_buyers"]["save_rate_source"].startswith(
+        f"learned: {learned} (2024-01-05), 3 campaign(s)"
+    )
+    assert groups["one_time_buyers"]["save_rate"] == 0.08
+    assert "learned nothing about this group" in groups["one_time_buyers"]["save_rate_source"]
+    assert "learned: " in (tmp_path / "x" / AS_OF / "README.txt").read_text()
+    # a learned file that is not there stops the job before any work
+    bad = _score(d, "--set", f"campaigns.learned={tmp_path / 'gone.json'}", out=str(tmp_path / "y"))
+    assert bad.returncode == 1 and "run 'winback learn' first" in bad.stderr
+    assert not (tmp_path / "y").exists()

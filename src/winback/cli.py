@@ -811,6 +811,86 @@ def measure(
         _say(f"MLflow run {res.run_id}")
 
 
+@app.command(epilog=EXIT_CODES)
+def learn(
+    exports: Annotated[
+        Path,
+        typer.Option(
+            "--exports", metavar="DIR", help="The exports folder 'winback score' writes to."
+        ),
+    ],
+    orders_path: Annotated[
+        str | None,
+        typer.Option("--orders", metavar="PATH", help="Orders, including those placed since."),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", metavar="FILE", help="Where learned.json goes."),
+    ] = Path("learned.json"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print learned.json instead of a table.")
+    ] = False,
+    track: TrackOpt = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn each campaign group's save rate from past campaigns.
+
+    Reads every export under --exports whose outcome window (its horizon) has passed in the
+    orders, and compares, per campaign group and pooled over campaigns, the share of treated
+    and held-out customers who bought: the save rate is the share of the control's churners a
+    contact kept, (treatment - control) / (1 - control), with a 95% interval. It is shrunk
+    towards the group's save_rate in the config (a normal prior with standard deviation
+    campaigns.learn_prior_sd), so a few held-out customers barely move it and thousands decide
+    it. Writes learned.json and logs an MLflow run; set campaigns.learned to that file and
+    score sizes the lists with the learned rates.
+    """
+    _verbose(verbose)
+    from winback.jobs import check_tracking, learn_job
+
+    cfg = _config(config, set_)
+    _check_out(out, file=True)
+    if track:
+        check_tracking(cfg)
+    orders = _load(orders_path, cfg, None)
+    with _progress("learning from past campaigns"):
+        res = learn_job(orders, cfg, exports, out=out, track=track)
+    doc = res.document
+    run_log.counts |= {
+        "exports": len(doc["exports"]),
+        "skipped": len(doc["skipped"]),
+        "learned": str(out),
+    }
+    if as_json:
+        _say(json.dumps(doc, indent=2))
+        return
+    _say(
+        f"learned from {len(doc['exports'])} campaign(s) whose window has passed"
+        + (f"; {len(doc['skipped'])} still running" if doc["skipped"] else "")
+    )
+    for s in doc["skipped"]:
+        _say(f"  skipped {s['export']}: {s['why']}")
+    _say(
+        f"  {'group':<16} {'campaigns':>9} {'treated':>8} {'control':>8} "
+        f"{'observed (se)':>16} {'prior':>6} {'learned [95% interval]':>26}"
+    )
+    for row in res.table.itertuples():
+        seen = (
+            "-"
+            if math.isnan(row.save_rate_observed)
+            else f"{row.save_rate_observed:.3f} ({row.save_rate_observed_se:.3f})"
+        )
+        _say(
+            f"  {row.campaign:<16} {row.n_campaigns:>9} {row.n_treatment:>8,} "
+            f"{row.n_control:>8,} {seen:>16} {row.prior:>6.3f} "
+            f"{row.save_rate:>8.3f} [{row.save_rate_lo:.3f}, {row.save_rate_hi:.3f}]"
+        )
+    _say(f"wrote {out}; set campaigns.learned to it to size the lists with these rates")
+    if res.run_id:
+        _say(f"MLflow run {res.run_id}")
+
+
 def _echo_readout(r) -> None:
     _say(
         f"campaign of {r.as_of:%Y-%m-%d}: outcomes over {r.window_days} days "

@@ -383,6 +383,18 @@ class CampaignsConfig(_Section):
     reasons_method: Literal["auto", "shap", "path"] = Field(
         "auto", description="Contributions behind reasons; auto: shap up to 50k listed customers."
     )
+    learned: str | None = Field(
+        None,
+        description="learned.json written by 'winback learn': its save rates size the lists "
+        "instead of the groups' own (null: the groups' save_rate).",
+    )
+    learn_prior_sd: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="How far 'winback learn' believes a group's save rate may be from its "
+        "save_rate (the prior's standard deviation): smaller trusts the config longer.",
+    )
 
 
 class DriftConfig(_Section):
@@ -520,6 +532,7 @@ PATH_SETTINGS = (
     ("orders", "source"),
     ("campaigns", "contact_history"),
     ("campaigns", "opt_out"),
+    ("campaigns", "learned"),
     ("report", "exports_dir"),
     ("engine", "temp_directory"),
     ("models_dir",),

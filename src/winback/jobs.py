@@ -24,7 +24,7 @@ from winback.backtest import BacktestResult, run_backtest, write_backtest
 from winback.campaigns import suppressed
 from winback.config import Config
 from winback.cutoffs import training_cutoffs
-from winback.errors import DataError
+from winback.errors import DataError, UsageError
 from winback.export import (
     export_lists,
     list_exports,
@@ -450,6 +450,7 @@ def score_job(
     atomically).
     """
     t0 = time.perf_counter()
+    cfg, rate_sources = learned_save_rates(cfg)  # before any work: a bad file fails at once
     stage = _Stages(on_stage)
     with stage("model"):
         ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
@@ -522,7 +523,7 @@ def score_job(
                 "extrapolated_listed": {
                     name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
                 },
-                "sizing": sizing_record(cfg),
+                "sizing": sizing_record(cfg, rate_sources),
                 "previous_export": prev.name if prev else None,
                 "drift_psi": {k: round(v, 6) for k, v in drift.items()},
                 "drift_forced": forced,
@@ -590,8 +591,9 @@ def _suppressions(scores: pd.DataFrame, camp, as_of: datetime) -> pd.Series:
     )
 
 
-def sizing_record(cfg: Config) -> dict:
-    """What the list sizing assumed, for the manifest and the export's README.txt."""
+def sizing_record(cfg: Config, sources: dict[str, str] | None = None) -> dict:
+    """What the list sizing assumed, for the manifest and the export's README.txt; ``sources``
+    says where each group's save rate came from (:func:`learned_save_rates`)."""
     camp = cfg.campaigns
     gain = (
         "expected_gain = p_churn x save_rate x value - contact_cost - offer_cost x (1 - p_churn "
@@ -616,7 +618,9 @@ def sizing_record(cfg: Config) -> dict:
             g.name: {
                 "list": g.list,
                 "save_rate": g.save_rate,
-                "save_rate_source": "campaigns.groups in the config: an assumption",
+                "save_rate_source": (sources or {}).get(
+                    g.name, "campaigns.groups in the config: an assumption"
+                ),
                 "contact_cost": g.contact_cost,
                 "offer_cost": g.offer_cost,
                 "capacity": g.capacity,
@@ -852,6 +856,173 @@ def write_readout(readout: Readout, out: Path) -> list[Path]:
     with atomic_path(files[2]) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return files
+
+
+@dataclass
+class LearnResult:
+    table: pd.DataFrame  # winback.learn.SAVE_RATE_COLUMNS, one row per campaign group
+    document: dict  # what learned.json holds
+    path: Path | None = None
+    run_id: str | None = None
+
+
+def learn_job(
+    orders: Orders,
+    cfg: Config,
+    exports: Path,
+    *,
+    out: Path | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+) -> LearnResult:
+    """Learn each campaign group's save rate from the past exports under ``exports``.
+
+    Every export (``EXPORTS/<as-of>``) whose outcome window (the horizon its manifest records)
+    has fully passed in ``orders`` counts: its listed customers, treated and held out, and
+    whether each bought in ``(as-of, as-of + window]``. Exports whose window is still running are
+    skipped and named. The rates are pooled over campaigns and shrunk towards the groups'
+    ``save_rate`` (:func:`winback.learn.save_rates`, prior standard deviation
+    ``campaigns.learn_prior_sd``). Writes ``out`` (learned.json) atomically and, with ``track``,
+    logs an MLflow run."""
+    from winback.learn import save_rates
+
+    folders = list_exports(exports)
+    if not folders:
+        raise UsageError(
+            f"{exports} holds no exports written by 'winback score'; pass the folder score "
+            "writes to (its --out)."
+        )
+    last = orders.last_ts
+    frames, used, skipped = [], [], []
+    for folder in folders:
+        lists, manifest = load_export(folder)
+        as_of = datetime.fromisoformat(str(manifest["as_of"])).replace(tzinfo=None)
+        window = int(manifest.get("horizon_days") or cfg.labels.horizon_days)
+        end = as_of + timedelta(days=window)
+        if last is None or last < end:
+            skipped.append(
+                {
+                    "export": folder.name,
+                    "why": f"its {window}-day outcome window runs to {end:%Y-%m-%d} and the "
+                    f"orders end at {last:%Y-%m-%d}"
+                    if last
+                    else "no orders",
+                }
+            )
+            continue
+        outcomes = customer_outcomes(orders, lists["customer_id"], as_of, end)
+        rows = lists.merge(outcomes[["customer_id", "bought"]], on="customer_id", how="left")
+        frames.append(rows.assign(export=folder.name)[["campaign", "export", "group", "bought"]])
+        used.append(
+            {
+                "export": folder.name,
+                "as_of": f"{as_of:%Y-%m-%d}",
+                "window_days": window,
+                "treatment": int((lists["group"] == "treatment").sum()),
+                "control": int((lists["group"] == "control").sum()),
+            }
+        )
+    outcomes = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["campaign", "export", "group", "bought"])
+    )
+    priors = {g.name: g.save_rate for g in cfg.campaigns.groups}
+    table = save_rates(outcomes, priors, cfg.campaigns.learn_prior_sd)
+    doc = {
+        "learned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exports_dir": str(exports),
+        "orders_end": last.isoformat() if last else None,
+        "prior_sd": cfg.campaigns.learn_prior_sd,
+        "method": "save rate = (retention of treatment - retention of control) / (1 - "
+        "retention of control) among each group's listed customers, pooled over the campaigns "
+        "whose window has passed; delta-method variance v; learned = w x observed + (1 - w) x "
+        "prior, w = prior_sd^2 / (prior_sd^2 + v), 95% interval learned +- 1.96 sqrt(w v)",
+        "exports": used,
+        "skipped": skipped,
+        "groups": {
+            row["campaign"]: {k: _plain(v) for k, v in row.items() if k != "campaign"}
+            for row in table.to_dict(orient="records")
+        },
+    }
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2))
+    run_id = None
+    if track:
+        from winback.tracking import log_measure
+
+        metrics = {
+            f"{row['campaign']}.{k}": float(v)
+            for row in table.to_dict(orient="records")
+            for k, v in row.items()
+            if k != "campaign"
+        }
+        params = {
+            "exports": str(exports),
+            "exports_learned_from": len(used),
+            "exports_skipped": len(skipped),
+            "prior_sd": cfg.campaigns.learn_prior_sd,
+        }
+        files = [out] if out is not None else []
+        run_id = log_measure(
+            _store(cfg, tracking_uri),
+            cfg.tracking.experiment,
+            params,
+            metrics,
+            files,
+            orders.fingerprint(),
+            kind="learn",
+        )
+    return LearnResult(table, doc, out, run_id)
+
+
+def _plain(v):
+    """A JSON value: NaN as null, numpy numbers as Python's."""
+    if isinstance(v, float) and v != v:
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def learned_save_rates(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """``cfg`` with the save rates of ``campaigns.learned`` (learned.json) in place of the
+    groups' own, and where each group's rate came from (for the manifest). A learned rate
+    below 0 (contact kept more customers away than it won) counts as 0; a group the file
+    learned nothing about keeps its own."""
+    camp = cfg.campaigns
+    assumed = "campaigns.groups in the config: an assumption"
+    if camp.learned is None:
+        return cfg, {g.name: assumed for g in camp.groups}
+    path = Path(camp.learned)
+    try:
+        doc = json.loads(path.read_text())
+        learned = doc["groups"]
+    except FileNotFoundError:
+        raise DataError(
+            f"campaigns.learned names {path}, which does not exist: run 'winback learn' first, "
+            "or set campaigns.learned to null."
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"campaigns.learned: {path} is not a learned.json written by 'winback learn' "
+            f"({type(exc).__name__}: {exc}); run 'winback learn' again."
+        ) from None
+    groups, sources = [], {}
+    for g in camp.groups:
+        row = learned.get(g.name)
+        if not row or not row.get("weight"):
+            groups.append(g)
+            sources[g.name] = f"{assumed} ({path.name} learned nothing about this group)"
+            continue
+        rate = min(max(float(row["save_rate"]), 0.0), 1.0)
+        groups.append(g.model_copy(update={"save_rate": rate}))
+        sources[g.name] = (
+            f"learned: {path} ({doc.get('learned_at', '?')[:10]}), {row['n_campaigns']} "
+            f"campaign(s), {row['n_treatment']} treated and {row['n_control']} held out; "
+            f"95% interval [{row['save_rate_lo']:.3f}, {row['save_rate_hi']:.3f}], prior "
+            f"{row['prior']}"
+        )
+    return cfg.model_copy(update={"campaigns": camp.model_copy(update={"groups": groups})}), sources
 
 
 @dataclass

@@ -436,10 +436,12 @@ def log_measure(
     metrics: dict[str, float],
     files: Iterable[Path],
     fingerprint: dict[str, Any] | None = None,
+    kind: str = "measure",
 ) -> str:
-    """Log a campaign readout as a run of its own; return its run id."""
+    """Log a campaign readout (or, with ``kind='learn'``, what past campaigns taught) as a run
+    of its own; return its run id."""
     mlflow = _mlflow(uri, experiment)
-    with mlflow.start_run(run_name=f"measure {params.get('as_of', '')}".strip()) as run:
-        _log_common(mlflow, params, {}, files, fingerprint, "measure")
+    with mlflow.start_run(run_name=f"{kind} {params.get('as_of', '')}".strip()) as run:
+        _log_common(mlflow, params, {}, files, fingerprint, kind)
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN is not logged
         return run.info.run_id
