@@ -224,3 +224,21 @@ def test_a_missing_learned_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="is not a learned.json"):
         learned_save_rates(load_config(None, [f"campaigns.learned={tmp_path / 'bad.json'}"]))
+
+
+def test_groups_the_config_does_not_know_are_named_not_learned(history):
+    from tests.conftest import orders_of
+    from winback.config import load_config
+    from winback.jobs import learn_job
+
+    d, world = history
+    cfg = load_config(None)
+    kept = [g for g in cfg.campaigns.groups if g.name != "one_time_buyers"]
+    cfg = cfg.model_copy(update={"campaigns": cfg.campaigns.model_copy(update={"groups": kept})})
+    res = learn_job(orders_of(world), cfg, d / "exports", track=False)
+    assert "one_time_buyers" not in res.document["groups"]
+    assert res.document["warnings"] == [
+        "Campaign group(s) ['one_time_buyers'] of the exports are not in campaigns.groups of "
+        "the config: nothing is learned for them (add them to the config to learn their rate)."
+    ]
+    assert res.document["groups"]["repeat_buyers"]["n_campaigns"] == 2 and res.path is None

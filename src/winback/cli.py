@@ -871,6 +871,8 @@ def learn(
     )
     for s in doc["skipped"]:
         _say(f"  skipped {s['export']}: {s['why']}")
+    for w in doc["warnings"]:
+        log.warning("warning: %s", w)
     _say(
         f"  {'group':<16} {'campaigns':>9} {'treated':>8} {'control':>8} "
         f"{'observed (se)':>16} {'prior':>6} {'learned [95% interval]':>26}"

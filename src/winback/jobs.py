@@ -929,6 +929,15 @@ def learn_job(
     )
     priors = {g.name: g.save_rate for g in cfg.campaigns.groups}
     table = save_rates(outcomes, priors, cfg.campaigns.learn_prior_sd)
+    unknown = sorted(set(outcomes["campaign"].dropna().astype(str)) - set(priors))
+    warnings = (
+        [
+            f"Campaign group(s) {unknown} of the exports are not in campaigns.groups of the "
+            "config: nothing is learned for them (add them to the config to learn their rate)."
+        ]
+        if unknown
+        else []
+    )
     doc = {
         "learned_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "exports_dir": str(exports),
@@ -940,6 +949,7 @@ def learn_job(
         "prior, w = prior_sd^2 / (prior_sd^2 + v), 95% interval learned +- 1.96 sqrt(w v)",
         "exports": used,
         "skipped": skipped,
+        "warnings": warnings,
         "groups": {
             row["campaign"]: {k: _plain(v) for k, v in row.items() if k != "campaign"}
             for row in table.to_dict(orient="records")
