@@ -132,6 +132,9 @@ def history(tmp_path_factory):
         listed["campaign"] = np.where(np.arange(len(ids)) % 2, "repeat_buyers", "one_time_buyers")
         flags = control_flags(listed["customer_id"], day, "test", 0.5)
         listed["group"] = np.where(flags, "control", "treatment")
+        # a risk score to compare the uplift model's ranking with: the longer since the last
+        # order, the riskier
+        listed["p_churn"] = ((t - last.loc[ids]).dt.days / 180).clip(0, 1).to_numpy()
         manifest = {"as_of": t.tz_localize(None).isoformat(), "horizon_days": 60}
         export_lists(d / "exports", day, {"at_risk": listed}, listed, manifest)
         if k < 2:
@@ -170,6 +173,7 @@ def test_learn_cli_pools_finished_campaigns_and_score_sizes_with_what_it_learned
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "learned from 2 campaign(s)" in r.stdout and "skipped 2023-12-15" in r.stdout
+    assert "uplift model: trained on 1 campaign(s), judged on 2023-09-30: Qini " in r.stdout
     doc = json.loads((tmp_path / "learned.json").read_text())
     assert [e["export"] for e in doc["exports"]] == list(CAMPAIGNS[:2])
     assert "runs to 2024-02-13" in doc["skipped"][0]["why"]
@@ -187,6 +191,20 @@ def test_learn_cli_pools_finished_campaigns_and_score_sizes_with_what_it_learned
         assert row["prior"] == prior and row["weight"] > 0.9
         assert prior < row["save_rate"] < row["save_rate_observed"]
     assert doc["groups"]["high_spenders"]["n_campaigns"] == 0  # nothing learnt: the prior stays
+    # the uplift model learns from the earlier campaign and is judged on the later one only
+    up = doc["uplift"]
+    assert up["evaluated"] and up["trained_on"] == ["2023-06-30"]
+    assert up["evaluated_on"] == "2023-09-30"
+    first, second = doc["exports"]
+    assert up["customers"] == {
+        "trained": first["treatment"] + first["control"],
+        "evaluated": second["treatment"] + second["control"],
+    }
+    model, risk = up["rankings"]["model"], up["rankings"]["p_churn"]
+    for r in (model, risk):
+        assert r["qini_lo"] <= r["qini"] <= r["qini_hi"]
+        assert r["uplift_10_lo"] <= r["uplift_10"] <= r["uplift_10_hi"]
+    assert up["beats_p_churn"] == (model["qini_lo"] > risk["qini"])
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -242,3 +260,17 @@ def test_groups_the_config_does_not_know_are_named_not_learned(history):
         "the config: nothing is learned for them (add them to the config to learn their rate)."
     ]
     assert res.document["groups"]["repeat_buyers"]["n_campaigns"] == 2 and res.path is None
+
+
+def test_an_uplift_model_is_not_judged_without_a_later_campaign(history):
+    from tests.conftest import orders_of
+    from winback.config import load_config
+    from winback.jobs import _evaluate_uplift
+
+    _, world = history
+    got = _evaluate_uplift(orders_of(world), load_config(None), [("x", None, 60)], [None])
+    assert got == {
+        "evaluated": False,
+        "why": "1 campaign(s) whose window has passed: an uplift model needs at least one to "
+        "learn from and a later one to be judged on",
+    }

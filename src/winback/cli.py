@@ -888,6 +888,19 @@ def learn(
             f"{row.n_control:>8,} {seen:>16} {row.prior:>6.3f} "
             f"{row.save_rate:>8.3f} [{row.save_rate_lo:.3f}, {row.save_rate_hi:.3f}]"
         )
+    up = doc["uplift"]
+    if not up["evaluated"]:
+        _say(f"uplift model: not judged ({up['why']})")
+    else:
+        r = up["rankings"]
+        line = (
+            f"uplift model: trained on {len(up['trained_on'])} campaign(s), judged on "
+            f"{up['evaluated_on']}: Qini {r['model']['qini']:.4f} "
+            f"[{r['model']['qini_lo']:.4f}, {r['model']['qini_hi']:.4f}]"
+        )
+        if "p_churn" in r:
+            line += f", ranking by p_churn {r['p_churn']['qini']:.4f}"
+        _say(f"{line}; {up['why']}")
     _say(f"wrote {out}; set campaigns.learned to it to size the lists with these rates")
     if res.run_id:
         _say(f"MLflow run {res.run_id}")
