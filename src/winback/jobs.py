@@ -780,19 +780,26 @@ def measure_job(
     return MeasureResult(readout, files, run_id)
 
 
-def readout_export(
-    orders: Orders, cfg: Config, export: Path, *, window_days: int | None = None
-) -> Readout:
-    """The campaign readout of one export (see :mod:`winback.measure`)."""
-    lists, manifest = load_export(export)
+def campaign_window(manifest: dict, cfg: Config, window_days: int | None = None):
+    """An export's as-of and its outcome window in days: ``window_days`` when asked for, else
+    ``measure.window_days``, else the campaign's own horizon (recorded by score), else
+    ``labels.horizon_days``."""
     as_of = datetime.fromisoformat(str(manifest["as_of"])).replace(tzinfo=None)
-    # the campaign's own horizon (recorded by score), unless a window is asked for
     window = int(
         window_days
         or cfg.measure.window_days
         or manifest.get("horizon_days")
         or cfg.labels.horizon_days
     )
+    return as_of, window
+
+
+def readout_export(
+    orders: Orders, cfg: Config, export: Path, *, window_days: int | None = None
+) -> Readout:
+    """The campaign readout of one export (see :mod:`winback.measure`)."""
+    lists, manifest = load_export(export)
+    as_of, window = campaign_window(manifest, cfg, window_days)
     end = as_of + timedelta(days=window)
     last = orders.last_ts
     if last is None or last <= as_of:
@@ -877,10 +884,10 @@ def learn_job(
 ) -> LearnResult:
     """Learn each campaign group's save rate from the past exports under ``exports``.
 
-    Every export (``EXPORTS/<as-of>``) whose outcome window (the horizon its manifest records)
-    has fully passed in ``orders`` counts: its listed customers, treated and held out, and
-    whether each bought in ``(as-of, as-of + window]``. Exports whose window is still running are
-    skipped and named. The rates are pooled over campaigns and shrunk towards the groups'
+    Every export (``EXPORTS/<as-of>``) whose outcome window (:func:`campaign_window`, as
+    ``measure`` reads it) has fully passed in ``orders`` counts: its listed customers, treated
+    and held out, and whether each bought in ``(as-of, as-of + window]``. Exports whose window
+    is still running are skipped and named. The rates are pooled over campaigns and shrunk towards the groups'
     ``save_rate`` (:func:`winback.learn.save_rates`, prior standard deviation
     ``campaigns.learn_prior_sd``). Writes ``out`` (learned.json) atomically and, with ``track``,
     logs an MLflow run."""
@@ -896,8 +903,7 @@ def learn_job(
     frames, used, skipped, finished = [], [], [], []
     for folder in folders:
         lists, manifest = load_export(folder)
-        as_of = datetime.fromisoformat(str(manifest["as_of"])).replace(tzinfo=None)
-        window = int(manifest.get("horizon_days") or cfg.labels.horizon_days)
+        as_of, window = campaign_window(manifest, cfg)
         end = as_of + timedelta(days=window)
         if last is None or last < end:
             skipped.append(
