@@ -887,10 +887,10 @@ def learn_job(
     Every export (``EXPORTS/<as-of>``) whose outcome window (:func:`campaign_window`, as
     ``measure`` reads it) has fully passed in ``orders`` counts: its listed customers, treated
     and held out, and whether each bought in ``(as-of, as-of + window]``. Exports whose window
-    is still running are skipped and named. The rates are pooled over campaigns and shrunk towards the groups'
-    ``save_rate`` (:func:`winback.learn.save_rates`, prior standard deviation
-    ``campaigns.learn_prior_sd``). Writes ``out`` (learned.json) atomically and, with ``track``,
-    logs an MLflow run."""
+    is still running are skipped and named. The rates are pooled over campaigns and shrunk
+    towards the groups' ``save_rate`` (:func:`winback.learn.save_rates`, prior standard
+    deviation ``campaigns.learn_prior_sd``). Writes ``out`` (learned.json) atomically and,
+    with ``track``, logs an MLflow run."""
     from winback.learn import save_rates
 
     folders = list_exports(exports)
