@@ -498,7 +498,9 @@ class _SparkFeatures:
         return {c: float(row[c]) for c in present if row[c] is not None}
 
     def close(self) -> None:
-        self.frame.unpersist()
+        # at exit the session may already be gone, and its cache with it
+        with contextlib.suppress(Exception):
+            self.frame.unpersist()
 
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
