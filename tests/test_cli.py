@@ -139,6 +139,15 @@ def test_demo_runs_end_to_end(tmp_path):
     for folder in folders:
         assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
     assert "recovered within the 95% interval" in stdout
+    # the loop closes: save rates learned from the campaign size tonight's lists
+    learned = json.loads((demo / "learned.json").read_text())
+    assert [e["export"] for e in learned["exports"]] == ["2024-11-30"]
+    taught = [g for g, row in learned["groups"].items() if row["weight"]]
+    assert taught and all(f"    {g}: save rate " in stdout for g in taught)
+    sizing = json.loads((folders[1] / "manifest.json").read_text())["sizing"]["groups"]
+    for g in taught:
+        assert sizing[g]["save_rate_source"].startswith("learned: ")
+        assert sizing[g]["save_rate"] == pytest.approx(max(learned["groups"][g]["save_rate"], 0))
     readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
     assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
     # every table and plot of the report fits a 1280-pixel browser window

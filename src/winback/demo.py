@@ -26,6 +26,7 @@ from winback.jobs import (
     ScoreResult,
     backtest_job,
     connect_duckdb,
+    learn_job,
     measure_job,
     report_job,
     score_job,
@@ -179,12 +180,33 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
         world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_duckdb(cfg)
     )
 
-    say("line", f"9/11 measure the campaign: treatment against control over {horizon} days")
+    say(
+        "line",
+        f"9/11 measure the campaign: treatment against control over {horizon} days; learn "
+        "each group's save rate from it",
+    )
     measured = measure_job(
         orders, prod, sent.folder, window_days=horizon, out=out / "reports" / "measure"
     )
     say("readout", measured.readout)
     say("line", "    " + recovery(measured.readout, truth["incremental_retention"]))
+    learned = learn_job(orders, prod, exports, out=out / "learned.json")
+    for row in learned.table.itertuples():
+        if not row.n_campaigns:
+            continue
+        if row.weight:  # the simulated save rate is the share of would-be churners won back
+            say(
+                "line",
+                f"    {row.campaign}: save rate {row.save_rate:.3f} [{row.save_rate_lo:.3f}, "
+                f"{row.save_rate_hi:.3f}] learned from {row.n_control:,} held out (observed "
+                f"{row.save_rate_observed:.3f}, assumed {row.prior:.3f}, true {uplift:.3f})",
+            )
+        else:
+            say("line", f"    {row.campaign}: no one held out; the assumed {row.prior:.3f} stays")
+    say("line", f"    -> {learned.path}; tonight's lists are sized with these rates")
+    prod = prod.model_copy(
+        update={"campaigns": prod.campaigns.model_copy(update={"learned": str(learned.path)})}
+    )
 
     say("line", f"10/11 train the production model as of {last:%Y-%m-%d}, register it, score")
     res = train_job(orders, prod, last)
