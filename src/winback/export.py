@@ -40,6 +40,7 @@ __all__ = [
     "plain_columns",
     "list_files",
     "read_lists",
+    "list_parquet_files",
     "for_people",
     "readme_text",
     "CSV_DECIMALS",
@@ -268,20 +269,29 @@ def list_files(lists: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return files
 
 
+def list_parquet_files(export_dir: Path) -> dict[str, list[Path]]:
+    """The Parquet files of each list of an export: its treatment file, then its control file
+    (as :func:`list_files` split them); lists without a file are left out."""
+    found = {}
+    for name in ("at_risk", "lapsed"):
+        files = [
+            f
+            for f in (export_dir / f"{name}.parquet", export_dir / f"{name}_control.parquet")
+            if f.is_file()
+        ]
+        if files:
+            found[name] = files
+    return found
+
+
 def read_lists(export_dir: Path, columns: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The lists of an export, each with its treatment and control rows together (as
     :func:`list_files` split them), the list's own order kept. Lists without a file are left
     out."""
-    found = {}
-    for name in ("at_risk", "lapsed"):
-        parts = [
-            pd.read_parquet(f, columns=columns)
-            for f in (export_dir / f"{name}.parquet", export_dir / f"{name}_control.parquet")
-            if f.is_file()
-        ]
-        if parts:
-            found[name] = pd.concat(parts, ignore_index=True)
-    return found
+    return {
+        name: pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
+        for name, files in list_parquet_files(export_dir).items()
+    }
 
 
 def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:

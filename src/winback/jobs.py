@@ -28,6 +28,7 @@ from winback.errors import DataError, UsageError
 from winback.export import (
     export_lists,
     list_exports,
+    list_parquet_files,
     previous_export,
     read_lists,
     readme_text,
@@ -1003,15 +1004,10 @@ def _p_churn_of(folder: Path) -> pd.DataFrame | None:
     not carry ``p_churn``."""
     import pyarrow.parquet as pq
 
-    files = [
-        f
-        for name in ("at_risk", "lapsed")
-        for f in (folder / f"{name}.parquet", folder / f"{name}_control.parquet")
-        if f.is_file()
-    ]
+    files = [f for found in list_parquet_files(folder).values() for f in found]
     if not files or any("p_churn" not in pq.read_schema(f).names for f in files):
         return None
-    found = pd.concat([pd.read_parquet(f, columns=["customer_id", "p_churn"]) for f in files])
+    found = pd.concat(read_lists(folder, ["customer_id", "p_churn"]).values())
     return found.astype({"customer_id": str}).drop_duplicates("customer_id")
 
 
