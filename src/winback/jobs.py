@@ -592,6 +592,10 @@ def _suppressions(scores: pd.DataFrame, camp, as_of: datetime) -> pd.Series:
     )
 
 
+#: Where a group's save rate comes from when nothing was learned about it.
+ASSUMED_SAVE_RATE = "campaigns.groups in the config: an assumption"
+
+
 def sizing_record(cfg: Config, sources: dict[str, str] | None = None) -> dict:
     """What the list sizing assumed, for the manifest and the export's README.txt; ``sources``
     says where each group's save rate came from (:func:`learned_save_rates`)."""
@@ -619,9 +623,7 @@ def sizing_record(cfg: Config, sources: dict[str, str] | None = None) -> dict:
             g.name: {
                 "list": g.list,
                 "save_rate": g.save_rate,
-                "save_rate_source": (sources or {}).get(
-                    g.name, "campaigns.groups in the config: an assumption"
-                ),
+                "save_rate_source": (sources or {}).get(g.name, ASSUMED_SAVE_RATE),
                 "contact_cost": g.contact_cost,
                 "offer_cost": g.offer_cost,
                 "capacity": g.capacity,
@@ -1081,9 +1083,8 @@ def learned_save_rates(cfg: Config) -> tuple[Config, dict[str, str]]:
     below 0 (contact kept more customers away than it won) counts as 0; a group the file
     learned nothing about keeps its own."""
     camp = cfg.campaigns
-    assumed = "campaigns.groups in the config: an assumption"
     if camp.learned is None:
-        return cfg, {g.name: assumed for g in camp.groups}
+        return cfg, {g.name: ASSUMED_SAVE_RATE for g in camp.groups}
     path = Path(camp.learned)
     try:
         doc = json.loads(path.read_text())
@@ -1103,7 +1104,7 @@ def learned_save_rates(cfg: Config) -> tuple[Config, dict[str, str]]:
         row = learned.get(g.name)
         if not row or not row.get("weight"):
             groups.append(g)
-            sources[g.name] = f"{assumed} ({path.name} learned nothing about this group)"
+            sources[g.name] = f"{ASSUMED_SAVE_RATE} ({path.name} learned nothing about this group)"
             continue
         rate = min(max(float(row["save_rate"]), 0.0), 1.0)
         groups.append(g.model_copy(update={"save_rate": rate}))
