@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 class CompiledTrees:
     """A compiled forest: :meth:`raw` gives the trees' raw scores of a float matrix."""
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], label: str, cache: Path | None):
-        self._predict, self.label, self.cache = predict, label, cache
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], label: str):
+        self._predict, self.label = predict, label
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         return self._predict(X)
@@ -75,7 +75,7 @@ def compile_trees(
     def predict(X: np.ndarray) -> np.ndarray:
         return model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=threads)
 
-    return CompiledTrees(predict, f"compiled ({versions})", cache)
+    return CompiledTrees(predict, f"compiled ({versions})")
 
 
 def _cache_path(model_file: Path, key: str) -> Path | None:
