@@ -9,6 +9,7 @@ from tests.conftest import orders_of
 from winback.errors import UsageError
 from winback.synth import (
     SynthParams,
+    chance_of_buying,
     customers_for_orders,
     generate_history,
     generate_orders,
@@ -244,3 +245,40 @@ def test_heterogeneous_kinds_follow_the_history_they_are_drawn_from():
     far = kinds["recency_days"] > 300
     assert kinds.loc[near & ~kinds["buys_anyway"], "p_persuadable"].mean() > 0.4
     assert kinds.loc[far & ~kinds["buys_anyway"], "p_persuadable"].mean() < 0.05
+
+
+def test_chance_of_buying_is_the_hidden_state_s_and_comes_true_on_average():
+    import numpy as np
+
+    from winback.synth import _simulate
+
+    # no season and no fading: a customer still buying buys in 90 days with 1 - exp(-90 rate)
+    params = SynthParams(n_customers=20_000, seed=5, season_peak=1.0)
+    orders = generate_orders(params)
+    as_of = pd.Timestamp("2024-06-30", tz="UTC")
+    ids = np.sort(orders.loc[orders["order_ts"] <= as_of, "customer_id"].unique())
+    got = chance_of_buying(params, ids, as_of, 90)
+    sim = _simulate(params)
+    who = ids - 100_000
+    t0 = (as_of - sim.begin).total_seconds() / 86400
+    alive = sim.left[who] > t0
+    assert 0 < alive.mean() < 1  # both kinds are there
+    assert np.allclose(got[alive], 1 - np.exp(-90 * sim.rate[who][alive]), rtol=1e-12)
+    assert (got[~alive] == 0).all()
+    # what the orders then did agrees with it: within 4 standard deviations of the sum
+    window = orders[(orders["order_ts"] > as_of) & (orders["amount"] > 0)]
+    window = window[window["order_ts"] <= as_of + pd.Timedelta(days=90)]
+    bought = np.isin(ids, window["customer_id"].unique())
+    assert abs(bought.sum() - got.sum()) < 4 * np.sqrt((got * (1 - got)).sum())
+    # with the default shop's peak season and a window across it, the same holds
+    shop = SynthParams(n_customers=20_000, seed=6)
+    orders = generate_orders(shop)
+    as_of = pd.Timestamp("2023-10-15", tz="UTC")
+    ids = np.sort(orders.loc[orders["order_ts"] <= as_of, "customer_id"].unique())
+    got = chance_of_buying(shop, ids, as_of, 120)
+    window = orders[(orders["order_ts"] > as_of) & (orders["amount"] > 0)]
+    window = window[window["order_ts"] <= as_of + pd.Timedelta(days=120)]
+    bought = np.isin(ids, window["customer_id"].unique())
+    assert abs(bought.sum() - got.sum()) < 4 * np.sqrt((got * (1 - got)).sum())
+    with pytest.raises(UsageError, match="Customer ids must be those"):
+        chance_of_buying(shop, [5], as_of, 30)

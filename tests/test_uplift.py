@@ -32,8 +32,9 @@ def test_qini_and_uplift_at_a_share_by_hand():
 
 @pytest.fixture(scope="module")
 def campaigns():
-    """Two campaigns of a simulated shop with persuadables and sleeping dogs: features at each
-    as-of, the treatment, whether each customer bought in the 60-day window, the true uplift."""
+    """Three campaigns, 90 days apart, of a simulated shop with persuadables and sleeping dogs
+    (half of each list held out): features at each as-of, the treatment, whether each customer
+    bought in the 90-day window, the effect chance drew and the expected one (the oracle's)."""
     from tests.conftest import orders_of
     from winback.campaigns import control_flags
     from winback.snapshots import build_snapshots
@@ -45,49 +46,55 @@ def campaigns():
         simulate_campaign,
     )
 
-    world = generate_orders(SynthParams(n_customers=30_000, start="2021-01-01", end="2023-12-31"))
-    world["customer_id"] = world["customer_id"].astype(str)
+    params = SynthParams(n_customers=20_000, seed=11)
+    world = generate_orders(params)
     effects, listed_at = CampaignEffects(), {}
-    for k, day in enumerate(("2023-05-31", "2023-09-30")):
+    for k, day in enumerate(("2024-04-02", "2024-07-01", "2024-09-29")):
         t = pd.Timestamp(day, tz="UTC")
         last = world[world["order_ts"] <= t].groupby("customer_id")["order_ts"].max()
-        ids = last[last > t - pd.Timedelta(days=365)].index.sort_values()
+        ids = last[last > t - pd.Timedelta(days=730)].index.sort_values().astype(str)
         listed = pd.DataFrame({"customer_id": ids, "list": "at_risk", "campaign": "all"})
         held = control_flags(listed["customer_id"], day, "s", 0.5)
         listed["group"] = np.where(held, "control", "treatment")
-        kinds = campaign_kinds(world, listed, t, 60, effects, seed=k)
-        world, _ = simulate_campaign(world, listed, t, 60, seed=k, effects=effects)
-        listed_at[day] = listed.merge(kinds[["customer_id", "true_uplift"]], on="customer_id")
+        kinds = campaign_kinds(world, listed, t, 90, effects, seed=k, params=params)
+        world, _ = simulate_campaign(world, listed, t, 90, seed=k, effects=effects)
+        truth = kinds[["customer_id", "true_uplift", "expected_uplift"]]
+        listed_at[day] = listed.merge(truth, on="customer_id")
     orders = orders_of(world)
     out = {}
     for day, listed in listed_at.items():
         t = pd.Timestamp(day, tz="UTC")
-        snap = build_snapshots(orders, [t.tz_localize(None).to_pydatetime()], 60, 365, labels=False)
-        snap = snap.merge(listed[["customer_id", "group", "true_uplift"]], on="customer_id")
-        window = world[(world["order_ts"] > t) & (world["order_ts"] <= t + pd.Timedelta(days=60))]
+        snap = build_snapshots(orders, [t.tz_localize(None).to_pydatetime()], 90, 730, labels=False)
+        snap = snap.merge(listed.drop(columns=["list", "campaign"]), on="customer_id")
+        window = world[(world["order_ts"] > t) & (world["order_ts"] <= t + pd.Timedelta(days=90))]
         snap["bought"] = snap["customer_id"].isin(
-            set(window.loc[window["amount"] > 0, "customer_id"])
+            set(window.loc[window["amount"] > 0, "customer_id"].astype(str))
         )
         out[day] = snap
     return out
 
 
+_TRUTH = ["bought", "group", "true_uplift", "expected_uplift"]
+
+
 def test_an_x_learner_finds_the_persuadables_of_a_campaign_it_did_not_see(campaigns):
-    train, test = campaigns["2023-05-31"], campaigns["2023-09-30"]
+    # trained on the first two campaigns, judged on the third: out of time
+    train = pd.concat([campaigns["2024-04-02"], campaigns["2024-07-01"]], ignore_index=True)
+    test = campaigns["2024-09-29"]
     fitted = UpliftModel().fit(
-        train.drop(columns=["bought", "group", "true_uplift"]),
-        train["group"] == "treatment",
-        train["bought"],
+        train.drop(columns=_TRUTH), train["group"] == "treatment", train["bought"]
     )
-    assert not {"bought", "group", "true_uplift"} & set(fitted.features_)  # no outcome leaks in
+    assert not set(_TRUTH) & set(fitted.features_)  # no outcome or truth leaks in
     treated, bought = (test["group"] == "treatment").to_numpy(), test["bought"].to_numpy()
     model = evaluate_ranking(fitted.predict(test), treated, bought)
-    rng = np.random.default_rng(0)
-    oracle = qini_coefficient(test["true_uplift"] + rng.random(len(test)) * 1e-9, treated, bought)
+    oracle = qini_coefficient(test["expected_uplift"], treated, bought)
     by_risk = qini_coefficient(test["bgnbd_p_no_purchase"], treated, bought)
-    # measured on this seed: model 0.015, its 95% interval above 0; the oracle (who knows each
-    # customer's kind) 0.037; targeting the riskiest 0.002. The issue asks for half the
-    # oracle's: 0.42 of it here, so this guards what is reached, not the target
-    assert model["qini_lo"] > 0 and model["qini"] > by_risk + 0.005
-    assert model["qini"] > 0.35 * oracle
+    # measured on this seed: model 0.0122 [0.0101, 0.0145], 0.59 of the oracle's 0.0206 (who
+    # ranks by each customer's expected effect, from the generator's hidden state); the
+    # riskiest first -0.0010
+    assert model["qini"] >= 0.5 * oracle > 0
+    assert model["qini_lo"] > 0 and model["qini"] > by_risk
     assert model["uplift_10"] > model["uplift_30"] > 0  # the best-ranked are moved most
+    # the oracle's expected effects are what chance drew, on average
+    drawn, expected = test["true_uplift"][treated], test["expected_uplift"][treated]
+    assert abs(drawn.mean() - expected.mean()) < 4 * drawn.std() / np.sqrt(len(drawn))

@@ -142,6 +142,10 @@ class _Simulated:
     line: np.ndarray  # the purchase row a row belongs to (itself, or the returned purchase)
     season_only: np.ndarray  # per customer: buys only in Nov-Dec after the first order
     dropout: np.ndarray  # per customer: the drop-out probability drawn
+    arrival: np.ndarray  # per customer: the day of the first purchase (days since ``begin``)
+    rate: np.ndarray  # per customer: the purchase rate per day outside the peak
+    fade: np.ndarray  # per customer: the time constant of a fading rate (days; inf: none)
+    left: np.ndarray  # per customer: the day of the purchase after which they left (inf: never)
 
 
 def _simulate(p: SynthParams) -> _Simulated:
@@ -201,6 +205,9 @@ def _simulate(p: SynthParams) -> _Simulated:
     everyone = np.arange(n)
     amount, returned, leaves = buy(everyone, arrival)
     got_c, got_t, got_a, got_r = [everyone], [arrival], [amount], [returned]
+    left = np.full(n, np.inf)
+    if p.first_dropout:
+        left[leaves] = arrival[leaves]
     live = everyone[~leaves] if p.first_dropout else everyone
     t_cur = arrival.copy()
     peak_rate = rate * peak
@@ -219,6 +226,7 @@ def _simulate(p: SynthParams) -> _Simulated:
         got_t.append(tt[accepted])
         got_a.append(amount)
         got_r.append(returned)
+        left[who[leaves]] = tt[accepted][leaves]
         live = np.setdiff1d(live, who[leaves], assume_unique=True)
     cust = np.concatenate(got_c)
     t = np.concatenate(got_t)
@@ -239,6 +247,10 @@ def _simulate(p: SynthParams) -> _Simulated:
         line=np.r_[np.arange(cust.size), r_idx],
         season_only=season_only,
         dropout=dropout,
+        arrival=arrival,
+        rate=rate,
+        fade=fade,
+        left=left,
     )
 
 
@@ -330,6 +342,49 @@ def customers_for_orders(n_orders: int, params: SynthParams | None = None) -> in
     return max(1, int(round(n_orders / per_customer)))
 
 
+def chance_of_buying(
+    params: SynthParams, customer_ids, as_of, window_days: int, chunk: int = 50_000
+) -> np.ndarray:
+    """Each customer's true chance of at least one purchase in ``(as_of, as_of +
+    window_days]``, from the generator's hidden state at the as-of (what no model of the orders
+    can see): 0 for a customer who has left; for one still buying, ``1 - exp(-rate x integral
+    of the intensity over the window)``, the intensity being the season's and the fading's as
+    the generator draws them (a purchase's chance of leaving comes after it, so it does not
+    enter); 1 for a customer whose first purchase falls in the window. ``customer_ids`` are
+    those of :func:`generate_orders` with the same ``params``."""
+    sim = _simulate(params)
+    who = np.asarray(customer_ids, dtype=np.int64) - 100_000
+    if who.size and (who.min() < 0 or who.max() >= params.n_customers):
+        raise UsageError("Customer ids must be those the generator gave with these parameters.")
+    start, end = _window(as_of, window_days)
+    t0 = (start - sim.begin).total_seconds() / 86400.0
+    t1 = (end - sim.begin).total_seconds() / 86400.0
+    # Day boundaries cut the window into pieces of one season each.
+    cuts = np.unique(np.r_[t0, np.arange(np.floor(t0) + 1, t1), t1])
+    a, b = cuts[:-1], cuts[1:]
+    day = np.datetime64(sim.begin.date()) + np.floor(a).astype(np.int64).astype("timedelta64[D]")
+    peak = _in_peak(day)
+    season = np.where(peak, params.season_peak, 1.0)
+    out = np.empty(who.size)
+    for lo in range(0, who.size, chunk):
+        c = who[lo : lo + chunk]
+        arr, fade = sim.arrival[c][:, None], sim.fade[c][:, None]
+        with np.errstate(invalid="ignore", over="ignore"):
+            faded = np.where(
+                np.isinf(fade),
+                b - a,
+                fade * (np.exp(-(a - arr) / fade) - np.exp(-(b - arr) / fade)),
+            )
+        per_piece = np.where(sim.season_only[c][:, None] & ~peak, 0.0, season) * faded
+        p = 1.0 - np.exp(-sim.rate[c] * per_piece.sum(axis=1))
+        alive = sim.left[c] > t0
+        arrived = sim.arrival[c] <= t0
+        out[lo : lo + chunk] = np.where(
+            arrived, np.where(alive, p, 0.0), (sim.arrival[c] <= t1).astype(float)
+        )
+    return out
+
+
 #: The kinds of listed customer a contact meets, by what it does to their buying in the window.
 CAMPAIGN_KINDS = {
     "persuadable": "would not buy without the contact; buys with it (true uplift +1)",
@@ -374,12 +429,20 @@ def campaign_kinds(
     window_days: int,
     effects: CampaignEffects,
     seed: int = 7,
+    params: SynthParams | None = None,
 ) -> pd.DataFrame:
     """Each listed customer's kind (:data:`CAMPAIGN_KINDS`) under ``effects``, the same whether
     they were treated or held out: ``customer_id, group, n_orders, recency_days,
     buys_anyway`` (a purchase in ``(as_of, as_of + window_days]`` in ``orders``),
     ``p_persuadable, p_sleeping_dog`` (the chances their history gave them), ``kind`` and
-    ``true_uplift`` (what a contact does to whether they buy in the window: +1, 0 or -1)."""
+    ``true_uplift`` (what a contact did to whether they buy in the window: +1, 0 or -1).
+
+    With the generator's ``params`` (the orders being :func:`generate_orders`'), also
+    ``p_buys_anyway`` (:func:`chance_of_buying`) and ``expected_uplift``, what a contact is
+    expected to do before the window is drawn: ``a (1 - p_buys_anyway) - d p_buys_anyway``,
+    with ``a`` and ``d`` the chances of being persuadable (if not buying anyway) and a sleeping
+    dog (if buying anyway). Ranking by it is the best any targeting can do in expectation: the
+    oracle an uplift model is judged against; ``true_uplift`` is what chance then drew."""
     start, end = _window(as_of, window_days)
     listed = lists[["customer_id", "group"]].astype({"customer_id": str}).copy()
     listed = listed.sort_values("customer_id", kind="stable").reset_index(drop=True)
@@ -404,6 +467,14 @@ def campaign_kinds(
         np.where(u < p_persuade, "persuadable", "lost_cause"),
     )
     uplift = np.select([kind == "persuadable", kind == "sleeping_dog"], [1, -1], 0)
+    if params is not None:
+        anyway_p = chance_of_buying(
+            params, listed["customer_id"].astype(np.int64), start, window_days
+        )
+        listed = listed.assign(
+            p_buys_anyway=anyway_p,
+            expected_uplift=p_persuade * (1 - anyway_p) - p_dog * anyway_p,
+        )
     return listed.assign(
         n_orders=n_orders.astype(np.int64),
         recency_days=recency,
