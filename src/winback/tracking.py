@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,26 @@ def log_backtest(
         return run.info.run_id
 
 
+def _log_pyfunc(mlflow, model_file: Path, signature, example: pd.DataFrame):
+    """Log the churn model as an MLflow pyfunc: its file and metadata, winback's code, the
+    requirements, the signature and an input example."""
+    import winback
+    from winback.pyfunc import ChurnPyfunc
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=ChurnPyfunc(),
+        artifacts={
+            "model": str(model_file),
+            "metadata": str(model_file.with_suffix(model_file.suffix + ".json")),
+        },
+        code_paths=[str(Path(winback.__file__).parent)],
+        pip_requirements=model_requirements(),
+        signature=signature,
+        input_example=example.head(3),
+    )
+
+
 @dataclass(frozen=True)
 class Promotion:
     """What happened to the ``champion`` alias."""
@@ -285,9 +306,6 @@ def log_training(
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    import winback
-    from winback.pyfunc import ChurnPyfunc
-
     client = MlflowClient()
     x = sample[model.features_]  # the types build_snapshots gives, so its frames predict
     signature = infer_signature(x, pd.DataFrame({"p_churn": model.predict_proba(sample)[:, 1]}))
@@ -298,18 +316,11 @@ def log_training(
         mlflow.set_tag("winback.backtest_key", backtest_key)
         mlflow.log_metric("backtest_auc", auc)
         model_file = Path(model_file)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ChurnPyfunc(),
-            artifacts={
-                "model": str(model_file),
-                "metadata": str(model_file.with_suffix(model_file.suffix + ".json")),
-            },
-            code_paths=[str(Path(winback.__file__).parent)],
-            pip_requirements=model_requirements(),
-            signature=signature,
-            input_example=x.head(3),
-        )
+        with warnings.catch_warnings():
+            # the signature is given below, so MLflow's advice to infer one from type hints
+            # does not apply
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+            info = _log_pyfunc(mlflow, model_file, signature, x)
         run_id = run.info.run_id
     version = mlflow.register_model(info.model_uri, model_name).version
 
