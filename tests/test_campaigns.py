@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from winback.campaigns import control_flags, expected_gain, size_list
+from winback.campaigns import control_flags, expected_gain, incremental_gain, size_list
 from winback.errors import UsageError
 from winback.explain import reasons
 from winback.export import neutralize_csv
@@ -43,6 +43,30 @@ def test_expected_profit_list_by_hand():
     ]
     with pytest.raises(UsageError, match="one of 'profit', 'top_k' or 'threshold'"):
         size_list(scores, "random")
+
+
+def test_incremental_profit_of_an_uplift_list_by_hand():
+    # gain = uplift x value - 1 (contact) - 4 (offer) x P(buys | contacted), where
+    # P(buys | contacted) = 1 - p_churn + uplift
+    scores = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "p_churn": [0.9, 0.5, 0.8, 0.3],
+            "value": [100.0, 200.0, 50.0, 500.0],
+        }
+    )
+    uplift = np.array([0.10, 0.02, -0.05, 0.01])
+    scores["expected_gain"] = incremental_gain(uplift, scores["p_churn"], scores["value"], 1, 4)
+    # a: 10 - 1 - 4 x 0.2 = 8.2; b: 4 - 1 - 4 x 0.52 = 0.92; c: -2.5 - 1 - 4 x 0.15 = -4.1;
+    # d: 5 - 1 - 4 x 0.71 = 1.16
+    assert scores["expected_gain"].round(6).tolist() == [8.2, 0.92, -4.1, 1.16]
+    # a sleeping dog (c) is never contacted; the others most profitable first
+    assert size_list(scores)["customer_id"].tolist() == ["a", "d", "b"]
+    assert size_list(scores, "top_k", k=2, by="expected_gain")["customer_id"].tolist() == ["a", "d"]
+    # p_churn x save_rate is the uplift the save-rate model assumes
+    assert expected_gain(0.5, 200.0, 0.2, 1, 4) == pytest.approx(
+        incremental_gain(0.1, 0.5, 200.0, 1, 4)
+    )
 
 
 def test_control_group_share_and_stability():

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from winback.errors import DataError
-from winback.learn import SAVE_RATE_COLUMNS, save_rates
+from winback.learn import SAVE_RATE_COLUMNS, rates_by_export, save_rates
 
 
 def _outcomes(campaign: str, export: str, group: str, n: int, bought: int) -> pd.DataFrame:
@@ -58,6 +58,16 @@ def test_save_rate_of_two_campaigns_by_hand():
     assert vip["save_rate"] == pytest.approx(0.197678, abs=1e-6)
     assert vip["save_rate_hi"] - vip["save_rate"] == pytest.approx(1.959964 * math.sqrt(w * v))
     assert vip["save_rate_lo"] == pytest.approx(vip["save_rate"] - 1.959964 * math.sqrt(w * v))
+    # each campaign on its own, nothing pooled or shrunk: the first 0.2 / 0.6 = 1/3, with
+    # v = 0.024 / 0.36 + 0.024 x 0.16 / 0.1296 = 0.0962963; the second (0.5, 0.5): 0
+    first, second = rates_by_export(
+        outcomes, {"vip": 0.2, "new": 0.1}, ["2024-01-01", "2024-02-01"]
+    )
+    assert (first["export"], first["campaign"], first["n_control"]) == ("2024-01-01", "vip", 10)
+    assert first["save_rate_observed"] == pytest.approx(1 / 3)
+    half = 1.959964 * math.sqrt(0.024 / 0.36 + 0.024 * 0.16 / 0.1296)
+    assert (first["lo"], first["hi"]) == pytest.approx((1 / 3 - half, 1 / 3 + half))
+    assert second["save_rate_observed"] == 0.0 and second["export"] == "2024-02-01"
     # a group with no campaign keeps its prior, and says that nothing stands behind it
     new = got.loc["new"]
     assert (new["n_campaigns"], new["n_treatment"], new["n_control"]) == (0, 0, 0)
@@ -268,9 +278,10 @@ def test_an_uplift_model_is_not_judged_without_a_later_campaign(history):
     from winback.jobs import _evaluate_uplift
 
     _, world = history
-    got = _evaluate_uplift(orders_of(world), load_config(None), [("x", None, 60)], [None])
+    got, model = _evaluate_uplift(orders_of(world), load_config(None), [("x", None, 60)], [None])
     assert got == {
         "evaluated": False,
         "why": "1 campaign(s) whose window has passed: an uplift model needs at least one to "
         "learn from and a later one to be judged on",
     }
+    assert model is None  # nothing to rank by

@@ -17,6 +17,7 @@ __all__ = [
     "suppressed",
     "control_flags",
     "expected_gain",
+    "incremental_gain",
     "size_list",
     "best_first",
 ]
@@ -66,9 +67,17 @@ def expected_gain(
     every buyer uses it). The same rule gives a campaign's cost in its readout.
     """
     p = np.asarray(p_churn, dtype=float)
-    v = np.asarray(value, dtype=float)
-    buys = (1.0 - p) + p * save_rate
-    return p * save_rate * v - contact_cost - offer_cost * buys
+    return incremental_gain(p * save_rate, p, value, contact_cost, offer_cost)
+
+
+def incremental_gain(uplift, p_churn, value, contact_cost: float, offer_cost: float) -> np.ndarray:
+    """Expected gain of contacting a customer whom a contact makes ``uplift`` more likely to buy
+    within the horizon (an uplift model's estimate; :func:`expected_gain` is the case ``uplift =
+    p_churn x save_rate``): ``uplift x value - contact_cost - offer_cost x P(buys |
+    contacted)``, with ``P(buys | contacted) = (1 - p_churn) + uplift``."""
+    u = np.asarray(uplift, dtype=float)
+    buys = (1.0 - np.asarray(p_churn, dtype=float)) + u
+    return u * np.asarray(value, dtype=float) - contact_cost - offer_cost * buys
 
 
 def size_list(
@@ -77,12 +86,14 @@ def size_list(
     k: int | None = None,
     threshold: float | None = None,
     capacity: int | None = None,
+    by: str = "p_churn",
 ) -> pd.DataFrame:
     """Choose who gets contacted.
 
     ``scores`` has ``p_churn`` and, for ``profit``, ``expected_gain``. Methods: ``profit`` (every
-    customer with a positive expected gain, best first), ``top_k`` (the k riskiest) and
-    ``threshold`` (``p_churn >= threshold``). ``capacity`` caps the list. Ties are broken by
+    customer with a positive expected gain, best first), ``top_k`` (the k highest by ``by``: the
+    riskiest, or with ``by="expected_gain"`` the most profitable) and ``threshold`` (``p_churn
+    >= threshold``, highest ``by`` first). ``capacity`` caps the list. Ties are broken by
     ``customer_id`` so the list is the same on every run. Returns the chosen rows, in order, with
     ``cumulative_gain`` when the gain is known.
     """
@@ -94,12 +105,12 @@ def size_list(
     elif method == "top_k":
         if k is None or k < 0:
             raise UsageError("size_list(method='top_k') needs k >= 0.")
-        ranked = best_first(scores, "p_churn").head(k)
+        ranked = best_first(scores, by).head(k)
     elif method == "threshold":
         if threshold is None or not 0 <= threshold <= 1:
             raise UsageError("size_list(method='threshold') needs a threshold in [0, 1].")
-        ranked = best_first(scores, "p_churn")
-        ranked = ranked[ranked["p_churn"] >= threshold]
+        risky = scores[scores["p_churn"] >= threshold]
+        ranked = best_first(risky, by)
     else:
         raise UsageError(
             f"The list size method must be one of 'profit', 'top_k' or 'threshold'; got {method!r}."

@@ -738,15 +738,20 @@ def _echo_score(res) -> None:
         f"{res.model_version} -> {res.folder}\n"
         f"  at_risk: {sizes('at_risk')}\n  lapsed: {sizes('lapsed')}"
     )
-    _say(
-        f"  {'rank':>6} {'customer':<12} {'p':>4} {'value':>9} {'segment':<18} "
-        f"{'campaign':<16} reasons"
-    )
     at_risk = res.lists["at_risk"]
+    by_uplift = bool(at_risk["uplift"].notna().any())
+    if by_uplift:
+        _say("  ranked by the uplift model's expected incremental profit (campaigns.rank_by)")
+    _say(
+        f"  {'rank':>6} {'customer':<12} {'p':>4} {'value':>9} "
+        + (f"{'uplift':>7} {'gain':>7} " if by_uplift else "")
+        + f"{'segment':<18} {'campaign':<16} reasons"
+    )
     for rank, r in enumerate(at_risk[at_risk["group"] == "treatment"].head(10).itertuples(), 1):
         _say(  # the rank in at_risk.csv
             f"  {rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
-            f"{r.segment:<18} {r.campaign:<16} {r.reasons}"
+            + (f"{r.uplift:+7.3f} {r.expected_gain:7.2f} " if by_uplift else "")
+            + f"{r.segment:<18} {r.campaign:<16} {r.reasons}"
         )
 
 

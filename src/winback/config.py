@@ -388,6 +388,13 @@ class CampaignsConfig(_Section):
         description="learned.json written by 'winback learn': its save rates size the lists "
         "instead of the groups' own (null: the groups' save_rate).",
     )
+    rank_by: Literal["p_churn", "uplift", "auto"] = Field(
+        "auto",
+        description="How lists are ranked and sized: p_churn (expected gain from the groups' "
+        "save rates); uplift (expected incremental profit from the uplift model of "
+        "campaigns.learned, which must have been judged better than p_churn on a campaign it "
+        "did not see); auto: uplift when campaigns.learned holds such a model, else p_churn.",
+    )
     learn_prior_sd: float = Field(
         0.1,
         gt=0,

@@ -244,6 +244,7 @@ CSV_DECIMALS = {
     "value": 2,
     "expected_value": 2,
     "value_at_risk": 2,
+    "uplift": 4,
     "expected_gain": 2,
 }
 
@@ -305,7 +306,8 @@ def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:
         "horizon.",
         "",
         "FILES",
-        "  at_risk.csv, lapsed.csv    the customers to contact (treatment group), riskiest first",
+        "  at_risk.csv, lapsed.csv    the customers to contact (treatment group), riskiest first"
+        + (" (ranked by uplift: most profitable first)" if _by_uplift(manifest) else ""),
         "  at_risk_control.csv,       the control group: DO NOT CONTACT. Kept out of the campaign "
         "at random,",
         "  lapsed_control.csv         they measure it later ('winback measure' reads them).",
@@ -340,7 +342,22 @@ def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:
             f" contact_cost {g['contact_cost']}, offer_cost {g['offer_cost']}"
             + (f", capacity {g['capacity']}" if g.get("capacity") is not None else "")
         )
+    ranking = manifest.get("ranking")
+    if ranking:
+        lines += ["", "HOW THE LISTS WERE RANKED"]
+        lines.append(
+            f"  by {ranking['by']} (campaigns.rank_by {ranking['requested']}): {ranking['why']}"
+        )
+        if _by_uplift(manifest):
+            lines.append(
+                "  expected_gain = uplift x value - contact_cost - offer_cost x (1 - p_churn + "
+                "uplift), and the save rates above are not used to rank or size"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _by_uplift(manifest: dict[str, Any]) -> bool:
+    return (manifest.get("ranking") or {}).get("by") == "uplift"
 
 
 #: Rows converted and written at a time by :func:`write_parquet` (one Parquet row group).

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from winback import __version__, scoring
-from winback.atomic import atomic_path
+from winback.atomic import atomic_path, sha256_file
 from winback.backtest import BacktestResult, run_backtest, write_backtest
 from winback.campaigns import suppressed
 from winback.config import Config
@@ -43,6 +44,7 @@ from winback.progress import Progress, tell
 from winback.scoring import (
     LIST_COLUMN_DOCS,
     add_reasons,
+    add_uplift,
     build_lists,
     delta,
     listable,
@@ -51,6 +53,7 @@ from winback.scoring import (
 )
 from winback.secrets import mask_url
 from winback.snapshots import build_snapshots, build_training_snapshots
+from winback.uplift import UpliftModel
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +455,7 @@ def score_job(
     """
     t0 = time.perf_counter()
     cfg, rate_sources = learned_save_rates(cfg)  # before any work: a bad file fails at once
+    ranking = list_ranking(cfg)
     stage = _Stages(on_stage)
     with stage("model"):
         ref = model if isinstance(model, ModelRef) else find_model(cfg, model, tracking_uri)
@@ -480,7 +484,11 @@ def score_job(
         with stage("lists"):
             why = _suppressions(scores, camp, t)
             scores["suppressed"] = why
-            lists = build_lists(scores, camp, why)
+            order_by = "p_churn"
+            if ranking.model is not None:
+                add_uplift(scored, ranking.model, camp, why)
+                order_by = "expected_gain"
+            lists = build_lists(scores, camp, why, order_by)
             listed = pd.concat([f.set_index("customer_id")["group"] for f in lists.values()])
             scores["group"] = scores["customer_id"].map(listed).astype("string")  # NA: not listed
             del listed
@@ -525,6 +533,7 @@ def score_job(
                     name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
                 },
                 "sizing": sizing_record(cfg, rate_sources),
+                "ranking": ranking.record(camp.rank_by),
                 "previous_export": prev.name if prev else None,
                 "drift_psi": {k: round(v, 6) for k, v in drift.items()},
                 "drift_forced": forced,
@@ -894,7 +903,7 @@ def learn_job(
     towards the groups' ``save_rate`` (:func:`winback.learn.save_rates`, prior standard
     deviation ``campaigns.learn_prior_sd``). Writes ``out`` (learned.json) atomically and,
     with ``track``, logs an MLflow run."""
-    from winback.learn import save_rates
+    from winback.learn import rates_by_export, save_rates
 
     folders = list_exports(exports)
     if not folders:
@@ -951,6 +960,7 @@ def learn_job(
         if unknown
         else []
     )
+    uplift, uplift_model = _evaluate_uplift(orders, cfg, finished, frames)
     doc = {
         "learned_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "exports_dir": str(exports),
@@ -967,9 +977,18 @@ def learn_job(
             row["campaign"]: {k: _plain(v) for k, v in row.items() if k != "campaign"}
             for row in table.to_dict(orient="records")
         },
-        "uplift": _evaluate_uplift(orders, cfg, finished, frames),
+        "by_export": rates_by_export(outcomes, priors, [e["export"] for e in used]),
+        "uplift": uplift,
     }
     if out is not None:
+        if uplift_model is not None:  # beside learned.json, which names it and its checksum
+            import joblib
+
+            model_file = out.with_name(out.stem + ".uplift.joblib")
+            with atomic_path(model_file) as tmp:
+                joblib.dump(uplift_model, tmp)
+                digest = sha256_file(tmp)
+            uplift |= {"model_file": model_file.name, "model_sha256": digest}
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(doc, indent=2))
     run_id = None
@@ -1013,52 +1032,58 @@ def _p_churn_of(folder: Path) -> pd.DataFrame | None:
     return found.astype({"customer_id": str}).drop_duplicates("customer_id")
 
 
-def _evaluate_uplift(orders: Orders, cfg: Config, finished: list, frames: list) -> dict:
+def _evaluate_uplift(
+    orders: Orders, cfg: Config, finished: list, frames: list
+) -> tuple[dict, UpliftModel | None]:
     """An uplift model (:class:`winback.uplift.UpliftModel`) trained on every finished
     campaign but the latest and judged on the latest, out of time, against targeting by
     ``p_churn`` (when the lists carry it) and at random: the Qini coefficient and the uplift at
-    the top 10, 20 and 30%, with 95% bootstrap intervals. It beats ``p_churn`` when its Qini's
-    interval lies above ``p_churn``'s Qini."""
-    from winback.snapshots import customers_only
-    from winback.uplift import UpliftModel, evaluate_ranking
+    the top 10, 20 and 30%, with 95% bootstrap intervals, and the Qini curves. It beats
+    ``p_churn`` when its Qini's interval lies above ``p_churn``'s Qini. Then, judged, the model
+    is fitted again on every finished campaign, the latest too: the one ``score`` may rank by.
+    Returns what learned.json records, and that model (None when nothing was judged)."""
+    from winback.uplift import evaluate_ranking, qini_curve
 
     if len(finished) < 2:
         return {
             "evaluated": False,
             "why": f"{len(finished)} campaign(s) whose window has passed: an uplift model needs "
             "at least one to learn from and a later one to be judged on",
-        }
-    stacked = []
-    for (folder, as_of, window), rows in zip(finished, frames, strict=True):
-        lookback = max(cfg.features.lookback_days, window + 1, cfg.campaigns.reactivation_days)
-        with customers_only(orders, rows["customer_id"].tolist()) as mine:
-            snap = build_snapshots(
-                mine, [as_of], window, lookback, cfg.features.windows_days, labels=False
-            )
-        keep = [c for c in ("customer_id", "group", "bought", "p_churn") if c in rows]
-        stacked.append(snap.merge(rows[keep], on="customer_id").assign(_export=folder.name))
+        }, None
+    stacked = [
+        _campaign_features(orders, cfg, as_of, window, rows).assign(_export=folder.name)
+        for (folder, as_of, window), rows in zip(finished, frames, strict=True)
+    ]
     *earlier, latest = stacked
     train = pd.concat(earlier, ignore_index=True)
-    outcome = ["group", "bought", "p_churn", "_export"]
-    model = UpliftModel().fit(
-        train.drop(columns=[c for c in outcome if c in train]),
-        train["group"] == "treatment",
-        train["bought"].astype(bool),
-    )
+    model = _fit_uplift(train)
     treated = (latest["group"] == "treatment").to_numpy()
     bought = latest["bought"].astype(bool).to_numpy()
-    judged = {"model": evaluate_ranking(model.predict(latest), treated, bought)}
+    scores = {"model": model.predict(latest)}
     if "p_churn" in latest and latest["p_churn"].notna().all():
-        judged["p_churn"] = evaluate_ranking(latest["p_churn"].to_numpy(), treated, bought)
+        scores["p_churn"] = latest["p_churn"].to_numpy()
+    judged = {name: evaluate_ranking(score, treated, bought) for name, score in scores.items()}
     beats = "p_churn" in judged and judged["model"]["qini_lo"] > judged["p_churn"]["qini"]
+    curves = {}
+    for name, score in scores.items():
+        curve = qini_curve(score, treated, bought)
+        at = np.unique(np.linspace(0, len(curve) - 1, min(len(curve), 101)).round().astype(int))
+        curves[name] = {
+            "share": curve["share"].iloc[at].round(6).tolist(),
+            "incremental": curve["incremental"].iloc[at].round(6).tolist(),
+        }
+    final = _fit_uplift(pd.concat(stacked, ignore_index=True))
     return {
         "evaluated": True,
         "method": "X-learner on LightGBM; Qini coefficient and uplift at the top shares on the "
-        "latest campaign, 95% bootstrap intervals (200 resamples)",
+        "latest campaign, 95% bootstrap intervals (200 resamples); the model score ranks by is "
+        "then fitted on every campaign",
         "trained_on": train["_export"].unique().tolist(),
         "evaluated_on": latest["_export"].iloc[0],
+        "fitted_on": [folder.name for folder, _, _ in finished],
         "customers": {"trained": len(train), "evaluated": len(latest)},
         "rankings": {k: {n: _plain(v) for n, v in r.items()} for k, r in judged.items()},
+        "qini_curves": curves,
         "beats_p_churn": bool(beats),
         "why": (
             "the model's Qini interval lies above p_churn's Qini"
@@ -1067,7 +1092,34 @@ def _evaluate_uplift(orders: Orders, cfg: Config, finished: list, frames: list) 
             if "p_churn" not in judged
             else "the model's Qini interval does not lie above p_churn's Qini: keep p_churn"
         ),
-    }
+    }, final
+
+
+#: The columns of a campaign's stacked features that are outcomes, not features.
+_OUTCOME_COLUMNS = ["group", "bought", "p_churn", "campaign", "_export"]
+
+
+def _fit_uplift(rows: pd.DataFrame) -> UpliftModel:
+    return UpliftModel().fit(
+        rows.drop(columns=[c for c in _OUTCOME_COLUMNS if c in rows]),
+        rows["group"] == "treatment",
+        rows["bought"].astype(bool),
+    )
+
+
+def _campaign_features(
+    orders: Orders, cfg: Config, as_of: datetime, window: int, rows: pd.DataFrame
+) -> pd.DataFrame:
+    """The features of a campaign's listed customers at its as-of, as ``score`` builds them
+    (the same windows), with their group, outcome and ``p_churn``."""
+    from winback.snapshots import customers_only
+
+    lookback = max(cfg.features.lookback_days, window + 1, cfg.campaigns.reactivation_days)
+    windows = sorted(set(cfg.features.windows_days) | {int(cfg.campaigns.value_days)})
+    with customers_only(orders, rows["customer_id"].tolist()) as mine:
+        snap = build_snapshots(mine, [as_of], window, lookback, windows, labels=False)
+    keep = [c for c in ("customer_id", "group", "bought", "p_churn", "campaign") if c in rows]
+    return snap.merge(rows[keep], on="customer_id")
 
 
 def _plain(v):
@@ -1086,19 +1138,8 @@ def learned_save_rates(cfg: Config) -> tuple[Config, dict[str, str]]:
     if camp.learned is None:
         return cfg, {g.name: ASSUMED_SAVE_RATE for g in camp.groups}
     path = Path(camp.learned)
-    try:
-        doc = json.loads(path.read_text())
-        learned = doc["groups"]
-    except FileNotFoundError:
-        raise DataError(
-            f"campaigns.learned names {path}, which does not exist: run 'winback learn' first, "
-            "or set campaigns.learned to null."
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(
-            f"campaigns.learned: {path} is not a learned.json written by 'winback learn' "
-            f"({type(exc).__name__}: {exc}); run 'winback learn' again."
-        ) from None
+    doc = _read_learned(path)
+    learned = doc["groups"]
     groups, sources = [], {}
     for g in camp.groups:
         row = learned.get(g.name)
@@ -1115,6 +1156,107 @@ def learned_save_rates(cfg: Config) -> tuple[Config, dict[str, str]]:
             f"{row['prior']}"
         )
     return cfg.model_copy(update={"campaigns": camp.model_copy(update={"groups": groups})}), sources
+
+
+def _read_learned(path: Path) -> dict:
+    """learned.json, or a DataError that says what to do."""
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc["groups"], dict):
+            raise TypeError("'groups' is not a mapping")
+    except FileNotFoundError:
+        raise DataError(
+            f"campaigns.learned names {path}, which does not exist: run 'winback learn' first, "
+            "or set campaigns.learned to null."
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"campaigns.learned: {path} is not a learned.json written by 'winback learn' "
+            f"({type(exc).__name__}: {exc}); run 'winback learn' again."
+        ) from None
+    return doc
+
+
+@dataclass
+class Ranking:
+    """How tonight's lists are ranked and sized: ``by`` p_churn or uplift, why, and the uplift
+    model when it ranks them."""
+
+    by: str
+    why: str
+    model: UpliftModel | None = None
+    judged: dict | None = None  # the model's out-of-time evaluation, from learned.json
+
+    def record(self, requested: str) -> dict:
+        """What the manifest says of it."""
+        out = {"by": self.by, "requested": requested, "why": self.why}
+        if self.judged is not None:
+            out["evaluation"] = self.judged
+        return out
+
+
+def list_ranking(cfg: Config) -> Ranking:
+    """Whether the lists are ranked by the uplift model of ``campaigns.learned``
+    (``campaigns.rank_by``): only when ``learn`` judged it, out of time, better than p_churn.
+    ``auto`` falls back to p_churn and says why; ``uplift`` without such a model is a
+    DataError (a list is never ranked by an uplift model that was not shown to be better)."""
+    camp = cfg.campaigns
+    if camp.rank_by == "p_churn":
+        return Ranking("p_churn", "campaigns.rank_by is p_churn")
+    if camp.learned is None:
+        why = "campaigns.learned is null: no uplift model was learned from past campaigns"
+    else:
+        path = Path(camp.learned)
+        up = _read_learned(path).get("uplift") or {}
+        if not up.get("evaluated"):
+            why = f"{path.name} holds no judged uplift model: {up.get('why', 'none was learned')}"
+        elif not up.get("beats_p_churn"):
+            why = f"{path.name}: {up.get('why')}"
+        elif not up.get("model_file"):
+            why = f"{path.name} names no uplift model file"
+        else:
+            judged = {
+                "evaluated_on": up.get("evaluated_on"),
+                "trained_on": up.get("trained_on"),
+                "fitted_on": up.get("fitted_on"),
+                "qini": up["rankings"]["model"],
+                "qini_p_churn": up["rankings"]["p_churn"]["qini"],
+                "model_file": str(path.parent / up["model_file"]),
+            }
+            model = _load_uplift(path.parent / up["model_file"], up.get("model_sha256"))
+            q = up["rankings"]["model"]
+            return Ranking(
+                "uplift",
+                f"the uplift model of {path.name} beat p_churn on {up.get('evaluated_on')}, a "
+                f"campaign it did not learn from: Qini {q['qini']:.4f} [{q['qini_lo']:.4f}, "
+                f"{q['qini_hi']:.4f}] against {judged['qini_p_churn']:.4f}",
+                model,
+                judged,
+            )
+    if camp.rank_by == "uplift":
+        raise DataError(
+            f"campaigns.rank_by is uplift, but {why}. Lists are only ranked by an uplift model "
+            "that beat p_churn on a campaign it did not see: run 'winback learn' on more past "
+            "campaigns, or set campaigns.rank_by to auto or p_churn."
+        )
+    return Ranking("p_churn", why)
+
+
+def _load_uplift(path: Path, sha256: str | None) -> UpliftModel:
+    import joblib
+
+    if not path.exists():
+        raise DataError(
+            f"The uplift model {path} named by learned.json does not exist: run "
+            "'winback learn' again."
+        )
+    got = sha256_file(path)
+    if got != sha256:
+        raise DataError(
+            f"The uplift model {path} does not match the checksum learned.json holds (sha256 "
+            f"{got[:12]}..., expected {str(sha256)[:12]}...): run 'winback learn' again."
+        )
+    return joblib.load(path)
 
 
 @dataclass

@@ -31,7 +31,7 @@ import pandas as pd
 
 from winback.errors import DataError
 
-__all__ = ["save_rates", "SAVE_RATE_COLUMNS"]
+__all__ = ["save_rates", "rates_by_export", "SAVE_RATE_COLUMNS"]
 
 _Z = 1.959963984540054
 
@@ -127,3 +127,31 @@ def _observed(rt: float, rc: float, nt: int, nc: int) -> tuple[float, float]:
         # have, so that a handful of customers who all did the same cannot pin the rate
         v = 0.25 / nt / q**2 + 0.25 / nc * (1 - rt) ** 2 / q**4
     return float(s), float(v)
+
+
+def rates_by_export(
+    outcomes: pd.DataFrame, priors: dict[str, float], exports: list[str]
+) -> list[dict]:
+    """Each campaign's own observed save rate per group with its 95% interval, nothing pooled
+    or shrunk (how the rates moved from one campaign to the next): ``export, campaign,
+    n_treatment, n_control, save_rate_observed, lo, hi``, in the order of ``exports``; groups
+    with no observed rate in a campaign are left out."""
+    found = []
+    for export in exports:
+        mine = outcomes[outcomes["export"] == export]
+        for row in save_rates(mine, priors).to_dict(orient="records"):
+            s, se = row["save_rate_observed"], row["save_rate_observed_se"]
+            if math.isnan(s):
+                continue
+            found.append(
+                {
+                    "export": export,
+                    "campaign": row["campaign"],
+                    "n_treatment": row["n_treatment"],
+                    "n_control": row["n_control"],
+                    "save_rate_observed": s,
+                    "lo": s - _Z * se,
+                    "hi": s + _Z * se,
+                }
+            )
+    return found

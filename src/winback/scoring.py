@@ -39,7 +39,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from winback.campaigns import best_first, control_flags, expected_gain, size_list
+from winback.campaigns import (
+    best_first,
+    control_flags,
+    expected_gain,
+    incremental_gain,
+    size_list,
+)
 from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, reasons
@@ -53,6 +59,7 @@ __all__ = [
     "Scored",
     "score_customers",
     "add_reasons",
+    "add_uplift",
     "build_lists",
     "listable",
     "customer_value",
@@ -134,7 +141,8 @@ LIST_COLUMN_DOCS = {
     "as_of": "the scoring date (YYYY-MM-DD): the lists use orders up to the end of this day",
     "list": "at_risk (bought within the model's horizon; prevention) or lapsed (bought "
     "longer ago, within campaigns.reactivation_days; reactivation)",
-    "rank": "1 = the highest churn probability in this file, then 2, 3, ... without gaps",
+    "rank": "1 = the highest churn probability in this file (ranked by uplift: the highest "
+    "expected_gain), then 2, 3, ... without gaps",
     "p_churn": "the probability that the customer places no order within the horizon "
     "(0-1; rounded to 3 decimals in the CSV)",
     "risk_decile": "1 = the riskiest tenth of the customers scored for this list, 10 = the "
@@ -152,8 +160,12 @@ LIST_COLUMN_DOCS = {
     "campaign": "the campaign group (campaigns.groups): the first whose rules the customer meets",
     "offer": "the group's offer",
     "channel": "the group's channel",
+    "uplift": "how much a contact raises the chance of a purchase within the horizon, by the "
+    "uplift model of past campaigns (empty when the lists are ranked by p_churn: see the "
+    "manifest's ranking)",
     "expected_gain": "expected profit of contacting the customer: p_churn x save_rate x value "
-    "- contact_cost - offer_cost x P(buys), P(buys) = 1 - p_churn + p_churn x save_rate",
+    "- contact_cost - offer_cost x P(buys), P(buys) = 1 - p_churn + p_churn x save_rate; "
+    "ranked by uplift: uplift x value - contact_cost - offer_cost x (1 - p_churn + uplift)",
     "group": "treatment (contact) or control (do not contact: it measures the campaign)",
     "reasons": "up to three plain-language reasons for the risk, true of this customer "
     "against the scored customers' medians",
@@ -544,6 +556,36 @@ def add_reasons(
     }
 
 
+def add_uplift(
+    scored: Scored, model, campaigns: CampaignsConfig, suppress: pd.Series | None = None
+) -> int:
+    """Rank by an uplift model (:class:`winback.uplift.UpliftModel`): for every customer who
+    may be listed (:func:`listable`, in a campaign group), ``uplift`` and, in place of the
+    save-rate gain, ``expected_gain = uplift x value - contact_cost - offer_cost x (1 - p_churn
+    + uplift)`` (:func:`winback.campaigns.incremental_gain`), by their group's costs; the
+    gain of the customers who may not be listed is left empty, as it would mean something
+    else. The features are read a block at a time. Returns how many customers got an
+    uplift."""
+    scores = scored.scores
+    in_group = scores["campaign"].notna().to_numpy()
+    rows = np.flatnonzero(in_group & listable(scores, campaigns.min_p_churn, suppress))
+    uplift = np.full(len(scores), np.nan)
+    for at, feats in scored.features_in_blocks(rows):
+        uplift[at] = model.predict(feats)
+    gain = np.full(len(scores), np.nan)
+    p_churn = scores["p_churn"].to_numpy(dtype=float)
+    value = scores["value"].to_numpy(dtype=float)
+    group = scores["campaign"].to_numpy(dtype=object, na_value=None)
+    for g in campaigns.groups:
+        mine = (group == g.name) & ~np.isnan(uplift)
+        gain[mine] = incremental_gain(
+            uplift[mine], p_churn[mine], value[mine], g.contact_cost, g.offer_cost
+        )
+    scores["uplift"] = uplift
+    scores["expected_gain"] = gain
+    return len(rows)
+
+
 def _positions(ids: pd.Series, among: pd.Series) -> np.ndarray:
     """Where each of ``ids`` is in ``among`` (every one of them is there), through Arrow's
     hash table."""
@@ -585,6 +627,7 @@ def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None
     out["campaign"] = texts_of(which, [g.name for g in groups], "string")
     out["offer"] = texts_of(which, [g.offer for g in groups])
     out["channel"] = texts_of(which, [g.channel for g in groups])
+    out["uplift"] = np.full(len(out), np.nan)  # set when an uplift model ranks the lists
     out["expected_gain"] = gain
 
 
@@ -600,14 +643,21 @@ def listable(
 
 
 def build_lists(
-    scores: pd.DataFrame, campaigns: CampaignsConfig, suppress: pd.Series | None = None
+    scores: pd.DataFrame,
+    campaigns: CampaignsConfig,
+    suppress: pd.Series | None = None,
+    order_by: str = "p_churn",
 ) -> dict[str, pd.DataFrame]:
     """The ``at_risk`` and ``lapsed`` lists: suppressed customers and those below
     ``campaigns.min_p_churn`` left out, each group sized and capped, then split into treatment
-    and control. Rows are ordered by ``p_churn`` (then customer id) and ranked 1..n.
+    and control. Rows are ordered by ``order_by`` (``p_churn``, or ``expected_gain`` when an
+    uplift model ranks them), highest first, then customer id, and ranked 1..n; ``top_k``
+    keeps the k highest by it.
 
     ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
     """
+    if order_by not in ("p_churn", "expected_gain"):
+        raise ValueError(f"order_by must be p_churn or expected_gain; got {order_by!r}")
     eligible = listable(scores, campaigns.min_p_churn, suppress)
     keys = ["customer_id", "p_churn", "expected_gain"]
     kept = [scores.columns.get_loc(c) for c in LIST_COLUMNS if c != "group"]
@@ -622,6 +672,7 @@ def build_lists(
             chosen = size_list(  # sized on the keys alone: no copy of the score table
                 scores.loc[member, keys],
                 campaigns.size_by,
+                by=order_by,
                 k=campaigns.top_k,
                 threshold=campaigns.threshold,
                 capacity=g.capacity,
@@ -633,7 +684,11 @@ def build_lists(
                 )
             )
         at = np.concatenate(rows)
-        by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
+        if order_by == "p_churn":  # the score table's rank is by p_churn, then customer id
+            by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
+        else:
+            keys_at = scores[[order_by, "customer_id"]].iloc[at].reset_index(drop=True)
+            by_rank = best_first(keys_at, order_by).index.to_numpy()
         flags = np.concatenate(control)[by_rank]
         # the one copy; the lists hold their texts as the files do
         frame = plain_columns(scores.iloc[at[by_rank], kept].reset_index(drop=True))
