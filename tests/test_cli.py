@@ -133,21 +133,35 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "5/11 labels" in stdout and "6/11 backtest" in stdout
     assert "v1 (champion" in stdout and "11/11 retention report" in stdout
     assert "(365-day activity)" in stdout and "bought nothing in the next 30 days" in stdout
-    # the past campaign and tonight's lists: two complete exports
+    # three past campaigns, 30 days apart, and tonight's lists: four complete exports
     folders = sorted(p for p in (demo / "exports").iterdir() if p.is_symlink())
-    assert [p.name for p in folders] == ["2024-11-30", "2024-12-30"]
+    past = ["2024-10-01", "2024-10-31", "2024-11-30"]
+    assert [p.name for p in folders] == [*past, "2024-12-30"]
     for folder in folders:
         assert (folder / "at_risk.csv").is_file() and (folder / "manifest.json").is_file()
     assert "recovered within the 95% interval" in stdout
-    # the loop closes: save rates learned from the campaign size tonight's lists
+    # the loop closes: save rates learned from the campaigns size tonight's lists
     learned = json.loads((demo / "learned.json").read_text())
-    assert [e["export"] for e in learned["exports"]] == ["2024-11-30"]
+    assert [e["export"] for e in learned["exports"]] == past
     taught = [g for g, row in learned["groups"].items() if row["weight"]]
     assert taught and all(f"    {g}: save rate " in stdout for g in taught)
-    sizing = json.loads((folders[1] / "manifest.json").read_text())["sizing"]["groups"]
+    manifest = json.loads((folders[-1] / "manifest.json").read_text())
+    sizing = manifest["sizing"]["groups"]
     for g in taught:
         assert sizing[g]["save_rate_source"].startswith("learned: ")
         assert sizing[g]["save_rate"] == pytest.approx(max(learned["groups"][g]["save_rate"], 0))
+    # the uplift model, judged out of time against the oracle, ranks tonight's lists if it won
+    up = learned["uplift"]
+    assert up["trained_on"] == past[:2] and up["evaluated_on"] == past[2]
+    assert "of the oracle's" in stdout and "uplift model, trained on 2 campaigns" in stdout
+    assert manifest["ranking"]["by"] == ("uplift" if up["beats_p_churn"] else "p_churn")
+    tonight = pd.read_parquet(folders[-1] / "at_risk.parquet")
+    if up["beats_p_churn"]:
+        assert tonight["uplift"].notna().all()
+        assert tonight["expected_gain"].is_monotonic_decreasing
+        assert (demo / learned["uplift"]["model_file"]).is_file()
+    else:
+        assert tonight["uplift"].isna().all()
     readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
     assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
     # every table and plot of the report fits a 1280-pixel browser window

@@ -1,8 +1,10 @@
 """The demo: the whole pipeline on synthetic data, in numbered steps, each told to a callback.
 
 synth -> validate -> profile -> features -> labels -> backtest of the churn model against the
-baselines -> a past campaign with a control group, its simulated effect and its readout -> the
-production model registered in MLflow -> tonight's lists -> the retention report. Everything is
+baselines -> past campaigns with control groups, their simulated effects (persuadables and
+sleeping dogs), the latest one's readout, and what ``learn`` takes from them (save rates, an
+uplift model judged against the oracle) -> the production model registered in MLflow ->
+tonight's lists, sized and ranked by what was learned -> the retention report. Everything is
 written inside ``out`` (orders, exports, models, mlflow.db, reports).
 """
 
@@ -22,6 +24,7 @@ from winback.config import load_config
 from winback.cutoffs import cutoff_schedule
 from winback.features import build_features
 from winback.jobs import (
+    LearnResult,
     ReportResult,
     ScoreResult,
     backtest_job,
@@ -36,7 +39,13 @@ from winback.measure import Readout
 from winback.orders import load_orders
 from winback.profile import build_profile
 from winback.snapshots import build_snapshots
-from winback.synth import SynthParams, generate_orders, simulate_campaign
+from winback.synth import (
+    CampaignEffects,
+    SynthParams,
+    campaign_kinds,
+    generate_orders,
+    simulate_campaign,
+)
 
 __all__ = ["run_demo", "recovery", "DemoResult", "Say"]
 
@@ -51,8 +60,10 @@ class DemoResult:
     out: Path
     scored: ScoreResult
     report: ReportResult
-    truth: dict[str, float]  # the simulated campaign's known effect
+    truth: dict[str, float]  # the latest simulated campaign's known effect
     readout: Readout  # and its measurement
+    learned: LearnResult  # what the campaigns taught
+    qini_oracle: float  # the Qini of ranking the latest campaign by its known expected effect
 
 
 def recovery(readout: Readout, known: float) -> str:
@@ -77,7 +88,8 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
     t0_clock = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     say("line", f"1/11 synth: {customers:,} customers, 2022-01-01 to 2024-12-31, seed {seed}")
-    df = generate_orders(SynthParams(n_customers=customers, seed=seed))
+    synth = SynthParams(n_customers=customers, seed=seed)
+    df = generate_orders(synth)
     orders_file = out / "orders.parquet"
     atomic_parquet(df, orders_file)
     say("line", f"    {len(df):,} orders -> {orders_file}")
@@ -149,41 +161,57 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
         }
     )
     exports = out / "exports"
-    t0 = last - timedelta(days=horizon)
+    days = [last - timedelta(days=horizon * k) for k in range(N_CAMPAIGNS, 0, -1)]
     say(
         "line",
-        f"7/11 a win-back campaign on {t0:%Y-%m-%d}: train a model as of that day and export "
-        "its lists, with a randomized control group",
+        f"7/11 {N_CAMPAIGNS} win-back campaigns, {horizon} days apart ("
+        + ", ".join(f"{d:%Y-%m-%d}" for d in days)
+        + f"): train a model as of the first, export each night's lists with {TEST_SHARE:.0%} "
+        "of each list held out at random (a test campaign: what it learns from)",
     )
-    past = train_job(orders, prod, t0, track=False)
-    sent = score_job(orders, prod, exports, as_of=t0, model=str(past.path))
-    say("score", sent)
+    tested = prod.model_copy(
+        update={"campaigns": prod.campaigns.model_copy(update={"control_share": TEST_SHARE})}
+    )
+    past = train_job(orders, prod, days[0], track=False)
+    effects = CampaignEffects()
+    say(
+        "line",
+        f"8/11 simulate each campaign before scoring the next: a contact wins back up to "
+        f"{effects.persuadable:.0%} of the customers who would not have bought within "
+        f"{horizon} days, most of all regulars whose last order was about "
+        f"{effects.lapse_days:.0f} days ago; it keeps {effects.sleeping_dog:.0%} of the "
+        "regulars who would have bought away (the control groups are left alone)",
+    )
+    world, world_file = df, out / "orders_after_campaigns.parquet"
+    campaigns = []
+    for k, day in enumerate(days):
+        sent = score_job(orders, tested, exports, as_of=day, model=str(past.path))
+        listed = pd.concat(sent.lists.values(), ignore_index=True)
+        kinds = campaign_kinds(
+            world, listed, pd.Timestamp(day), horizon, effects, seed + k, params=synth
+        )
+        kinds = kinds.merge(listed[["customer_id", "campaign"]], on="customer_id")
+        world, truth = simulate_campaign(
+            world, listed, pd.Timestamp(day), horizon, seed=seed + k, effects=effects
+        )
+        atomic_parquet(world, world_file)
+        orders = load_orders(
+            world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_duckdb(cfg)
+        )
+        campaigns.append((sent, kinds, truth))
+        say(
+            "line",
+            f"    {day:%Y-%m-%d}: {len(listed):,} listed, {truth['n_treatment']:.0f} contacted; "
+            f"{truth['won_back']:.0f} won back, {truth['pushed_away']:.0f} kept away: known "
+            f"effect {truth['incremental_retention'] * 100:+.1f} points of retention",
+        )
+    say("line", f"    the orders with the campaigns' effects -> {world_file}")
 
-    uplift = 0.10
+    sent, kinds, truth = campaigns[-1]
     say(
         "line",
-        f"8/11 simulate the campaign: {uplift:.0%} of the treated customers who would not have "
-        f"bought within {horizon} days are won back (the control group is left alone)",
-    )
-    listed = pd.concat(sent.lists.values(), ignore_index=True)
-    world, truth = simulate_campaign(df, listed, pd.Timestamp(t0), horizon, uplift, seed)
-    world_file = out / "orders_after_campaign.parquet"
-    atomic_parquet(world, world_file)
-    say(
-        "line",
-        f"    {truth['won_back']:.0f} of {truth['n_treatment']:.0f} treated customers won back: "
-        f"known effect {truth['incremental_retention'] * 100:+.1f} points of retention, "
-        f"{truth['incremental_revenue_per_customer']:+.2f} revenue per treated customer "
-        f"-> {world_file}",
-    )
-    orders = load_orders(
-        world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_duckdb(cfg)
-    )
-
-    say(
-        "line",
-        f"9/11 measure the campaign: treatment against control over {horizon} days; learn "
-        "each group's save rate from it",
+        f"9/11 measure the latest campaign over {horizon} days; learn each group's save rate "
+        f"and an uplift model from all {N_CAMPAIGNS}",
     )
     measured = measure_job(
         orders, prod, sent.folder, window_days=horizon, out=out / "reports" / "measure"
@@ -191,19 +219,39 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
     say("readout", measured.readout)
     say("line", "    " + recovery(measured.readout, truth["incremental_retention"]))
     learned = learn_job(orders, prod, exports, out=out / "learned.json")
+    contacted = pd.concat([c[1] for c in campaigns], ignore_index=True)
+    contacted = contacted[contacted["group"] == "treatment"]
     for row in learned.table.itertuples():
         if not row.n_campaigns:
             continue
-        if row.weight:  # the simulated save rate is the share of would-be churners won back
+        mine = contacted[contacted["campaign"] == row.campaign]
+        true_rate = mine["true_uplift"].sum() / max((~mine["buys_anyway"]).sum(), 1)
+        if row.weight:  # the true save rate: (won back - kept away) / treated would-be churners
             say(
                 "line",
                 f"    {row.campaign}: save rate {row.save_rate:.3f} [{row.save_rate_lo:.3f}, "
                 f"{row.save_rate_hi:.3f}] learned from {row.n_control:,} held out (observed "
-                f"{row.save_rate_observed:.3f}, assumed {row.prior:.3f}, true {uplift:.3f})",
+                f"{row.save_rate_observed:.3f}, assumed {row.prior:.3f}, true {true_rate:.3f})",
             )
         else:
             say("line", f"    {row.campaign}: no one held out; the assumed {row.prior:.3f} stays")
-    say("line", f"    -> {learned.path}; tonight's lists are sized with these rates")
+    oracle = _oracle_qini(orders, kinds, pd.Timestamp(days[-1]), horizon)
+    up = learned.document["uplift"]
+    if up.get("evaluated"):
+        q = up["rankings"]["model"]
+        p_churn_q = up["rankings"].get("p_churn", {}).get("qini", float("nan"))
+        say(
+            "line",
+            f"    uplift model, trained on {len(up['trained_on'])} campaigns and judged on "
+            f"{up['evaluated_on']}: Qini {q['qini']:.4f} [{q['qini_lo']:.4f}, "
+            f"{q['qini_hi']:.4f}], {q['qini'] / oracle:.0%} of the oracle's {oracle:.4f} (who "
+            f"knows each customer's expected effect); ranking by p_churn: {p_churn_q:.4f}",
+        )
+    ranked = "by uplift" if up.get("beats_p_churn") else "by p_churn (" + up["why"] + ")"
+    say(
+        "line",
+        f"    -> {learned.path}; tonight's lists are sized with these rates and ranked {ranked}",
+    )
     prod = prod.model_copy(
         update={"campaigns": prod.campaigns.model_copy(update={"learned": str(learned.path)})}
     )
@@ -231,4 +279,21 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
         f"look at the runs and the registered model with: mlflow ui --backend-store-uri {uri}",
     )
     say("line", f"done in {time.perf_counter() - t0_clock:.1f}s")
-    return DemoResult(out, scored, rep, truth, measured.readout)
+    return DemoResult(out, scored, rep, truth, measured.readout, learned, oracle)
+
+
+#: The demo's past campaigns, and the share of each list they held out.
+N_CAMPAIGNS = 3
+TEST_SHARE = 0.5
+
+
+def _oracle_qini(orders, kinds: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> float:
+    """The Qini coefficient of ranking a campaign's customers by their expected effect (what
+    the simulation knows and no model can see), on the outcomes ``learn`` judged it on."""
+    from winback.measure import customer_outcomes
+    from winback.uplift import qini_coefficient
+
+    start = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
+    got = customer_outcomes(orders, kinds["customer_id"], start, start + timedelta(days=horizon))
+    rows = kinds.merge(got[["customer_id", "bought"]], on="customer_id")
+    return qini_coefficient(rows["expected_uplift"], rows["group"] == "treatment", rows["bought"])
