@@ -114,6 +114,26 @@ def test_backtest_cli_writes_predictions_metrics_plots_and_a_run(workdir):
     assert run.data.tags["data.rows"] == str(len(pd.read_parquet(workdir / "orders.parquet")))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gains.png", "metrics.json"} <= arts
+    # when the next order is due, checked at 30, 60 and 90 days against what happened
+    timing = doc["timing"]
+    assert set(timing) == {"30d", "60d", "90d"}
+    for days, t in timing.items():
+        assert sum(row["customers"] for row in t["table"]) == t["customers"]
+        assert abs(t["predicted"] - t["observed"]) < 0.05 and t["ece"] < 0.05
+        assert run.data.metrics[f"timing_{days}_ece"] == pytest.approx(t["ece"])
+        assert f"no order within {days[:-1]} days: predicted" in res.stdout
+    pred = pd.read_parquet(out / "predictions.parquet")
+    curve = pred[["p_no_order_30d", "p_no_order_60d", "p_no_order_90d"]].to_numpy()
+    assert (np.diff(curve, axis=1) <= 1e-12).all()  # monotone in the horizon, every customer
+    assert np.allclose(pred["p_no_order_60d"], pred["p_churn"])  # H = 60
+    # the outcomes, recounted from the orders: no purchase in (T, T + 30]
+    orders = pd.read_parquet(workdir / "orders.parquet")
+    t0 = pd.Timestamp("2023-07-01", tz="UTC")
+    window = orders[(orders["order_ts"] > t0) & (orders["amount"] > 0)]
+    window = window[window["order_ts"] <= t0 + pd.Timedelta(days=30)]
+    at = pred[pred["cutoff_ts"] == t0]
+    bought = at["customer_id"].isin(set(window["customer_id"].astype(str)))
+    assert (at["no_order_30d"].astype(bool) == ~bought).all()
 
 
 def test_train_registers_champion_and_a_worse_challenger_is_not_promoted(workdir):

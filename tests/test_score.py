@@ -133,6 +133,15 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
         scores.loc[listed, "reasons"].notna().all() and scores.loc[~listed, "reasons"].isna().all()
     )
     assert (scores["risk_decile"].between(1, 10)).all()
+    # when the next order is due: chances that fall with the horizon and meet p_churn at
+    # H = 60 days, and dates in order
+    curve = scores[["p_no_order_30d", "p_no_order_60d", "p_no_order_90d"]].to_numpy()
+    assert (np.diff(curve, axis=1) <= 1e-12).all()
+    assert np.allclose(scores["p_no_order_60d"], scores["p_churn"])
+    dates = scores[["next_order_from", "next_order_date", "next_order_until"]].dropna()
+    assert len(dates) > 100 and (dates["next_order_from"] <= dates["next_order_date"]).all()
+    assert (dates["next_order_date"] <= dates["next_order_until"]).all()
+    assert (dates["next_order_from"] > "2023-12-31").all()
 
 
 def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):

@@ -26,10 +26,12 @@ from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.progress import Progress, tell
 from winback.snapshots import build_snapshots, build_training_snapshots
+from winback.timing import TIMING_DAYS, TIMING_INPUTS, p_no_order, reliability
 
 __all__ = [
     "BacktestResult",
     "run_backtest",
+    "timing_reliability",
     "write_backtest",
 ]
 
@@ -46,6 +48,7 @@ class BacktestResult:
     models: dict[str, ChurnModel] = field(default_factory=dict)
     training: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    timing: dict[str, dict] = field(default_factory=dict)  # :func:`timing_reliability`
 
     def table(self) -> pd.DataFrame:
         """Every metric row with its cutoff ('pooled' for all cutoffs together)."""
@@ -133,6 +136,7 @@ def run_backtest(
         out["churned"] = test["churned"].astype("boolean") if labelled else pd.NA
         for name, s in baseline_scores(test, logit).items():
             out[name] = s
+        out = _with_timing(orders, out, test, t, horizon_days, lookback_days)
         preds.append(out)
         models[key], training[key] = model, model.training_cutoffs_
         if labelled:
@@ -150,7 +154,57 @@ def run_backtest(
     done = predictions[predictions["churned"].notna()]
     if len(metrics) > 1:
         metrics["pooled"] = _metrics(done, n_boot, random_state)
-    return BacktestResult(predictions, metrics, models, training, time.perf_counter() - t0)
+    timing = timing_reliability(predictions)
+    return BacktestResult(predictions, metrics, models, training, time.perf_counter() - t0, timing)
+
+
+def _with_timing(
+    orders: Orders,
+    out: pd.DataFrame,
+    test: pd.DataFrame,
+    t: datetime,
+    horizon_days: int,
+    lookback_days: int,
+) -> pd.DataFrame:
+    """``out`` with each customer's chance of no order within each of :data:`TIMING_DAYS`
+    (``p_no_order_<d>d``, :func:`winback.timing.p_no_order`) and, where the data covers
+    ``(t, t + d]``, whether they placed none (``no_order_<d>d``)."""
+    from winback.labels import build_labels
+
+    inputs = [test[c].to_numpy(dtype=float) for c in TIMING_INPUTS]
+    p = out["p_churn"].to_numpy(dtype=float)
+    for d in TIMING_DAYS:
+        out[f"p_no_order_{d}d"] = p_no_order(d, p, *inputs, horizon_days)
+        if t + timedelta(days=d) <= orders.last_ts:
+            seen = build_labels(orders, [t], d, lookback_days)
+            none = out["customer_id"].map(seen.set_index("customer_id")["churned"])
+            out[f"no_order_{d}d"] = none.astype("boolean")
+        else:
+            out[f"no_order_{d}d"] = pd.array([pd.NA] * len(out), dtype="boolean")
+    return out
+
+
+def timing_reliability(predictions: pd.DataFrame) -> dict[str, dict]:
+    """Per horizon of :data:`TIMING_DAYS`, over the customers whose outcome is known: the
+    ``customers``, the mean ``predicted`` chance of no order and the ``observed`` share, the
+    ``ece`` (customer-weighted mean |gap| over ten bins) and the reliability ``table``
+    (:func:`winback.timing.reliability`)."""
+    found = {}
+    for d in TIMING_DAYS:
+        seen = predictions[predictions[f"no_order_{d}d"].notna()]
+        if seen.empty:
+            continue
+        pred = seen[f"p_no_order_{d}d"].to_numpy(dtype=float)
+        obs = seen[f"no_order_{d}d"].astype(bool).to_numpy()
+        table = reliability(pred, obs)
+        found[f"{d}d"] = {
+            "customers": len(seen),
+            "predicted": float(pred.mean()),
+            "observed": float(obs.mean()),
+            "ece": float((table["gap"].abs() * table["customers"]).sum() / len(seen)),
+            "table": table.to_dict(orient="records"),
+        }
+    return found
 
 
 def _metrics(pred: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
@@ -191,6 +245,7 @@ def write_backtest(result: BacktestResult, out_dir: str | Path, params: dict) ->
         "training_cutoffs": result.training,
         "models": result.choices(),
         "metrics": {k: _jsonable(v) for k, v in result.metrics.items()},
+        "timing": result.timing,
         "seconds": round(result.seconds, 3),
     }
     with atomic_path(out / "metrics.json") as tmp:

@@ -447,6 +447,16 @@ def features(
         _say(f"  {ts:%Y-%m-%d}: {k:,} customers")
 
 
+def _print_timing(timing: dict) -> None:
+    """The next-order chances against what happened, one line per horizon."""
+    for days, t in timing.items():
+        _say(
+            f"no order within {days[:-1]} days: predicted {t['predicted']:.3f}, observed "
+            f"{t['observed']:.3f} ({t['customers']:,} customers); mean gap of the ten bins "
+            f"{t['ece']:.3f}"
+        )
+
+
 def _print_metrics(metrics: dict, choices: dict | None = None) -> None:
     _say(
         f"{'cutoff':<11} {'score':<8} {'customers':>9} {'churn':>6} {'ROC-AUC [95% CI]':>24} "
@@ -569,6 +579,7 @@ def backtest(
     }
     if run.result.metrics:
         _print_metrics(run.result.metrics, run.result.choices())
+        _print_timing(run.result.timing)
     else:
         _say("no evaluation cutoff has a fully observed horizon: scored, not evaluated")
     _say(
@@ -1118,7 +1129,7 @@ def demo(
     show = {
         "line": typer.echo,
         "lines": _echo_lines,
-        "metrics": lambda bt: _print_metrics(bt.metrics, bt.choices()),
+        "metrics": lambda bt: (_print_metrics(bt.metrics, bt.choices()), _print_timing(bt.timing)),
         "score": _echo_score,
         "train": _echo_train,
         "readout": _echo_readout,

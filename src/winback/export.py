@@ -241,6 +241,9 @@ def _spelled_out(s: pd.Series) -> pd.Series:
 #: files keep full precision.
 CSV_DECIMALS = {
     "p_churn": 3,
+    "p_no_order_30d": 3,
+    "p_no_order_60d": 3,
+    "p_no_order_90d": 3,
     "value": 2,
     "expected_value": 2,
     "value_at_risk": 2,

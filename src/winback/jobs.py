@@ -234,6 +234,7 @@ def backtest_job(
                 files,
                 orders.fingerprint(),
                 result.choices(),
+                result.timing,
             )
             run.tracking_uri = mask_url(uri)
     return run

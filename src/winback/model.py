@@ -77,7 +77,17 @@ SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 #: Snapshot columns that are keys or labels, never features.
-NON_FEATURES = frozenset({"customer_id", "cutoff_ts", "churned", "orders_in_horizon"})
+NON_FEATURES = frozenset(
+    {
+        "customer_id",
+        "cutoff_ts",
+        "churned",
+        "orders_in_horizon",
+        # BG/NBD's posterior of the purchase rate: for the timing of the next order only
+        "bgnbd_posterior_r",
+        "bgnbd_posterior_alpha",
+    }
+)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

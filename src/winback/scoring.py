@@ -53,7 +53,14 @@ from winback.export import plain_columns
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.segments import quintile_sql, segments_of, texts_of
-from winback.snapshots import BGNBD_FEATURES, SUMMARY_COLUMNS, build_snapshots, snapshot_source
+from winback.snapshots import (
+    BGNBD_FEATURES,
+    BGNBD_POSTERIOR,
+    SUMMARY_COLUMNS,
+    build_snapshots,
+    snapshot_source,
+)
+from winback.timing import TIMING_INPUTS, timing_columns
 
 __all__ = [
     "Scored",
@@ -148,6 +155,16 @@ LIST_COLUMN_DOCS = {
     "risk_decile": "1 = the riskiest tenth of the customers scored for this list, 10 = the "
     "least risky tenth",
     "risk_band": "high (risk deciles 1-3), medium (4-7) or low (8-10)",
+    "p_no_order_30d": "chance of no order within 30 days: BG/NBD's curve over time, moved on "
+    "the logit scale to agree with p_churn at the horizon",
+    "p_no_order_60d": "the same within 60 days",
+    "p_no_order_90d": "the same within 90 days",
+    "next_order_from": "the date by which an order has a 10% chance (empty: not that likely "
+    "within 3 years)",
+    "next_order_date": "the date by which an order has a 50% chance: when the next order is "
+    "due (empty: not that likely within 3 years)",
+    "next_order_until": "the date by which an order has a 90% chance (empty: not that likely "
+    "within 3 years)",
     "extrapolated": "True when the last order is older than any the model learnt from (its "
     "lookback): rank by the probability, do not read it at face value",
     "days_since_last_order": "whole days from the last order to the as-of",
@@ -266,6 +283,7 @@ def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> 
         "value": customer_value(snap, value_days),
         "expected_value": (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float),
     }
+    cols |= {c: snap[c] for c in TIMING_INPUTS}
     cols |= {c: snap[c] for c in DRIFT_FEATURES if c in snap.columns and c not in cols}
     return pd.DataFrame(cols).assign(p_churn=p_churn)
 
@@ -324,7 +342,8 @@ def _score_table(
                CAST(n_order_days AS BIGINT) AS n_order_days, rank,
                CAST(ceil(rank * 10 / n_list) AS BIGINT) AS risk_decile, r, f,
                CAST(floor(recency_days) AS BIGINT) AS days_since_last_order,
-               recency_days >= {int(lookback_days)} AS extrapolated
+               recency_days >= {int(lookback_days)} AS extrapolated,
+               {", ".join(TIMING_INPUTS)}
         FROM (
             SELECT *,
                    row_number() OVER (PARTITION BY list ORDER BY p_churn DESC, customer_id)
@@ -348,12 +367,19 @@ def _score_table(
     for i, (lo, hi) in enumerate(RISK_BANDS.values()):
         band[(decile >= lo) & (decile <= hi)] = i
     one = np.zeros(n, dtype=np.int8)
+    due = timing_columns(
+        t["p_churn"].to_numpy(dtype=float),
+        *(t[c].to_numpy(dtype=float) for c in TIMING_INPUTS),
+        horizon_days,
+        pd.Timestamp(as_of),
+    )
     out = pd.DataFrame(
         {
             "customer_id": t["customer_id"],
             "as_of": texts_of(one, [f"{as_of:%Y-%m-%d}"]),
             "list": texts_of(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
             "p_churn": t["p_churn"],
+            **due,
             "extrapolated": t["extrapolated"].astype(bool),
             "days_since_last_order": t["days_since_last_order"].astype("int64"),
             "value": t["value"],
@@ -454,7 +480,8 @@ def _score_on_spark(
         joined = spark.sql(source.sql()).drop("cutoff_ts")
         fields = [f for f in joined.schema.fields if f.name not in SUMMARY_COLUMNS]
         schema = StructType(
-            fields + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, "p_churn"]]
+            fields
+            + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, *BGNBD_POSTERIOR, "p_churn"]]
         )
         shipped = spark.sparkContext.broadcast((model, source.bgnbd))
 
@@ -483,7 +510,7 @@ class _SparkFeatures:
         wanted = [
             "customer_id", "recency_days", "tenure_days", "n_orders", "n_order_days",
             "monetary_total", "monetary_mean", f"spend_{v}d", f"orders_{v}d",
-            "bgnbd_expected_purchases", *DRIFT_FEATURES, "p_churn",
+            "bgnbd_expected_purchases", *TIMING_INPUTS, *DRIFT_FEATURES, "p_churn",
         ]  # fmt: skip
         present = list(dict.fromkeys(c for c in wanted if c in self.frame.columns))
         return self.engine.query_df_frame(self.frame.select(*present))

@@ -4,7 +4,9 @@ BG/NBD is fitted at each cutoff on every customer who had bought by then (not on
 ones, so that customers who dropped out inform the dropout rate; a seeded sample of 200k of
 them on large histories), in days, from purchase days at or before the cutoff. Its
 predictions for the next ``horizon_days`` become features:
-``bgnbd_p_alive``, ``bgnbd_p_no_purchase`` and ``bgnbd_expected_purchases``.
+``bgnbd_p_alive``, ``bgnbd_p_no_purchase`` and ``bgnbd_expected_purchases``; the posterior of
+the purchase rate (``bgnbd_posterior_r``, ``bgnbd_posterior_alpha``) travels with them, for
+when the next order is due, but is not a feature.
 
 Training snapshots of a large history are built for a seeded sample of its customers only
 (:func:`training_sample`, :func:`customers_only`): the model uses a bounded number of rows, and
@@ -55,11 +57,18 @@ __all__ = [
     "customers_only",
     "training_sample",
     "BGNBD_FEATURES",
+    "BGNBD_POSTERIOR",
 ]
 
 log = logging.getLogger(__name__)
 
 BGNBD_FEATURES = ["bgnbd_p_alive", "bgnbd_p_no_purchase", "bgnbd_expected_purchases"]
+
+#: The posterior of an alive customer's purchase rate per day, Gamma(r + x, alpha + T) (shape,
+#: rate) after x repeat purchases over T days: with ``bgnbd_p_alive`` it gives the chance of
+#: no purchase within any number of days (:mod:`winback.timing`). Carried with the snapshot,
+#: not learnt from (:data:`winback.model.NON_FEATURES`).
+BGNBD_POSTERIOR = ["bgnbd_posterior_r", "bgnbd_posterior_alpha"]
 
 #: BG/NBD is fitted on at most this many customers per cutoff (a seeded random sample); its
 #: four parameters are estimated as well from 200k customers as from millions.
@@ -87,6 +96,8 @@ def bgnbd_predictions(model: BGNBD, rows: pd.DataFrame, horizon_days: int) -> di
         "bgnbd_p_alive": model.p_alive(*args),
         "bgnbd_p_no_purchase": model.p_no_purchase(h, *args),
         "bgnbd_expected_purchases": model.expected_purchases(h, *args),
+        "bgnbd_posterior_r": model.r_ + args[0].astype(float),
+        "bgnbd_posterior_alpha": model.alpha_ + args[2].astype(float),
     }
 
 
@@ -101,14 +112,14 @@ class BGNBDAtCutoffs:
     horizon_days: int
 
     def add_to(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """``rows`` without their :data:`SUMMARY_COLUMNS`, with :data:`BGNBD_FEATURES` added
-        last, each row predicted by its cutoff's fit (rows without ``cutoff_ts`` need a single
-        fit)."""
+        """``rows`` without their :data:`SUMMARY_COLUMNS`, with :data:`BGNBD_FEATURES` and
+        :data:`BGNBD_POSTERIOR` added last, each row predicted by its cutoff's fit (rows
+        without ``cutoff_ts`` need a single fit)."""
         summary = rows[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
         if summary["frequency"].isna().any():
             raise DataError("internal: an active customer has no BG/NBD summary")
         out = rows.drop(columns=list(SUMMARY_COLUMNS))
-        added = {c: np.full(len(rows), np.nan) for c in BGNBD_FEATURES}
+        added = {c: np.full(len(rows), np.nan) for c in BGNBD_FEATURES + BGNBD_POSTERIOR}
         for cutoff, at in self._rows_by_cutoff(rows).items():
             for c, values in bgnbd_predictions(
                 self.fits[cutoff], summary.iloc[at], self.horizon_days

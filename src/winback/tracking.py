@@ -223,12 +223,17 @@ def log_backtest(
     files: Iterable[Path],
     fingerprint: dict[str, Any] | None = None,
     choices: dict[str, dict] | None = None,
+    timing: dict[str, dict] | None = None,
 ) -> str:
-    """Log a backtest run (with the candidate chosen at each cutoff); return its run id."""
+    """Log a backtest run (with the candidate chosen at each cutoff and the next-order
+    chances' calibration per horizon, ``timing_<d>d_ece`` and the like); return its run id."""
     mlflow = _mlflow(uri, experiment)
     with mlflow.start_run(run_name="backtest") as run:
         _log_common(mlflow, params, metrics, files, fingerprint, "backtest")
         _log_choices(mlflow, choices)
+        for days, t in (timing or {}).items():
+            for name in ("predicted", "observed", "ece"):
+                mlflow.log_metric(f"timing_{days}_{name}", float(t[name]))
         return run.info.run_id
 
 
