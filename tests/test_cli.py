@@ -164,6 +164,9 @@ def test_demo_runs_end_to_end(tmp_path):
         assert tonight["uplift"].isna().all()
     readout = json.loads((demo / "reports" / "measure" / "measure.json").read_text())
     assert readout["rows"][0]["scope"] == "all" and readout["window_days"] == 30
+    # the report says what was learned: save rates over the campaigns, the uplift model
+    page = (demo / "reports" / "report.html").read_text()
+    assert "What we learned from past campaigns" in page and "Qini coefficient" in page
     # every table and plot of the report fits a 1280-pixel browser window
     assert hidden_in_browser(demo / "reports" / "report.html") == []
     assert "  model  " in stdout and "  bgnbd  " in stdout

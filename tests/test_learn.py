@@ -223,6 +223,14 @@ def test_learn_cli_pools_finished_campaigns_and_score_sizes_with_what_it_learned
     assert runs["metrics.repeat_buyers.save_rate"].iloc[0] == pytest.approx(
         doc["groups"]["repeat_buyers"]["save_rate"]
     )
+    assert runs["metrics.uplift.model.qini"].iloc[0] == pytest.approx(model["qini"])
+    # the curves the report draws, and each campaign's own rates
+    assert set(up["qini_curves"]) == set(up["profit_curves"]) == {"model", "p_churn"}
+    assert up["qini_curves"]["model"]["share"][-1] == 1.0
+    assert {e["export"] for e in doc["by_export"]} == set(CAMPAIGNS[:2])
+    # the model is kept beside learned.json only when it beat p_churn
+    kept = (tmp_path / "learned.uplift.joblib").exists()
+    assert kept == up["beats_p_churn"] == ("model_file" in up)
 
     # score sizes the lists with the learned rates, and says where each came from
     from winback.config import load_config

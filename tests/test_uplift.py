@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from winback.uplift import UpliftModel, evaluate_ranking, qini_coefficient, qini_curve, uplift_at
+from winback.uplift import (
+    UpliftModel,
+    evaluate_ranking,
+    profit_curve,
+    qini_coefficient,
+    qini_curve,
+    uplift_at,
+)
 
 
 def test_qini_and_uplift_at_a_share_by_hand():
@@ -28,6 +35,20 @@ def test_qini_and_uplift_at_a_share_by_hand():
     # top half: the treated buyer (1 of 1) against the held-out non-buyer (0 of 1)
     assert uplift_at(score, treated, bought, 0.5) == 1.0
     assert np.isnan(uplift_at(score, treated, bought, 0.25))  # only treated in the top quarter
+
+
+def test_profit_curve_by_hand():
+    # best first: a treated buyer (revenue 10), a held-out buyer (6), a treated and a held-out
+    # customer who did not buy; a contact costs 1, a redeemed offer 2; 2 treated in all
+    score = [4, 3, 2, 1]
+    treated = [True, False, True, False]
+    bought = [True, True, False, False]
+    revenue = [10.0, 6.0, 0.0, 0.0]
+    curve = profit_curve(score, treated, bought, revenue, 1.0, 2.0)
+    # n=1: 10 - 0 - 3 = 7; n=2: 10 - 6 x 1/1 - 3 = 1; n=3: 10 - 6 x 2/1 - 4 = -6;
+    # n=4: 10 - 6 x 2/2 - 4 = 0; each / 2 treated
+    assert curve["net"].tolist() == pytest.approx([3.5, 0.5, -3.0, 0.0])
+    assert curve["share"].tolist() == [0.25, 0.5, 0.75, 1.0]
 
 
 @pytest.fixture(scope="module")

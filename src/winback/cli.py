@@ -916,8 +916,22 @@ def learn(
         )
         if "p_churn" in r:
             line += f", ranking by p_churn {r['p_churn']['qini']:.4f}"
-        _say(f"{line}; {up['why']}")
-    _say(f"wrote {out}; set campaigns.learned to it to size the lists with these rates")
+        _say(f"{line} (at random 0); {up['why']}")
+        top = r["model"]
+        _say(
+            f"  uplift among its top 10%: {top['uplift_10'] * 100:+.1f} points "
+            f"[{top['uplift_10_lo'] * 100:+.1f}, {top['uplift_10_hi'] * 100:+.1f}], "
+            f"30%: {top['uplift_30'] * 100:+.1f}; at random "
+            f"{up['random']['uplift'] * 100:+.1f} points"
+        )
+    _say(
+        f"wrote {out}; set campaigns.learned to it to size the lists with these rates"
+        + (
+            " and rank them by uplift (campaigns.rank_by auto or uplift)"
+            if up.get("model_file")
+            else ""
+        )
+    )
     if res.run_id:
         _say(f"MLflow run {res.run_id}")
 

@@ -930,7 +930,9 @@ def learn_job(
             )
             continue
         outcomes = customer_outcomes(orders, lists["customer_id"], as_of, end)
-        rows = lists.merge(outcomes[["customer_id", "bought"]], on="customer_id", how="left")
+        rows = lists.merge(
+            outcomes[["customer_id", "bought", "revenue"]], on="customer_id", how="left"
+        )
         risk = _p_churn_of(folder)
         if risk is not None:
             rows = rows.merge(risk, on="customer_id", how="left")
@@ -1002,6 +1004,10 @@ def learn_job(
             for k, v in row.items()
             if k != "campaign"
         }
+        for ranking, figures in (uplift.get("rankings") or {}).items():
+            metrics |= {
+                f"uplift.{ranking}.{k}": float(v) for k, v in figures.items() if v is not None
+            }
         params = {
             "exports": str(exports),
             "exports_learned_from": len(used),
@@ -1040,10 +1046,10 @@ def _evaluate_uplift(
     campaign but the latest and judged on the latest, out of time, against targeting by
     ``p_churn`` (when the lists carry it) and at random: the Qini coefficient and the uplift at
     the top 10, 20 and 30%, with 95% bootstrap intervals, and the Qini curves. It beats
-    ``p_churn`` when its Qini's interval lies above ``p_churn``'s Qini. Then, judged, the model
-    is fitted again on every finished campaign, the latest too: the one ``score`` may rank by.
-    Returns what learned.json records, and that model (None when nothing was judged)."""
-    from winback.uplift import evaluate_ranking, qini_curve
+    ``p_churn`` when its Qini's interval lies above ``p_churn``'s Qini; then it is fitted again
+    on every finished campaign, the latest too: the one ``score`` may rank by. Returns what
+    learned.json records, and that model (None when it was not judged, or did not win)."""
+    from winback.uplift import evaluate_ranking, profit_curve, qini_curve
 
     if len(finished) < 2:
         return {
@@ -1065,26 +1071,35 @@ def _evaluate_uplift(
         scores["p_churn"] = latest["p_churn"].to_numpy()
     judged = {name: evaluate_ranking(score, treated, bought) for name, score in scores.items()}
     beats = "p_churn" in judged and judged["model"]["qini_lo"] > judged["p_churn"]["qini"]
-    curves = {}
+    costs = {g.name: (g.contact_cost, g.offer_cost) for g in cfg.campaigns.groups}
+    group = latest["campaign"].astype(str) if "campaign" in latest else pd.Series("", latest.index)
+    contact = group.map(lambda g: costs.get(g, (0.0, 0.0))[0]).to_numpy(dtype=float)
+    offer = group.map(lambda g: costs.get(g, (0.0, 0.0))[1]).to_numpy(dtype=float)
+    revenue = latest["revenue"].fillna(0.0).to_numpy(dtype=float)
+    curves, profits = {}, {}
     for name, score in scores.items():
-        curve = qini_curve(score, treated, bought)
-        at = np.unique(np.linspace(0, len(curve) - 1, min(len(curve), 101)).round().astype(int))
-        curves[name] = {
-            "share": curve["share"].iloc[at].round(6).tolist(),
-            "incremental": curve["incremental"].iloc[at].round(6).tolist(),
-        }
-    final = _fit_uplift(pd.concat(stacked, ignore_index=True))
+        curves[name] = _sampled(qini_curve(score, treated, bought), "incremental")
+        profit = profit_curve(score, treated, bought, revenue, contact, offer)
+        profits[name] = _sampled(profit, "net")
+    # the model score may rank by: only one that beat p_churn, then taught by every campaign
+    final = _fit_uplift(pd.concat(stacked, ignore_index=True)) if beats else None
     return {
         "evaluated": True,
         "method": "X-learner on LightGBM; Qini coefficient and uplift at the top shares on the "
-        "latest campaign, 95% bootstrap intervals (200 resamples); the model score ranks by is "
-        "then fitted on every campaign",
+        "latest campaign, 95% bootstrap intervals (200 resamples); a model that beat p_churn is "
+        "then fitted on every campaign, and score may rank by it",
         "trained_on": train["_export"].unique().tolist(),
         "evaluated_on": latest["_export"].iloc[0],
-        "fitted_on": [folder.name for folder, _, _ in finished],
+        "fitted_on": [folder.name for folder, _, _ in finished] if beats else [],
         "customers": {"trained": len(train), "evaluated": len(latest)},
         "rankings": {k: {n: _plain(v) for n, v in r.items()} for k, r in judged.items()},
+        # a random list of any size: the campaign's overall uplift, and a Qini of 0 by definition
+        "random": {
+            "qini": 0.0,
+            "uplift": _plain(float(bought[treated].mean() - bought[~treated].mean())),
+        },
         "qini_curves": curves,
+        "profit_curves": profits,
         "beats_p_churn": bool(beats),
         "why": (
             "the model's Qini interval lies above p_churn's Qini"
@@ -1096,8 +1111,17 @@ def _evaluate_uplift(
     }, final
 
 
+def _sampled(curve: pd.DataFrame, column: str, points: int = 101) -> dict[str, list]:
+    """A curve's ``share`` and ``column`` at ``points`` shares evenly apart, for learned.json."""
+    at = np.unique(np.linspace(0, len(curve) - 1, min(len(curve), points)).round().astype(int))
+    return {
+        "share": curve["share"].iloc[at].round(6).tolist(),
+        column: curve[column].iloc[at].round(6).tolist(),
+    }
+
+
 #: The columns of a campaign's stacked features that are outcomes, not features.
-_OUTCOME_COLUMNS = ["group", "bought", "p_churn", "campaign", "_export"]
+_OUTCOME_COLUMNS = ["group", "bought", "revenue", "p_churn", "campaign", "_export"]
 
 
 def _fit_uplift(rows: pd.DataFrame) -> UpliftModel:
@@ -1119,7 +1143,7 @@ def _campaign_features(
     windows = sorted(set(cfg.features.windows_days) | {int(cfg.campaigns.value_days)})
     with customers_only(orders, rows["customer_id"].tolist()) as mine:
         snap = build_snapshots(mine, [as_of], window, lookback, windows, labels=False)
-    keep = [c for c in ("customer_id", "group", "bought", "p_churn", "campaign") if c in rows]
+    keep = [c for c in ("customer_id", *_OUTCOME_COLUMNS) if c in rows]
     return snap.merge(rows[keep], on="customer_id")
 
 
@@ -1426,7 +1450,11 @@ def report_job(
     for e in _readout_exports(orders, cfg, exports):
         readouts.append(readout_export(orders, cfg, e))
         tables[f"campaign_{e.name}.csv"] = readouts[-1].table
-    sections += [_campaigns_section(readouts, exports, exports_dir), lists_sec]
+    sections += [
+        _campaigns_section(readouts, exports, exports_dir),
+        _learned_section(cfg),
+        lists_sec,
+    ]
     step(4, 5)
     ax, caption = _champion_gains(orders, cfg, model, tracking_uri, end)
     sections.append(_model_section(ax, caption))
@@ -1517,6 +1545,20 @@ def _campaigns_section(readouts: list[Readout], exports: list[Path], exports_dir
             for part in sub.parts:
                 sec.add(part)
     return sec
+
+
+def _learned_section(cfg: Config):
+    """The report's "What we learned" section, from ``campaigns.learned``."""
+    from winback.report import learned_section
+
+    if cfg.campaigns.learned is None:
+        return learned_section(None, "campaigns.learned is not set: nothing learned yet")
+    path = Path(cfg.campaigns.learned)
+    try:
+        doc = _read_learned(path)
+    except DataError as exc:
+        return learned_section(None, str(exc))
+    return learned_section(doc, str(path))
 
 
 def _model_section(ax, caption: str):

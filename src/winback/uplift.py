@@ -22,7 +22,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["UpliftModel", "qini_curve", "qini_coefficient", "uplift_at", "evaluate_ranking"]
+__all__ = [
+    "UpliftModel",
+    "qini_curve",
+    "qini_coefficient",
+    "uplift_at",
+    "evaluate_ranking",
+    "profit_curve",
+]
 
 
 class UpliftModel:
@@ -97,6 +104,28 @@ def qini_curve(score, treated, bought) -> pd.DataFrame:
     return pd.DataFrame(
         {"share": np.arange(1, n + 1) / n, "incremental": (yt - yc * scaled) / max(n, 1)}
     )
+
+
+def profit_curve(score, treated, bought, revenue, contact_cost, offer_cost) -> pd.DataFrame:
+    """What contacting the best first by ``score`` would have earned, on a randomized campaign:
+    ``share`` (of customers taken) and ``net`` (per listed customer). Going down the ranking,
+    the treated among the top n brought ``R_t(n) - R_c(n) N_t(n) / N_c(n)`` more revenue than
+    as many held-out customers, and cost their contacts and the offers their buyers redeemed
+    (``contact_cost``, ``offer_cost``: one number, or one per customer); that net, scaled from
+    the treated to everyone taken (``N / N_t``), per customer of the campaign."""
+    order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
+    n = len(order)
+    t = np.asarray(treated, dtype=bool)[order]
+    b = np.asarray(bought, dtype=bool)[order]
+    r = np.asarray(revenue, dtype=float)[order]
+    contact = np.broadcast_to(np.asarray(contact_cost, dtype=float), (n,))
+    offer = np.broadcast_to(np.asarray(offer_cost, dtype=float), (n,))
+    cost = np.where(t, contact[order] + offer[order] * b, 0.0)
+    nt, nc = np.cumsum(t), np.cumsum(~t)
+    scaled = np.divide(nt, nc, out=np.zeros(n), where=nc > 0)
+    gained = np.cumsum(np.where(t, r, 0.0)) - np.cumsum(np.where(t, 0.0, r)) * scaled
+    net = (gained - np.cumsum(cost)) / max(int(nt[-1]) if n else 0, 1)
+    return pd.DataFrame({"share": np.arange(1, n + 1) / max(n, 1), "net": net})
 
 
 def qini_coefficient(score, treated, bought) -> float:

@@ -21,6 +21,10 @@ __all__ = [
     "readout_tables",
     "p_value",
     "kpi_sections",
+    "plot_learned_save_rates",
+    "plot_qini_curves",
+    "plot_profit_curves",
+    "learned_section",
 ]
 
 
@@ -339,3 +343,127 @@ def kpi_sections(
         sec.add(table_tag(last.sort_values("churn_rate", ascending=False), percent=_RATES))
     out.append(sec)
     return out
+
+
+_RANKING_LABELS = {"model": "uplift model", "p_churn": "riskiest first (p_churn)"}
+
+
+def plot_learned_save_rates(doc: dict, ax=None):
+    """Each group's save rate as each campaign measured it (95% interval), and the rate
+    learned from all of them (dashed; its interval shaded)."""
+    ax = _ax((8, 4), ax)
+    by_export = pd.DataFrame(doc.get("by_export") or [])
+    dates = {e["export"]: e["as_of"] for e in doc.get("exports", [])}
+    colors = {}
+    for i, (name, part) in enumerate(by_export.groupby("campaign", sort=False)):
+        x = pd.to_datetime(part["export"].map(dates).fillna(part["export"]))
+        x = x + pd.to_timedelta(i, unit="D")  # groups side by side, not on top of each other
+        y = part["save_rate_observed"].to_numpy(dtype=float)
+        err = [y - part["lo"].to_numpy(dtype=float), part["hi"].to_numpy(dtype=float) - y]
+        line = ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=3, label=name)
+        colors[name] = line[0].get_color()
+    for name, g in doc.get("groups", {}).items():
+        if name in colors and g.get("weight"):
+            ax.axhline(g["save_rate"], color=colors[name], ls="--", lw=1)
+            ax.axhspan(g["save_rate_lo"], g["save_rate_hi"], color=colors[name], alpha=0.08)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylabel="save rate", title="Save rate per campaign, and learned (dashed)")
+    ax.legend(loc="best", fontsize=8)
+    ax.figure.autofmt_xdate()
+    return ax
+
+
+def plot_qini_curves(curves: dict, ax=None):
+    """The Qini curve of each ranking on the campaign it was judged on, and random targeting's
+    line."""
+    ax = _ax((7, 4), ax)
+    last = 0.0
+    for name, c in curves.items():
+        ax.plot(c["share"], c["incremental"], label=_RANKING_LABELS.get(name, name))
+        last = c["incremental"][-1]
+    ax.plot([0, 1], [0, last], color="grey", ls=":", label="at random")
+    ax.set(
+        xlabel="share of the customers contacted, best first",
+        ylabel="incremental buyers per customer",
+        title="Qini curves, out of time",
+    )
+    ax.legend(loc="best", fontsize=8)
+    return ax
+
+
+def plot_profit_curves(curves: dict, ax=None):
+    """Net incremental profit per listed customer had the top share been contacted, under each
+    ranking, on the campaign it was judged on."""
+    ax = _ax((7, 4), ax)
+    for name, c in curves.items():
+        ax.plot(c["share"], c["net"], label=_RANKING_LABELS.get(name, name))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(
+        xlabel="share of the customers contacted, best first",
+        ylabel="net incremental profit per customer",
+        title="Profit under each ranking, out of time",
+    )
+    ax.legend(loc="best", fontsize=8)
+    return ax
+
+
+def learned_section(doc: dict | None, source: str) -> Section:
+    """The report's "What we learned" section from learned.json (``doc``, read from
+    ``source``): save rates per group over the campaigns, and the uplift model's judgement
+    with its Qini and profit curves; or how to get there."""
+    sec = Section("learned", "What we learned from past campaigns")
+    if doc is None:
+        sec.text(
+            f"{source}. Run 'winback learn --exports DIR --out learned.json' once campaigns' "
+            "outcome windows have passed, and set campaigns.learned to it.",
+            "note",
+        )
+        return sec
+    used = doc.get("exports", [])
+    sec.text(
+        f"From {len(used)} campaign(s) whose outcome window had passed, learned on "
+        f"{str(doc.get('learned_at', '?'))[:10]} ({source}). A save rate is the share of the "
+        "control's would-be churners that a contact kept; each campaign's own is shown with its "
+        "95% interval, and the learned rate pools them, shrunk towards the configured one when "
+        "few customers were held out."
+    )
+    rows = [
+        {
+            "group": name,
+            "campaigns": g["n_campaigns"],
+            "held out": g["n_control"],
+            "assumed": g["prior"],
+            "observed": g["save_rate_observed"],
+            "learned": g["save_rate"],
+            "95% interval": f"[{g['save_rate_lo']:.3f}, {g['save_rate_hi']:.3f}]",
+        }
+        for name, g in doc.get("groups", {}).items()
+    ]
+    if doc.get("by_export"):
+        sec.add(figure_tag(plot_learned_save_rates(doc), "save rates per campaign and learned"))
+    if rows:
+        sec.add(table_tag(pd.DataFrame(rows), digits=3))
+    up = doc.get("uplift") or {}
+    if not up.get("evaluated"):
+        sec.text(f"Uplift model: not judged ({up.get('why', 'nothing to judge')}).", "note")
+        return sec
+    q = up["rankings"]["model"]
+    p = up["rankings"].get("p_churn", {}).get("qini")
+    sec.text(
+        f"Uplift model: trained on {', '.join(up['trained_on'])}, judged on "
+        f"{up['evaluated_on']}, which it did not see. Qini coefficient {q['qini']:.4f} "
+        f"[{q['qini_lo']:.4f}, {q['qini_hi']:.4f}]"
+        + (f" against {p:.4f} for the riskiest first" if p is not None else "")
+        + f"; buying rate of the treated less the held out among its top 10%: "
+        f"{q['uplift_10'] * 100:+.1f} points. "
+        + (
+            "It beat p_churn: lists are ranked by it where campaigns.rank_by allows."
+            if up.get("beats_p_churn")
+            else f"Lists stay ranked by p_churn: {up.get('why')}."
+        )
+    )
+    if up.get("qini_curves"):
+        sec.add(figure_tag(plot_qini_curves(up["qini_curves"]), "Qini curves"))
+    if up.get("profit_curves"):
+        sec.add(figure_tag(plot_profit_curves(up["profit_curves"]), "profit under each ranking"))
+    return sec
