@@ -82,14 +82,20 @@ def p_no_order(t, p_churn, p_alive, r, alpha, horizon_days: int) -> np.ndarray:
     """S(t): each customer's chance of no order within ``t`` days (one number, or one per
     customer), BG/NBD's curve through ``p_churn`` at ``horizon_days``."""
     d = _shift(p_churn, p_alive, r, alpha, horizon_days)
-    t = np.asarray(t, dtype=float)
-    return _sigmoid(_logit(_bgnbd_none(t, p_alive, r, alpha)) + d)
+    return _curve(np.asarray(t, dtype=float), d, p_alive, r, alpha)
 
 
 def days_to_order(q: float, p_churn, p_alive, r, alpha, horizon_days: int) -> np.ndarray:
     """The days ``t`` after the as-of where S(t) = ``q`` (a chance ``1 - q`` of an order by
     then); NaN where S never falls that low."""
-    d = _shift(p_churn, p_alive, r, alpha, horizon_days)
+    return _days(q, _shift(p_churn, p_alive, r, alpha, horizon_days), p_alive, r, alpha)
+
+
+def _curve(t, d, p_alive, r, alpha) -> np.ndarray:
+    return _sigmoid(_logit(_bgnbd_none(t, p_alive, r, alpha)) + d)
+
+
+def _days(q: float, d, p_alive, r, alpha) -> np.ndarray:
     a = np.asarray(p_alive, dtype=float)
     r, alpha = np.asarray(r, dtype=float), np.asarray(alpha, dtype=float)
     u = _sigmoid(_logit(q) - d)
@@ -108,17 +114,17 @@ def timing_columns(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    d = _shift(p_churn, p_alive, r, alpha, horizon_days)  # once for every column
     out: dict[str, object] = {
-        f"p_no_order_{d}d": p_no_order(d, p_churn, p_alive, r, alpha, horizon_days)
-        for d in TIMING_DAYS
+        f"p_no_order_{days}d": _curve(float(days), d, p_alive, r, alpha) for days in TIMING_DAYS
     }
     day0 = np.datetime64(pd.Timestamp(as_of).strftime("%Y-%m-%d"), "D")
     for name, chance in TIMING_QUANTILES.items():
-        t = days_to_order(1.0 - chance, p_churn, p_alive, r, alpha, horizon_days)
+        t = _days(1.0 - chance, d, p_alive, r, alpha)
         known = np.isfinite(t) & (t <= TIMING_MAX_DAYS)
         whole = np.where(known, np.ceil(t), 0).astype(np.int64)  # the day it is reached
         days = pa.array(day0 + whole.astype("timedelta64[D]"), mask=~known)
-        out[name] = pd.array(pc.strftime(days, format="%Y-%m-%d"), dtype="string")
+        out[name] = pd.array(pc.cast(days, pa.string()), dtype="string")  # YYYY-MM-DD
     return out
 
 
