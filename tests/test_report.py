@@ -268,11 +268,13 @@ def test_report_html_is_valid_self_contained_and_has_every_section(tmp_path, syn
     p.close()
     assert p.stack == [], "unclosed tags"
     assert p.sections == [
-        "horizon", "retention", "cohorts", "losses", "campaigns", "lists", "model"
+        "horizon", "retention", "cohorts", "losses", "campaigns", "learned", "lists", "model"
     ]  # fmt: skip
     assert hidden_in_browser(tmp_path / "reports" / "report.html") == []
     with_images = {s for s, src in p.images}
-    assert with_images == set(p.sections)
+    # nothing was learned from these exports yet: that section says how to, without a plot
+    assert with_images == set(p.sections) - {"learned"}
+    assert "campaigns.learned is not set: nothing learned yet" in page
     assert all(src.startswith("data:image/png;base64,") for _, src in p.images)
     assert all(ref.startswith(("#", "data:")) for ref in p.refs), "a network or file reference"
     assert "http://" not in page and "https://" not in page
