@@ -415,6 +415,8 @@ def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
 def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, monkeypatch):
     import csv
 
+    import pyarrow as pa
+
     from winback.export import neutralize_csv, write_csv
 
     rng = np.random.default_rng(3)
@@ -443,6 +445,14 @@ def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, mon
             "raw": rng.normal(0, 1, n) * 10.0 ** rng.integers(-12, 18, n),
             "segment": pd.Categorical(rng.choice(["About to sleep", 'Q"uote', None], n)),
             "numbers_as_categories": pd.Categorical(rng.choice([1, 2, 3], n)),
+            "day": pd.array(  # an Arrow date, as the next-order dates are held
+                pa.array(
+                    np.datetime64("2024-12-30") + rng.integers(0, 900, n).astype("timedelta64[D]"),
+                    mask=rng.random(n) < 0.2,
+                    type=pa.date32(),
+                ),
+                dtype=pd.ArrowDtype(pa.date32()),
+            ),
         }
     )
 

@@ -141,7 +141,7 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     dates = scores[["next_order_from", "next_order_date", "next_order_until"]].dropna()
     assert len(dates) > 100 and (dates["next_order_from"] <= dates["next_order_date"]).all()
     assert (dates["next_order_date"] <= dates["next_order_until"]).all()
-    assert (dates["next_order_from"] > "2023-12-31").all()
+    assert (dates["next_order_from"] > pd.Timestamp("2023-12-31").date()).all()
 
 
 def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):

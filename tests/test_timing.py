@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ def test_dates_and_their_blanks():
         H, pd.Timestamp("2024-01-01"),
     )  # fmt: skip
     # the median of the first is 72.4 days ahead: reached on day 73
-    assert cols["next_order_date"].tolist() == ["2024-03-14", pd.NA]
+    assert cols["next_order_date"].tolist() == [date(2024, 3, 14), pd.NA]
     assert cols["p_no_order_30d"] == pytest.approx([0.7, 0.8])
     # nine tenths of a chance: never, for both: gone for good with sigmoid(logit(0.2) + d) =
     # 0.22 and 0.57 at least; a tenth's chance comes for both

@@ -153,7 +153,7 @@ def _csv_known(s: pd.Series) -> bool:
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
         return True
-    if dtype == np.float64:
+    if dtype == np.float64 or _is_date(dtype):
         return True
     if pd.api.types.is_string_dtype(dtype):  # objects: text only; numbers are pandas' to quote
         return dtype.kind != "O" or pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
@@ -181,6 +181,11 @@ def _csv_cells(s: pd.Series):
         return pc.fill_null(pc.cast(pa.array(s, from_pandas=True), text), empty)
     if dtype == np.float64:
         return _csv_floats(s.to_numpy())
+    if _is_date(dtype):  # quoted YYYY-MM-DD, as pandas writes a date
+        dates = pc.cast(pa.array(s.array), text)
+        return pc.fill_null(
+            pc.binary_join_element_wise(pa.scalar('"', text), dates, pa.scalar('"', text),
+                                        pa.scalar("", text)), empty)  # fmt: skip
     if pd.api.types.is_string_dtype(dtype):
         plain = dtype.kind == "O"
         values = pa.array(s.to_numpy(dtype=object) if plain else s, from_pandas=True)
@@ -191,6 +196,13 @@ def _csv_cells(s: pd.Series):
         )
         return pc.fill_null(quoted, empty)
     raise TypeError(f"no CSV cells for {dtype}")  # _csv_known said no
+
+
+def _is_date(dtype) -> bool:
+    """An Arrow date column (the score table's next-order dates)."""
+    import pyarrow as pa
+
+    return isinstance(dtype, pd.ArrowDtype) and pa.types.is_date32(dtype.pyarrow_dtype)
 
 
 def _csv_floats(x: np.ndarray):

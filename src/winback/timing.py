@@ -109,10 +109,10 @@ def timing_columns(
     p_churn, p_alive, r, alpha, horizon_days: int, as_of: pd.Timestamp
 ) -> dict[str, object]:
     """The score table's timing columns: ``p_no_order_<d>d`` for each of :data:`TIMING_DAYS`,
-    and for each of :data:`TIMING_QUANTILES` the date (YYYY-MM-DD text) by which an order has
-    that chance: empty when S never falls that low, or not within :data:`TIMING_MAX_DAYS`."""
+    and for each of :data:`TIMING_QUANTILES` the date (an Arrow date; YYYY-MM-DD in a CSV) by
+    which an order has that chance: empty when S never falls that low, or not within
+    :data:`TIMING_MAX_DAYS`."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     d = _shift(p_churn, p_alive, r, alpha, horizon_days)  # once for every column
     out: dict[str, object] = {
@@ -123,8 +123,8 @@ def timing_columns(
         t = _days(1.0 - chance, d, p_alive, r, alpha)
         known = np.isfinite(t) & (t <= TIMING_MAX_DAYS)
         whole = np.where(known, np.ceil(t), 0).astype(np.int64)  # the day it is reached
-        days = pa.array(day0 + whole.astype("timedelta64[D]"), mask=~known)
-        out[name] = pd.array(pc.cast(days, pa.string()), dtype="string")  # YYYY-MM-DD
+        days = pa.array(day0 + whole.astype("timedelta64[D]"), mask=~known, type=pa.date32())
+        out[name] = pd.array(days, dtype=pd.ArrowDtype(pa.date32()))  # 4 bytes a date
     return out
 
 
