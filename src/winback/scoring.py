@@ -49,7 +49,6 @@ from winback.campaigns import (
 from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, reasons
-from winback.export import plain_columns
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.segments import quintile_sql, segments_of, texts_of
@@ -717,8 +716,9 @@ def build_lists(
             keys_at = scores[[order_by, "customer_id"]].iloc[at].reset_index(drop=True)
             by_rank = best_first(keys_at, order_by).index.to_numpy()
         flags = np.concatenate(control)[by_rank]
-        # the one copy; the lists hold their texts as the files do
-        frame = plain_columns(scores.iloc[at[by_rank], kept].reset_index(drop=True))
+        # the one copy, its repeated texts kept as categories (spelled out as the files are
+        # written: once per category in a CSV, per row group in Parquet)
+        frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)
         frame["rank"] = np.arange(1, len(frame) + 1, dtype=np.int64)
         frame.insert(
             LIST_COLUMNS.index("group"),
