@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from math import floor
 from pathlib import Path
 
@@ -172,3 +174,47 @@ def hidden_in_browser(page: Path, width: int = 1280) -> list[str]:
     assert body, f"the browser laid nothing out: {res.stderr[-500:]}"
     assert int(body[1]) > width * 0.9  # the window really was that wide
     return body[2].split()
+
+
+def learned_uplift(orders_file: Path, folder: Path, beats: bool):
+    """A learned.json in ``folder`` whose uplift model (a real X-learner, fitted on a made-up
+    campaign of the shop in ``orders_file`` at 2023-09-30) was judged better than p_churn or
+    not; and the model."""
+    import joblib
+    import numpy as np
+
+    from winback.atomic import sha256_file
+    from winback.snapshots import build_snapshots
+    from winback.uplift import UpliftModel
+
+    frame = pd.read_parquet(orders_file)
+    o = orders_of(frame, category="category", channel="channel")
+    snap = build_snapshots(o, [datetime(2023, 9, 30)], 60, 730, labels=False)
+    rng = np.random.default_rng(3)
+    treated = rng.random(len(snap)) < 0.5
+    # a contact moves the customers who bought 60-180 days ago, no one else
+    lapsing = snap["recency_days"].between(60, 180).to_numpy()
+    bought = (rng.random(len(snap)) < 0.2) | (treated & lapsing & (rng.random(len(snap)) < 0.4))
+    model = UpliftModel(n_estimators=50).fit(snap, treated, bought)
+    folder.mkdir()
+    joblib.dump(model, folder / "learned.uplift.joblib")
+    judged = {"qini": 0.02, "qini_lo": 0.012, "qini_hi": 0.028}
+    doc = {
+        "learned_at": "2024-01-05T00:00:00+00:00",
+        "groups": {},
+        "uplift": {
+            "evaluated": True,
+            "beats_p_churn": beats,
+            "why": "the model's Qini interval lies above p_churn's Qini"
+            if beats
+            else "the model's Qini interval does not lie above p_churn's Qini: keep p_churn",
+            "trained_on": ["2023-06-30"],
+            "evaluated_on": "2023-09-30",
+            "fitted_on": ["2023-06-30", "2023-09-30"],
+            "rankings": {"model": judged, "p_churn": {"qini": 0.004 if beats else 0.03}},
+            "model_file": "learned.uplift.joblib",
+            "model_sha256": sha256_file(folder / "learned.uplift.joblib"),
+        },
+    }
+    (folder / "learned.json").write_text(json.dumps(doc))
+    return folder / "learned.json", model

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import check_reasons, orders_of
+from tests.conftest import check_reasons, learned_uplift, orders_of
 from winback.atomic import sha256_file
 from winback.campaigns import suppressed
 from winback.config import CampaignsConfig
@@ -744,48 +744,9 @@ def test_score_sizes_lists_with_learned_save_rates_and_says_so(setup, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def _learned_uplift(d: Path, folder: Path, beats: bool):
-    """A learned.json whose uplift model (a real X-learner, fitted on a made-up campaign of
-    the setup's shop at 2023-09-30) was judged better than p_churn or not; and the model."""
-    import joblib
-
-    from winback.uplift import UpliftModel
-
-    o = orders_of(pd.read_parquet(d / "orders.parquet"), category="category", channel="channel")
-    snap = build_snapshots(o, [datetime(2023, 9, 30)], 60, 730, labels=False)
-    rng = np.random.default_rng(3)
-    treated = rng.random(len(snap)) < 0.5
-    # a contact moves the customers who bought 60-180 days ago, no one else
-    lapsing = snap["recency_days"].between(60, 180).to_numpy()
-    bought = (rng.random(len(snap)) < 0.2) | (treated & lapsing & (rng.random(len(snap)) < 0.4))
-    model = UpliftModel(n_estimators=50).fit(snap, treated, bought)
-    folder.mkdir()
-    joblib.dump(model, folder / "learned.uplift.joblib")
-    judged = {"qini": 0.02, "qini_lo": 0.012, "qini_hi": 0.028}
-    doc = {
-        "learned_at": "2024-01-05T00:00:00+00:00",
-        "groups": {},
-        "uplift": {
-            "evaluated": True,
-            "beats_p_churn": beats,
-            "why": "the model's Qini interval lies above p_churn's Qini"
-            if beats
-            else "the model's Qini interval does not lie above p_churn's Qini: keep p_churn",
-            "trained_on": ["2023-06-30"],
-            "evaluated_on": "2023-09-30",
-            "fitted_on": ["2023-06-30", "2023-09-30"],
-            "rankings": {"model": judged, "p_churn": {"qini": 0.004 if beats else 0.03}},
-            "model_file": "learned.uplift.joblib",
-            "model_sha256": sha256_file(folder / "learned.uplift.joblib"),
-        },
-    }
-    (folder / "learned.json").write_text(json.dumps(doc))
-    return folder / "learned.json", model
-
-
 def test_score_ranks_by_an_uplift_model_only_when_it_was_judged_better(setup, tmp_path):
     d, o, _ = setup
-    good, model = _learned_uplift(d, tmp_path / "good", beats=True)
+    good, model = learned_uplift(d / "orders.parquet", tmp_path / "good", beats=True)
     r = _score(d, "--set", f"campaigns.learned={good}", out=str(tmp_path / "x"))
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "x" / AS_OF
@@ -815,7 +776,7 @@ def test_score_ranks_by_an_uplift_model_only_when_it_was_judged_better(setup, tm
     assert read_manifest(tmp_path / "p" / AS_OF)["ranking"]["by"] == "p_churn"
     assert pd.read_parquet(tmp_path / "p" / AS_OF / "at_risk.parquet")["uplift"].isna().all()
     # a model that did not beat p_churn: auto keeps p_churn and says why; uplift refuses
-    weak, _ = _learned_uplift(d, tmp_path / "weak", beats=False)
+    weak, _ = learned_uplift(d / "orders.parquet", tmp_path / "weak", beats=False)
     r = _score(d, "--set", f"campaigns.learned={weak}", out=str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr
     ranking = read_manifest(tmp_path / "a" / AS_OF)["ranking"]

@@ -5,6 +5,7 @@ Parity is checked column by column: counts, dates and ids exactly, floats to 1e-
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from winback.orders import load_orders
 from winback.scoring import score_customers
 from winback.snapshots import build_snapshots
 
-from .conftest import ROOT
+from .conftest import ROOT, learned_uplift
 
 SYNTH_CFG = OrdersConfig.model_validate({"columns": {"category": "category", "channel": "channel"}})
 AS_OF = datetime(2024, 6, 1)
@@ -257,8 +258,13 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
     model = ChurnModel(horizon_days=90, n_estimators=30)
     path = save_model(model.fit(snaps, snaps["churned"]), tmp_path / "m.joblib")
     exe = Path(sys.executable).with_name("winback")
+    # ranked by an uplift model of past campaigns: its features are read back from Spark's
+    # executors for the customers who may be listed, as the reasons' are
+    learned, _ = learned_uplift(synth_parquet, tmp_path / "learned", beats=True)
     common = [
         "score",
+        "--set",
+        f"campaigns.learned={learned}",
         "--orders",
         str(synth_parquet),
         "--model",
@@ -281,6 +287,7 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
         )
         assert res.returncode == 0, res.stderr[-2000:]
         folder = tmp_path / engine / "2023-12-31"
+        assert json.loads((folder / "manifest.json").read_text())["ranking"]["by"] == "uplift"
         lists[engine] = {
             name: pd.read_parquet(folder / f"{name}.parquet")
             for name in ("at_risk", "lapsed", "scores")
