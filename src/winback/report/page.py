@@ -376,17 +376,10 @@ def plot_learned_save_rates(doc: dict, ax=None):
 def plot_qini_curves(curves: dict, ax=None):
     """The Qini curve of each ranking on the campaign it was judged on, and random targeting's
     line."""
-    ax = _ax((7, 4), ax)
-    last = 0.0
-    for name, c in curves.items():
-        ax.plot(c["share"], c["incremental"], label=_RANKING_LABELS.get(name, name))
-        last = c["incremental"][-1]
+    ax = _by_ranking(curves, "incremental", "incremental buyers per customer",
+                     "Qini curves, out of time", ax)  # fmt: skip
+    last = next(iter(curves.values()))["incremental"][-1] if curves else 0.0
     ax.plot([0, 1], [0, last], color="grey", ls=":", label="at random")
-    ax.set(
-        xlabel="share of the customers contacted, best first",
-        ylabel="incremental buyers per customer",
-        title="Qini curves, out of time",
-    )
     ax.legend(loc="best", fontsize=8)
     return ax
 
@@ -394,16 +387,19 @@ def plot_qini_curves(curves: dict, ax=None):
 def plot_profit_curves(curves: dict, ax=None):
     """Net incremental profit per listed customer had the top share been contacted, under each
     ranking, on the campaign it was judged on."""
+    ax = _by_ranking(curves, "net", "net incremental profit per customer",
+                     "Profit under each ranking, out of time", ax)  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.legend(loc="best", fontsize=8)
+    return ax
+
+
+def _by_ranking(curves: dict, column: str, ylabel: str, title: str, ax=None):
+    """One line per ranking of learned.json's curves: ``column`` against the share taken."""
     ax = _ax((7, 4), ax)
     for name, c in curves.items():
-        ax.plot(c["share"], c["net"], label=_RANKING_LABELS.get(name, name))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(
-        xlabel="share of the customers contacted, best first",
-        ylabel="net incremental profit per customer",
-        title="Profit under each ranking, out of time",
-    )
-    ax.legend(loc="best", fontsize=8)
+        ax.plot(c["share"], c[column], label=_RANKING_LABELS.get(name, name))
+    ax.set(xlabel="share of the customers contacted, best first", ylabel=ylabel, title=title)
     return ax
 
 
