@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from winback.errors import DataError
 from winback.uplift import (
     UpliftModel,
     evaluate_ranking,
@@ -106,6 +107,8 @@ def test_an_x_learner_finds_the_persuadables_of_a_campaign_it_did_not_see(campai
         train.drop(columns=_TRUTH), train["group"] == "treatment", train["bought"]
     )
     assert not set(_TRUTH) & set(fitted.features_)  # no outcome or truth leaks in
+    with pytest.raises(DataError, match=r"missing \['recency_days'\] \(1 in all\)\. Learn"):
+        fitted.predict(test.drop(columns="recency_days"))
     treated, bought = (test["group"] == "treatment").to_numpy(), test["bought"].to_numpy()
     model = evaluate_ranking(fitted.predict(test), treated, bought)
     oracle = qini_coefficient(test["expected_uplift"], treated, bought)

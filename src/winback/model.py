@@ -99,6 +99,15 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def feature_matrix(X: pd.DataFrame, features: list[str], needs: str, fix: str) -> np.ndarray:
+    """``X``'s ``features`` as a float matrix, or a DataError saying which are missing: "<needs>;
+    missing [...] (n in all). <fix>"."""
+    missing = [c for c in features if c not in X.columns]
+    if missing:
+        raise DataError(f"{needs}; missing {missing[:5]} ({len(missing)} in all). {fix}")
+    return X[features].to_numpy(dtype=float)
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
@@ -375,13 +384,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return {f: population_stability(ref[f], v) for f, v in now.items() if f in ref}
 
     def _check(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.features_ if c not in X.columns]
-        if missing:
-            raise DataError(
-                f"The model needs features it was trained with; missing {missing[:5]} "
-                f"({len(missing)} in all). Build them with the same winback version and config."
-            )
-        return X[self.features_].to_numpy(dtype=float)
+        return feature_matrix(
+            X,
+            self.features_,
+            "The model needs features it was trained with",
+            "Build them with the same winback version and config.",
+        )
 
     @property
     def uses_margin_(self) -> bool:

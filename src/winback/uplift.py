@@ -79,16 +79,14 @@ class UpliftModel:
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.features_ if c not in X.columns]
-        if missing:
-            from winback.errors import DataError
+        from winback.model import feature_matrix
 
-            raise DataError(
-                f"The uplift model learnt from features these {len(X)} rows lack: "
-                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Learn it again ('winback "
-                "learn') with the config that scores."
-            )
-        Xf = X[self.features_].to_numpy(dtype=float)
+        Xf = feature_matrix(
+            X,
+            self.features_,
+            "The uplift model needs features it learnt from",
+            "Learn it again ('winback learn') with the config that scores.",
+        )
         e = self.share_treated_
         return e * self.effect_c_.predict(Xf) + (1 - e) * self.effect_t_.predict(Xf)
 
