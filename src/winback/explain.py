@@ -11,6 +11,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["reasons", "REASON_REFERENCES", "path_contributions"]
 
@@ -57,61 +59,83 @@ def _missing(x) -> bool:
 REASON_REFERENCES = ("n_orders", "monetary_total", "gap_mean_days", "tenure_days")
 
 
-def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float]) -> list:
+def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float]) -> np.ndarray:
     """The sentence of ``name`` for each customer in ``rows``, customers for whom
     :func:`_says` holds: a plain-language reason that raises their risk, true of them. A
     comparison ("fewer orders than most") is made with ``pop`` (medians over the scored
-    customers) and only when it holds."""
+    customers) and only when it holds. Sentences are put together column by column; only the
+    numbers that differ from customer to customer are written one by one."""
     group = _GROUP.get(name, name)
-    v = nums.get(name)[rows].tolist()
+    v = nums.get(name)[rows]
     if group == "recency":
-        rec = nums.get("recency_days")[rows].tolist()
-        days = nums.get_or("n_order_days", 0.0)[rows].tolist()
-        gap = nums.get_or("gap_mean_days", np.nan)[rows].tolist()
-        typical = pop.get("gap_mean_days")
-        out = []
-        for r, d, g in zip(rec, days, gap, strict=True):
-            if d == 1:
-                out.append(f"bought once, {_ago(r)} ago")
-            elif g == g and g > 0:  # a usual gap to compare with
-                if r >= g:
-                    out.append(f"no order for {_ago(r)}, {r / g:.1f}x their usual gap")
-                elif d == 2:  # one interval is not a habit
-                    out.append(f"bought twice, {_days(g)} apart")
-                else:  # slower than the typical customer (what _says checked)
-                    out.append(
-                        f"buys less often than most customers: about every {_days(g)} "
-                        f"(typical: {_days(typical)})"
-                    )
-            else:
-                out.append(f"no order for {_ago(r)}")
+        rec = nums.get("recency_days")[rows]
+        days = nums.get_or("n_order_days", 0.0)[rows]
+        gap = nums.get_or("gap_mean_days", np.nan)[rows]
+        out = np.empty(len(rows), dtype=object)
+        with np.errstate(invalid="ignore"):
+            once = days == 1
+            has_gap = ~once & (gap > 0)  # a usual gap to compare with (NaN compares False)
+            over = has_gap & (rec >= gap)
+            twice = has_gap & ~over & (days == 2)  # one interval is not a habit
+            slower = has_gap & ~over & ~twice  # slower than the typical customer (_says)
+        plain = ~once & ~has_gap
+        ago = _ago_all(rec)
+        out[once] = "bought once, " + ago[once] + " ago"
+        ratio = [f"{x:.1f}" for x in (rec[over] / gap[over]).tolist()]
+        out[over] = "no order for " + ago[over] + ", " + np.array(ratio, dtype=object)
+        out[over] += "x their usual gap"
+        out[twice] = "bought twice, " + _days_all(gap[twice]) + " apart"
+        if slower.any():
+            typical = f" (typical: {_days(pop.get('gap_mean_days'))})"
+            out[slower] = (
+                "buys less often than most customers: about every "
+                + _days_all(gap[slower])
+                + typical
+            )
+        out[plain] = "no order for " + ago[plain]
         return out
     if group == "spend_change_90d":
-        return [f"spend down {-x:.0%} vs the previous 90 days" for x in v]
+        return np.array([f"spend down {-x:.0%} vs the previous 90 days" for x in v.tolist()])
     if group == "trend":
-        return ["ordering less often than before"] * len(v)
+        return np.full(len(rows), "ordering less often than before", dtype=object)
     if group == "returns":
-        return [f"returned {int(x)} order(s)" for x in nums.get("n_returns")[rows].tolist()]
+        n = nums.get("n_returns")[rows].tolist()
+        return np.array([f"returned {int(x)} order(s)" for x in n], dtype=object)
     if group == "orders":
         typical = pop["n_orders"]
-        return [
-            f"{int(x)} order{'' if int(x) == 1 else 's'} so far, fewer than most customers "
-            f"(typical: {typical:g})"
-            for x in nums.get("n_orders")[rows].tolist()
-        ]
+        return np.array(
+            [
+                f"{int(x)} order{'' if int(x) == 1 else 's'} so far, fewer than most customers "
+                f"(typical: {typical:g})"
+                for x in nums.get("n_orders")[rows].tolist()
+            ],
+            dtype=object,
+        )
     if group == "spent":
         typical = pop["monetary_total"]
-        return [
-            f"spent {x:,.0f} so far, less than most customers (typical: {typical:,.0f})"
-            for x in nums.get("monetary_total")[rows].tolist()
-        ]
+        return np.array(
+            [
+                f"spent {x:,.0f} so far, less than most customers (typical: {typical:,.0f})"
+                for x in nums.get("monetary_total")[rows].tolist()
+            ],
+            dtype=object,
+        )
     if group == "tenure_days":
-        typical = pop["tenure_days"]
-        return [
-            f"a newer customer: first order {_ago(x)} ago (typical: {_days(typical)})" for x in v
-        ]
+        typical = f" ago (typical: {_days(pop['tenure_days'])})"
+        return "a newer customer: first order " + _ago_all(v) + typical
     window = _WINDOW.fullmatch(name)
-    return [f"no order in the last {window.group(1)} days"] * len(v)
+    return np.full(len(rows), f"no order in the last {window.group(1)} days", dtype=object)
+
+
+def _days_all(x: np.ndarray) -> np.ndarray:
+    """:func:`_days` of each value, each distinct value written once."""
+    distinct, at = np.unique(x, return_inverse=True)
+    return np.array([_days(d) for d in distinct.tolist()], dtype=object)[at.reshape(-1)]
+
+
+def _ago_all(x: np.ndarray) -> np.ndarray:
+    """:func:`_ago` of each value (whole days since an order), each distinct day written once."""
+    return _days_all(np.floor(x))
 
 
 def _last_order(row) -> str:
@@ -204,23 +228,28 @@ def reasons(
         for earlier in range(i):
             keep[:, i] &= ~(keep[:, earlier] & (group[:, earlier] == group[:, i]))
     keep &= np.cumsum(keep, axis=1) <= top
-    out = np.full(n, None, dtype=object)
-    for i in range(k):
-        at = np.flatnonzero(keep[:, i])
-        if not len(at):
-            continue
-        said = np.empty(len(at), dtype=object)
-        chosen = candidates[at, i]
-        for j in np.unique(chosen):  # each feature's sentences written together
-            mine = chosen == j
-            said[mine] = _sentences(names[j], at[mine], nums, population or {})
-        before = out[at]
-        first = before == None  # noqa: E711 - elementwise on an object array
-        out[at[first]] = said[first]
-        out[at[~first]] = before[~first] + "; " + said[~first]
-    for r in np.flatnonzero(out == None):  # noqa: E711 - nothing stands out: the last order
-        out[r] = _last_order(_Row(cols, r))
-    return pd.Series(out, index=contributions.index, dtype="string")
+    # each candidate slot's sentences as a column of text (null where nothing is said there),
+    # joined along each row by Arrow; a customer with nothing said gets their last order
+    sep = pa.scalar("; ", pa.large_string())
+    said = None
+    for i in range(k + 1):
+        column = np.full(n, None, dtype=object)
+        if i < k:
+            at = np.flatnonzero(keep[:, i])
+            chosen = candidates[at, i]
+            for j in np.unique(chosen):  # each feature's sentences written together
+                mine = chosen == j
+                column[at[mine]] = _sentences(names[j], at[mine], nums, population or {})
+        else:  # nothing stands out: the last order
+            for r in np.flatnonzero(~keep.any(axis=1)):
+                column[r] = _last_order(_Row(cols, r))
+        text = pa.array(column, type=pa.large_string())
+        said = (
+            text
+            if said is None
+            else pc.coalesce(pc.binary_join_element_wise(said, text, sep), said, text)
+        )
+    return pd.Series(pd.arrays.ArrowStringArray(said), index=contributions.index)
 
 
 class _Numbers:
