@@ -99,26 +99,23 @@ def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float
     if group == "trend":
         return np.full(len(rows), "ordering less often than before", dtype=object)
     if group == "returns":
-        n = nums.get("n_returns")[rows].tolist()
-        return np.array([f"returned {int(x)} order(s)" for x in n], dtype=object)
+        return _each_distinct(nums.get("n_returns")[rows], lambda x: f"returned {int(x)} order(s)")
     if group == "orders":
         typical = pop["n_orders"]
-        return np.array(
-            [
-                f"{int(x)} order{'' if int(x) == 1 else 's'} so far, fewer than most customers "
-                f"(typical: {typical:g})"
-                for x in nums.get("n_orders")[rows].tolist()
-            ],
-            dtype=object,
+        return _each_distinct(
+            nums.get("n_orders")[rows],
+            lambda x: (
+                f"{int(x)} order{'' if int(x) == 1 else 's'} so far, fewer than most "
+                f"customers (typical: {typical:g})"
+            ),
         )
     if group == "spent":
         typical = pop["monetary_total"]
-        return np.array(
-            [
-                f"spent {x:,.0f} so far, less than most customers (typical: {typical:,.0f})"
-                for x in nums.get("monetary_total")[rows].tolist()
-            ],
-            dtype=object,
+        # to whole units as the format rounds (half to even, from the exact value): the
+        # same text, and far fewer distinct values to write
+        return _each_distinct(
+            np.rint(nums.get("monetary_total")[rows]),
+            lambda x: f"spent {x:,.0f} so far, less than most customers (typical: {typical:,.0f})",
         )
     if group == "tenure_days":
         typical = f" ago (typical: {_days(pop['tenure_days'])})"
@@ -127,10 +124,15 @@ def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float
     return np.full(len(rows), f"no order in the last {window.group(1)} days", dtype=object)
 
 
+def _each_distinct(x: np.ndarray, write) -> np.ndarray:
+    """``write(value)`` for each value of ``x``, called once per distinct value."""
+    distinct, at = np.unique(x, return_inverse=True)
+    return np.array([write(d) for d in distinct.tolist()], dtype=object)[at.reshape(-1)]
+
+
 def _days_all(x: np.ndarray) -> np.ndarray:
     """:func:`_days` of each value, each distinct value written once."""
-    distinct, at = np.unique(x, return_inverse=True)
-    return np.array([_days(d) for d in distinct.tolist()], dtype=object)[at.reshape(-1)]
+    return _each_distinct(x, _days)
 
 
 def _ago_all(x: np.ndarray) -> np.ndarray:
@@ -228,27 +230,27 @@ def reasons(
         for earlier in range(i):
             keep[:, i] &= ~(keep[:, earlier] & (group[:, earlier] == group[:, i]))
     keep &= np.cumsum(keep, axis=1) <= top
-    # each candidate slot's sentences as a column of text (null where nothing is said there),
-    # joined along each row by Arrow; a customer with nothing said gets their last order
-    sep = pa.scalar("; ", pa.large_string())
-    said = None
-    for i in range(k + 1):
-        column = np.full(n, None, dtype=object)
-        if i < k:
-            at = np.flatnonzero(keep[:, i])
-            chosen = candidates[at, i]
-            for j in np.unique(chosen):  # each feature's sentences written together
-                mine = chosen == j
-                column[at[mine]] = _sentences(names[j], at[mine], nums, population or {})
-        else:  # nothing stands out: the last order
-            for r in np.flatnonzero(~keep.any(axis=1)):
-                column[r] = _last_order(_Row(cols, r))
-        text = pa.array(column, type=pa.large_string())
-        said = (
-            text
-            if said is None
-            else pc.coalesce(pc.binary_join_element_wise(said, text, sep), said, text)
-        )
+    # a customer with nothing said gets the plain fact of their last order, in a last slot
+    last = ~keep.any(axis=1)
+    keep = np.concatenate([keep, last[:, None]], axis=1)
+    # every sentence said, customer by customer and slot by slot within a customer (row-major
+    # order), then joined along each customer's run by Arrow in one pass
+    _, slot = np.nonzero(keep)
+    flat = np.empty(len(slot), dtype=object)
+    for i in range(k):
+        at = np.flatnonzero(keep[:, i])
+        if not len(at):
+            continue
+        said = np.empty(len(at), dtype=object)
+        chosen = candidates[at, i]
+        for j in np.unique(chosen):  # each feature's sentences written together
+            mine = chosen == j
+            said[mine] = _sentences(names[j], at[mine], nums, population or {})
+        flat[slot == i] = said
+    flat[slot == k] = [_last_order(_Row(cols, r)) for r in np.flatnonzero(last)]
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    runs = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.large_string()))
+    said = pc.binary_join(runs, pa.scalar("; ", pa.large_string()))
     return pd.Series(pd.arrays.ArrowStringArray(said), index=contributions.index)
 
 
