@@ -350,6 +350,34 @@ def test_csv_cells_are_neutralised_in_exports(tmp_path):
     assert json.loads((folder / "manifest.json").read_text())["files"]["at_risk.csv"]["rows"] == 2
 
 
+def test_an_export_failing_in_one_file_keeps_the_previous_one_whole(tmp_path, monkeypatch):
+    # the files are written two at a time: one failing must still publish nothing
+    from winback import export
+
+    frame = pd.DataFrame(
+        {"customer_id": ["a", "b"], "p_churn": [0.5, 0.4], "group": ["treatment", "control"]}
+    )
+    kept = export.export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {"run": 1})
+    before = read_manifest(kept)
+    write = export.write_parquet
+
+    def failing(frame, path):
+        if path.name == "scores.parquet":
+            raise OSError("No space left on device")
+        write(frame, path)
+
+    monkeypatch.setattr(export, "write_parquet", failing)
+    newer = frame.assign(p_churn=[0.9, 0.1])
+    with pytest.raises(OSError, match="No space"):
+        export.export_lists(tmp_path, "2024-01-01", {"at_risk": newer}, newer, {"run": 2})
+    assert read_manifest(tmp_path / "2024-01-01") == before  # still the first run's, whole
+    assert len(list((tmp_path / ".versions").iterdir())) == 2  # the failed run's folder
+    monkeypatch.setattr(export, "write_parquet", write)
+    export.export_lists(tmp_path, "2024-01-01", {"at_risk": newer}, newer, {"run": 3})
+    assert read_manifest(tmp_path / "2024-01-01")["run"] == 3
+    assert len(list((tmp_path / ".versions").iterdir())) == 1  # the failed one cleaned up
+
+
 def test_export_refuses_to_replace_a_plain_folder(tmp_path):
     from winback.export import export_lists
 

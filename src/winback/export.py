@@ -17,8 +17,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -453,24 +455,30 @@ def export_lists(
         stamp = f"{as_of_key}-{time.time_ns()}-{os.getpid()}"
         folder = versions / stamp
         folder.mkdir()
-        files: dict[str, dict[str, Any]] = {}
-        for name, frame in list_files(lists).items():
-            write_csv(for_people(frame), folder / f"{name}.csv")
-            write_parquet(frame, folder / f"{name}.parquet")
-            for ext in ("csv", "parquet"):
-                f = folder / f"{name}.{ext}"
-                files[f.name] = {"rows": len(frame), "sha256": sha256_file(f)}
-        for name, frame in (tables or {}).items():
-            write_csv(frame, folder / name)
-            files[name] = {"rows": len(frame), "sha256": sha256_file(folder / name)}
-        for name, write in (extras or {}).items():
-            write(folder / name)
-            files[name] = {"sha256": sha256_file(folder / name)}
-        write_parquet(scores, folder / "scores.parquet")
-        files["scores.parquet"] = {
-            "rows": len(scores),
-            "sha256": sha256_file(folder / "scores.parquet"),
-        }
+        # the tables' files are written two at a time (Arrow and the Parquet writer do most
+        # of their work outside Python's lock); plots and texts on this thread
+        done: dict[str, Future] = {}
+        with ThreadPoolExecutor(max_workers=EXPORT_THREADS) as pool:
+
+            def table_file(name: str, write: Callable[[Path], None], rows: int) -> None:
+                done[name] = pool.submit(_table_file, write, folder / name, rows)
+
+            for name, frame in list_files(lists).items():
+                table_file(f"{name}.csv", partial(_csv_for_people, frame), len(frame))
+                table_file(f"{name}.parquet", partial(write_parquet, frame), len(frame))
+            for name, frame in (tables or {}).items():
+                table_file(name, partial(write_csv, frame), len(frame))
+            table_file("scores.parquet", partial(write_parquet, scores), len(scores))
+            written = {}
+            for name, write in (extras or {}).items():
+                write(folder / name)
+                written[name] = {"sha256": sha256_file(folder / name)}
+            # the manifest lists the files in the order they always came in
+            files: dict[str, dict[str, Any]] = {
+                name: done[name].result() for name in done if name != "scores.parquet"
+            }
+            files |= written
+            files["scores.parquet"] = done["scores.parquet"].result()
         doc = {**manifest, "files": files}
         (folder / "manifest.json").write_text(json.dumps(doc, indent=2, default=str))
         for f in folder.iterdir():
@@ -484,6 +492,19 @@ def export_lists(
         _sync_dir(out)
         _cleanup(out, keep={stamp})
     return link
+
+
+#: Files of an export written at once.
+EXPORT_THREADS = 2
+
+
+def _table_file(write: Callable[[Path], None], path: Path, rows: int) -> dict[str, Any]:
+    write(path)
+    return {"rows": rows, "sha256": sha256_file(path)}
+
+
+def _csv_for_people(frame: pd.DataFrame, path: Path) -> None:
+    write_csv(for_people(frame), path)
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
