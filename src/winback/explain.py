@@ -81,9 +81,8 @@ def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float
         plain = ~once & ~has_gap
         ago = _ago_all(rec)
         out[once] = "bought once, " + ago[once] + " ago"
-        ratio = [f"{x:.1f}" for x in (rec[over] / gap[over]).tolist()]
-        out[over] = "no order for " + ago[over] + ", " + np.array(ratio, dtype=object)
-        out[over] += "x their usual gap"
+        ratio = np.array([f"{x:.1f}x" for x in (rec[over] / gap[over]).tolist()], dtype=object)
+        out[over] = "no order for " + ago[over] + ", " + ratio + " their usual gap"
         out[twice] = "bought twice, " + _days_all(gap[twice]) + " apart"
         if slower.any():
             typical = f" (typical: {_days(pop.get('gap_mean_days'))})"
@@ -95,7 +94,9 @@ def _sentences(name: str, rows: np.ndarray, nums: _Numbers, pop: dict[str, float
         out[plain] = "no order for " + ago[plain]
         return out
     if group == "spend_change_90d":
-        return np.array([f"spend down {-x:.0%} vs the previous 90 days" for x in v.tolist()])
+        return np.array(
+            [f"spend down {-x:.0%} vs the previous 90 days" for x in v.tolist()], dtype=object
+        )
     if group == "trend":
         return np.full(len(rows), "ordering less often than before", dtype=object)
     if group == "returns":
@@ -250,8 +251,8 @@ def reasons(
     flat[slot == k] = [_last_order(_Row(cols, r)) for r in np.flatnonzero(last)]
     offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
     runs = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.large_string()))
-    said = pc.binary_join(runs, pa.scalar("; ", pa.large_string()))
-    return pd.Series(pd.arrays.ArrowStringArray(said), index=contributions.index)
+    text = pc.binary_join(runs, pa.scalar("; ", pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=contributions.index)
 
 
 class _Numbers:
