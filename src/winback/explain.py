@@ -138,7 +138,7 @@ def _days_all(x: np.ndarray) -> np.ndarray:
 
 def _ago_all(x: np.ndarray) -> np.ndarray:
     """:func:`_ago` of each value (whole days since an order), each distinct day written once."""
-    return _days_all(np.floor(x))
+    return _each_distinct(np.floor(x), _ago)  # _ago of a whole day is that day's
 
 
 def _last_order(row) -> str:
@@ -206,7 +206,7 @@ def reasons(
 
     Which sentences a customer gets is decided for all customers at once (:func:`_says` tells,
     column by column, where a feature's sentence would be true); only the chosen sentences are
-    written, one by one.
+    written, a feature's at a time, and each customer's are joined by Arrow in one pass.
     """
     # a customer's contributions side by side in memory: the sort runs along rows
     c = np.ascontiguousarray(contributions.to_numpy(dtype=float))
