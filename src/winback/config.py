@@ -232,6 +232,12 @@ class EngineConfig(_Section):
         "installed (pip install 'winback[fast]'), cached next to the model file; false: "
         "LightGBM's predictor.",
     )
+    carry_features: bool = Field(
+        True,
+        description="Nightly score of a large population on DuckDB: keep the features in the "
+        "exports folder (.features/) and, the next night, carry them for every customer whose "
+        "orders did not change, computing only the others; false: compute every customer's.",
+    )
     spark: SparkConfig = Field(default_factory=SparkConfig)
 
 

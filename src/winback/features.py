@@ -62,6 +62,18 @@ from winback.orders import Orders
 #: (customer, cutoff) pairs aggregated in one pass; about 2 KB of state each in DuckDB.
 GROUPS_PER_PASS = 400_000
 
+#: The fixed windows of the features besides the configured ones, as ``[start, end)`` ages in
+#: days: the 90 days before the last 90 (``orders_prev_90d``), the 180 before the last 180
+#: (``orders_trend_180d``), the 90 days now ahead a year ago (``orders_ahead_90d_last_year``)
+#: and the last 90 days of the trend and of ``returns_90d``.
+PREV_90 = (90, 180)
+PREV_180 = (180, 360)
+AHEAD_LAST_YEAR = (275, 365)
+RECENT = 90
+
+#: Milliseconds in a day: the unit of every age, as ``days_between`` counts.
+DAY_MS = 86_400_000
+
 __all__ = [
     "FeatureSpec",
     "Dialect",
@@ -72,6 +84,9 @@ __all__ = [
     "label_sql",
     "bgnbd_summary_sql",
     "feature_names",
+    "window_edges",
+    "carried_sql",
+    "order_checks_sql",
     "build_features",
     "write_features",
 ]
@@ -139,6 +154,40 @@ def feature_names(spec: FeatureSpec) -> list[str]:
     if spec.has_channel:
         names += ["n_channels"]
     return [*names, "cutoff_season_sin", "cutoff_season_cos", "history_days"]
+
+
+def window_edges(spec: FeatureSpec) -> list[int]:
+    """Every age in days at which a feature's window starts or ends: an order whose age
+    crosses one of them between two cutoffs changes its customer's features by more than the
+    passing of time."""
+    return sorted({*spec.windows_days, *PREV_90, *PREV_180, *AHEAD_LAST_YEAR, RECENT})
+
+
+def _moved_by_date(
+    spec: FeatureSpec,
+    d: Dialect,
+    cutoff: str,
+    recency: str,
+    tenure: str,
+    n_orders: str,
+    gap_mean: str,
+    since_return: str,
+) -> dict[str, str]:
+    """The features that move with the cutoff ``cutoff`` alone, given a customer's recency,
+    tenure, purchases, mean gap and days since the last return: the same expressions for
+    features computed from the orders and for features carried from an earlier cutoff."""
+    doy_angle = f"2 * pi() * (dayofyear({cutoff}) - 1) / 365.25"
+    start = spec.data_start or datetime(1970, 1, 1)
+    return {
+        "overdue_ratio": f"{recency} / nullif({gap_mean}, 0)",
+        "orders_per_year": f"{n_orders} * 365.0 / greatest({tenure}, 30.0)",
+        "returned_since_last_order": (f"CASE WHEN {since_return} < {recency} THEN 1 ELSE 0 END"),
+        "cutoff_season_sin": f"sin({doy_angle})",
+        "cutoff_season_cos": f"cos({doy_angle})",
+        "history_days": d.days_between.format(
+            later=cutoff, earlier=f"TIMESTAMP '{start:%Y-%m-%d %H:%M:%S.%f}'"
+        ),
+    }
 
 
 def _events_sql(orders: str, spec: FeatureSpec, d: Dialect) -> str:
@@ -216,7 +265,7 @@ def feature_sql(
     dbl = d.to_double.format
     opt = "".join(f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
     P = "NOT is_return"  # a purchase row
-    prev90 = f"{P} AND age_days >= 90 AND age_days < 180"
+    prev90 = f"{P} AND age_days >= {PREV_90[0]} AND age_days < {PREV_90[1]}"
     win = []
     for w in spec.windows_days:
         win.append(f"count(*) FILTER (WHERE {P} AND age_days < {w}) AS orders_{w}d")
@@ -235,10 +284,15 @@ def feature_sql(
     first_amount = d.arg_max.format(
         value="amount", key=d.earliest_key.format(ts="order_ts", amount="amount")
     )
-    doy_angle = "2 * pi() * (dayofyear(b.cutoff_ts) - 1) / 365.25"
-    start = spec.data_start or datetime(1970, 1, 1)
-    history = d.days_between.format(
-        later="b.cutoff_ts", earlier=f"TIMESTAMP '{start:%Y-%m-%d %H:%M:%S.%f}'"
+    moved = _moved_by_date(
+        spec,
+        d,
+        cutoff="b.cutoff_ts",
+        recency="b.recency_days",
+        tenure="b.tenure_days",
+        n_orders="b.n_orders",
+        gap_mean="g.gap_mean_days",
+        since_return="b.days_since_return",
     )
     median_gap = d.median.format(x="g.gap_days")
 
@@ -286,22 +340,22 @@ def feature_sql(
                {dbl(x=last_amount + f" FILTER (WHERE {P})")} AS last_order_amount,
                {dbl(x=first_amount + f" FILTER (WHERE {P})")} AS first_order_amount,
                {win_sel},
-               count(*) FILTER (WHERE {P} AND age_days >= 90 AND age_days < 180)
-                   AS orders_prev_90d,
+               count(*) FILTER (WHERE {prev90}) AS orders_prev_90d,
                {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {prev90}), 0)")}
                    AS spend_prev_90d,
-               count(*) FILTER (WHERE {P} AND age_days < 180) AS _orders_180,
-               count(*) FILTER (WHERE {P} AND age_days >= 180 AND age_days < 360)
-                   AS _orders_prev_180,
-               count(*) FILTER (WHERE {P} AND age_days < 90) AS _orders_90,
-               {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {P} AND age_days < 90), 0)")}
+               count(*) FILTER (WHERE {P} AND age_days < {PREV_180[0]}) AS _orders_180,
+               count(*) FILTER (WHERE {P} AND age_days >= {PREV_180[0]}
+                                AND age_days < {PREV_180[1]}) AS _orders_prev_180,
+               count(*) FILTER (WHERE {P} AND age_days < {RECENT}) AS _orders_90,
+               {dbl(x=f"coalesce(sum(amount) FILTER (WHERE {P} AND age_days < {RECENT}), 0)")}
                    AS _spend_90,
                count(*) FILTER (WHERE is_return) AS n_returns,
-               count(*) FILTER (WHERE is_return AND age_days < 90) AS returns_90d,
+               count(*) FILTER (WHERE is_return AND age_days < {RECENT}) AS returns_90d,
                min(age_days) FILTER (WHERE is_return) AS days_since_return,
                {dbl(x="coalesce(-sum(amount) FILTER (WHERE is_return), 0)")} AS return_amount,
                count(*) FILTER (WHERE {P} AND {weekend}) AS _weekend_orders,
-               count(*) FILTER (WHERE {P} AND age_days >= 275 AND age_days < 365)
+               count(*) FILTER (WHERE {P} AND age_days >= {AHEAD_LAST_YEAR[0]}
+                                AND age_days < {AHEAD_LAST_YEAR[1]})
                    AS orders_ahead_90d_last_year{cat_sel}{chan_sel}
         FROM joined
         GROUP BY customer_id, cutoff_ts
@@ -323,21 +377,132 @@ def feature_sql(
                / nullif(b._orders_180 + b._orders_prev_180, 0) AS orders_trend_180d,
            g.gap_mean_days, {dbl(x="g.gap_median_days")} AS gap_median_days, g.gap_std_days,
            {dbl(x="g.last_gap_days")} AS last_gap_days,
-           b.recency_days / nullif(g.gap_mean_days, 0) AS overdue_ratio,
-           b.n_orders * 365.0 / greatest(b.tenure_days, 30.0) AS orders_per_year,
+           {moved["overdue_ratio"]} AS overdue_ratio,
+           {moved["orders_per_year"]} AS orders_per_year,
            b.n_returns, b.return_amount,
            {dbl(x="b.n_returns")} / (b.n_orders + b.n_returns) AS return_rate,
            b.monetary_total - b.return_amount AS net_spend,
            b.returns_90d, b.days_since_return,
-           CASE WHEN b.days_since_return < b.recency_days THEN 1 ELSE 0 END
-               AS returned_since_last_order,
+           {moved["returned_since_last_order"]} AS returned_since_last_order,
            {dbl(x="b._weekend_orders")} / b.n_orders AS weekend_share,
            b.orders_ahead_90d_last_year{cat_out}{chan_out},
-           sin({doy_angle}) AS cutoff_season_sin, cos({doy_angle}) AS cutoff_season_cos,
-           {history} AS history_days
+           {moved["cutoff_season_sin"]} AS cutoff_season_sin,
+           {moved["cutoff_season_cos"]} AS cutoff_season_cos,
+           {moved["history_days"]} AS history_days
     FROM base b
     JOIN days g ON g.customer_id = b.customer_id AND g.cutoff_ts = b.cutoff_ts
     """
+
+
+def _ts(ts: datetime) -> str:
+    """A naive-UTC timestamp as an SQL literal."""
+    return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def carried_sql(
+    rows: str,
+    checks: str,
+    cutoffs: str,
+    since: datetime,
+    spec: FeatureSpec,
+    d: Dialect = DUCKDB,
+    partition: tuple[int, int] | None = None,
+) -> str:
+    """The features at the one cutoff in ``cutoffs`` of customers whose orders did not change
+    since the cutoff ``since``, carried from their rows then (``rows``: ``customer_id`` and
+    every feature at ``since``), the same columns and values as :func:`feature_sql` gives.
+
+    ``checks`` is a table of ``customer_id`` and ``carried``: true when the customer's orders
+    up to ``since`` are the same as when ``rows`` were computed, with no order after ``since``
+    and none crossing a window's edge (:func:`window_edges`) in between (see
+    :func:`order_checks_sql`). With ``partition = (i, k)``, only the customers of hash
+    partition i of k. Their counts,
+    amounts, gaps and categories are as they were; the ages of their last and first purchase
+    and of their last return grow by the time passed, to the millisecond (an age in days is
+    a whole number of milliseconds over ``DAY_MS``, recovered exactly by rounding), and the
+    features of :func:`_moved_by_date` are computed from them as :func:`feature_sql` does.
+    Customers whose last purchase falls out of the lookback leave the population."""
+
+    ms = d.ts_to_millis.format
+
+    def aged(col: str) -> str:
+        then = f"{ms(ts=_ts(since))} - CAST(round(r.{col} * {DAY_MS}) AS BIGINT)"
+        return d.days_between.format(later="c.cutoff_ts", earlier=d.millis_to_ts.format(x=then))
+
+    moved = _moved_by_date(
+        spec,
+        d,
+        cutoff="m._cutoff",
+        recency="m._recency",
+        tenure="m._tenure",
+        n_orders="m.n_orders",
+        gap_mean="m.gap_mean_days",
+        since_return="m._since_return",
+    )
+    moved |= {
+        "recency_days": "m._recency",
+        "tenure_days": "m._tenure",
+        "days_since_return": "m._since_return",
+    }
+    cols = ",\n           ".join(
+        f"{moved[name]} AS {name}" if name in moved else f"m.{name}" for name in feature_names(spec)
+    )
+    where = ""
+    if partition is not None:
+        i, k = partition
+        where = f" AND {d.hash_mod.format(col='customer_id', k=int(k))} = {int(i)}"
+    return f"""
+    SELECT m.customer_id, m._cutoff AS cutoff_ts,
+           {cols}
+    FROM (
+        SELECT r.*, c.cutoff_ts AS _cutoff, {aged("recency_days")} AS _recency,
+               {aged("tenure_days")} AS _tenure, {aged("days_since_return")} AS _since_return
+        FROM {rows} r
+        JOIN (SELECT customer_id FROM {checks} WHERE carried{where}) k
+          ON k.customer_id = r.customer_id
+        CROSS JOIN {cutoffs} c
+    ) AS m
+    WHERE m._recency < {spec.lookback_days}"""
+
+
+def order_checks_sql(
+    orders: str, cutoff: datetime, since: datetime, spec: FeatureSpec, d: Dialect = DUCKDB
+) -> str:
+    """One row per customer with an order at or before ``cutoff``: ``n_since``, ``sum_since``
+    (how many orders up to ``since`` and a sum of their rows' hashes, what a feature reads of
+    them: time, amount, return, category, channel), ``n_now``, ``sum_now`` (the same up to
+    ``cutoff``) and ``crossing``: whether an order up to ``since`` crosses the edge of a
+    window (:func:`window_edges`) between the two cutoffs. A customer whose counts and sums up
+    to ``since`` are what they were then, with no order since and none crossing, has the
+    features then, moved by the date (:func:`carried_sql`). The sums are of the hashes' top
+    32 bits, so they cannot overflow."""
+    cols = ["order_ts", "amount", "is_return"] + [
+        c for c in ("category", "channel") if getattr(spec, f"has_{c}")
+    ]
+    row_hash = d.row_hash.format(cols=", ".join(cols))
+    ms = d.ts_to_millis.format
+    step = f"({ms(ts=_ts(cutoff))} - {ms(ts=_ts(since))})"
+    # an order's age at ``since`` in milliseconds; it crosses edge w when it is below w then
+    # and at or above it at the cutoff (a millisecond either side to spare: a customer
+    # recomputed needlessly costs only time)
+    age = f"({ms(ts=_ts(since))} - {ms(ts='order_ts')})"
+    crossing = " OR ".join(
+        f"{age} BETWEEN {w * DAY_MS - 1} - {step} AND {w * DAY_MS + 1}" for w in window_edges(spec)
+    )
+    then = f"order_ts <= {_ts(since)}"
+    return f"""
+    SELECT customer_id,
+           count(*) FILTER (WHERE {then}) AS n_since,
+           sum(h) FILTER (WHERE {then}) AS sum_since,
+           count(*) AS n_now,
+           sum(h) AS sum_now,
+           coalesce(bool_or({then} AND ({crossing})), FALSE) AS crossing
+    FROM (
+        SELECT customer_id, order_ts, CAST({row_hash} >> 32 AS BIGINT) AS h
+        FROM {orders}
+        WHERE order_ts <= {_ts(cutoff)}
+    ) AS o
+    GROUP BY customer_id"""
 
 
 def population_sql(orders: str, cutoffs: str, lookback_days: int, d: Dialect = DUCKDB) -> str:

@@ -23,6 +23,7 @@ from winback import __version__, scoring
 from winback.atomic import atomic_path, sha256_file
 from winback.backtest import BacktestResult, run_backtest, write_backtest
 from winback.campaigns import suppressed
+from winback.carry import KEPT_DIR
 from winback.config import Config
 from winback.cutoffs import training_cutoffs
 from winback.errors import DataError, UsageError
@@ -47,6 +48,7 @@ from winback.scoring import (
     add_uplift,
     build_lists,
     delta,
+    keep_features,
     listable,
     profit_curve,
     score_customers,
@@ -472,8 +474,15 @@ def score_job(
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
     with stage("scores"):
+        carry = cfg.engine.carry_features and orders.engine().name == "duckdb"
         scored = score_customers(
-            orders, churn_model, t, camp, cfg.features.windows_days, model_version=ref.label
+            orders,
+            churn_model,
+            t,
+            camp,
+            cfg.features.windows_days,
+            model_version=ref.label,
+            keep_in=out / KEPT_DIR if carry else None,
         )
         scores, drift = scored.scores, scored.drift
         forced = _check_drift(drift, cfg, force)
@@ -536,6 +545,7 @@ def score_job(
                 "sizing": sizing_record(cfg, rate_sources),
                 "ranking": ranking.record(camp.rank_by),
                 "previous_export": prev.name if prev else None,
+                "features": scored.carry.record() if scored.carry else None,
                 "drift_psi": {k: round(v, 6) for k, v in drift.items()},
                 "drift_forced": forced,
                 "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
@@ -552,6 +562,7 @@ def score_job(
             tables = {"delta.csv": changes, "profit_curve.csv": curve}
             extras = {"profit_curve.png": write_png, "README.txt": write_readme}
             folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
+            keep_features(scored, out, wait_seconds)  # for the next night
     return ScoreResult(folder, scores, lists, t, ref.label)
 
 

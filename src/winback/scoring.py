@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import shutil
 import weakref
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from winback import carry
 from winback.campaigns import (
     best_first,
     control_flags,
@@ -46,9 +48,12 @@ from winback.campaigns import (
     incremental_gain,
     size_list,
 )
+from winback.carry import KEPT_DIR, Carry, carry_over, find_kept, kept_key, work_folder
 from winback.config import CampaignGroupConfig, CampaignsConfig
+from winback.cutoffs import normalize_cutoffs
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, reasons
+from winback.features import spec_for
 from winback.model import ChurnModel
 from winback.orders import Orders
 from winback.segments import quintile_sql, segments_of, texts_of
@@ -61,8 +66,11 @@ from winback.snapshots import (
 )
 from winback.timing import TIMING_INPUTS, timing_columns
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Scored",
+    "keep_features",
     "score_customers",
     "add_reasons",
     "add_uplift",
@@ -90,6 +98,11 @@ class Scored:
     features_path: Path | None = None
     feature_rows: np.ndarray | None = None
     remote: _SparkFeatures | None = None
+    carry: Carry | None = None  # how the features were split between carried and computed
+    work: Path | None = None  # the folder of the out-of-core parts and the order checks
+    kept_key: str = ""
+    cutoff: datetime | None = None
+    parts: int = 0  # the customer hash partitions it was scored in
 
     def features_in_blocks(
         self, positions: np.ndarray
@@ -209,6 +222,7 @@ def score_customers(
     campaigns: CampaignsConfig,
     windows_days=(30, 90, 180, 365),
     model_version: str = "",
+    keep_in: Path | None = None,
 ) -> Scored:
     """Every customer of both lists with their scores (before list sizing and control groups,
     and without reasons: :func:`add_reasons` explains the customers who are exported), and the
@@ -218,7 +232,11 @@ def score_customers(
     Ranks, deciles and RFM segments are computed in SQL over the scored customers (on DuckDB,
     spilling to disk when they outgrow memory), so pandas only ever holds the score table, whose
     repeated texts (as-of, list, segment, campaign, offer, channel, model version) are
-    categoricals; the lists and the export files hold them as plain text."""
+    categoricals; the lists and the export files hold them as plain text.
+
+    ``keep_in`` (a folder; DuckDB, out of core): carry the features kept there by an earlier
+    night for the customers whose orders did not change, and leave tonight's ready to keep
+    there (:func:`keep_features`; see :mod:`winback.carry`)."""
     from winback.engines.duckdb import DuckDBEngine, connect
 
     h = int(model.horizon_days)
@@ -227,7 +245,9 @@ def score_customers(
     engine = orders.engine()
     if engine.name == "duckdb" and orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:
         # out of core: snapshots in partitions, on disk
-        folder = _score_in_parts(orders, model, as_of, h, lookback, windows, campaigns)
+        folder, carry, key, k = _score_in_parts(
+            orders, model, as_of, h, lookback, windows, campaigns, keep_in
+        )
         if not any((folder / "scores").iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
             return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, pd.DataFrame())
@@ -247,7 +267,10 @@ def score_customers(
             model_version,
             position="_feature_row",
         )
-        scored = Scored(out, drift, pd.DataFrame(), folder / "features", rows)
+        scored = Scored(out, drift, pd.DataFrame(), folder / "features", rows, None, carry)
+        if keep_in is not None:
+            scored.work, scored.kept_key, scored.parts = folder, key, k
+            scored.cutoff = normalize_cutoffs([as_of])[0]
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
         return scored
@@ -431,23 +454,47 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campaigns) -> Path:
+def _score_in_parts(
+    orders, model, as_of, horizon_days, lookback, windows, campaigns, keep_in=None
+) -> tuple[Path, Carry | None, str, int]:
     """Score in customer hash partitions; return a folder with each partition's full snapshot
     under ``features/`` (Arrow files) and its :func:`_score_columns` under ``scores/`` (Parquet
-    parts, which the ranks' SQL reads). The
-    same rows and values as :func:`build_snapshots` followed by ``predict_proba``."""
+    parts, which the ranks' SQL reads), how the features were split between carried and
+    computed (with ``keep_in``), the key features are kept under and the number of partitions.
+    The same rows and values as :func:`build_snapshots` followed by ``predict_proba``."""
     import math
     import tempfile
 
     k = max(1, math.ceil(orders.report.n_customers / SCORE_PARTITION_ROWS))
-    folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
+    if keep_in is None:
+        folder = Path(tempfile.mkdtemp(prefix="winback-scoring-"))
+    else:
+        folder = work_folder(keep_in)
     (folder / "features").mkdir()
     (folder / "scores").mkdir()
     written = 0
+    cutoff = normalize_cutoffs([as_of])[0]
+    key = kept_key(spec_for(orders, lookback, windows))
     try:
-        with snapshot_source(
-            orders, [as_of], horizon_days, lookback, windows, materialize=False
-        ) as source:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(
+                snapshot_source(orders, [as_of], horizon_days, lookback, windows, materialize=False)
+            )
+            if keep_in is not None:
+                kept = find_kept(keep_in, key, cutoff)
+                source.carry = stack.enter_context(
+                    carry_over(
+                        orders.engine(), orders.table, source.cut_table, cutoff, source.spec,
+                        kept, folder, k,
+                    )
+                )  # fmt: skip
+                c = source.carry
+                if kept is not None:
+                    log.info(
+                        "features: %s customers carried from %s (orders unchanged), "
+                        "%s computed from their orders",
+                        f"{c.n_carried:,}", f"{kept.cutoff:%Y-%m-%d}", f"{c.n_computed:,}",
+                    )  # fmt: skip
             for i in range(k):
                 f = source.read((i, k), ordered=False)  # ranked in SQL afterwards
                 if f.empty:
@@ -461,10 +508,27 @@ def _score_in_parts(orders, model, as_of, horizon_days, lookback, windows, campa
                 scores.to_parquet(folder / "scores" / f"part-{i:05d}.parquet", index=False)
                 del f, scores
                 release_memory()
+            split = source.carry
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return folder
+    return folder, split, key, k
+
+
+def keep_features(scored: Scored, out: Path, wait_seconds: float = 0.0) -> None:
+    """Keep the features ``scored`` computed (``score_customers(..., keep_in=out /
+    KEPT_DIR)``) for the next night, under the exports folder's lock (see
+    :mod:`winback.carry`)."""
+    if scored.work is None or scored.cutoff is None:
+        return
+    from winback.export import export_lock
+
+    with export_lock(out, wait_seconds):
+        state = carry.keep_features(
+            scored.work, out / KEPT_DIR, scored.kept_key, scored.cutoff, scored.parts
+        )
+    if state is not None:
+        scored.features_path = state / "features"
 
 
 def _write_arrow(frame: pd.DataFrame, path: Path) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from winback.btyd import BGNBD
+from winback.carry import Carry
 from winback.cutoffs import normalize_cutoffs, parse_cutoff, split_labelled_cutoffs
 from winback.engines import Engine
 from winback.errors import DataError
@@ -37,6 +38,7 @@ from winback.features import (
     FeatureSpec,
     bgnbd_summary_sql,
     build_features,
+    carried_sql,
     feature_sql,
     feature_table,
     spec_for,
@@ -197,13 +199,24 @@ class SnapshotSource:
     features: str | None
     summaries: str
     bgnbd: BGNBDAtCutoffs
+    carry: Carry | None = None  # one cutoff, features carried from an earlier night
 
     def sql(self, part: tuple[int, int] | None = None) -> str:
         """Every feature column, then :data:`SUMMARY_COLUMNS`; ``part = (i, k)``: the customers
         of hash partition i of k only (computed for that partition alone when the features
         are not materialised)."""
         d = self.engine.dialect
-        if self.features is None:
+        if self.features is None and self.carry is not None:
+            c = self.carry
+            feats = feature_sql(c.orders, self.cut_table, self.spec, d, part)
+            rows, mixed = c.rows_of(part)
+            if rows is not None:
+                kept = carried_sql(
+                    rows, c.checks, self.cut_table, c.since, self.spec, d, part if mixed else None
+                )
+                feats = f"SELECT * FROM ({feats}) UNION ALL SELECT * FROM ({kept})"
+            where = ""
+        elif self.features is None:
             feats = feature_sql(self.orders_table, self.cut_table, self.spec, d, part)
             where = ""
         else:

@@ -53,6 +53,8 @@ class Dialect:
     parse_ts_offset: str = "timezone('UTC', try_cast({x} AS TIMESTAMPTZ))"  # text with an offset
     strptime: str = "try_strptime({x}, {fmt})"
     micros_to_ts: str = "make_timestamp({x})"  # microseconds since 1970 (UTC) as a TIMESTAMP
+    millis_to_ts: str = "epoch_ms({x})"  # milliseconds since 1970 (UTC) as a TIMESTAMP
+    ts_to_millis: str = "epoch_ms({ts})"  # a TIMESTAMP as milliseconds since 1970, as above
     strftime_formats: bool = True  # False: formats are Java patterns (see java_pattern)
     local_to_utc: str = "timezone('UTC', timezone({tz}, {x}))"
     aware_to_utc: str = "timezone('UTC', {x})"
@@ -88,6 +90,8 @@ SPARK = Dialect(
     parse_ts_offset="try_cast({x} AS TIMESTAMP)",
     strptime="try_to_timestamp({x}, {fmt})",
     micros_to_ts="timestamp_micros({x})",
+    millis_to_ts="timestamp_millis({x})",
+    ts_to_millis="unix_millis({ts})",
     strftime_formats=False,
     local_to_utc="to_utc_timestamp({x}, {tz})",
     aware_to_utc="{x}",
