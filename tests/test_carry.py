@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import json
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,8 +98,10 @@ def test_carried_features_equal_features_from_every_order_night_after_night(
     full = _by_hand(synth_frame)
     keep = tmp_path / KEPT_DIR
     first_id = full["customer_id"].iloc[0]
-    late = full[full["customer_id"] == first_id].iloc[[0]].assign(
-        order_id=9_100_000, order_ts=_ts("2023-11-15 10:00"), amount=33.0
+    late = (
+        full[full["customer_id"] == first_id]
+        .iloc[[0]]
+        .assign(order_id=9_100_000, order_ts=_ts("2023-11-15 10:00"), amount=33.0)
     )
     corrected_id = full["customer_id"].iloc[10]
     deleted = full.index[(full["customer_id"] == full["customer_id"].iloc[20])][:1]
@@ -108,7 +109,9 @@ def test_carried_features_equal_features_from_every_order_night_after_night(
     def night(as_of: str, orders: pd.DataFrame, rows_per_part: int = 300):
         out_of_core.setattr("winback.scoring.SCORE_PARTITION_ROWS", rows_per_part)
         t = datetime.fromisoformat(as_of)
-        o = orders_of(orders[orders["order_ts"] <= _ts(as_of)], category="category", channel="channel")
+        o = orders_of(
+            orders[orders["order_ts"] <= _ts(as_of)], category="category", channel="channel"
+        )
         carried = score_customers(o, m, t, cfg, keep_in=keep)
         fresh = score_customers(o, m, t, cfg)
         _same(carried.scores, fresh.scores)
@@ -140,12 +143,17 @@ def test_carried_features_equal_features_from_every_order_night_after_night(
     changed.loc[changed["customer_id"] == corrected_id, "amount"] *= 1.5
     changed = changed.drop(index=deleted)
     f3, r3 = night("2023-12-04", changed)
-    assert f3.loc[first_id, "n_orders"] == f2.loc[first_id, "n_orders"] + 1 + (
-        (full["customer_id"] == first_id)
-        & (full["order_ts"] > _ts("2023-12-01"))
-        & (full["order_ts"] <= _ts("2023-12-04"))
-        & (full["amount"] > 0)
-    ).sum()
+    assert (
+        f3.loc[first_id, "n_orders"]
+        == f2.loc[first_id, "n_orders"]
+        + 1
+        + (
+            (full["customer_id"] == first_id)
+            & (full["order_ts"] > _ts("2023-12-01"))
+            & (full["order_ts"] <= _ts("2023-12-04"))
+            & (full["amount"] > 0)
+        ).sum()
+    )
 
     # the same night again, the same orders: nothing to compute
     _, r4 = night("2023-12-04", changed)
@@ -163,7 +171,9 @@ def test_kept_features_of_other_settings_are_not_carried(synth_frame, model, out
     keep = tmp_path / KEPT_DIR
     first = score_customers(o, m, datetime(2023, 12, 1), cfg, keep_in=keep)
     keep_features(first, tmp_path)
-    other_windows = score_customers(o, m, datetime(2023, 12, 2), cfg, (30, 60, 90, 180, 365), keep_in=keep)
+    other_windows = score_customers(
+        o, m, datetime(2023, 12, 2), cfg, (30, 60, 90, 180, 365), keep_in=keep
+    )
     assert other_windows.carry.record()["carried_from"] is None
     same = score_customers(o, m, datetime(2023, 12, 2), cfg, keep_in=keep)
     assert same.carry.record()["carried_from"] == "2023-12-01T00:00:00"
