@@ -66,11 +66,11 @@ class KeptFeatures:
 
 @dataclass
 class Carry:
-    """Tonight's split of the customers: ``orders`` (a view of the orders of the customers to
-    compute afresh), ``checks`` (``customer_id`` and ``carried``: whether their features carry
-    over), ``rows`` (the kept feature rows, by hash partition when tonight's partitions are
-    last night's, else under None; empty on a night without kept features), the kept cutoff,
-    and counts."""
+    """Tonight's split of the customers: ``orders`` (the orders of the customers to compute
+    afresh: a table of them, or all orders on a night without kept features), ``checks``
+    (``customer_id`` and ``carried``: whether their features carry over), ``rows`` (the kept
+    feature rows, by hash partition when tonight's partitions are last night's, else under
+    None; empty on a night without kept features), the kept cutoff, and counts."""
 
     orders: str
     checks: str
@@ -150,7 +150,7 @@ def carry_over(
     its own file. DuckDB only; the tables go on leaving."""
     con = engine.con
     stamp = time.time_ns()
-    checks, view = f"_checks_{stamp}", f"_changed_orders_{stamp}"
+    checks, changed = f"_checks_{stamp}", f"_changed_orders_{stamp}"
     since = kept.cutoff if kept else cutoff
     sql = order_checks_sql(orders, cutoff, since, spec, engine.dialect)
     if kept is None:
@@ -175,12 +175,13 @@ def carry_over(
         )
         n_carried, n_all = con.execute(
             f"SELECT count(*) FILTER (WHERE carried), count(*) FROM {checks}"
-        ).fetchone()
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT o.* FROM {orders} o "
-            f"WHERE o.customer_id IN (SELECT customer_id FROM {checks} WHERE NOT carried)"
-        )
-        if kept is not None:
+        ).fetchall()[0]
+        if kept is not None:  # their orders set apart once, not found again in every partition
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {changed} AS SELECT o.* FROM {orders} o "
+                f"SEMI JOIN (SELECT customer_id FROM {checks} WHERE NOT carried) AS c "
+                "ON c.customer_id = o.customer_id"
+            )
             import pyarrow.dataset as ds
 
             files = sorted((kept.folder / _FEATURES).glob("part-*.arrow"))
@@ -192,7 +193,7 @@ def carry_over(
                 rows[i] = f"_kept_rows_{stamp}_{'all' if i is None else i}"
                 con.register(rows[i], ds.dataset([str(f) for f in found], format="ipc"))
         yield Carry(
-            orders=view,
+            orders=changed if kept is not None else orders,
             checks=checks,
             rows=rows,
             since=kept.cutoff if kept else None,
@@ -202,7 +203,7 @@ def carry_over(
     finally:
         for name in rows.values():
             con.unregister(name)
-        con.execute(f"DROP VIEW IF EXISTS {view}")
+        con.execute(f"DROP TABLE IF EXISTS {changed}")
         con.execute(f"DROP TABLE IF EXISTS {checks}")
 
 

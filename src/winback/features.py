@@ -485,20 +485,20 @@ def order_checks_sql(
     # an order's age at ``since`` in milliseconds; it crosses edge w when it is below w then
     # and at or above it at the cutoff (a millisecond either side to spare: a customer
     # recomputed needlessly costs only time)
-    age = f"({ms(ts=_ts(since))} - {ms(ts='order_ts')})"
     crossing = " OR ".join(
-        f"{age} BETWEEN {w * DAY_MS - 1} - {step} AND {w * DAY_MS + 1}" for w in window_edges(spec)
+        f"age BETWEEN {w * DAY_MS - 1} - {step} AND {w * DAY_MS + 1}" for w in window_edges(spec)
     )
-    then = f"order_ts <= {_ts(since)}"
     return f"""
     SELECT customer_id,
-           count(*) FILTER (WHERE {then}) AS n_since,
-           sum(h) FILTER (WHERE {then}) AS sum_since,
+           count(*) FILTER (WHERE upto_since) AS n_since,
+           sum(h) FILTER (WHERE upto_since) AS sum_since,
            count(*) AS n_now,
            sum(h) AS sum_now,
-           coalesce(bool_or({then} AND ({crossing})), FALSE) AS crossing
+           coalesce(bool_or(upto_since AND ({crossing})), FALSE) AS crossing
     FROM (
-        SELECT customer_id, order_ts, CAST({row_hash} >> 32 AS BIGINT) AS h
+        SELECT customer_id, order_ts <= {_ts(since)} AS upto_since,
+               {ms(ts=_ts(since))} - {ms(ts="order_ts")} AS age,
+               CAST({row_hash} >> 32 AS BIGINT) AS h
         FROM {orders}
         WHERE order_ts <= {_ts(cutoff)}
     ) AS o

@@ -227,8 +227,12 @@ class SnapshotSource:
                 else ""
             )
         summary = ", ".join(f"s.{src} AS {col}" for col, src in SUMMARY_COLUMNS.items())
+        summaries = self.summaries
+        if part:  # the partition's summaries only: the join's hash table a k-th of the size
+            bucket = d.hash_mod.format(col="customer_id", k=part[1])
+            summaries = f"(SELECT * FROM {self.summaries} WHERE {bucket} = {part[0]})"
         return (
-            f"SELECT f.*, {summary} FROM ({feats}) f LEFT JOIN {self.summaries} s "
+            f"SELECT f.*, {summary} FROM ({feats}) f LEFT JOIN {summaries} s "
             f"ON s.customer_id = f.customer_id AND s.cutoff_ts = f.cutoff_ts{where}"
         )
 
