@@ -225,3 +225,31 @@ def test_the_score_job_keeps_features_only_once_its_export_is_published(
         a = pd.read_parquet(done.folder / f"{name}.parquet")
         b = pd.read_parquet(plain.folder / f"{name}.parquet")
         _same(a, b)
+
+
+def test_a_night_reads_its_own_links_to_the_kept_features(
+    synth_frame, model, out_of_core, tmp_path
+):
+    # another run may replace (and remove) the kept folder while tonight still reads it
+    import shutil
+
+    import winback.carry as carry
+
+    m, _ = model
+    cfg = CampaignsConfig()
+    o = orders_of(synth_frame, category="category", channel="channel")
+    keep = tmp_path / KEPT_DIR
+    keep_features(score_customers(o, m, datetime(2023, 12, 1), cfg, keep_in=keep), tmp_path)
+    link = carry._linked
+
+    def linked_then_removed(kept, to):
+        mine = link(kept, to)
+        shutil.rmtree(kept.folder)  # what the other run's clean-up does
+        return mine
+
+    out_of_core.setattr(carry, "_linked", linked_then_removed)
+    tonight = score_customers(o, m, datetime(2023, 12, 2), cfg, keep_in=keep)
+    assert tonight.carry.record()["customers_carried"] > 0
+    fresh = score_customers(o, m, datetime(2023, 12, 2), cfg)
+    _same(tonight.scores, fresh.scores)
+    _same(_features(tonight), _features(fresh))

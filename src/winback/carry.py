@@ -28,7 +28,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -152,6 +152,8 @@ def carry_over(
     stamp = time.time_ns()
     checks, changed = f"_checks_{stamp}", f"_changed_orders_{stamp}"
     since = kept.cutoff if kept else cutoff
+    if kept is not None:  # linked into tonight's folder: another run may replace the kept ones
+        kept = _linked(kept, work / "kept")
     sql = order_checks_sql(orders, cutoff, since, spec, engine.dialect)
     if kept is None:
         same = "FALSE"
@@ -232,6 +234,19 @@ def keep_features(work: Path, folder: Path, key: str, cutoff: datetime, parts: i
     os.replace(link, current)  # the one atomic step
     _cleanup(folder, keep=state.name)
     return state
+
+
+def _linked(kept: KeptFeatures, to: Path) -> KeptFeatures:
+    """``kept`` with its files hard-linked under ``to`` (the same file system), so they stay
+    readable whatever another run does to the kept folder; as it is where links are refused."""
+    try:
+        (to / _FEATURES).mkdir(parents=True)
+        for f in [kept.folder / _CHECKS, *(kept.folder / _FEATURES).glob("*.arrow")]:
+            os.link(f, to / f.relative_to(kept.folder))
+    except OSError:
+        shutil.rmtree(to, ignore_errors=True)
+        return kept
+    return replace(kept, folder=to)
 
 
 def work_folder(folder: Path) -> Path:

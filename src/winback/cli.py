@@ -703,6 +703,10 @@ def score(
     uplift model that beat p_churn on a campaign it did not see ranks it by expected
     incremental profit (campaigns.rank_by). Every scored customer also gets the chance of no
     order within 30, 60 and 90 days and the dates an order is 10%, 50% and 90% likely by.
+
+    Over 1M customers on DuckDB, the features are kept in OUT/.features/ and the next night
+    computes only the customers whose orders changed; the others' carry over, moved on by the
+    date, with the same values (engine.carry_features: false turns it off).
     """
     _verbose(verbose)
     from winback.jobs import find_model, score_job
