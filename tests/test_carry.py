@@ -199,6 +199,14 @@ def test_the_score_job_keeps_features_only_once_its_export_is_published(
     jobs.score_job(o, cfg, out, as_of=datetime(2023, 12, 1), model=str(path))
     first = (out / KEPT_DIR / "current").resolve()
     assert (first / "checks.parquet").is_file() and len(list((first / "features").iterdir())) == 5
+    # the folder a killed run left behind (its process is gone) goes with the next keep
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    crashed = out / KEPT_DIR / f"work-{gone.pid}-1"
+    (crashed / "features").mkdir(parents=True)
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -215,6 +223,7 @@ def test_the_score_job_keeps_features_only_once_its_export_is_published(
     now = (out / KEPT_DIR / "current").resolve()
     assert now != first and not first.exists()  # the older kept features are gone
     gc.collect()  # the failed night's scores, and with them its work folder
+    assert not crashed.exists()
     assert [p.name for p in (out / KEPT_DIR).iterdir() if p.name.startswith("work-")] == []
 
     off = load_config(None, [*MAP, "engine.carry_features=false"])
