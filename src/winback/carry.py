@@ -3,12 +3,14 @@ computed afresh.
 
 A nightly ``score`` of a large population (out of core, on DuckDB) keeps what it computed in
 the exports folder, under ``.features/``: every scored customer's feature row, and for every
-customer a count and a hash sum of their orders up to that night's cutoff. The next night
+customer their BG/NBD summary (purchase days, first to last, first to the cutoff) and a count
+and a hash sum of their orders up to that night's cutoff. The next night
 checks each customer's orders up to that cutoff against the kept count and sum
 (:func:`~winback.features.order_checks_sql`), in one pass over the orders. A customer whose
 orders are the same, with none since and none crossing the edge of a feature's window, has
-the features kept, moved on by the date (:func:`~winback.features.carried_sql`): the same
-values, to the last bit, as computing them from every order. Every other customer (a new
+the features and the summary kept, moved on by the date
+(:func:`~winback.features.carried_sql`, :func:`~winback.features.carried_summary_sql`): the
+same values as computing them from every order. Every other customer (a new
 order, a late or corrected one, a window edge crossed, a new customer) is computed from the
 orders. On a typical night that is a few percent of the customers.
 
@@ -52,6 +54,7 @@ KEPT_DIR = ".features"
 _CURRENT = "current"
 _META = "meta.json"
 _CHECKS = "checks.parquet"
+_SUMMARIES = "summaries.parquet"
 _FEATURES = "features"
 
 
@@ -78,6 +81,16 @@ class Carry:
     since: datetime | None
     n_carried: int
     n_computed: int
+    summaries: str | None = None  # the kept BG/NBD summaries (a relation), if any
+    work: Path | None = None  # where tonight's summaries are written for the next night
+
+    def keep_summaries(self, engine, table: str) -> None:
+        """Write tonight's BG/NBD summaries (``table``, one cutoff) for the next night."""
+        if self.work is not None:
+            engine.con.execute(
+                f"COPY (SELECT customer_id, frequency, recency, T FROM {table}) "
+                f"TO {_quoted(self.work / _SUMMARIES)} (FORMAT parquet)"
+            )
 
     def rows_of(self, part: tuple[int, int] | None) -> tuple[str | None, bool]:
         """The kept rows of hash partition ``part`` (None: every customer's): a relation (None
@@ -127,7 +140,7 @@ def find_kept(folder: Path, key: str, cutoff: datetime) -> KeptFeatures | None:
         log.info("features: the kept ones are of a later date (%s); computing all", kept_at)
         return None
     target = current.resolve()
-    if not (target / _CHECKS).is_file() or not (target / _FEATURES).is_dir():
+    if not all((target / f).exists() for f in (_CHECKS, _SUMMARIES, _FEATURES)):
         return None
     return KeptFeatures(target, kept_at, int(meta.get("parts", 0)))
 
@@ -136,7 +149,6 @@ def find_kept(folder: Path, key: str, cutoff: datetime) -> KeptFeatures | None:
 def carry_over(
     engine,
     orders: str,
-    cut_table: str,
     cutoff: datetime,
     spec: FeatureSpec,
     kept: KeptFeatures | None,
@@ -201,6 +213,8 @@ def carry_over(
             since=kept.cutoff if kept else None,
             n_carried=int(n_carried),
             n_computed=int(n_all - n_carried),
+            summaries=f"read_parquet({_quoted(kept.folder / _SUMMARIES)})" if kept else None,
+            work=work,
         )
     finally:
         for name in rows.values():
@@ -211,7 +225,8 @@ def carry_over(
 
 def keep_features(work: Path, folder: Path, key: str, cutoff: datetime, parts: int) -> Path | None:
     """Keep tonight's features (``work``: the feature parts under ``features/``, one file per
-    customer hash partition of ``parts``, and the order checks) in ``folder`` for the next
+    customer hash partition of ``parts``, the order checks and BG/NBD's summaries) in
+    ``folder`` for the next
     night, swapped in whole; features kept at a later cutoff stay. Call under the exports
     folder's lock. Returns the kept folder."""
     current = folder / _CURRENT
@@ -226,6 +241,7 @@ def keep_features(work: Path, folder: Path, key: str, cutoff: datetime, parts: i
     state.mkdir()
     os.replace(work / _FEATURES, state / _FEATURES)
     os.replace(work / _CHECKS, state / _CHECKS)
+    os.replace(work / _SUMMARIES, state / _SUMMARIES)
     meta = {"key": key, "cutoff": cutoff.isoformat(), "parts": int(parts)}
     (state / _META).write_text(json.dumps(meta))
     link = folder / f".{_CURRENT}.link-{os.getpid()}"
@@ -241,7 +257,8 @@ def _linked(kept: KeptFeatures, to: Path) -> KeptFeatures:
     readable whatever another run does to the kept folder; as it is where links are refused."""
     try:
         (to / _FEATURES).mkdir(parents=True)
-        for f in [kept.folder / _CHECKS, *(kept.folder / _FEATURES).glob("*.arrow")]:
+        files = [kept.folder / _CHECKS, kept.folder / _SUMMARIES]
+        for f in [*files, *(kept.folder / _FEATURES).glob("*.arrow")]:
             os.link(f, to / f.relative_to(kept.folder))
     except OSError:
         shutil.rmtree(to, ignore_errors=True)

@@ -86,6 +86,7 @@ __all__ = [
     "feature_names",
     "window_edges",
     "carried_sql",
+    "carried_summary_sql",
     "order_checks_sql",
     "build_features",
     "write_features",
@@ -463,6 +464,23 @@ def carried_sql(
         CROSS JOIN {cutoffs} c
     ) AS m
     WHERE m._recency < {spec.lookback_days}"""
+
+
+def carried_summary_sql(
+    summaries: str, checks: str, cutoffs: str, since: datetime, d: Dialect = DUCKDB
+) -> str:
+    """:func:`bgnbd_summary_sql`'s rows at the one cutoff in ``cutoffs`` of the customers whose
+    orders did not change since ``since`` (``carried`` in ``checks``), from their rows then
+    (``summaries``: ``customer_id, frequency, recency, T``): the same purchase days, and ``T``
+    (days from the first purchase day) grown by the time passed, to the millisecond."""
+    ms = d.ts_to_millis.format
+    then = f"{ms(ts=_ts(since))} - CAST(round(s.T * {DAY_MS}) AS BIGINT)"
+    age = d.days_between.format(later="c.cutoff_ts", earlier=d.millis_to_ts.format(x=then))
+    return f"""
+    SELECT s.customer_id, c.cutoff_ts, s.frequency, s.recency, {age} AS T
+    FROM {summaries} s
+    JOIN (SELECT customer_id FROM {checks} WHERE carried) k ON k.customer_id = s.customer_id
+    CROSS JOIN {cutoffs} c"""
 
 
 def order_checks_sql(

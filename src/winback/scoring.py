@@ -474,27 +474,27 @@ def _score_in_parts(
     (folder / "scores").mkdir()
     written = 0
     cutoff = normalize_cutoffs([as_of])[0]
-    key = kept_key(spec_for(orders, lookback, windows))
+    spec = spec_for(orders, lookback, windows)
+    key = kept_key(spec)
     try:
         with contextlib.ExitStack() as stack:
-            source = stack.enter_context(
-                snapshot_source(orders, [as_of], horizon_days, lookback, windows, materialize=False)
-            )
+            c = None
             if keep_in is not None:
                 kept = find_kept(keep_in, key, cutoff)
-                source.carry = stack.enter_context(
-                    carry_over(
-                        orders.engine(), orders.table, source.cut_table, cutoff, source.spec,
-                        kept, folder, k,
-                    )
-                )  # fmt: skip
-                c = source.carry
+                c = stack.enter_context(
+                    carry_over(orders.engine(), orders.table, cutoff, spec, kept, folder, k)
+                )
                 if kept is not None:
                     log.info(
                         "features: %s customers carried from %s (orders unchanged), "
                         "%s computed from their orders",
                         f"{c.n_carried:,}", f"{kept.cutoff:%Y-%m-%d}", f"{c.n_computed:,}",
                     )  # fmt: skip
+            source = stack.enter_context(
+                snapshot_source(
+                    orders, [as_of], horizon_days, lookback, windows, materialize=False, carry=c
+                )
+            )
             for i in range(k):
                 f = source.read((i, k), ordered=False)  # ranked in SQL afterwards
                 if f.empty:

@@ -39,6 +39,7 @@ from winback.features import (
     bgnbd_summary_sql,
     build_features,
     carried_sql,
+    carried_summary_sql,
     feature_sql,
     feature_table,
     spec_for,
@@ -258,6 +259,7 @@ def snapshot_source(
     *,
     materialize: bool = True,
     progress: Progress | None = None,
+    carry: Carry | None = None,
 ) -> Iterator[SnapshotSource]:
     """A :class:`SnapshotSource` at ``cutoffs``; its tables are dropped on leaving.
 
@@ -265,7 +267,10 @@ def snapshot_source(
     fitted at each cutoff with active customers. ``materialize=True`` computes the features at
     every cutoff into a table (in customer partitions when large); ``False`` leaves them to be
     computed a hash partition at a time by :meth:`SnapshotSource.read`, so memory holds one
-    partition (scoring a large population)."""
+    partition (scoring a large population). ``carry`` (scoring at one cutoff, not
+    materialised): the features and BG/NBD summaries of customers whose orders did not change
+    come from an earlier night's (:mod:`winback.carry`), and tonight's summaries are kept for
+    the next."""
     cuts = normalize_cutoffs(cutoffs)
     engine = orders.engine()
     spec = spec_for(orders, lookback_days, windows_days)
@@ -278,17 +283,24 @@ def snapshot_source(
             features = feature_table(orders, engine, spec, cuts, GROUPS_PER_PASS)
             made.append(features)
             tell(progress, f"features at {len(cuts)} cutoff(s)", 1, 1)
-        summaries = engine.materialize_parts(
-            [bgnbd_summary_sql(orders.table, cut_table, engine.dialect)]
-        )
+        d = engine.dialect
+        summary_sql = bgnbd_summary_sql(carry.orders if carry else orders.table, cut_table, d)
+        if carry is not None and carry.summaries is not None:
+            kept = carried_summary_sql(carry.summaries, carry.checks, cut_table, carry.since, d)
+            summary_sql = f"SELECT * FROM ({summary_sql}) UNION ALL SELECT * FROM ({kept})"
+        summaries = engine.materialize_parts([summary_sql])
         made.append(summaries)
+        if carry is not None:
+            carry.keep_summaries(engine, summaries)
         active = (
             [ts for (ts,) in engine.fetchall(f"SELECT DISTINCT cutoff_ts FROM {features}")]
             if features
             else [ts for (ts,) in engine.fetchall(f"SELECT DISTINCT cutoff_ts FROM {summaries}")]
         )
         bgnbd = fit_bgnbd_at_cutoffs(engine, summaries, active, horizon_days, progress)
-        yield SnapshotSource(engine, orders.table, cut_table, spec, features, summaries, bgnbd)
+        yield SnapshotSource(
+            engine, orders.table, cut_table, spec, features, summaries, bgnbd, carry
+        )
     finally:
         for table in made:
             engine.drop(table)
