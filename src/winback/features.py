@@ -157,6 +157,11 @@ def feature_names(spec: FeatureSpec) -> list[str]:
     return [*names, "cutoff_season_sin", "cutoff_season_cos", "history_days"]
 
 
+def _ts(ts: datetime) -> str:
+    """A naive-UTC timestamp as an SQL literal."""
+    return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S.%f}'"
+
+
 def window_edges(spec: FeatureSpec) -> list[int]:
     """Every age in days at which a feature's window starts or ends: an order whose age
     crosses one of them between two cutoffs changes its customer's features by more than the
@@ -185,9 +190,7 @@ def _moved_by_date(
         "returned_since_last_order": (f"CASE WHEN {since_return} < {recency} THEN 1 ELSE 0 END"),
         "cutoff_season_sin": f"sin({doy_angle})",
         "cutoff_season_cos": f"cos({doy_angle})",
-        "history_days": d.days_between.format(
-            later=cutoff, earlier=f"TIMESTAMP '{start:%Y-%m-%d %H:%M:%S.%f}'"
-        ),
+        "history_days": d.days_between.format(later=cutoff, earlier=_ts(start)),
     }
 
 
@@ -393,11 +396,6 @@ def feature_sql(
     FROM base b
     JOIN days g ON g.customer_id = b.customer_id AND g.cutoff_ts = b.cutoff_ts
     """
-
-
-def _ts(ts: datetime) -> str:
-    """A naive-UTC timestamp as an SQL literal."""
-    return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S.%f}'"
 
 
 def carried_sql(

@@ -245,7 +245,7 @@ def score_customers(
     engine = orders.engine()
     if engine.name == "duckdb" and orders.report.n_customers > SCORE_PARTITION_CUSTOMERS:
         # out of core: snapshots in partitions, on disk
-        folder, carry, key, k = _score_in_parts(
+        folder, split, key, k = _score_in_parts(
             orders, model, as_of, h, lookback, windows, campaigns, keep_in
         )
         if not any((folder / "scores").iterdir()):
@@ -267,7 +267,7 @@ def score_customers(
             model_version,
             position="_feature_row",
         )
-        scored = Scored(out, drift, pd.DataFrame(), folder / "features", rows, None, carry)
+        scored = Scored(out, drift, pd.DataFrame(), folder / "features", rows, None, split)
         if keep_in is not None:
             scored.work, scored.kept_key, scored.parts = folder, key, k
             scored.cutoff = normalize_cutoffs([as_of])[0]
