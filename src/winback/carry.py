@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from winback import __version__
+from winback.engines.dialect import sql_string
 from winback.features import FeatureSpec, order_checks_sql
 
 __all__ = [
@@ -128,9 +129,8 @@ def find_kept(folder: Path, key: str, cutoff: datetime) -> KeptFeatures | None:
     """The features kept in ``folder`` (an exports folder's :data:`KEPT_DIR`), if computed
     with ``key`` at a cutoff at or before ``cutoff``; else None, with the reason logged."""
     current = folder / _CURRENT
-    try:
-        meta = json.loads((current / _META).read_text())
-    except (OSError, ValueError):
+    meta = _meta(current)
+    if meta is None:
         return None
     kept_at = datetime.fromisoformat(meta["cutoff"])
     if meta.get("key") != key:
@@ -226,14 +226,11 @@ def carry_over(
 def keep_features(work: Path, folder: Path, key: str, cutoff: datetime, parts: int) -> Path | None:
     """Keep tonight's features (``work``: the feature parts under ``features/``, one file per
     customer hash partition of ``parts``, the order checks and BG/NBD's summaries) in
-    ``folder`` for the next
-    night, swapped in whole; features kept at a later cutoff stay. Call under the exports
-    folder's lock. Returns the kept folder."""
+    ``folder`` for the next night, swapped in whole; features kept at a later cutoff stay.
+    Call under the exports folder's lock. Returns the kept folder."""
     current = folder / _CURRENT
-    try:
-        kept_at = datetime.fromisoformat(json.loads((current / _META).read_text())["cutoff"])
-    except (OSError, ValueError, KeyError):
-        kept_at = None
+    meta = _meta(current)
+    kept_at = datetime.fromisoformat(meta["cutoff"]) if meta else None
     if kept_at is not None and kept_at > cutoff:
         log.info("features: kept ones of a later date (%s) stay", kept_at)
         return None
@@ -250,6 +247,16 @@ def keep_features(work: Path, folder: Path, key: str, cutoff: datetime, parts: i
     os.replace(link, current)  # the one atomic step
     _cleanup(folder, keep=state.name)
     return state
+
+
+def _meta(kept: Path) -> dict | None:
+    """The kept folder's meta.json (key, cutoff, partitions); None when there is none whole."""
+    try:
+        meta = json.loads((kept / _META).read_text())
+        datetime.fromisoformat(meta["cutoff"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
 
 
 def _linked(kept: KeptFeatures, to: Path) -> KeptFeatures:
@@ -295,4 +302,4 @@ def _alive(pid: int) -> bool:
 
 
 def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return sql_string(str(path))

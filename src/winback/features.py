@@ -187,7 +187,7 @@ def _moved_by_date(
     return {
         "overdue_ratio": f"{recency} / nullif({gap_mean}, 0)",
         "orders_per_year": f"{n_orders} * 365.0 / greatest({tenure}, 30.0)",
-        "returned_since_last_order": (f"CASE WHEN {since_return} < {recency} THEN 1 ELSE 0 END"),
+        "returned_since_last_order": f"CASE WHEN {since_return} < {recency} THEN 1 ELSE 0 END",
         "cutoff_season_sin": f"sin({doy_angle})",
         "cutoff_season_cos": f"cos({doy_angle})",
         "history_days": d.days_between.format(later=cutoff, earlier=_ts(start)),
