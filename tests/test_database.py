@@ -211,6 +211,23 @@ def _tracking_run(args: list[str], cwd: Path, env: dict) -> subprocess.Completed
     )
 
 
+def test_a_tracking_database_is_tried_once_before_any_work(postgres):
+    """MLflow retries a refused store for about 100 s; one connection says the same at once."""
+    from winback.errors import WinbackError
+    from winback.secrets import with_password
+    from winback.tracking import writable_store
+
+    store = postgres.replace("shop@", "mlflow@").rsplit("/", 1)[0] + "/mlflow"
+    writable_store(with_password(store, TRACKING_PASSWORD))  # answers: nothing to say
+    wrong = with_password(store, "wrong-" + TRACKING_PASSWORD)
+    with pytest.raises(WinbackError, match="password authentication failed") as err:
+        writable_store(wrong)
+    assert "mlflow:***@" in str(err.value) and "ck-9x" not in str(err.value)
+    closed = store.rsplit(":", 1)[0] + ":9/mlflow"  # nothing listens on port 9
+    with pytest.raises(WinbackError, match=r"Cannot use the MLflow tracking store.*refused"):
+        writable_store(closed)
+
+
 @pytest.mark.slow
 def test_a_tracking_database_password_is_never_printed_or_written(postgres, synth_frame, tmp_path):
     from urllib.parse import quote

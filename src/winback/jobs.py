@@ -89,8 +89,9 @@ def _store(cfg: Config, override: str | None = None) -> str:
 
 
 def check_tracking(cfg: Config, override: str | None = None) -> None:
-    """Refuse, before any work, a local tracking store that cannot be written (a run would
-    otherwise fail only when it logs, after the training)."""
+    """Refuse, before any work, a local tracking store that cannot be written or a database
+    store that does not answer (a run would otherwise fail only when it logs, after the
+    training, and after MLflow's own retries)."""
     from winback.tracking import writable_store
 
     writable_store(_store(cfg, override))

@@ -91,11 +91,47 @@ def _unreachable(uri: str, exc: BaseException) -> WinbackError:
     )
 
 
+#: Seconds a database store gets to answer one connection before the command gives up.
+CONNECT_TIMEOUT_S = 10
+
+
+def _reachable_database(uri: str) -> None:
+    """Fail at once when a database store (PostgreSQL, MySQL...) does not answer: MLflow itself
+    retries a refused connection ten times with a growing wait, about 100 s in all, before it
+    says anything. One connection, with a timeout, tells the same thing in a second."""
+    try:
+        import sqlalchemy
+        from sqlalchemy.engine import make_url
+    except ImportError:  # MLflow needs SQLAlchemy for database stores; let it say so
+        return
+    try:
+        url = make_url(uri)
+    except sqlalchemy.exc.ArgumentError:
+        return  # not a SQLAlchemy URL (http, databricks...): MLflow reads it
+    backend = url.get_backend_name()
+    if backend not in {"postgresql", "mysql", "mariadb", "mssql"}:
+        return  # SQLite is checked as a file; http and others are MLflow's to read
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_S} if backend != "mssql" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=timeout, poolclass=sqlalchemy.NullPool)
+    except Exception:  # noqa: BLE001 - an unknown dialect or missing driver: MLflow says which
+        return
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - refused, unknown host, wrong password...
+        raise _unreachable(uri, exc) from None
+    finally:
+        engine.dispose()
+
+
 def writable_store(uri: str) -> None:
-    """Fail at once, not after MLflow's retries, when a SQLite store cannot be written: the
-    file (or its folder) is tried for real, which also tells a read-only mount."""
+    """Fail at once, not after MLflow's retries, when the store cannot be used: a SQLite
+    store's file (or its folder) is tried for real, which also tells a read-only mount; a
+    database store gets one connection."""
     db = _sqlite_file(uri)
     if db is None:
+        _reachable_database(uri)
         return
     if db.exists():
         try:
@@ -377,6 +413,8 @@ def champion_model_file(uri: str, model_name: str, cache: Path) -> tuple[Path, s
             f"No MLflow store at {db}, so no '{CHAMPION}' model: train one with "
             "'winback train' (or set tracking.uri), or pass --model PATH to a saved model."
         )
+    if db is None:
+        _reachable_database(uri)
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
