@@ -349,9 +349,10 @@ def _reason_one(name: str, row, population: dict[str, float] | None = None) -> s
     return None
 
 
-def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
+def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one(monkeypatch):
     # the definition: walk each customer's features by contribution, keep the first `top`
     # true sentences, never the same one twice, else the plain fact of the last order
+    import winback.explain as explain
     from winback.explain import _can_speak, _last_order, _Row
 
     def one_by_one(contrib, feats, top, population):
@@ -410,6 +411,11 @@ def test_reasons_chosen_for_all_customers_at_once_match_the_walk_one_by_one():
         got = reasons(contrib, feats, top=top, population=pop)
         assert got.tolist() == one_by_one(contrib, feats, top, pop)
     assert got.str.contains("; ").mean() > 0.5  # the case is rich: most get several reasons
+    # contributions sorted a few customers at a time (3,000 = 428 x 7 + 4): the same reasons
+    monkeypatch.setattr(explain, "SORT_ROWS", 7)
+    assert reasons(contrib, feats, top=3, population=population).tolist() == one_by_one(
+        contrib, feats, 3, population
+    )
 
 
 def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
 import lightgbm as lgb
@@ -14,7 +15,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["reasons", "REASON_REFERENCES", "path_contributions"]
+__all__ = ["reasons", "REASON_REFERENCES", "path_contributions", "LIGHTGBM_LOCK"]
+
+#: Held around LightGBM's predictor when blocks are explained on several threads: one Booster
+#: shared by two predictions at once sets its iteration range from both (LightGBM issue 6142).
+#: Each prediction runs on every core anyway.
+LIGHTGBM_LOCK = threading.Lock()
 
 
 def _days(x: float) -> str:
@@ -54,6 +60,9 @@ def _missing(x) -> bool:
     """None, NaN or pd.NA (cheaper than pd.isna on one value)."""
     return x is None or x is pd.NA or (isinstance(x, float) and x != x)
 
+
+#: Customers whose contributions are sorted at a time (a few MB, in the processor's cache).
+SORT_ROWS = 25_000
 
 #: Features whose sentence compares a customer with the scored population (its median).
 REASON_REFERENCES = ("n_orders", "monetary_total", "gap_mean_days", "tenure_days")
@@ -208,16 +217,25 @@ def reasons(
     column by column, where a feature's sentence would be true); only the chosen sentences are
     written, a feature's at a time, and each customer's are joined by Arrow in one pass.
     """
-    # a customer's contributions side by side in memory: the sort runs along rows
-    c = np.ascontiguousarray(contributions.to_numpy(dtype=float))
+    c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
     n = c.shape[0]
     cols = _Columns(features)
     nums = _Numbers(cols, n)
     k = min(3 * top + 3, c.shape[1])
-    candidates = np.argsort(-c, axis=1, kind="stable")[:, :k]
+    # each customer's k largest contributions, in order (ties by column), and whether each
+    # raises the risk
+    candidates = np.empty((n, k), dtype=np.intp)
+    rises = np.empty((n, k), dtype=bool)
+    for start in range(0, n, SORT_ROWS):
+        stop = min(start + SORT_ROWS, n)
+        # negated, a customer's side by side in memory: the sort runs along rows
+        neg = np.negative(c[start:stop], out=np.empty((stop - start, c.shape[1]), order="C"))
+        top_k = np.argsort(neg, axis=1, kind="stable")[:, :k]
+        candidates[start:stop] = top_k
+        rises[start:stop] = ~(np.take_along_axis(neg, top_k, axis=1) >= 0)  # > 0, or NaN
     # the walk down each customer's candidates stops at the first that does not raise the risk
-    alive = np.cumprod(~(np.take_along_axis(c, candidates, axis=1) <= 0), axis=1).astype(bool)
+    alive = np.cumprod(rises, axis=1).astype(bool)
     says = np.zeros((n, len(names)), dtype=bool)
     for j, name in enumerate(names):
         if _can_speak(name):
@@ -340,15 +358,17 @@ def _leaf_paths(tree: dict[str, Any]) -> tuple[float, dict[int, dict[int, float]
 
 
 def path_contributions(
-    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 250_000
+    booster: lgb.Booster, X: np.ndarray, num_iteration: int, chunk_rows: int = 25_000
 ) -> np.ndarray:
     """Saabas contributions, the last column the bias.
 
     What a tree credits each feature with depends only on the leaf a row lands in (the splits on
     the way there), so LightGBM's own predictor finds the leaves (``pred_leaf``: its handling of
     missing values, natively) and each tree adds its leaf's credits, a feature column at a
-    time, ``chunk_rows`` rows at a time."""
-    trees = booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
+    time, ``chunk_rows`` rows at a time (LightGBM gives the leaves as floats, 8 bytes a row and
+    a tree: small chunks hold little and stay in the processor's cache)."""
+    with LIGHTGBM_LOCK:
+        trees = booster.dump_model(num_iteration=num_iteration)["tree_info"][:num_iteration]
     n, m = X.shape
     bias = 0.0
     tables: list[list[tuple[int, np.ndarray]]] = []  # per tree: (feature, credit by leaf)
@@ -365,7 +385,8 @@ def path_contributions(
     out[m] = bias
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
-        leaves = booster.predict(X[start:stop], num_iteration=num_iteration, pred_leaf=True)
+        with LIGHTGBM_LOCK:
+            leaves = booster.predict(X[start:stop], num_iteration=num_iteration, pred_leaf=True)
         # a tree's leaves contiguous too: gathers along a column of rows run 7x slower
         leaves = np.ascontiguousarray(np.reshape(leaves, (stop - start, -1)).T, dtype=np.intp)
         for credits, at in zip(tables, leaves, strict=True):

@@ -45,7 +45,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from winback.atomic import atomic_path, sha256_file
 from winback.drift import DRIFT_FEATURES, population_stability, reference_bins
 from winback.errors import DataError, WinbackError
-from winback.explain import path_contributions
+from winback.explain import LIGHTGBM_LOCK, path_contributions
 from winback.progress import Progress
 from winback.sample import customer_share
 
@@ -478,18 +478,22 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         if method not in ("shap", "path"):
             raise ValueError(f"method must be 'shap' or 'path'; got {method!r}")
         Xf = self._check(X)
-        # column-major, as path contributions come and as pandas holds a frame's columns
-        c = np.zeros((len(self.features_), len(Xf))).T
-        if self.booster_ is not None:
+        if self.booster_ is None:
+            # column-major, as path contributions come and as pandas holds a frame's columns
+            c = np.zeros((len(self.features_), len(Xf))).T
+        else:
             if method == "shap":
-                full = self.booster_.predict(Xf, num_iteration=self.n_trees_, pred_contrib=True)
+                with LIGHTGBM_LOCK:
+                    full = self.booster_.predict(Xf, num_iteration=self.n_trees_, pred_contrib=True)
             else:
                 full = path_contributions(self.booster_, Xf, self.n_trees_)
-            c += self.shrink_ * full[:, :-1]
+            del Xf
+            full *= self.shrink_  # in place, and kept: a block's contributions held once
+            c = full[:, :-1]  # the bias column left out
         if self.uses_margin_:
             j = self.features_.index(BTYD_COLUMN)
             c[:, j] += self.btyd_weight_ * (_logit(X[BTYD_COLUMN].to_numpy()) - self.margin_mean_)
-        return pd.DataFrame(c, columns=self.features_, index=X.index)
+        return pd.DataFrame(c, columns=self.features_, index=X.index, copy=False)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per feature, largest first; BG/NBD alone puts it all on its probability."""

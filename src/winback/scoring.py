@@ -33,6 +33,7 @@ import logging
 import shutil
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,8 +109,8 @@ class Scored:
         self, positions: np.ndarray
     ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
         """The full feature rows of the score rows at ``positions`` (sorted), a block at a
-        time: ``(positions of the block, their features)``, at most ``REASON_BLOCK_ROWS`` rows
-        from memory, or one Parquet part's customers."""
+        time: ``(positions of the block, their features)``, at most ``REASON_BLOCK_ROWS`` rows,
+        each block from one Arrow part when they are on disk."""
         if self.remote is not None:  # kept on the executors: fetched for these customers only
             for i in range(0, len(positions), REASON_BLOCK_ROWS):
                 at = positions[i : i + REASON_BLOCK_ROWS]
@@ -131,8 +132,10 @@ class Scored:
                 table = pa.ipc.open_file(source).read_all()
                 stop = start + table.num_rows
                 mine = np.flatnonzero((wanted >= start) & (wanted < stop))
-                if len(mine):
-                    yield positions[mine], table.take(wanted[mine] - start).to_pandas()
+                # the part's rows in blocks of even size (threads finish them together)
+                for block in np.array_split(mine, -(-len(mine) // REASON_BLOCK_ROWS) or 1):
+                    if len(block):
+                        yield positions[block], table.take(wanted[block] - start).to_pandas()
                 del table
             start = stop
 
@@ -630,6 +633,8 @@ class _SparkFeatures:
 
 #: Above this many listed customers, ``auto`` explains with path contributions, not TreeSHAP.
 SHAP_MAX_ROWS = 50_000
+#: Blocks of listed customers explained at once.
+REASON_THREADS = 2
 
 
 def add_reasons(
@@ -650,14 +655,34 @@ def add_reasons(
 
     # each block's sentences as Arrow text (a Python string object per customer would hold
     # several times the memory), and for every score row the block row that explains it
-    blocks, which = [], np.full(len(ids), -1, dtype=np.int64)
+    which = np.full(len(ids), -1, dtype=np.int64)
     population = scored.medians(list(REASON_REFERENCES))
-    done = 0
-    for at, feats in scored.features_in_blocks(listed):  # a block at a time: bounded memory
+
+    def explain(feats: pd.DataFrame):
         text = reasons(model.contributions(feats, method), feats, population=population)
-        blocks.append(pa.array(text, type=pa.large_string(), from_pandas=True))
-        which[at] = np.arange(done, done + len(at))
-        done += len(at)
+        return pa.array(text, type=pa.large_string(), from_pandas=True)
+
+    # blocks explained REASON_THREADS at a time (LightGBM's leaves, NumPy's sorts and Arrow's
+    # joins run outside Python's lock); the next block is read only when a thread is free, so
+    # at most REASON_THREADS blocks' features are held at once
+    texts: list[Future] = []
+    running: set[Future] = set()
+    done = 0
+    block_of = scored.features_in_blocks(listed)
+    with ThreadPoolExecutor(max_workers=REASON_THREADS) as pool:
+        while True:
+            if len(running) == REASON_THREADS:
+                _, running = wait(running, return_when=FIRST_COMPLETED)
+            block = next(block_of, None)
+            if block is None:
+                break
+            at, feats = block
+            which[at] = np.arange(done, done + len(at))
+            done += len(at)
+            texts.append(pool.submit(explain, feats))
+            running.add(texts[-1])
+            del block, feats
+    blocks = [text.result() for text in texts]
     said = pa.concat_arrays(blocks) if blocks else pa.array([], type=pa.large_string())
 
     def reasons_of(rows: np.ndarray):
