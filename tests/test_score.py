@@ -338,6 +338,22 @@ def test_kill_9_never_leaves_a_partial_or_mixed_export(setup):
     assert len(list((d / out / ".versions").iterdir())) == 1
 
 
+def test_each_scored_customer_gets_the_group_of_the_list_they_are_on():
+    from winback.scoring import listed_groups
+
+    ids = pd.Series(["a", "b", "c", "d", "e"], index=[10, 11, 12, 13, 14], dtype="str")
+    scores = pd.DataFrame({"customer_id": ids})
+    lists = {
+        "at_risk": pd.DataFrame({"customer_id": ["b", "a"], "group": ["control", "treatment"]}),
+        "lapsed": pd.DataFrame({"customer_id": ["e"], "group": ["control"]}),
+        "empty": pd.DataFrame({"customer_id": [], "group": []}),
+    }
+    got = listed_groups(scores, lists)
+    assert got.dtype == "string" and list(got.index) == [10, 11, 12, 13, 14]
+    assert got.fillna("-").tolist() == ["treatment", "control", "-", "-", "control"]
+    assert listed_groups(scores, {}).isna().all()
+
+
 def test_csv_cells_are_neutralised_in_exports(tmp_path):
     from winback.export import export_lists
 

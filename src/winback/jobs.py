@@ -50,6 +50,7 @@ from winback.scoring import (
     delta,
     keep_features,
     listable,
+    listed_groups,
     profit_curve,
     score_customers,
 )
@@ -500,9 +501,7 @@ def score_job(
                 add_uplift(scored, ranking.model, camp, why)
                 order_by = "expected_gain"
             lists = build_lists(scores, camp, why, order_by)
-            listed = pd.concat([f.set_index("customer_id")["group"] for f in lists.values()])
-            scores["group"] = scores["customer_id"].map(listed).astype("string")  # NA: not listed
-            del listed
+            scores["group"] = listed_groups(scores, lists)  # NA: not listed
             scoring.release_memory()  # each step's leftovers go back before the next one
         with stage("reasons"):
             lists = add_reasons(scored, churn_model, lists, camp.reasons_method)

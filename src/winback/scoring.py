@@ -76,6 +76,7 @@ __all__ = [
     "add_reasons",
     "add_uplift",
     "build_lists",
+    "listed_groups",
     "listable",
     "customer_value",
     "profit_curve",
@@ -722,6 +723,27 @@ def add_uplift(
     scores["uplift"] = uplift
     scores["expected_gain"] = gain
     return len(rows)
+
+
+def listed_groups(scores: pd.DataFrame, lists: dict[str, pd.DataFrame]) -> pd.Series:
+    """Each scored customer's group on the lists (``treatment`` or ``control``, as text),
+    missing for those on none; found through Arrow's hash table, not a Python dict."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    frames = [f for f in lists.values() if len(f)]
+    codes = np.full(len(scores), -1, dtype=np.int8)
+    if frames:
+        listed = pa.concat_arrays([_arrow_text(f["customer_id"]) for f in frames])
+        control = np.concatenate(
+            [(f["group"] == "control").to_numpy(dtype=np.int8) for f in frames]
+        )
+        found = pc.index_in(_arrow_text(scores["customer_id"]), value_set=listed)
+        at = found.to_numpy(zero_copy_only=False)  # NaN where not listed
+        on = ~np.isnan(at)
+        codes[on] = control[at[on].astype(np.intp)]
+    groups = texts_of(codes, ["treatment", "control"])
+    return pd.Series(groups, index=scores.index, copy=False).astype("string")
 
 
 def _positions(ids: pd.Series, among: pd.Series) -> np.ndarray:
