@@ -82,6 +82,30 @@ def test_control_group_share_and_stability():
         control_flags(ids[:3], "x", "s", 1.0)
 
 
+def test_quintiles_in_sql_rank_ties_by_their_average_rank():
+    # ceil(5 x average rank / count), worked by hand
+    from winback.engines.duckdb import connect
+    from winback.segments import quintile_sql
+
+    con = connect()
+    con.execute(
+        "CREATE TABLE t AS SELECT * FROM (VALUES (0, 'a', 10), (1, 'a', 20), (2, 'a', 30), "
+        "(3, 'b', 1), (4, 'b', 1), (5, 'b', 2), (6, 'b', 3)) v(i, g, x)"
+    )
+
+    def scores(order: str, partition: str | None) -> list[int]:
+        sql = f"SELECT {quintile_sql('x', order, partition)} FROM t ORDER BY i"
+        return [r[0] for r in con.execute(sql).fetchall()]
+
+    # a: ranks 1, 2, 3 of 3 -> 5/3, 10/3, 5 -> 2, 4, 5
+    # b: 1 and 1 share (1 + 2) / 2 = 1.5 of 4 -> 1.875 -> 2; 2 -> 3 of 4 -> 4; 3 -> 5
+    assert scores("ASC", "g") == [2, 4, 5, 2, 2, 4, 5]
+    # b, largest first: 3 -> 1 of 4 -> 2; 2 -> 2 of 4 -> 3; 1 and 1 share 3.5 -> 4.375 -> 5
+    assert scores("DESC", "g") == [5, 4, 2, 5, 5, 3, 2]
+    # all 7: 1, 1 -> 1.5/7 -> 2; 2 -> 3/7 -> 3; 3 -> 4/7 -> 3; 10 -> 4; 20 -> 5; 30 -> 5
+    assert scores("ASC", None) == [4, 5, 5, 2, 2, 3, 3]
+
+
 def test_rfm_segments_from_the_grid():
     # 10 customers: R quintile from recency (lower = better), F quintile from order count
     recency = pd.Series([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dtype=float)

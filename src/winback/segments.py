@@ -128,9 +128,10 @@ def quintile_sql(x: str, order: str = "ASC", partition: str | None = None) -> st
     average rank as in pandas' ``rank(pct=True, method="average")``. ``partition``: the
     column(s) to score within, or the whole query."""
     within = f"PARTITION BY {partition}" if partition else ""
-    ties = f"PARTITION BY {partition + ', ' if partition else ''}{x}"
+    ordered = f"{within} ORDER BY {x} {order}"
+    # a tie's first and last rank: rank(), and the rows up to its last peer (the default
+    # frame of an ordered window) - one sort for both
     pct = (
-        f"(rank() OVER ({within} ORDER BY {x} {order}) "
-        f"+ (count(*) OVER ({ties}) - 1) / 2.0) / count(*) OVER ({within})"
+        f"((rank() OVER ({ordered}) + count(*) OVER ({ordered})) / 2.0) / count(*) OVER ({within})"
     )
     return f"greatest(1, least(5, ceil({pct} * 5)))::INTEGER"
