@@ -499,8 +499,14 @@ def _score_in_parts(
                     orders, [as_of], horizon_days, lookback, windows, materialize=False, carry=c
                 )
             )
+            # the next partition is read (on the engine's threads) while this one is scored
+            # and written: at most two partitions in memory
+            reader = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            ahead = reader.submit(source.read, (0, k), False)  # ranked in SQL afterwards
             for i in range(k):
-                f = source.read((i, k), ordered=False)  # ranked in SQL afterwards
+                f = ahead.result()
+                if i + 1 < k:
+                    ahead = reader.submit(source.read, (i + 1, k), False)
                 if f.empty:
                     continue
                 # Arrow's own file format: written as it is in memory (Parquet's encoding cost
