@@ -333,6 +333,23 @@ def test_exact_copies_of_lines_are_dropped_counted_and_shown(tmp_path):
         _load(p, "orders.policies.duplicate_line=fail")
 
 
+def test_lines_whose_hashes_collide_are_compared_themselves(tmp_path, monkeypatch):
+    # the copies are first looked for by each line's hash; a collision must not count as a copy
+    from dataclasses import replace
+
+    from winback.engines.dialect import DUCKDB
+    from winback.engines.duckdb import DuckDBEngine
+
+    monkeypatch.setattr(DuckDBEngine, "dialect", replace(DUCKDB, row_hash="0"))  # all collide
+    text = "customer_id,order_id,order_ts,amount\na,1,2024-01-01,10\nb,2,2024-01-02,5\n"
+    o = _load(_write(tmp_path, text))
+    assert not [x for x in o.report.problems if x.check == "duplicate_line"]
+    assert o.report.n_orders == 2
+    o = _load(_write(tmp_path, text + "b,2,2024-01-02,5\n"))
+    (dup,) = [x for x in o.report.problems if x.check == "duplicate_line"]
+    assert (dup.count, dup.total) == (1, 3) and o.report.n_orders == 2
+
+
 def test_overlapping_files_of_a_folder_are_deduplicated(tmp_path):
     folder = tmp_path / "exports"
     folder.mkdir()
