@@ -113,15 +113,13 @@ class Scored:
         time: ``(positions of the block, their features)``, at most ``REASON_BLOCK_ROWS`` rows,
         each block from one Arrow part when they are on disk."""
         if self.remote is not None:  # kept on the executors: fetched for these customers only
-            for i in range(0, len(positions), REASON_BLOCK_ROWS):
-                at = positions[i : i + REASON_BLOCK_ROWS]
+            for at in _even_blocks(positions):
                 ids = self.scores["customer_id"].iloc[at]
                 found = self.remote.rows(ids)
                 yield at, found.iloc[_positions(ids, found["customer_id"])].reset_index(drop=True)
             return
         if self.features_path is None:
-            for i in range(0, len(positions), REASON_BLOCK_ROWS):
-                at = positions[i : i + REASON_BLOCK_ROWS]
+            for at in _even_blocks(positions):
                 yield at, self.features.iloc[at].reset_index(drop=True)
             return
         import pyarrow as pa
@@ -133,10 +131,8 @@ class Scored:
                 table = pa.ipc.open_file(source).read_all()
                 stop = start + table.num_rows
                 mine = np.flatnonzero((wanted >= start) & (wanted < stop))
-                # the part's rows in blocks of even size (threads finish them together)
-                for block in np.array_split(mine, -(-len(mine) // REASON_BLOCK_ROWS) or 1):
-                    if len(block):
-                        yield positions[block], table.take(wanted[block] - start).to_pandas()
+                for block in _even_blocks(mine):
+                    yield positions[block], table.take(wanted[block] - start).to_pandas()
                 del table
             start = stop
 
@@ -168,6 +164,14 @@ def _feature_parts(folder: Path) -> list[Path]:
 
 #: Customers explained at a time when their reasons are worked out.
 REASON_BLOCK_ROWS = 250_000
+
+
+def _even_blocks(rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` in consecutive blocks of at most ``REASON_BLOCK_ROWS``, of even size (threads
+    given them finish together); none for no rows."""
+    if not len(rows):
+        return []
+    return np.array_split(rows, -(-len(rows) // REASON_BLOCK_ROWS))
 
 
 #: The columns of a list file, and what each holds (the export's README.txt says the same).
