@@ -32,8 +32,12 @@ lock: ## resolve pyproject.toml's ranges afresh in a scratch venv and pin the re
 demo: $(STAMP) ## run the whole pipeline on built-in synthetic demo data (writes ./demo)
 	$(BIN)/winback demo --out demo
 
-test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest -q --durations=15
+# The tests run in TEST_WORKERS processes, each test file whole in one of them (its fixtures
+# are built once); most tests are single-threaded subprocess runs, so two keep both cores busy.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) ## run the whole test suite (TEST_WORKERS=1 for one process)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks examples
