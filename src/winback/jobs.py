@@ -43,6 +43,7 @@ from winback.plots import plot_profit_curve
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
 from winback.scoring import (
+    DELTA_COLUMNS,
     LIST_COLUMN_DOCS,
     add_reasons,
     add_uplift,
@@ -510,7 +511,9 @@ def score_job(
             curve = profit_curve(scores, why, camp.min_p_churn)
             scoring.release_memory()
             prev = previous_export(out, key)
-            changes = delta(lists, read_lists(prev) if prev is not None else None)
+            # of the previous lists, only what the delta shows (not every column of them)
+            before = read_lists(prev, DELTA_COLUMNS) if prev is not None else None
+            changes = delta(lists, before)
             scoring.release_memory()
         with stage("export"):
             in_group = scores["campaign"].notna().to_numpy()

@@ -908,11 +908,15 @@ def profit_curve(
     )
 
 
+#: The columns of a list :func:`delta` reads (all an earlier export's lists need to hold).
+DELTA_COLUMNS = ["customer_id", "p_churn", "campaign", "reasons"]
+
+
 def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> pd.DataFrame:
     """Who entered and who left each list since the previous export, with reasons:
     ``list, change, customer_id, p_churn, campaign, reasons`` (the new row's values for entered,
-    the old row's for left)."""
-    cols = ["customer_id", "p_churn", "campaign", "reasons"]
+    the old row's for left). ``old`` needs only :data:`DELTA_COLUMNS`."""
+    cols = DELTA_COLUMNS
     rows = []
     for name, frame in new.items():
         before = (old or {}).get(name)
