@@ -201,6 +201,7 @@ class SnapshotSource:
     summaries: str
     bgnbd: BGNBDAtCutoffs
     carry: Carry | None = None  # one cutoff, features carried from an earlier night
+    computed: str | None = None  # with carry: the changed customers' features, all partitions
 
     def sql(self, part: tuple[int, int] | None = None) -> str:
         """Every feature column, then :data:`SUMMARY_COLUMNS`; ``part = (i, k)``: the customers
@@ -209,7 +210,13 @@ class SnapshotSource:
         d = self.engine.dialect
         if self.features is None and self.carry is not None:
             c = self.carry
-            feats = feature_sql(c.orders, self.cut_table, self.spec, d, part)
+            if self.computed is None:
+                feats = feature_sql(c.orders, self.cut_table, self.spec, d, part)
+            else:
+                bucket = d.hash_mod.format(col="customer_id", k=part[1]) if part else None
+                feats = f"SELECT * FROM {self.computed}" + (
+                    f" WHERE {bucket} = {part[0]}" if part else ""
+                )
             rows, mixed = c.rows_of(part)
             if rows is not None:
                 kept = carried_sql(
@@ -284,6 +291,12 @@ def snapshot_source(
             made.append(features)
             tell(progress, f"features at {len(cuts)} cutoff(s)", 1, 1)
         d = engine.dialect
+        computed = None
+        if carry is not None and carry.since is not None and features is None:
+            # the changed customers' features in one pass, not one per partition: they are
+            # few, and each pass over their orders costs as much as the pass over them all
+            computed = engine.materialize_parts([feature_sql(carry.orders, cut_table, spec, d)])
+            made.append(computed)
         summary_sql = bgnbd_summary_sql(carry.orders if carry else orders.table, cut_table, d)
         if carry is not None and carry.summaries is not None:
             kept = carried_summary_sql(carry.summaries, carry.checks, cut_table, carry.since, d)
@@ -299,7 +312,7 @@ def snapshot_source(
         )
         bgnbd = fit_bgnbd_at_cutoffs(engine, summaries, active, horizon_days, progress)
         yield SnapshotSource(
-            engine, orders.table, cut_table, spec, features, summaries, bgnbd, carry
+            engine, orders.table, cut_table, spec, features, summaries, bgnbd, carry, computed
         )
     finally:
         for table in made:
