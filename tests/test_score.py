@@ -175,6 +175,28 @@ def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):
         assert (recency <= h).all() if name == "at_risk" else (recency > h).all()
 
 
+def test_ranks_deciles_and_quintiles_within_each_list_by_hand():
+    from winback.scoring import _ranks_within_lists
+
+    # six customers in id order; rows 0, 2, 4 are at risk, rows 1, 3, 5 lapsed
+    p = np.array([0.5, 0.9, 0.5, 0.2, 0.7, 0.7])
+    recency = np.array([10.0, 100.0, 30.0, 200.0, 10.0, 150.0])
+    n_orders = np.array([1.0, 3.0, 1.0, 2.0, 5.0, 2.0])
+    lapsed = np.array([False, True, False, True, False, True])
+    rank, decile, r, f = _ranks_within_lists(p, recency, n_orders, lapsed)
+    # at risk: row 4 (0.7) first; rows 0 and 2 tie at 0.5 and keep their id order
+    # lapsed: row 1 (0.9), row 5 (0.7), row 3 (0.2)
+    assert rank.tolist() == [2, 1, 3, 3, 1, 2]
+    # ceil(10 x rank / 3): 1 -> 4, 2 -> 7, 3 -> 10
+    assert decile.tolist() == [7, 4, 10, 10, 4, 7]
+    # R, at risk: recency 30 ranks 1, the two 10s share 2.5: ceil(5 x 1/3) = 2, ceil(5 x
+    # 2.5/3) = 5; lapsed: 200, 150, 100 rank 1, 2, 3: 2, 4, 5
+    assert r.tolist() == [5, 5, 2, 2, 5, 4]
+    # F, at risk: the two 1s share 1.5: ceil(5 x 1.5/3) = 3, the 5: 5; lapsed: the two 2s
+    # share 1.5: 3, the 3: 5
+    assert f.tolist() == [3, 5, 3, 3, 5, 3]
+
+
 def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, monkeypatch):
     # large populations are scored in customer hash partitions, their snapshots on disk
     import winback.scoring as scoring

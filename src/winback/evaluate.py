@@ -24,6 +24,8 @@ from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from winback.segments import quintiles
+
 __all__ = [
     "PROBABILITY_SCORES",
     "RfmLogit",
@@ -40,16 +42,12 @@ PROBABILITY_SCORES = ("model", "bgnbd", "logreg")
 _RFM_COLUMNS = ["recency_days", "n_orders", "monetary_total"]
 
 
-def _quintile(s: pd.Series) -> np.ndarray:
-    return np.clip(np.ceil(s.rank(pct=True, method="average").to_numpy() * 5), 1, 5)
-
-
 def rfm_score(snap: pd.DataFrame) -> np.ndarray:
     """Minus the RFM 5x5x5 sum (R: 5 = most recent; F: order count; M: total spend), so that
     higher means more likely to churn. Quintiles are taken within ``snap``."""
-    r = _quintile(-snap["recency_days"])
-    f = _quintile(snap["n_orders"])
-    m = _quintile(snap["monetary_total"])
+    r = quintiles(-snap["recency_days"])
+    f = quintiles(snap["n_orders"])
+    m = quintiles(snap["monetary_total"])
     return -(r + f + m)
 
 

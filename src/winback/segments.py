@@ -32,6 +32,7 @@ __all__ = [
     "segments_of",
     "rfm_segments",
     "quintile_sql",
+    "quintiles",
     "texts_of",
 ]
 
@@ -51,8 +52,11 @@ SEGMENTS = (
 )
 
 
-def _quintile(values: pd.Series) -> np.ndarray:
-    return np.clip(np.ceil(values.rank(pct=True, method="average").to_numpy() * 5), 1, 5)
+def quintiles(values) -> np.ndarray:
+    """The quintile score 1-5 of each value (the largest 5): ``ceil(5 x rank / count)``, ties
+    sharing their average rank (pandas' ``rank(pct=True, method="average")``)."""
+    ranks = pd.Series(values, copy=False).rank(pct=True, method="average").to_numpy()
+    return np.clip(np.ceil(ranks * 5), 1, 5)
 
 
 def segment_name(r: int, f: int) -> str:
@@ -116,8 +120,8 @@ def rfm_segments(
     """The RFM segment name of each customer (quintiles within the given customers). ``lapsed``:
     they are the lapsed list (True) or the at-risk list (False), see :func:`segments_of`; None:
     the plain grid, not about a list."""
-    r = _quintile(-recency_days.astype(float))
-    f = _quintile(n_orders.astype(float))
+    r = quintiles(-recency_days.astype(float))
+    f = quintiles(n_orders.astype(float))
     flags = None if lapsed is None else np.full(len(r), lapsed)
     return segments_of(r, f, recency_days.index, flags)
 
