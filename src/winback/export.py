@@ -456,26 +456,27 @@ def export_lists(
         folder = versions / stamp
         folder.mkdir()
         # the tables' files are written two at a time (Arrow and the Parquet writer do most
-        # of their work outside Python's lock); plots and texts on this thread
+        # of their work outside Python's lock), the largest first, so that no thread is left
+        # writing a large one alone at the end; plots and texts on this thread
+        tasks: dict[str, tuple[Callable[[Path], None], pd.DataFrame, str]] = {}
+        for name, frame in list_files(lists).items():
+            tasks[f"{name}.csv"] = (partial(_csv_for_people, frame), frame, "csv")
+            tasks[f"{name}.parquet"] = (partial(write_parquet, frame), frame, "parquet")
+        for name, frame in (tables or {}).items():
+            tasks[name] = (partial(write_csv, frame), frame, "csv")
+        tasks["scores.parquet"] = (partial(write_parquet, scores), scores, "parquet")
         done: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=EXPORT_THREADS) as pool:
-
-            def table_file(name: str, write: Callable[[Path], None], rows: int) -> None:
-                done[name] = pool.submit(_table_file, write, folder / name, rows)
-
-            for name, frame in list_files(lists).items():
-                table_file(f"{name}.csv", partial(_csv_for_people, frame), len(frame))
-                table_file(f"{name}.parquet", partial(write_parquet, frame), len(frame))
-            for name, frame in (tables or {}).items():
-                table_file(name, partial(write_csv, frame), len(frame))
-            table_file("scores.parquet", partial(write_parquet, scores), len(scores))
+            for name in sorted(tasks, key=lambda n: -_write_cost(*tasks[n][1:])):
+                write, frame, _ = tasks[name]
+                done[name] = pool.submit(_table_file, write, folder / name, len(frame))
             written = {}
             for name, write in (extras or {}).items():
                 write(folder / name)
                 written[name] = {"sha256": sha256_file(folder / name)}
             # the manifest lists the files in the order they always came in
             files: dict[str, dict[str, Any]] = {
-                name: done[name].result() for name in done if name != "scores.parquet"
+                name: done[name].result() for name in tasks if name != "scores.parquet"
             }
             files |= written
             files["scores.parquet"] = done["scores.parquet"].result()
@@ -496,6 +497,12 @@ def export_lists(
 
 #: Files of an export written at once.
 EXPORT_THREADS = 2
+
+
+def _write_cost(frame: pd.DataFrame, kind: str) -> int:
+    """About how long a table's file takes to write, to start the longest first: its cells,
+    a CSV cell counting twice a Parquet one (each is formatted as text)."""
+    return frame.shape[0] * frame.shape[1] * (2 if kind == "csv" else 1)
 
 
 def _table_file(write: Callable[[Path], None], path: Path, rows: int) -> dict[str, Any]:
