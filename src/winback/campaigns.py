@@ -20,6 +20,7 @@ __all__ = [
     "incremental_gain",
     "size_list",
     "best_first",
+    "best_first_rows",
 ]
 
 
@@ -100,35 +101,40 @@ def size_list(
     if method == "profit":
         if "expected_gain" not in scores.columns:
             raise UsageError("size_list(method='profit') needs an 'expected_gain' column.")
-        ranked = best_first(scores, "expected_gain")
-        ranked = ranked[ranked["expected_gain"] > 0]
+        order = best_first_rows(scores, "expected_gain")
+        order = order[scores["expected_gain"].to_numpy(dtype=float, na_value=np.nan)[order] > 0]
     elif method == "top_k":
         if k is None or k < 0:
             raise UsageError("size_list(method='top_k') needs k >= 0.")
-        ranked = best_first(scores, by).head(k)
+        order = best_first_rows(scores, by)[:k]
     elif method == "threshold":
         if threshold is None or not 0 <= threshold <= 1:
             raise UsageError("size_list(method='threshold') needs a threshold in [0, 1].")
-        risky = scores[scores["p_churn"] >= threshold]
-        ranked = best_first(risky, by)
+        order = best_first_rows(scores, by)
+        order = order[scores["p_churn"].to_numpy(dtype=float, na_value=np.nan)[order] >= threshold]
     else:
         raise UsageError(
             f"The list size method must be one of 'profit', 'top_k' or 'threshold'; got {method!r}."
         )
     if capacity is not None:
-        ranked = ranked.head(max(int(capacity), 0))
-    chosen = scores.loc[ranked.index]  # the chosen rows, copied once
+        order = order[: max(int(capacity), 0)]
+    chosen = scores.iloc[order]  # the chosen rows, copied once
     if "expected_gain" in chosen.columns:
         chosen = chosen.assign(cumulative_gain=chosen["expected_gain"].cumsum())
     return chosen
 
 
 def best_first(scores: pd.DataFrame, by: str) -> pd.DataFrame:
-    """``by`` and ``customer_id`` of ``scores`` (index kept), highest ``by`` first and ties by
-    customer id, the order every list and curve uses: only the two keys are sorted, not every
-    column. Missing ``by`` last. Sorted by Arrow, which compares the ids as they are stored
-    (UTF-8 byte order is code point order, as Python compares them) instead of factorizing
-    millions of them first."""
+    """``by`` and ``customer_id`` of ``scores`` (index kept), in :func:`best_first_rows`'s
+    order: only the two keys are taken, not every column."""
+    return scores[[by, "customer_id"]].iloc[best_first_rows(scores, by)]
+
+
+def best_first_rows(scores: pd.DataFrame, by: str) -> np.ndarray:
+    """The positions of the rows of ``scores``, highest ``by`` first and ties by customer id,
+    the order every list and curve uses; missing ``by`` last. Sorted by Arrow, which compares
+    the ids as they are stored (UTF-8 byte order is code point order, as Python compares them)
+    instead of factorizing millions of them first."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -139,7 +145,7 @@ def best_first(scores: pd.DataFrame, by: str) -> pd.DataFrame:
         }
     )
     order = pc.sort_indices(keys, [("by", "descending"), ("id", "ascending")])  # nulls last
-    return scores[[by, "customer_id"]].iloc[order.to_numpy()]
+    return order.to_numpy().astype(np.intp)
 
 
 def suppressed(

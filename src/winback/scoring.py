@@ -901,13 +901,18 @@ def build_lists(
         # written: once per category in a CSV, per row group in Parquet)
         frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)
         frame["rank"] = np.arange(1, len(frame) + 1, dtype=np.int64)
-        frame.insert(
-            LIST_COLUMNS.index("group"),
-            "group",
-            pd.array(np.where(flags, "control", "treatment"), dtype="str"),
-        )
+        frame.insert(LIST_COLUMNS.index("group"), "group", _group_texts(flags))
         lists[list_name] = frame
     return lists
+
+
+def _group_texts(control: np.ndarray):
+    """``control`` or ``treatment`` for each flag, as text taken by Arrow from the two words
+    (not a Python string per customer)."""
+    import pyarrow as pa
+
+    words = pa.array(["treatment", "control"], type=pa.large_string())
+    return pd.array(words.take(pa.array(control.astype(np.int8))), dtype="str")
 
 
 def profit_curve(
