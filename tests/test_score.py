@@ -145,7 +145,8 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
 
 
 def test_score_table_ranks_deciles_and_segments_follow_their_definitions(setup):
-    # computed in SQL; checked here against the pandas definitions, on real ties
+    # computed on the rows the engine orders; checked here against the pandas definitions,
+    # on real ties
     _, o, model = setup
     scored = score_customers(o, model, datetime(2023, 12, 31), CampaignsConfig())
     s, snap = scored.scores, scored.features

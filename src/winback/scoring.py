@@ -237,8 +237,9 @@ def score_customers(
     drift of the model's population (a purchase within its lookback) against training: the
     population stability index of key features and of ``p_churn``.
 
-    Ranks, deciles and RFM segments are computed in SQL over the scored customers (on DuckDB,
-    spilling to disk when they outgrow memory), so pandas only ever holds the score table, whose
+    The scored customers' few score columns are read back in customer id order by the engine
+    (on DuckDB, spilling to disk when they outgrow memory) and ranked within their lists in
+    NumPy, so pandas only ever holds the score table, whose
     repeated texts (as-of, list, segment, campaign, offer, channel, model version) are
     categoricals; the lists and the export files hold them as plain text.
 
@@ -465,7 +466,7 @@ def _ranks_within_lists(
 
 #: Above this many customers, DuckDB scores in customer hash partitions of about
 #: SCORE_PARTITION_ROWS customers: each partition's full snapshot and its score columns go to
-#: Parquet parts, and the score table is computed over them in SQL.
+#: Parquet parts, and the score table is read from them in SQL.
 SCORE_PARTITION_CUSTOMERS = 1_000_000
 SCORE_PARTITION_ROWS = 500_000
 
