@@ -213,35 +213,23 @@ class SnapshotSource:
             if self.computed is None:
                 feats = feature_sql(c.orders, self.cut_table, self.spec, d, part)
             else:
-                bucket = d.hash_mod.format(col="customer_id", k=part[1]) if part else None
-                feats = f"SELECT * FROM {self.computed}" + (
-                    f" WHERE {bucket} = {part[0]}" if part else ""
-                )
+                feats = _in_part(self.computed, part, d)
             rows, mixed = c.rows_of(part)
             if rows is not None:
                 kept = carried_sql(
                     rows, c.checks, self.cut_table, c.since, self.spec, d, part if mixed else None
                 )
                 feats = f"SELECT * FROM ({feats}) UNION ALL SELECT * FROM ({kept})"
-            where = ""
         elif self.features is None:
             feats = feature_sql(self.orders_table, self.cut_table, self.spec, d, part)
-            where = ""
         else:
-            feats = f"SELECT * FROM {self.features}"
-            where = (
-                f" WHERE {d.hash_mod.format(col='f.customer_id', k=part[1])} = {part[0]}"
-                if part
-                else ""
-            )
+            feats = _in_part(self.features, part, d)
         summary = ", ".join(f"s.{src} AS {col}" for col, src in SUMMARY_COLUMNS.items())
-        summaries = self.summaries
-        if part:  # the partition's summaries only: the join's hash table a k-th of the size
-            bucket = d.hash_mod.format(col="customer_id", k=part[1])
-            summaries = f"(SELECT * FROM {self.summaries} WHERE {bucket} = {part[0]})"
+        # the partition's summaries only: the join's hash table a k-th of the size
+        summaries = f"({_in_part(self.summaries, part, d)})" if part else self.summaries
         return (
             f"SELECT f.*, {summary} FROM ({feats}) f LEFT JOIN {summaries} s "
-            f"ON s.customer_id = f.customer_id AND s.cutoff_ts = f.cutoff_ts{where}"
+            f"ON s.customer_id = f.customer_id AND s.cutoff_ts = f.cutoff_ts"
         )
 
     def rows(self, part: tuple[int, int] | None = None, ordered: bool = True) -> pd.DataFrame:
@@ -254,6 +242,16 @@ class SnapshotSource:
         """Snapshot rows: the features with the BG/NBD features, sorted by cutoff then
         customer (see :meth:`rows`)."""
         return self.bgnbd.add_to(self.rows(part, ordered))
+
+
+def _in_part(table: str, part: tuple[int, int] | None, d) -> str:
+    """The rows of ``table`` whose customers are in hash partition ``part = (i, k)`` (all of
+    them for None)."""
+    if part is None:
+        return f"SELECT * FROM {table}"
+    return (
+        f"SELECT * FROM {table} WHERE {d.hash_mod.format(col='customer_id', k=part[1])} = {part[0]}"
+    )
 
 
 @contextmanager
