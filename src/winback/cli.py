@@ -227,7 +227,6 @@ def _load(
     """Read and validate the orders; the validation summary goes to stderr (``summary``: the
     command prints it itself otherwise). ``duckdb_only``: the command's name, when it runs on
     DuckDB only (refused on Spark in one line)."""
-    from winback.errors import ConfigError
     from winback.orders import load_orders
 
     source = _source(path, cfg)
@@ -245,10 +244,10 @@ def _load(
         with _progress("reading and validating orders on Spark"):
             orders = load_orders(source, cfg.orders, as_of=as_of, engine=SparkEngine(spark))
     else:
-        from winback.jobs import connect_duckdb
+        from winback.engines.duckdb import connect_for
 
         with _progress("reading and validating orders"):
-            orders = load_orders(source, cfg.orders, as_of=as_of, con=connect_duckdb(cfg))
+            orders = load_orders(source, cfg.orders, as_of=as_of, con=connect_for(cfg.engine))
     if summary:
         for line in orders.report.summary_lines():
             log.info("orders: %s", line)

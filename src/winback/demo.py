@@ -22,13 +22,13 @@ import pandas as pd
 from winback.atomic import atomic_parquet
 from winback.config import load_config
 from winback.cutoffs import cutoff_schedule
+from winback.engines.duckdb import connect_for
 from winback.features import build_features
 from winback.jobs import (
     LearnResult,
     ReportResult,
     ScoreResult,
     backtest_job,
-    connect_duckdb,
     learn_job,
     measure_job,
     report_job,
@@ -96,7 +96,7 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
 
     say("line", "2/11 validate")
     orders = load_orders(
-        orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_duckdb(cfg)
+        orders_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_for(cfg.engine)
     )
     say("lines", ["    " + line for line in orders.report.summary_lines()])
 
@@ -196,7 +196,7 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
         )
         atomic_parquet(world, world_file)
         orders = load_orders(
-            world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_duckdb(cfg)
+            world_file, cfg.orders, as_of=datetime(2025, 1, 1), con=connect_for(cfg.engine)
         )
         campaigns.append((sent, kinds, truth))
         say(

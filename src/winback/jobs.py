@@ -99,14 +99,6 @@ def check_tracking(cfg: Config, override: str | None = None) -> None:
     writable_store(_store(cfg, override))
 
 
-def connect_duckdb(cfg: Config):
-    """A DuckDB connection with the config's memory limit, threads and spill folder."""
-    from winback.engines.duckdb import connect
-
-    e = cfg.engine
-    return connect(e.memory_limit, e.threads, e.temp_directory)
-
-
 def run_params(cfg: Config, **extra) -> dict:
     """The settings a run is logged with."""
     return {

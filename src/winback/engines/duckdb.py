@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
@@ -13,7 +14,10 @@ import pandas as pd
 from winback.atomic import atomic_path
 from winback.engines.dialect import DUCKDB
 
-__all__ = ["DuckDBEngine", "connect", "registered"]
+if TYPE_CHECKING:
+    from winback.config import EngineConfig
+
+__all__ = ["DuckDBEngine", "connect", "connect_for", "registered"]
 
 _counter = itertools.count()
 
@@ -37,6 +41,11 @@ def connect(
     if temp_directory is not None:
         con.execute("SET temp_directory = ?", [str(temp_directory)])
     return con
+
+
+def connect_for(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
+    """A connection with the config's memory limit, threads and spill folder (``engine``)."""
+    return connect(engine.memory_limit, engine.threads, engine.temp_directory)
 
 
 @contextmanager
