@@ -400,10 +400,10 @@ def test_an_export_failing_in_one_file_keeps_the_previous_one_whole(tmp_path, mo
     before = read_manifest(kept)
     write = export.write_parquet
 
-    def failing(frame, path):
+    def failing(frame, path, **rows):
         if path.name == "scores.parquet":
             raise OSError("No space left on device")
-        write(frame, path)
+        write(frame, path, **rows)
 
     monkeypatch.setattr(export, "write_parquet", failing)
     newer = frame.assign(p_churn=[0.9, 0.1])
@@ -576,6 +576,46 @@ def test_campaign_groups_by_hand():
     np.testing.assert_allclose(out["expected_gain"], [6.6, 5.56, np.nan, 0.0, 3.0, 1.5])
     # each text is kept once (categories), however many customers carry it
     assert out["offer"].cat.categories.tolist() == ["=gift", "points"]
+
+
+def test_list_files_are_taken_from_their_list_a_block_at_a_time_and_ranked_1_to_n(
+    tmp_path, monkeypatch
+):
+    import winback.export as export
+
+    # blocks of 2 rows: the treatment file's 3 customers span two blocks of each writer
+    monkeypatch.setattr(export, "PARQUET_SLICE_ROWS", 2)
+    monkeypatch.setattr(export, "CSV_BLOCK_ROWS", 2)
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e"],
+            "rank": [1, 2, 3, 4, 5],
+            "p_churn": [0.91234, 0.8, 0.75, 0.6, 0.55555],
+            "offer": ["=gift", "points", "points", "=gift", "points"],
+            "group": ["treatment", "control", "treatment", "control", "treatment"],
+        }
+    )
+    folder = export.export_lists(tmp_path, "2024-01-01", {"at_risk": frame}, frame, {})
+    treated = pd.read_parquet(folder / "at_risk.parquet")
+    assert treated["customer_id"].tolist() == ["a", "c", "e"]
+    assert treated["rank"].tolist() == [1, 2, 3]  # within the file, not the list's 1, 3, 5
+    assert treated["p_churn"].tolist() == [0.91234, 0.75, 0.55555]  # Parquet: full precision
+    control = pd.read_parquet(folder / "at_risk_control.parquet")
+    assert (control["customer_id"].tolist(), control["rank"].tolist()) == (["b", "d"], [1, 2])
+    # the CSV: p_churn to 3 decimals (0.91234 -> 0.912, 0.55555 -> 0.556), the formula quoted
+    assert (folder / "at_risk.csv").read_text().splitlines() == [
+        '"customer_id","rank","p_churn","offer","group"',
+        '"a",1,0.912,"\'=gift","treatment"',
+        '"c",2,0.75,"points","treatment"',
+        '"e",3,0.556,"points","treatment"',
+    ]
+    assert (folder / "at_risk_control.csv").read_text().splitlines()[1:] == [
+        '"b",1,0.8,"points","control"',
+        '"d",2,0.6,"\'=gift","control"',
+    ]
+    rows = read_manifest(folder)["files"]
+    assert (rows["at_risk.csv"]["rows"], rows["at_risk_control.parquet"]["rows"]) == (3, 2)
+    assert frame["rank"].tolist() == [1, 2, 3, 4, 5]  # the list itself is left as it was
 
 
 def test_exported_files_hold_texts_not_categories_and_scores_go_in_row_groups(

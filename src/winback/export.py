@@ -40,7 +40,7 @@ __all__ = [
     "neutralize_csv",
     "write_parquet",
     "plain_columns",
-    "list_files",
+    "list_file_rows",
     "read_lists",
     "list_parquet_files",
     "for_people",
@@ -110,18 +110,23 @@ def _neutralized(s: pd.Series) -> pd.Series:
     return text.where(~risky, "'" + text) if risky.any() else text
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
+def write_csv(
+    frame: pd.DataFrame, path: Path, rows: np.ndarray | None = None, people: bool = False
+) -> None:
     """UTF-8 CSV with spreadsheet formulas neutralised, every text cell quoted (a line break or
     CR inside an id stays inside its cell, so any CSV reader finds the rows written) and Unix
-    line ends.
+    line ends. ``rows``: only the rows at these positions, in this order, ranked 1..n (a list's
+    file, see :func:`list_file_rows`); ``people``: the numbers rounded by :func:`for_people`.
 
     The bytes are pandas' ``to_csv`` with ``QUOTE_NONNUMERIC`` (text quoted, quotes doubled,
-    numbers as Python writes them, missing cells ``""``), built column by column in Arrow: for a
-    list of a million customers that is seconds faster than pandas' row-by-row writer. A frame
-    with a column type this does not know is written by pandas itself."""
-    safe = neutralize_csv(frame)
-    named = len(safe.columns) > 0 and all(isinstance(c, str) for c in safe.columns)
-    if not named or not all(_csv_known(safe[c]) for c in safe.columns):
+    numbers as Python writes them, missing cells ``""``), built column by column in Arrow, a
+    block of rows at a time: for a list of a million customers that is seconds faster than
+    pandas' row-by-row writer, and no copy of the whole frame is made. A frame with a column
+    type this does not know is written by pandas itself."""
+    named = len(frame.columns) > 0 and all(isinstance(c, str) for c in frame.columns)
+    if not named or not all(_csv_known(frame[c]) for c in frame.columns):
+        whole = next(_blocks(frame, rows, len(frame) if rows is None else len(rows)))
+        safe = neutralize_csv(for_people(whole) if people else whole)
         safe.to_csv(
             path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8"
         )
@@ -131,17 +136,33 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 
     text = pa.large_string()
     comma, newline, none = (pa.scalar(t, text) for t in (",", "\n", ""))
-    header = ",".join('"' + str(c).replace('"', '""') + '"' for c in safe.columns) + "\n"
+    header = ",".join('"' + str(c).replace('"', '""') + '"' for c in frame.columns) + "\n"
     with open(path, "wb") as f:
         f.write(header.encode("utf-8"))
-        for start in range(0, len(safe), CSV_BLOCK_ROWS):  # a block's text in memory at a time
-            block = safe.iloc[start : start + CSV_BLOCK_ROWS]
-            lines = pc.binary_join_element_wise(*(_csv_cells(block[c]) for c in block), comma)
+        for block in _blocks(frame, rows, CSV_BLOCK_ROWS):  # a block's text in memory at a time
+            if len(block) == 0:
+                break
+            safe = neutralize_csv(for_people(block) if people else block)
+            lines = pc.binary_join_element_wise(*(_csv_cells(safe[c]) for c in safe), comma)
             lines = pc.binary_join_element_wise(lines, newline, none)  # each line ends in \n
             offsets, data = lines.buffers()[1], lines.buffers()[2]
             at = lines.offset
             ends = np.frombuffer(offsets, dtype=np.int64)[at : at + len(lines) + 1]
             f.write(memoryview(data)[int(ends[0]) : int(ends[-1])])
+
+
+def _blocks(frame: pd.DataFrame, rows: np.ndarray | None, size: int) -> Iterator[pd.DataFrame]:
+    """``frame``, or its rows at the positions ``rows`` (ranked 1..n in that order), ``size``
+    rows at a time; one empty block when there are none, so a file still gets its columns."""
+    n = len(frame) if rows is None else len(rows)
+    for start in range(0, max(n, 1), max(size, 1)):
+        if rows is None:
+            yield frame.iloc[start : start + size]
+            continue
+        block = frame.take(rows[start : start + size]).reset_index(drop=True)
+        if "rank" in block.columns:
+            block["rank"] = np.arange(start + 1, start + len(block) + 1, dtype=np.int64)
+        yield block
 
 
 #: Rows of a CSV file built in memory at a time.
@@ -272,24 +293,23 @@ def for_people(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**rounded) if rounded else frame
 
 
-def list_files(lists: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The files of the lists: ``<list>`` holds the customers to contact (the treatment group)
-    and ``<list>_control`` the control group, which must not be contacted, so that a file
-    uploaded as it is never mails the control group. Each file is ranked 1..n in list order."""
+def list_file_rows(lists: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """The files of the lists, each as its list and the positions of its rows in it:
+    ``<list>`` holds the customers to contact (the treatment group) and ``<list>_control`` the
+    control group, which must not be contacted, so that a file uploaded as it is never mails
+    the control group. Each file is ranked 1..n in list order (by the writers, a block at a
+    time: no list is copied whole)."""
     files = {}
     for name, frame in lists.items():
         control = (frame["group"] == "control").to_numpy(dtype=bool)
-        for stem, rows in ((name, ~control), (f"{name}_control", control)):
-            part = frame[rows].reset_index(drop=True)
-            if "rank" in part.columns:
-                part["rank"] = np.arange(1, len(part) + 1, dtype=np.int64)
-            files[stem] = part
+        files[name] = (frame, np.flatnonzero(~control))
+        files[f"{name}_control"] = (frame, np.flatnonzero(control))
     return files
 
 
 def list_parquet_files(export_dir: Path) -> dict[str, list[Path]]:
     """The Parquet files of each list of an export: its treatment file, then its control file
-    (as :func:`list_files` split them); lists without a file are left out."""
+    (as :func:`list_file_rows` split them); lists without a file are left out."""
     found = {}
     for name in ("at_risk", "lapsed"):
         files = [
@@ -304,7 +324,7 @@ def list_parquet_files(export_dir: Path) -> dict[str, list[Path]]:
 
 def read_lists(export_dir: Path, columns: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The lists of an export, each with its treatment and control rows together (as
-    :func:`list_files` split them), the list's own order kept. Lists without a file are left
+    :func:`list_file_rows` split them), the list's own order kept. Lists without a file are left
     out."""
     return {
         name: pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
@@ -381,21 +401,22 @@ def _by_uplift(manifest: dict[str, Any]) -> bool:
 PARQUET_SLICE_ROWS = 1 << 18
 
 
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+def write_parquet(frame: pd.DataFrame, path: Path, rows: np.ndarray | None = None) -> None:
     """``frame`` to Parquet with :func:`plain_columns`, a row group at a time, so a score table
-    of millions of customers never needs its texts spelled out in memory all at once."""
+    of millions of customers never needs its texts spelled out in memory all at once.
+    ``rows``: only the rows at these positions, in this order, ranked 1..n (a list's file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = None
     try:
-        for start in range(0, max(len(frame), 1), PARQUET_SLICE_ROWS):
-            part = plain_columns(frame.iloc[start : start + PARQUET_SLICE_ROWS])
+        for block in _blocks(frame, rows, PARQUET_SLICE_ROWS):
+            part = plain_columns(block)
             table = pa.Table.from_pandas(part, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
-            del part, table
+            del block, part, table
             pa.default_memory_pool().release_unused()
     finally:
         if writer is not None:
@@ -435,7 +456,7 @@ def export_lists(
 ) -> Path:
     """Write ``<list>.csv`` and ``.parquet`` (the customers to contact) and
     ``<list>_control.csv`` and ``.parquet`` (the control group) for each list (see
-    :func:`list_files`; the CSVs rounded by :func:`for_people`), ``scores.parquet`` and
+    :func:`list_file_rows`; the CSVs rounded by :func:`for_people`), ``scores.parquet`` and
     ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
 
     ``tables`` maps more CSV file names to frames (a delta, a profit curve); ``extras`` maps
@@ -458,18 +479,21 @@ def export_lists(
         # the tables' files are written two at a time (Arrow and the Parquet writer do most
         # of their work outside Python's lock), the largest first, so that no thread is left
         # writing a large one alone at the end; plots and texts on this thread
-        tasks: dict[str, tuple[Callable[[Path], None], pd.DataFrame, str]] = {}
-        for name, frame in list_files(lists).items():
-            tasks[f"{name}.csv"] = (partial(_csv_for_people, frame), frame, "csv")
-            tasks[f"{name}.parquet"] = (partial(write_parquet, frame), frame, "parquet")
+        # (how to write it, its rows, its columns, its kind)
+        tasks: dict[str, tuple[Callable[[Path], None], int, int, str]] = {}
+        for name, (frame, rows) in list_file_rows(lists).items():
+            shape = (len(rows), frame.shape[1])
+            people = partial(write_csv, frame, rows=rows, people=True)
+            tasks[f"{name}.csv"] = (people, *shape, "csv")
+            tasks[f"{name}.parquet"] = (partial(write_parquet, frame, rows=rows), *shape, "parquet")
         for name, frame in (tables or {}).items():
-            tasks[name] = (partial(write_csv, frame), frame, "csv")
-        tasks["scores.parquet"] = (partial(write_parquet, scores), scores, "parquet")
+            tasks[name] = (partial(write_csv, frame), *frame.shape, "csv")
+        tasks["scores.parquet"] = (partial(write_parquet, scores), *scores.shape, "parquet")
         done: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=EXPORT_THREADS) as pool:
             for name in sorted(tasks, key=lambda n: -_write_cost(*tasks[n][1:])):
-                write, frame, _ = tasks[name]
-                done[name] = pool.submit(_table_file, write, folder / name, len(frame))
+                write, n_rows = tasks[name][:2]
+                done[name] = pool.submit(_table_file, write, folder / name, n_rows)
             written = {}
             for name, write in (extras or {}).items():
                 write(folder / name)
@@ -499,19 +523,15 @@ def export_lists(
 EXPORT_THREADS = 2
 
 
-def _write_cost(frame: pd.DataFrame, kind: str) -> int:
+def _write_cost(rows: int, columns: int, kind: str) -> int:
     """About how long a table's file takes to write, to start the longest first: its cells,
     a CSV cell counting twice a Parquet one (each is formatted as text)."""
-    return frame.shape[0] * frame.shape[1] * (2 if kind == "csv" else 1)
+    return rows * columns * (2 if kind == "csv" else 1)
 
 
 def _table_file(write: Callable[[Path], None], path: Path, rows: int) -> dict[str, Any]:
     write(path)
     return {"rows": rows, "sha256": sha256_file(path)}
-
-
-def _csv_for_people(frame: pd.DataFrame, path: Path) -> None:
-    write_csv(for_people(frame), path)
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
