@@ -6,16 +6,13 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import duckdb
 import pandas as pd
 
 from winback.atomic import atomic_path
 from winback.engines.dialect import DUCKDB
-
-if TYPE_CHECKING:
-    from winback.config import EngineConfig
 
 __all__ = ["DuckDBEngine", "connect", "connect_for", "registered"]
 
@@ -43,8 +40,17 @@ def connect(
     return con
 
 
-def connect_for(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
-    """A connection with the config's memory limit, threads and spill folder (``engine``)."""
+class EngineSettings(Protocol):
+    """What :func:`connect_for` reads of a config's ``engine`` section."""
+
+    memory_limit: str
+    threads: int | None
+    temp_directory: str | None
+
+
+def connect_for(engine: EngineSettings) -> duckdb.DuckDBPyConnection:
+    """A connection with the config's memory limit, threads and spill folder (``engine``: the
+    config's ``engine`` section)."""
     return connect(engine.memory_limit, engine.threads, engine.temp_directory)
 
 
