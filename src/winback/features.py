@@ -80,6 +80,7 @@ __all__ = [
     "DUCKDB",
     "SPARK",
     "feature_sql",
+    "in_partition",
     "population_sql",
     "label_sql",
     "bgnbd_summary_sql",
@@ -155,6 +156,13 @@ def feature_names(spec: FeatureSpec) -> list[str]:
     if spec.has_channel:
         names += ["n_channels"]
     return [*names, "cutoff_season_sin", "cutoff_season_cos", "history_days"]
+
+
+def in_partition(partition: tuple[int, int], d: Dialect = DUCKDB) -> str:
+    """The SQL condition that a row's ``customer_id`` is in hash partition ``(i, k)``: k such
+    partitions cover every customer once."""
+    i, k = partition
+    return f"{d.hash_mod.format(col='customer_id', k=int(k))} = {int(i)}"
 
 
 def _ts(ts: datetime) -> str:
@@ -260,11 +268,7 @@ def feature_sql(
         customer once, each with all cutoffs, and bound the memory of the aggregation.
     """
     if partition is not None:
-        i, k = partition
-        orders = (
-            f"(SELECT * FROM {orders} WHERE {d.hash_mod.format(col='customer_id', k=int(k))} "
-            f"= {int(i)}) AS part"
-        )
+        orders = f"(SELECT * FROM {orders} WHERE {in_partition(partition, d)}) AS part"
     age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
     dbl = d.to_double.format
     opt = "".join(f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
@@ -446,10 +450,7 @@ def carried_sql(
     cols = ",\n           ".join(
         f"{moved[name]} AS {name}" if name in moved else f"m.{name}" for name in feature_names(spec)
     )
-    where = ""
-    if partition is not None:
-        i, k = partition
-        where = f" AND {d.hash_mod.format(col='customer_id', k=int(k))} = {int(i)}"
+    where = f" AND {in_partition(partition, d)}" if partition is not None else ""
     return f"""
     SELECT m.customer_id, m._cutoff AS cutoff_ts,
            {cols}

@@ -42,6 +42,7 @@ from winback.features import (
     carried_summary_sql,
     feature_sql,
     feature_table,
+    in_partition,
     spec_for,
 )
 from winback.labels import build_labels
@@ -249,9 +250,7 @@ def _in_part(table: str, part: tuple[int, int] | None, d) -> str:
     them for None)."""
     if part is None:
         return f"SELECT * FROM {table}"
-    return (
-        f"SELECT * FROM {table} WHERE {d.hash_mod.format(col='customer_id', k=part[1])} = {part[0]}"
-    )
+    return f"SELECT * FROM {table} WHERE {in_partition(part, d)}"
 
 
 @contextmanager
