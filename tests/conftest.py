@@ -54,6 +54,26 @@ def frame(rows: list[tuple], columns=("customer_id", "order_ts", "amount")) -> p
     return df
 
 
+def record_order_splits(monkeypatch, module) -> list[tuple[int, str | None]]:
+    """Record, for each call of ``orders_by_partition`` made from ``module``, its partitions and
+    the table it gave (None: the orders were left whole)."""
+    import contextlib
+
+    import winback.features as features
+
+    made: list[tuple[int, str | None]] = []
+    split = features.orders_by_partition
+
+    @contextlib.contextmanager
+    def recording(engine, orders, k):
+        with split(engine, orders, k) as table:
+            made.append((k, table))
+            yield table
+
+    monkeypatch.setattr(module, "orders_by_partition", recording)
+    return made
+
+
 def orders_of(df: pd.DataFrame, **columns) -> Orders:
     """Validate a frame with the contract's column names (plus any mapping given)."""
     mapping = {"order_id": "order_id" if "order_id" in df.columns else None, **columns}

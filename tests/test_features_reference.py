@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import orders_of
+from tests.conftest import orders_of, record_order_splits
 from winback.cutoffs import cutoff_schedule
 from winback.features import FeatureSpec, build_features
 from winback.labels import build_labels
@@ -51,10 +51,23 @@ def test_duckdb_labels_equal_pandas_reference(synth_orders):
     assert 0.2 < got["churned"].mean() < 0.95
 
 
-def test_customer_partitions_give_exactly_the_single_pass_result(synth_orders):
+@pytest.mark.parametrize("split_from", [8, 10**9], ids=["orders-set-apart", "orders-hashed"])
+def test_customer_partitions_give_exactly_the_single_pass_result(
+    synth_orders, monkeypatch, split_from
+):
+    import winback.features as features
+
     whole = build_features(synth_orders, CUTOFFS, groups_per_pass=10**9)
+    # from split_from partitions on, the orders are set apart by partition first
+    monkeypatch.setattr(features, "SPLIT_FROM_PARTITIONS", split_from)
+    tables = record_order_splits(monkeypatch, features)
     parted = build_features(synth_orders, CUTOFFS, groups_per_pass=700)  # ~13 partitions
+    ((k, table),) = tables
+    assert k >= 8 and (table is not None) == (k >= split_from)
     pd.testing.assert_frame_equal(whole, parted, check_exact=True)
+    if table is not None:  # dropped with the features
+        engine = synth_orders.engine()
+        assert not engine.fetchall(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{table}'")
 
 
 def test_write_features_equals_features_joined_with_labels(synth_orders, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import check_reasons, learned_uplift, orders_of
+from tests.conftest import check_reasons, learned_uplift, orders_of, record_order_splits
 from winback.atomic import sha256_file
 from winback.campaigns import suppressed
 from winback.config import CampaignsConfig
@@ -198,8 +198,13 @@ def test_ranks_deciles_and_quintiles_within_each_list_by_hand():
     assert f.tolist() == [3, 5, 3, 3, 5, 3]
 
 
-def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, monkeypatch):
-    # large populations are scored in customer hash partitions, their snapshots on disk
+@pytest.mark.parametrize("split_from", [2, 10**9], ids=["orders-set-apart", "orders-hashed"])
+def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(
+    setup, monkeypatch, tmp_path, split_from
+):
+    # large populations are scored in customer hash partitions, their snapshots on disk; from
+    # split_from partitions on, their orders are set apart by partition first
+    import winback.features as features
     import winback.scoring as scoring
     import winback.snapshots as snapshots
 
@@ -213,8 +218,16 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(setup, mo
     whole_lists = add_reasons(whole, model, build_lists(whole.scores, cfg))
     monkeypatch.setattr(scoring, "SCORE_PARTITION_CUSTOMERS", 100)
     monkeypatch.setattr(scoring, "SCORE_PARTITION_ROWS", 300)  # 1,500 customers: 5 parts
+    monkeypatch.setattr(features, "SPLIT_FROM_PARTITIONS", split_from)
+    tables = record_order_splits(monkeypatch, snapshots)
     parts = score_customers(o, model, t, cfg)
     assert parts.features_path is not None and len(list(parts.features_path.glob("*"))) == 5
+    assert tables[0][0] == 5 and (tables[0][1] is not None) == (split_from <= 5)
+    # the first night that keeps its features computes them from the same orders
+    kept = score_customers(o, model, t, cfg, keep_in=tmp_path / "kept")
+    assert [k for k, _ in tables] == [5, 5] and kept.carry.n_computed == len(kept.scores)
+    pd.testing.assert_frame_equal(kept.scores, parts.scores)
+    del kept
     parts_lists = add_reasons(parts, model, build_lists(parts.scores, cfg))
     pd.testing.assert_frame_equal(parts.scores, whole.scores)
     assert parts.drift == whole.drift

@@ -46,8 +46,12 @@ history_days                      days from the first order in the data to T: ho
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -59,8 +63,22 @@ from winback.engines.dialect import DUCKDB, SPARK, Dialect
 from winback.errors import UsageError
 from winback.orders import Orders
 
+log = logging.getLogger(__name__)
+
 #: (customer, cutoff) pairs aggregated in one pass; about 2 KB of state each in DuckDB.
 GROUPS_PER_PASS = 400_000
+
+#: From this many customer hash partitions on, the orders are set apart by partition once
+#: (:func:`orders_by_partition`) before the partitions' feature queries, instead of each query
+#: finding its partition's orders by hashing every order. At 50M orders (20 partitions, the
+#: orders spilled to disk) a partition's query took 6 to 8 s over all the orders against 1 s
+#: over the set-apart ones, which cost 29 s once; at 10M orders (4 partitions, in memory) 1.1
+#: to 1.3 s against 0.7 s, for 2.5 s once: about even.
+SPLIT_FROM_PARTITIONS = 8
+
+#: The column of :func:`orders_by_partition`'s table that holds each order's partition.
+PART_COLUMN = "_part"
+_split_tables = itertools.count()
 
 #: The fixed windows of the features besides the configured ones, as ``[start, end)`` ages in
 #: days: the 90 days before the last 90 (``orders_prev_90d``), the 180 before the last 180
@@ -158,11 +176,43 @@ def feature_names(spec: FeatureSpec) -> list[str]:
     return [*names, "cutoff_season_sin", "cutoff_season_cos", "history_days"]
 
 
-def in_partition(partition: tuple[int, int], d: Dialect = DUCKDB) -> str:
+def in_partition(partition: tuple[int, int], d: Dialect = DUCKDB, split: bool = False) -> str:
     """The SQL condition that a row's ``customer_id`` is in hash partition ``(i, k)``: k such
-    partitions cover every customer once."""
+    partitions cover every customer once. ``split``: the rows are
+    :func:`orders_by_partition`'s for this k, and their :data:`PART_COLUMN` says it."""
     i, k = partition
+    if split:
+        return f"{PART_COLUMN} = {int(i)}"
     return f"{d.hash_mod.format(col='customer_id', k=int(k))} = {int(i)}"
+
+
+@contextmanager
+def orders_by_partition(engine, orders: str, k: int) -> Iterator[str | None]:
+    """The orders set apart by customer hash partition of ``k``, when there are
+    :data:`SPLIT_FROM_PARTITIONS` or more on an engine that runs partitions (DuckDB): a table
+    of them with their partition in :data:`PART_COLUMN`, ordered by it, so a partition's rows
+    lie in blocks of their own, which a query on :data:`PART_COLUMN` reads without the rest.
+    Otherwise None, and each partition's query filters the orders by hash. Dropped on leaving.
+    """
+    if k < SPLIT_FROM_PARTITIONS or not engine.bounded_groups:
+        yield None
+        return
+    name = engine.table_name(f"_orders_by_part_{next(_split_tables)}")
+    part = engine.dialect.hash_mod.format(col="customer_id", k=int(k))
+    started = time.perf_counter()
+    engine.create_table(
+        name,
+        f"SELECT *, CAST({part} AS INTEGER) AS {PART_COLUMN} FROM {orders} ORDER BY {PART_COLUMN}",
+    )
+    log.info(
+        "features: the orders set apart by customer for %d partitions in %.1f s",
+        k,
+        time.perf_counter() - started,
+    )
+    try:
+        yield name
+    finally:
+        engine.drop(name)
 
 
 def _ts(ts: datetime) -> str:
@@ -250,6 +300,7 @@ def feature_sql(
     spec: FeatureSpec,
     d: Dialect = DUCKDB,
     partition: tuple[int, int] | None = None,
+    split: bool = False,
 ) -> str:
     """SQL that returns one row per ``(customer_id, cutoff_ts)`` of the active population.
 
@@ -266,9 +317,12 @@ def feature_sql(
     partition : (i, k), optional
         Only the customers whose id hashes to ``i`` modulo ``k``: k such queries cover every
         customer once, each with all cutoffs, and bound the memory of the aggregation.
+    split : bool
+        ``orders`` is :func:`orders_by_partition`'s table for the partition's k: its orders
+        are found by their partition column instead of by hashing every one.
     """
     if partition is not None:
-        orders = f"(SELECT * FROM {orders} WHERE {in_partition(partition, d)}) AS part"
+        orders = f"(SELECT * FROM {orders} WHERE {in_partition(partition, d, split)}) AS part"
     age = d.days_between.format(later="c.cutoff_ts", earlier="e.order_ts")
     dbl = d.to_double.format
     opt = "".join(f", e.{c}_rank" for c in ("category", "channel") if getattr(spec, f"has_{c}"))
@@ -637,11 +691,19 @@ def feature_table(
     k = max(1, math.ceil(groups / max(int(groups_per_pass), 1))) if engine.bounded_groups else 1
     cut_table = engine.register_cutoffs(cuts)
     try:
-        parts = [
-            feature_sql(orders.table, cut_table, spec, engine.dialect, (i, k) if k > 1 else None)
-            for i in range(k)
-        ]
-        return engine.materialize_parts(parts, on_part)
+        with orders_by_partition(engine, orders.table, k) as split:
+            parts = [
+                feature_sql(
+                    split or orders.table,
+                    cut_table,
+                    spec,
+                    engine.dialect,
+                    (i, k) if k > 1 else None,
+                    split is not None,
+                )
+                for i in range(k)
+            ]
+            return engine.materialize_parts(parts, on_part)
     finally:
         engine.drop(cut_table)
 

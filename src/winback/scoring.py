@@ -520,7 +520,14 @@ def _score_in_parts(
                     )  # fmt: skip
             source = stack.enter_context(
                 snapshot_source(
-                    orders, [as_of], horizon_days, lookback, windows, materialize=False, carry=c
+                    orders,
+                    [as_of],
+                    horizon_days,
+                    lookback,
+                    windows,
+                    materialize=False,
+                    carry=c,
+                    parts=k,
                 )
             )
             # the next partition is read (on the engine's threads) while this one is scored

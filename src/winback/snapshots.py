@@ -43,6 +43,7 @@ from winback.features import (
     feature_sql,
     feature_table,
     in_partition,
+    orders_by_partition,
     spec_for,
 )
 from winback.labels import build_labels
@@ -203,6 +204,15 @@ class SnapshotSource:
     bgnbd: BGNBDAtCutoffs
     carry: Carry | None = None  # one cutoff, features carried from an earlier night
     computed: str | None = None  # with carry: the changed customers' features, all partitions
+    split: tuple[str, int] | None = None  # the orders to compute from, set apart for k parts
+
+    def _features(self, part: tuple[int, int] | None) -> str:
+        """The features computed from the orders (a carry's orders to compute, else all)."""
+        d = self.engine.dialect
+        if part is not None and self.split is not None and part[1] == self.split[1]:
+            return feature_sql(self.split[0], self.cut_table, self.spec, d, part, split=True)
+        orders = self.carry.orders if self.carry is not None else self.orders_table
+        return feature_sql(orders, self.cut_table, self.spec, d, part)
 
     def sql(self, part: tuple[int, int] | None = None) -> str:
         """Every feature column, then :data:`SUMMARY_COLUMNS`; ``part = (i, k)``: the customers
@@ -212,7 +222,7 @@ class SnapshotSource:
         if self.features is None and self.carry is not None:
             c = self.carry
             if self.computed is None:
-                feats = feature_sql(c.orders, self.cut_table, self.spec, d, part)
+                feats = self._features(part)
             else:
                 feats = _in_part(self.computed, part, d)
             rows, mixed = c.rows_of(part)
@@ -222,7 +232,7 @@ class SnapshotSource:
                 )
                 feats = f"SELECT * FROM ({feats}) UNION ALL SELECT * FROM ({kept})"
         elif self.features is None:
-            feats = feature_sql(self.orders_table, self.cut_table, self.spec, d, part)
+            feats = self._features(part)
         else:
             feats = _in_part(self.features, part, d)
         summary = ", ".join(f"s.{src} AS {col}" for col, src in SUMMARY_COLUMNS.items())
@@ -264,6 +274,7 @@ def snapshot_source(
     materialize: bool = True,
     progress: Progress | None = None,
     carry: Carry | None = None,
+    parts: int = 1,
 ) -> Iterator[SnapshotSource]:
     """A :class:`SnapshotSource` at ``cutoffs``; its tables are dropped on leaving.
 
@@ -274,7 +285,9 @@ def snapshot_source(
     partition (scoring a large population). ``carry`` (scoring at one cutoff, not
     materialised): the features and BG/NBD summaries of customers whose orders did not change
     come from an earlier night's (:mod:`winback.carry`), and tonight's summaries are kept for
-    the next."""
+    the next. ``parts`` (not materialised): the hash partitions :meth:`SnapshotSource.read`
+    will be called with; the orders their features are computed from are set apart by
+    partition once when there are many (:func:`~winback.features.orders_by_partition`)."""
     cuts = normalize_cutoffs(cutoffs)
     engine = orders.engine()
     spec = spec_for(orders, lookback_days, windows_days)
@@ -308,9 +321,21 @@ def snapshot_source(
             else [ts for (ts,) in engine.fetchall(f"SELECT DISTINCT cutoff_ts FROM {summaries}")]
         )
         bgnbd = fit_bgnbd_at_cutoffs(engine, summaries, active, horizon_days, progress)
-        yield SnapshotSource(
-            engine, orders.table, cut_table, spec, features, summaries, bgnbd, carry, computed
-        )
+        to_compute = carry.orders if carry is not None else orders.table
+        k = parts if features is None and computed is None else 1
+        with orders_by_partition(engine, to_compute, k) as split:
+            yield SnapshotSource(
+                engine,
+                orders.table,
+                cut_table,
+                spec,
+                features,
+                summaries,
+                bgnbd,
+                carry,
+                computed,
+                (split, k) if split else None,
+            )
     finally:
         for table in made:
             engine.drop(table)
