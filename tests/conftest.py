@@ -54,20 +54,20 @@ def frame(rows: list[tuple], columns=("customer_id", "order_ts", "amount")) -> p
     return df
 
 
-def record_order_splits(monkeypatch, module) -> list[tuple[int, str | None]]:
-    """Record, for each call of ``orders_by_partition`` made from ``module``, its partitions and
-    the table it gave (None: the orders were left whole)."""
+def record_order_splits(monkeypatch, module) -> list[tuple[int, str | None, list[str]]]:
+    """Record, for each call of ``orders_by_partition`` made from ``module``, its partitions,
+    the table it gave (None: the orders were left whole) and that table's columns."""
     import contextlib
 
     import winback.features as features
 
-    made: list[tuple[int, str | None]] = []
+    made: list[tuple[int, str | None, list[str]]] = []
     split = features.orders_by_partition
 
     @contextlib.contextmanager
-    def recording(engine, orders, k):
-        with split(engine, orders, k) as table:
-            made.append((k, table))
+    def recording(engine, orders, k, spec):
+        with split(engine, orders, k, spec) as table:
+            made.append((k, table, list(engine.columns(table)) if table else []))
             yield table
 
     monkeypatch.setattr(module, "orders_by_partition", recording)

@@ -62,12 +62,31 @@ def test_customer_partitions_give_exactly_the_single_pass_result(
     monkeypatch.setattr(features, "SPLIT_FROM_PARTITIONS", split_from)
     tables = record_order_splits(monkeypatch, features)
     parted = build_features(synth_orders, CUTOFFS, groups_per_pass=700)  # ~13 partitions
-    ((k, table),) = tables
+    ((k, table, columns),) = tables
     assert k >= 8 and (table is not None) == (k >= split_from)
     pd.testing.assert_frame_equal(whole, parted, check_exact=True)
-    if table is not None:  # dropped with the features
+    if table is not None:  # the columns the features read, dropped with the features
+        assert columns == [
+            "customer_id", "order_ts", "amount", "is_return", "category", "channel", "_part"
+        ]  # fmt: skip
         engine = synth_orders.engine()
         assert not engine.fetchall(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{table}'")
+
+
+def test_orders_set_apart_without_a_category_or_channel_give_the_single_pass_result(
+    synth_frame, monkeypatch
+):
+    import winback.features as features
+
+    plain = orders_of(synth_frame)  # neither a category nor a channel column
+    whole = build_features(plain, CUTOFFS, groups_per_pass=10**9)
+    tables = record_order_splits(monkeypatch, features)
+    parted = build_features(plain, CUTOFFS, groups_per_pass=700)
+    ((k, table, columns),) = tables
+    assert k >= 8 and table is not None
+    assert columns == ["customer_id", "order_ts", "amount", "is_return", "_part"]
+    assert "n_categories" not in parted.columns
+    pd.testing.assert_frame_equal(whole, parted, check_exact=True)
 
 
 def test_write_features_equals_features_joined_with_labels(synth_orders, tmp_path):

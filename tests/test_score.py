@@ -225,7 +225,7 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(
     assert tables[0][0] == 5 and (tables[0][1] is not None) == (split_from <= 5)
     # the first night that keeps its features computes them from the same orders
     kept = score_customers(o, model, t, cfg, keep_in=tmp_path / "kept")
-    assert [k for k, _ in tables] == [5, 5] and kept.carry.n_computed == len(kept.scores)
+    assert [k for k, _, _ in tables] == [5, 5] and kept.carry.n_computed == len(kept.scores)
     pd.testing.assert_frame_equal(kept.scores, parts.scores)
     del kept
     parts_lists = add_reasons(parts, model, build_lists(parts.scores, cfg))

@@ -186,13 +186,20 @@ def in_partition(partition: tuple[int, int], d: Dialect = DUCKDB, split: bool = 
     return f"{d.hash_mod.format(col='customer_id', k=int(k))} = {int(i)}"
 
 
+def order_columns(spec: FeatureSpec) -> list[str]:
+    """The columns of the orders that :func:`feature_sql` reads."""
+    optional = [c for c in ("category", "channel") if getattr(spec, f"has_{c}")]
+    return ["customer_id", "order_ts", "amount", "is_return", *optional]
+
+
 @contextmanager
-def orders_by_partition(engine, orders: str, k: int) -> Iterator[str | None]:
+def orders_by_partition(engine, orders: str, k: int, spec: FeatureSpec) -> Iterator[str | None]:
     """The orders set apart by customer hash partition of ``k``, when there are
     :data:`SPLIT_FROM_PARTITIONS` or more on an engine that runs partitions (DuckDB): a table
-    of them with their partition in :data:`PART_COLUMN`, ordered by it, so a partition's rows
-    lie in blocks of their own, which a query on :data:`PART_COLUMN` reads without the rest.
-    Otherwise None, and each partition's query filters the orders by hash. Dropped on leaving.
+    of the columns the features read (:func:`order_columns`) and their partition in
+    :data:`PART_COLUMN`, ordered by it, so a partition's rows lie in blocks of their own, which
+    a query on :data:`PART_COLUMN` reads without the rest. Otherwise None, and each partition's
+    query filters the orders by hash. Dropped on leaving.
     """
     if k < SPLIT_FROM_PARTITIONS or not engine.bounded_groups:
         yield None
@@ -202,7 +209,8 @@ def orders_by_partition(engine, orders: str, k: int) -> Iterator[str | None]:
     started = time.perf_counter()
     engine.create_table(
         name,
-        f"SELECT *, CAST({part} AS INTEGER) AS {PART_COLUMN} FROM {orders} ORDER BY {PART_COLUMN}",
+        f"SELECT {', '.join(order_columns(spec))}, CAST({part} AS INTEGER) AS {PART_COLUMN} "
+        f"FROM {orders} ORDER BY {PART_COLUMN}",
     )
     log.info(
         "features: the orders set apart by customer for %d partitions in %.1f s",
@@ -691,7 +699,7 @@ def feature_table(
     k = max(1, math.ceil(groups / max(int(groups_per_pass), 1))) if engine.bounded_groups else 1
     cut_table = engine.register_cutoffs(cuts)
     try:
-        with orders_by_partition(engine, orders.table, k) as split:
+        with orders_by_partition(engine, orders.table, k, spec) as split:
             parts = [
                 feature_sql(
                     split or orders.table,

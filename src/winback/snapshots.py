@@ -323,7 +323,7 @@ def snapshot_source(
         bgnbd = fit_bgnbd_at_cutoffs(engine, summaries, active, horizon_days, progress)
         to_compute = carry.orders if carry is not None else orders.table
         k = parts if features is None and computed is None else 1
-        with orders_by_partition(engine, to_compute, k) as split:
+        with orders_by_partition(engine, to_compute, k, spec) as split:
             yield SnapshotSource(
                 engine,
                 orders.table,
