@@ -5,6 +5,13 @@ model, ranks, deciles, segments and campaign groups of every customer) and ``lis
 control groups, reasons for the listed customers, the profit curve, the delta and the atomic
 export).
 
+Each engine runs the first night: load, features at the as-of (written to Parquet, what
+``winback features`` does) and the score job with nothing kept, as of the day before the last
+order's. On DuckDB a second process then runs the next night as cron runs it: load and the
+score job at the last order's day in the same exports folder, carrying the features the first
+night kept for every customer whose orders did not change (Spark keeps none: its every night
+is a first night).
+
 The orders are a folder of Parquet parts (10 shards of 5M orders, each its own customers),
 generated once under benchmarks/data. Each run is a fresh subprocess; its peak memory is the
 largest sum of the resident sets of it and all its children (Spark's JVM and Python workers
@@ -22,9 +29,10 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,22 +70,35 @@ def data_folder(n_orders: int) -> Path:
     return folder
 
 
-def run_case(engine: str, folder: str, model_path: str, master: str) -> dict:
-    """One run in this process: load, features at the as-of (to Parquet), the score job. Its
-    files (DuckDB's spill, the features, the export: gigabytes at 50M) go when it ends."""
+def run_case(
+    engine: str, folder: str, model_path: str, master: str, as_of: str, exports: str
+) -> dict:
+    """One night in this process: load, the features at the as-of (to Parquet; the first night
+    only, ``as_of`` given) and the score job into ``exports``. ``as_of`` empty: the next night,
+    at the last order's day. Its own files (DuckDB's spill, the features: gigabytes at 50M) go
+    when it ends; the exports folder is the caller's."""
     import shutil
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="winback-bench-"))
     try:
-        return _run_case(engine, folder, model_path, master, scratch)
+        return _run_case(engine, folder, model_path, master, as_of, Path(exports), scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: Path) -> dict:
+def _run_case(
+    engine: str,
+    folder: str,
+    model_path: str,
+    master: str,
+    as_of: str,
+    exports: Path,
+    scratch: Path,
+) -> dict:
     import winback.jobs as jobs
     from winback.config import load_config
+    from winback.cutoffs import parse_as_of
     from winback.features import write_features
     from winback.orders import load_orders
 
@@ -88,25 +109,29 @@ def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: P
 
     t0 = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
+    night_as_of = parse_as_of(as_of or None)  # None: the last order's day
+    load_as_of = night_as_of or AS_OF
     if engine == "spark":
         from winback.engines.spark import SparkEngine, spark_session
 
         spark = spark_session(master, {"spark.driver.memory": "8g"})
         stages["start"] = time.perf_counter() - t0
-        orders = load_orders(folder, cfg.orders, as_of=AS_OF, engine=SparkEngine(spark))
+        orders = load_orders(folder, cfg.orders, as_of=load_as_of, engine=SparkEngine(spark))
     else:
         from winback.engines.duckdb import connect
 
         stages["start"] = 0.0
         con = connect(cfg.engine.memory_limit, temp_directory=str(scratch / "spill"))
-        orders = load_orders(folder, cfg.orders, as_of=AS_OF, con=con)
+        orders = load_orders(folder, cfg.orders, as_of=load_as_of, con=con)
     stages["load"] = time.perf_counter() - t0 - stages["start"]
     done("load")
-    t = time.perf_counter()
-    out = scratch / "features.parquet"
-    rows = write_features(orders, [orders.last_ts], out, cfg.features.lookback_days)
-    stages["features"] = time.perf_counter() - t
-    done("features")
+    rows = None
+    if night_as_of is not None:  # the first night: the features command too
+        t = time.perf_counter()
+        out = scratch / "features.parquet"
+        rows = write_features(orders, [night_as_of], out, cfg.features.lookback_days)
+        stages["features"] = time.perf_counter() - t
+        done("features")
     t = time.perf_counter()
 
     def told(stage) -> None:  # the job's own stage hook: scores, then the rest as lists
@@ -115,7 +140,9 @@ def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: P
             if stage.name == "scores":
                 done("scores")
 
-    result = jobs.score_job(orders, cfg, scratch / "exports", model=model_path, on_stage=told)
+    result = jobs.score_job(
+        orders, cfg, exports, model=model_path, as_of=night_as_of, on_stage=told
+    )
     stages["lists"] = time.perf_counter() - t - stages["scores"]
     done("lists")
     stages["total"] = time.perf_counter() - t0
@@ -123,9 +150,16 @@ def _run_case(engine: str, folder: str, model_path: str, master: str, scratch: P
         "stages": stages,
         "orders": orders.report.n_orders,
         "feature_rows": rows,
+        "features": result_features(exports, result.as_of),
         "scored": len(result.scores),
         "listed": sum(len(frame) for frame in result.lists.values()),
     }
+
+
+def result_features(exports: Path, as_of: datetime) -> dict | None:
+    """How the night's features were split between carried and computed (its manifest)."""
+    manifest = exports / f"{as_of:%Y-%m-%d}" / "manifest.json"
+    return json.loads(manifest.read_text()).get("features")
 
 
 def _tree_rss(proc) -> int:
@@ -138,15 +172,16 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
-    """Run one case in a subprocess; add its peak tree RSS (MB)."""
+def measure(engine: str, folder: Path, model: Path, master: str, as_of: str, exports: Path) -> dict:
+    """Run one night in a subprocess; add its peak tree RSS (MB)."""
     import psutil
 
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_scale as b; "
         "print('RESULT' + json.dumps(b.run_case(*sys.argv[2:])))"
     )
-    cmd = [sys.executable, "-c", code, str(HERE), engine, str(folder), str(model), master]
+    args = [engine, str(folder), str(model), master, as_of, str(exports)]
+    cmd = [sys.executable, "-c", code, str(HERE), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     timeline: list[tuple[float, int]] = []
@@ -180,6 +215,28 @@ def measure(engine: str, folder: Path, model: Path, master: str) -> dict:
     return result
 
 
+def _last_order_day(folder: Path) -> date:
+    """The day of the last order in the Parquet parts (from their statistics)."""
+    import duckdb
+
+    last = duckdb.sql(f"SELECT max(order_ts) FROM read_parquet('{folder}/*.parquet')")
+    return last.fetchall()[0][0].date()
+
+
+def _print_run(r: int, case: str, res: dict) -> None:
+    st, sp = res["stages"], res["stage_peak_rss_mb"]
+    ran = [k for k in STAGES if k in st]
+    print(
+        f"round {r + 1} {case}: total {st['total']:7.1f}s ("
+        + ", ".join(f"{k} {st[k]:.1f}" for k in ran)
+        + f"), peak RSS {res['peak_rss_mb']:,.0f} MB ("
+        + ", ".join(f"{k} {sp.get(k, 0):,.0f}" for k in ran)
+        + ")"
+        + (f"; features {res['features']}" if res.get("features") else ""),
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--orders", type=int, default=50_000_000)
@@ -195,32 +252,34 @@ def main() -> None:
     print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
     folder = data_folder(args.orders)
     model = _model()
-    runs: dict[str, list[dict]] = {e.strip(): [] for e in args.engines.split(",") if e.strip()}
+    before = f"{_last_order_day(folder) - timedelta(days=1):%Y-%m-%d}"
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    # the nights each engine runs, in order, in one exports folder (Spark keeps no features)
+    nights = {
+        e: [(e, before)] + ([(f"{e} next night", "")] if e == "duckdb" else []) for e in engines
+    }
+    runs: dict[str, list[dict]] = {case: [] for e in engines for case, _ in nights[e]}
     for r in range(args.rounds):
-        for engine in runs:  # alternate, so both see the same machine load
-            res = measure(engine, folder, model, args.spark_master)
-            runs[engine].append(res)
-            st = res["stages"]
-            sp = res["stage_peak_rss_mb"]
-            print(
-                f"round {r + 1} {engine:<6}: total {st['total']:7.1f}s ("
-                + ", ".join(f"{k} {st[k]:.1f}" for k in STAGES)
-                + f"), peak RSS {res['peak_rss_mb']:,.0f} MB ("
-                + ", ".join(f"{k} {sp.get(k, 0):,.0f}" for k in STAGES)
-                + ")",
-                flush=True,
-            )
+        for engine in engines:  # alternate, so both see the same machine load
+            with tempfile.TemporaryDirectory(prefix="winback-bench-exports-") as exports:
+                for case, as_of in nights[engine]:
+                    res = measure(engine, folder, model, args.spark_master, as_of, Path(exports))
+                    runs[case].append(res)
+                    _print_run(r, case, res)
     first = next(iter(runs.values()))[0]
-    summary: dict = {"orders": first["orders"], "rounds": args.rounds}
-    for engine, rs in runs.items():
+    summary: dict = {"orders": first["orders"], "rounds": args.rounds, "first_night": before}
+    for case, rs in runs.items():
         keys = rs[0]["stages"]
-        summary[engine] = {
+        summary[case] = {
             "median_seconds": {k: statistics.median(x["stages"][k] for x in rs) for k in keys},
             "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
             "stage_peak_rss_mb": {
-                k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs) for k in STAGES
+                k: statistics.median(x["stage_peak_rss_mb"].get(k, 0) for x in rs)
+                for k in STAGES
+                if k in keys
             },
             "feature_rows": rs[0]["feature_rows"],
+            "features": rs[0]["features"],
             "scored": rs[0]["scored"],
             "listed": rs[0]["listed"],
         }
@@ -236,7 +295,7 @@ def main() -> None:
         if [d[k] for k in rows] != [s[k] for k in rows]:
             raise SystemExit("the engines disagree on the number of rows")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "scale.json" if len(runs) > 1 else f"scale_{next(iter(runs))}.json"
+    name = "scale.json" if len(engines) > 1 else f"scale_{engines[0]}.json"
     (RESULTS / name).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
