@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -215,12 +215,15 @@ def measure(engine: str, folder: Path, model: Path, master: str, as_of: str, exp
     return result
 
 
-def _last_order_day(folder: Path) -> date:
-    """The day of the last order in the Parquet parts (from their statistics)."""
+def _first_night(folder: Path) -> str:
+    """The first night's as-of: the first midnight a day or less before the last order (in the
+    Parquet parts), so that the next night, at the last order, comes a day or less after it."""
     import duckdb
 
-    last = duckdb.sql(f"SELECT max(order_ts) FROM read_parquet('{folder}/*.parquet')")
-    return last.fetchall()[0][0].date()
+    rel = duckdb.sql(f"SELECT max(order_ts) FROM read_parquet('{folder}/*.parquet')")
+    day_before = rel.fetchall()[0][0].replace(tzinfo=None) - timedelta(days=1)
+    midnight = datetime.combine(day_before.date(), datetime.min.time())
+    return f"{midnight if midnight == day_before else midnight + timedelta(days=1):%Y-%m-%d}"
 
 
 def _print_run(r: int, case: str, res: dict) -> None:
@@ -252,7 +255,7 @@ def main() -> None:
     print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
     folder = data_folder(args.orders)
     model = _model()
-    before = f"{_last_order_day(folder) - timedelta(days=1):%Y-%m-%d}"
+    before = _first_night(folder)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     # the nights each engine runs, in order, in one exports folder (Spark keeps no features)
     nights = {
