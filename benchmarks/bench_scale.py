@@ -6,11 +6,11 @@ control groups, reasons for the listed customers, the profit curve, the delta an
 export).
 
 Each engine runs the first night: load, features at the as-of (written to Parquet, what
-``winback features`` does) and the score job with nothing kept, as of the day before the last
-order's. On DuckDB a second process then runs the next night as cron runs it: load and the
-score job at the last order's day in the same exports folder, carrying the features the first
-night kept for every customer whose orders did not change (Spark keeps none: its every night
-is a first night).
+``winback features`` does) and the score job with nothing kept, as of the first midnight a
+day or less before the last order. On DuckDB a second process then runs the next night as cron
+runs it: load and the score job at the last order's day in the same exports folder, carrying
+the features the first night kept for every customer whose orders did not change (Spark keeps
+none: its every night is a first night).
 
 The orders are a folder of Parquet parts (10 shards of 5M orders, each its own customers),
 generated once under benchmarks/data. Each run is a fresh subprocess; its peak memory is the
