@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -215,15 +215,12 @@ def measure(engine: str, folder: Path, model: Path, master: str, as_of: str, exp
     return result
 
 
-def _first_night(folder: Path) -> str:
-    """The first night's as-of: the first midnight a day or less before the last order (in the
-    Parquet parts), so that the next night, at the last order, comes a day or less after it."""
+def _last_order(folder: Path) -> datetime:
+    """The last order's timestamp in the Parquet parts."""
     import duckdb
 
     rel = duckdb.sql(f"SELECT max(order_ts) FROM read_parquet('{folder}/*.parquet')")
-    day_before = rel.fetchall()[0][0].replace(tzinfo=None) - timedelta(days=1)
-    midnight = datetime.combine(day_before.date(), datetime.min.time())
-    return f"{midnight if midnight == day_before else midnight + timedelta(days=1):%Y-%m-%d}"
+    return rel.fetchall()[0][0]
 
 
 def _print_run(r: int, case: str, res: dict) -> None:
@@ -250,12 +247,12 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from bench_score import _model
+    from bench_score import _model, first_night
 
     print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
     folder = data_folder(args.orders)
     model = _model()
-    before = _first_night(folder)
+    before = first_night(_last_order(folder))
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     # the nights each engine runs, in order, in one exports folder (Spark keeps no features)
     nights = {

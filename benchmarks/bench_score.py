@@ -86,6 +86,15 @@ def _run(orders_path: str, model_path: str, out: str, as_of: str) -> dict:
 NIGHTS = ("first night", "next night")
 
 
+def first_night(last: datetime) -> str:
+    """The first night's as-of for a history whose last order is at ``last``: the first
+    midnight a day or less before it, so that the next night, at the last order, comes a day or
+    less after it."""
+    day_before = last.replace(tzinfo=None) - timedelta(days=1)
+    midnight = datetime.combine(day_before.date(), datetime.min.time())
+    return f"{midnight if midnight == day_before else midnight + timedelta(days=1):%Y-%m-%d}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--orders", type=int, default=10_000_000)
@@ -101,7 +110,7 @@ def main() -> None:
     data = _data_file(args.orders)
     model = _model()
     last = pq.read_table(data, columns=["order_ts"]).column(0).to_pandas().max()
-    before = f"{last - timedelta(days=1):%Y-%m-%d}"
+    before = first_night(last.to_pydatetime())
     runs: dict[str, list[dict]] = {night: [] for night in NIGHTS}
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as out:
