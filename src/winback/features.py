@@ -556,9 +556,7 @@ def order_checks_sql(
     to ``since`` are what they were then, with no order since and none crossing, has the
     features then, moved by the date (:func:`carried_sql`). The sums are of the hashes' top
     32 bits, so they cannot overflow."""
-    cols = ["order_ts", "amount", "is_return"] + [
-        c for c in ("category", "channel") if getattr(spec, f"has_{c}")
-    ]
+    cols = [c for c in order_columns(spec) if c != "customer_id"]  # what the features read
     row_hash = d.row_hash.format(cols=", ".join(cols))
     ms = d.ts_to_millis.format
     step = f"({ms(ts=_ts(cutoff))} - {ms(ts=_ts(since))})"
