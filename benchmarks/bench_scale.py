@@ -8,7 +8,8 @@ export).
 Each engine runs the first night: load, features at the as-of (written to Parquet, what
 ``winback features`` does) and the score job with nothing kept, as of the first midnight a
 day or less before the last order. On DuckDB a second process then runs the next night as cron
-runs it: load and the score job at the last order's day in the same exports folder, carrying
+runs it: load and the score job a day later, after the last order, in the same exports folder
+(the first night's export is its previous one, so its delta is one night's changes), carrying
 the features the first night kept for every customer whose orders did not change (Spark keeps
 none: its every night is a first night).
 
@@ -40,7 +41,6 @@ DATA = HERE / "data"
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 OVERRIDES = ["orders.columns.category=category", "orders.columns.channel=channel"]
-AS_OF = datetime(2025, 1, 1)
 SHARD_ORDERS = 5_000_000
 STAGES = ("load", "features", "scores", "lists")
 
@@ -71,18 +71,18 @@ def data_folder(n_orders: int) -> Path:
 
 
 def run_case(
-    engine: str, folder: str, model_path: str, master: str, as_of: str, exports: str
+    engine: str, folder: str, model_path: str, master: str, as_of: str, exports: str, night: str
 ) -> dict:
-    """One night in this process: load, the features at the as-of (to Parquet; the first night
-    only, ``as_of`` given) and the score job into ``exports``. ``as_of`` empty: the next night,
-    at the last order's day. Its own files (DuckDB's spill, the features: gigabytes at 50M) go
-    when it ends; the exports folder is the caller's."""
+    """One night in this process: load, the features at the as-of (to Parquet; the ``first``
+    night only) and the score job as of ``as_of`` into ``exports``. Its own files (DuckDB's
+    spill, the features: gigabytes at 50M) go when it ends; the exports folder is the
+    caller's."""
     import shutil
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="winback-bench-"))
     try:
-        return _run_case(engine, folder, model_path, master, as_of, Path(exports), scratch)
+        return _run_case(engine, folder, model_path, master, as_of, Path(exports), night, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -94,6 +94,7 @@ def _run_case(
     master: str,
     as_of: str,
     exports: Path,
+    night: str,
     scratch: Path,
 ) -> dict:
     import winback.jobs as jobs
@@ -109,8 +110,8 @@ def _run_case(
 
     t0 = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
-    night_as_of = parse_as_of(as_of or None)  # None: the last order's day
-    load_as_of = night_as_of or AS_OF
+    night_as_of = parse_as_of(as_of)
+    load_as_of = night_as_of
     if engine == "spark":
         from winback.engines.spark import SparkEngine, spark_session
 
@@ -126,7 +127,7 @@ def _run_case(
     stages["load"] = time.perf_counter() - t0 - stages["start"]
     done("load")
     rows = None
-    if night_as_of is not None:  # the first night: the features command too
+    if night == "first":  # the features command too
         t = time.perf_counter()
         out = scratch / "features.parquet"
         rows = write_features(orders, [night_as_of], out, cfg.features.lookback_days)
@@ -172,15 +173,17 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def measure(engine: str, folder: Path, model: Path, master: str, as_of: str, exports: Path) -> dict:
-    """Run one night in a subprocess; add its peak tree RSS (MB)."""
+def measure(
+    engine: str, folder: Path, model: Path, master: str, as_of: str, exports: Path, night: str
+) -> dict:
+    """Run one night (``first`` or ``next``) in a subprocess; add its peak tree RSS (MB)."""
     import psutil
 
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_scale as b; "
         "print('RESULT' + json.dumps(b.run_case(*sys.argv[2:])))"
     )
-    args = [engine, str(folder), str(model), master, as_of, str(exports)]
+    args = [engine, str(folder), str(model), master, as_of, str(exports), night]
     cmd = [sys.executable, "-c", code, str(HERE), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -247,7 +250,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from bench_score import _model, first_night
+    from bench_score import _model, first_night, next_night
 
     print(f"data: {args.orders:,} synthetic orders (made once under {DATA})", flush=True)
     folder = data_folder(args.orders)
@@ -256,14 +259,18 @@ def main() -> None:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     # the nights each engine runs, in order, in one exports folder (Spark keeps no features)
     nights = {
-        e: [(e, before)] + ([(f"{e} next night", "")] if e == "duckdb" else []) for e in engines
+        e: [(e, before, "first")]
+        + ([(f"{e} next night", next_night(before), "next")] if e == "duckdb" else [])
+        for e in engines
     }
-    runs: dict[str, list[dict]] = {case: [] for e in engines for case, _ in nights[e]}
+    runs: dict[str, list[dict]] = {case: [] for e in engines for case, _, _ in nights[e]}
     for r in range(args.rounds):
         for engine in engines:  # alternate, so both see the same machine load
             with tempfile.TemporaryDirectory(prefix="winback-bench-exports-") as exports:
-                for case, as_of in nights[engine]:
-                    res = measure(engine, folder, model, args.spark_master, as_of, Path(exports))
+                for case, as_of, night in nights[engine]:
+                    res = measure(
+                        engine, folder, model, args.spark_master, as_of, Path(exports), night
+                    )
                     runs[case].append(res)
                     _print_run(r, case, res)
     first = next(iter(runs.values()))[0]

@@ -2,12 +2,13 @@
 
 Each round is two nights in a fresh exports folder, each a fresh process with
 ``--log-format json``: the first night (``--as-of`` the day before the last order's, nothing
-kept: every customer's features computed from the orders) and the next night (the last
-order's day, as a nightly job runs it: the features kept by the first night carried for every
-customer whose orders did not change). Each stage's time comes from the job's own stage hook
-(its ``stage`` events: model, scores, lists, reasons, changes, export; ``load`` is the reading
-and validating of the orders); ``total`` is the whole process's wall time, from start to exit,
-and the peak RSS is the whole process's. Reports the median of the rounds for each night. The
+kept: every customer's features computed from the orders) and the next night (a day later,
+the last order's day, as a nightly job runs it: the features kept by the first night carried
+for every customer whose orders did not change, the delta against the first night's lists).
+Each stage's time comes from the job's own stage hook (its ``stage`` events: model, scores,
+lists, reasons, changes, export; ``load`` is the reading and validating of the orders);
+``total`` is the whole process's wall time, from start to exit, and the peak RSS is the whole
+process's. Reports the median of the rounds for each night. The
 model is trained once on the 1M-order file (cached under benchmarks/data) with the same column
 mapping, since what is measured is scoring.
 Usage: python benchmarks/bench_score.py [--orders 10000000] [--rounds 3]
@@ -88,11 +89,17 @@ NIGHTS = ("first night", "next night")
 
 def first_night(last: datetime) -> str:
     """The first night's as-of for a history whose last order is at ``last``: the first
-    midnight a day or less before it, so that the next night, at the last order, comes a day or
-    less after it."""
+    midnight a day or less before it, so that the next night (:func:`next_night`) comes after
+    the last order."""
     day_before = last.replace(tzinfo=None) - timedelta(days=1)
     midnight = datetime.combine(day_before.date(), datetime.min.time())
     return f"{midnight if midnight == day_before else midnight + timedelta(days=1):%Y-%m-%d}"
+
+
+def next_night(first: str) -> str:
+    """The night after ``first`` (as cron runs ``score --as-of $(date +%F)`` each midnight):
+    its own export, the first night's its previous one, so its delta is a night's changes."""
+    return f"{datetime.fromisoformat(first) + timedelta(days=1):%Y-%m-%d}"
 
 
 def main() -> None:
@@ -114,7 +121,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {night: [] for night in NIGHTS}
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as out:
-            for night, as_of in zip(NIGHTS, (before, ""), strict=True):
+            for night, as_of in zip(NIGHTS, (before, next_night(before)), strict=True):
                 res = json.loads(
                     subprocess.run(
                         [sys.executable, __file__, "--run", str(data), str(model), out, as_of],
