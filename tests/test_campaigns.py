@@ -279,6 +279,58 @@ def test_delta_by_hand():
     assert first["change"].tolist() == ["entered"]
 
 
+def test_delta_reads_the_reasons_of_the_customers_who_left_only(tmp_path):
+    from winback.export import read_list_texts, read_lists
+    from winback.scoring import DELTA_COLUMNS, delta
+
+    # the earlier export: at_risk's treatment file (a, b) and control file (c, d), lapsed (e)
+    def file(name, ids, said):
+        pd.DataFrame(
+            {
+                "customer_id": pd.Series(ids, dtype="str"),
+                "p_churn": [0.9] * len(ids),
+                "campaign": pd.Series(["x"] * len(ids), dtype="string"),
+                "reasons": pd.Series(said, dtype="string"),
+                "rank": range(1, len(ids) + 1),
+            }
+        ).to_parquet(tmp_path / f"{name}.parquet")
+
+    file("at_risk", ["a", "b"], ["ra", "rb"])
+    file("at_risk_control", ["c", "d"], ["rc", "rd"])
+    file("lapsed", ["e"], ["re"])
+    # rows of a list in any order, across its two files
+    got = read_list_texts(tmp_path, "reasons", "at_risk", np.array([3, 0, 2]))
+    assert got.tolist() == ["rd", "ra", "rc"]
+    assert read_list_texts(tmp_path, "reasons", "lapsed", np.array([], dtype=int)).tolist() == []
+    new = {
+        "at_risk": pd.DataFrame(
+            {
+                "customer_id": pd.Series(["b", "z", "c"], dtype="str"),
+                "p_churn": [0.8, 0.7, 0.6],
+                "campaign": pd.Series(["x"] * 3, dtype="string"),
+                "reasons": pd.Categorical(["nb", "nz", "nc"]),
+            }
+        )
+    }
+    asked = []
+
+    def reasons_of(name, rows):
+        asked.append((name, rows.tolist()))
+        return read_list_texts(tmp_path, "reasons", name, rows)
+
+    keys = [c for c in DELTA_COLUMNS if c != "reasons"]
+    got = delta(new, read_lists(tmp_path, keys), reasons_of)
+    # a and d left at_risk: only their reasons are read
+    assert asked == [("at_risk", [0, 3])]
+    assert got.values.tolist() == [
+        ["at_risk", "entered", "z", 0.7, "x", "nz"],
+        ["at_risk", "left", "a", 0.9, "x", "ra"],
+        ["at_risk", "left", "d", 0.9, "x", "rd"],
+    ]
+    pd.testing.assert_frame_equal(got, delta(new, read_lists(tmp_path, DELTA_COLUMNS)))
+    assert got["reasons"].dtype == "string"  # the categories spelled out
+
+
 def test_csv_injection_is_neutralised_in_categories():
     risky = pd.Categorical(["=A1", "ok", "=A1", None])
     clash = pd.Categorical(["=x", "'=x", "ok"])  # both would become '=x as categories
@@ -475,6 +527,10 @@ def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, mon
             "raw": rng.normal(0, 1, n) * 10.0 ** rng.integers(-12, 18, n),
             "segment": pd.Categorical(rng.choice(["About to sleep", 'Q"uote', None], n)),
             "numbers_as_categories": pd.Categorical(rng.choice([1, 2, 3], n)),
+            # nearly a text a row, as the reasons: more categories than most blocks have rows
+            "said": pd.Categorical(
+                [f"{t} {i % 900}" for t, i in zip(rng.choice(texts, n), range(n), strict=True)]
+            ),
             "day": pd.array(  # an Arrow date, as the next-order dates are held
                 pa.array(
                     np.datetime64("2024-12-30") + rng.integers(0, 900, n).astype("timedelta64[D]"),

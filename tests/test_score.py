@@ -24,7 +24,13 @@ from winback.cutoffs import training_cutoffs
 from winback.errors import WinbackError
 from winback.export import export_lock, read_manifest
 from winback.model import ChurnModel, save_model
-from winback.scoring import LIST_COLUMNS, add_reasons, build_lists, score_customers
+from winback.scoring import (
+    LIST_COLUMNS,
+    add_reasons,
+    build_lists,
+    listed_groups,
+    score_customers,
+)
 from winback.segments import rfm_segments
 from winback.snapshots import build_snapshots
 
@@ -132,6 +138,22 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     assert (
         scores.loc[listed, "reasons"].notna().all() and scores.loc[~listed, "reasons"].isna().all()
     )
+    # each distinct text held once, the score table and the lists coding into the same texts
+    said = scores["reasons"].cat.categories
+    assert said.is_unique and set(said) == set(scores.loc[listed, "reasons"])
+    assert all(frame["reasons"].cat.categories is said for frame in lists.values())
+    for frame in lists.values():
+        mine = scores.set_index("customer_id").loc[frame["customer_id"], "reasons"]
+        assert mine.astype("string").tolist() == frame["reasons"].astype("string").tolist()
+    # the rows build_lists found for each list: the same groups and reasons as finding the
+    # customers by id
+    rows: dict = {}
+    again = build_lists(scores, cfg, why, rows=rows)
+    for name, frame in again.items():
+        assert scores["customer_id"].iloc[rows[name]].tolist() == frame["customer_id"].tolist()
+    pd.testing.assert_series_equal(listed_groups(scores, again, rows), listed_groups(scores, again))
+    for name, frame in add_reasons(scored, model, again, rows=rows).items():
+        pd.testing.assert_frame_equal(frame, lists[name])
     assert (scores["risk_decile"].between(1, 10)).all()
     # when the next order is due: chances that fall with the horizon and meet p_churn at
     # H = 60 days, and dates in order

@@ -42,6 +42,7 @@ __all__ = [
     "plain_columns",
     "list_file_rows",
     "read_lists",
+    "read_list_texts",
     "list_parquet_files",
     "for_people",
     "readme_text",
@@ -153,16 +154,29 @@ def write_csv(
 
 def _blocks(frame: pd.DataFrame, rows: np.ndarray | None, size: int) -> Iterator[pd.DataFrame]:
     """``frame``, or its rows at the positions ``rows`` (ranked 1..n in that order), ``size``
-    rows at a time; one empty block when there are none, so a file still gets its columns."""
+    rows at a time; one empty block when there are none, so a file still gets its columns.
+    A categorical column with more categories than the block has rows (the reasons, nearly
+    one text a customer) comes spelled out: its cells are then written once each, not every
+    category for every block."""
     n = len(frame) if rows is None else len(rows)
     for start in range(0, max(n, 1), max(size, 1)):
         if rows is None:
-            yield frame.iloc[start : start + size]
+            yield _few_categories(frame.iloc[start : start + size])
             continue
         block = frame.take(rows[start : start + size]).reset_index(drop=True)
         if "rank" in block.columns:
             block["rank"] = np.arange(start + 1, start + len(block) + 1, dtype=np.int64)
-        yield block
+        yield _few_categories(block)
+
+
+def _few_categories(block: pd.DataFrame) -> pd.DataFrame:
+    """``block`` with each categorical column that has more categories than rows spelled out."""
+    many = [
+        c
+        for c, s in block.items()
+        if isinstance(s.dtype, pd.CategoricalDtype) and len(s.cat.categories) > len(block)
+    ]
+    return block.assign(**{c: _spelled_out(block[c]) for c in many}) if many else block
 
 
 #: Rows of a CSV file built in memory at a time.
@@ -330,6 +344,26 @@ def read_lists(export_dir: Path, columns: list[str] | None = None) -> dict[str, 
         name: pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
         for name, files in list_parquet_files(export_dir).items()
     }
+
+
+def read_list_texts(export_dir: Path, column: str, name: str, rows: np.ndarray):
+    """A text column of the list ``name`` of an export at the positions ``rows`` of
+    :func:`read_lists`' frame of it, in that order, read a row group at a time: no more of
+    the column is held than the rows asked for."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = np.argsort(rows, kind="stable")
+    wanted = np.asarray(rows)[order]
+    found, start = [pa.array([], type=pa.large_string())], 0
+    for f in list_parquet_files(export_dir)[name]:  # in the order read_lists puts them
+        for batch in pq.ParquetFile(f).iter_batches(columns=[column]):
+            lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+            texts = batch.column(0).cast(pa.large_string())
+            found.append(texts.take(pa.array(wanted[lo:hi] - start)))
+            start += batch.num_rows
+    texts = pa.concat_arrays(found).take(pa.array(np.argsort(order)))
+    return pd.array(texts, dtype="string")
 
 
 def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from winback.export import (
     list_exports,
     list_parquet_files,
     previous_export,
+    read_list_texts,
     read_lists,
     readme_text,
     write_csv,
@@ -493,19 +495,21 @@ def score_job(
             if ranking.model is not None:
                 add_uplift(scored, ranking.model, camp, why)
                 order_by = "expected_gain"
-            lists = build_lists(scores, camp, why, order_by)
-            scores["group"] = listed_groups(scores, lists)  # NA: not listed
+            rows: dict = {}  # each list's rows in the score table
+            lists = build_lists(scores, camp, why, order_by, rows)
+            scores["group"] = listed_groups(scores, lists, rows)  # NA: not listed
             scoring.release_memory()  # each step's leftovers go back before the next one
         with stage("reasons"):
-            lists = add_reasons(scored, churn_model, lists, camp.reasons_method)
+            lists = add_reasons(scored, churn_model, lists, camp.reasons_method, rows)
             scoring.release_memory()
         with stage("changes"):
             curve = profit_curve(scores, why, camp.min_p_churn)
             scoring.release_memory()
             prev = previous_export(out, key)
             # of the previous lists, only what the delta shows (not every column of them)
-            before = read_lists(prev, DELTA_COLUMNS) if prev is not None else None
-            changes = delta(lists, before)
+            keys = [c for c in DELTA_COLUMNS if c != "reasons"]  # the reasons of who left only
+            before = read_lists(prev, keys) if prev is not None else None
+            changes = delta(lists, before, partial(read_list_texts, prev, "reasons"))
             scoring.release_memory()
         with stage("export"):
             in_group = scores["campaign"].notna().to_numpy()

@@ -32,7 +32,7 @@ import ctypes
 import logging
 import shutil
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +54,7 @@ from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.cutoffs import normalize_cutoffs
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, reasons
+from winback.export import plain_columns
 from winback.features import spec_for
 from winback.model import ChurnModel
 from winback.orders import Orders
@@ -676,13 +677,20 @@ REASON_THREADS = 2
 
 
 def add_reasons(
-    scored: Scored, model: ChurnModel, lists: dict[str, pd.DataFrame], method: str = "auto"
+    scored: Scored,
+    model: ChurnModel,
+    lists: dict[str, pd.DataFrame],
+    method: str = "auto",
+    rows: dict[str, np.ndarray] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``).
+    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``),
+    as categories: each distinct text is held once, however many customers and frames share it.
 
-    ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
+    ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers);
+    ``rows``: each list's rows in the score table, as :func:`build_lists` found them (else
+    they are looked up by customer id)."""
     ids = scored.scores["customer_id"]
-    where = _list_positions(lists, ids)
+    where = _list_positions(lists, ids) if rows is None else rows
     on_a_list = np.zeros(len(ids), dtype=bool)
     for at in where.values():
         on_a_list[at] = True
@@ -690,15 +698,18 @@ def add_reasons(
     if method == "auto":
         method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    # each block's sentences as Arrow text (a Python string object per customer would hold
-    # several times the memory), and for every score row the block row that explains it
+    # each block's sentences as Arrow text, each distinct text once (many customers' reasons
+    # read alike: a Python string per customer, or the text copied into the score table and
+    # again into each list, would hold several times the memory), and for every score row the
+    # block row that explains it
     which = np.full(len(ids), -1, dtype=np.int64)
     population = scored.medians(list(REASON_REFERENCES))
 
     def explain(feats: pd.DataFrame):
         text = reasons(model.contributions(feats, method), feats, population=population)
-        return pa.array(text, type=pa.large_string(), from_pandas=True)
+        return pc.dictionary_encode(pa.array(text, type=pa.large_string(), from_pandas=True))
 
     # blocks explained REASON_THREADS at a time (LightGBM's leaves, NumPy's sorts and Arrow's
     # joins run outside Python's lock); the next block is read only when a thread is free, so
@@ -720,16 +731,30 @@ def add_reasons(
             texts.append(pool.submit(explain, feats))
             running.add(texts[-1])
             del block, feats
-    blocks = [text.result() for text in texts]
-    said = pa.concat_arrays(blocks) if blocks else pa.array([], type=pa.large_string())
+    # one set of distinct texts for all blocks; the score table and the lists hold a code for
+    # each customer into it (categories, spelled out as the files are written)
+    kind = pa.dictionary(pa.int32(), pa.large_string())
+    said = pa.chunked_array([text.result() for text in texts], type=kind).unify_dictionaries()
+    texts_said = said.chunk(0).dictionary if said.num_chunks else pa.array([], pa.large_string())
+    code_said = np.concatenate(
+        [np.empty(0, dtype=np.int32)] + [c.indices.to_numpy() for c in said.chunks]
+    )
+    del said
+    code = np.full(len(ids), -1, dtype=np.int32)  # -1: not listed, no reasons
+    code[which >= 0] = code_said[which[which >= 0]]
+    # the texts in the order the score table first says them (however the blocks came back)
+    first = pd.unique(code[code >= 0])
+    renumbered = np.empty(len(texts_said), dtype=np.int32)
+    renumbered[first] = np.arange(len(first), dtype=np.int32)
+    code[code >= 0] = renumbered[code[code >= 0]]
+    texts = texts_said.take(pa.array(first))
+    dtype = pd.CategoricalDtype(pd.Index(pd.array(texts, dtype="string")))
 
     def reasons_of(rows: np.ndarray):
-        return pd.array(said.take(pa.array(rows, mask=rows < 0)), dtype="string")
+        return pd.Categorical.from_codes(code[rows], dtype=dtype)
 
-    scored.scores["reasons"] = reasons_of(which)
-    return {
-        name: frame.assign(reasons=reasons_of(which[where[name]])) for name, frame in lists.items()
-    }
+    scored.scores["reasons"] = pd.Categorical.from_codes(code, dtype=dtype)
+    return {name: frame.assign(reasons=reasons_of(where[name])) for name, frame in lists.items()}
 
 
 def add_uplift(
@@ -762,15 +787,23 @@ def add_uplift(
     return len(rows)
 
 
-def listed_groups(scores: pd.DataFrame, lists: dict[str, pd.DataFrame]) -> pd.Series:
+def listed_groups(
+    scores: pd.DataFrame,
+    lists: dict[str, pd.DataFrame],
+    rows: dict[str, np.ndarray] | None = None,
+) -> pd.Series:
     """Each scored customer's group on the lists (``treatment`` or ``control``, as text),
-    missing for those on none; found through Arrow's hash table, not a Python dict."""
+    missing for those on none; ``rows``: each list's rows in the score table, as
+    :func:`build_lists` found them (else the customers are found through Arrow's hash table)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     frames = [f for f in lists.values() if len(f)]
     codes = np.full(len(scores), -1, dtype=np.int8)
-    if frames:
+    if rows is not None:
+        for name, frame in lists.items():
+            codes[rows[name]] = (frame["group"] == "control").to_numpy(dtype=np.int8)
+    elif frames:
         listed = pa.concat_arrays([_arrow_text(f["customer_id"]) for f in frames])
         control = np.concatenate(
             [(f["group"] == "control").to_numpy(dtype=np.int8) for f in frames]
@@ -862,6 +895,7 @@ def build_lists(
     campaigns: CampaignsConfig,
     suppress: pd.Series | None = None,
     order_by: str = "p_churn",
+    rows: dict[str, np.ndarray] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``at_risk`` and ``lapsed`` lists: suppressed customers and those below
     ``campaigns.min_p_churn`` left out, each group sized and capped, then split into treatment
@@ -870,6 +904,9 @@ def build_lists(
     keeps the k highest by it.
 
     ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
+    ``rows``, when given, is filled with each list's rows in ``scores`` (positions, in the
+    list's order), which :func:`listed_groups` and :func:`add_reasons` take instead of finding
+    the customers again.
     """
     if order_by not in ("p_churn", "expected_gain"):
         raise ValueError(f"order_by must be p_churn or expected_gain; got {order_by!r}")
@@ -878,7 +915,7 @@ def build_lists(
     kept = [scores.columns.get_loc(c) for c in LIST_COLUMNS if c != "group"]
     lists = {}
     for list_name in ("at_risk", "lapsed"):
-        rows, control = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=bool)]
+        taken, control = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=bool)]
         for g in campaigns.groups:
             if g.list != list_name:
                 continue
@@ -892,13 +929,13 @@ def build_lists(
                 threshold=campaigns.threshold,
                 capacity=g.capacity,
             )
-            rows.append(scores.index.get_indexer(chosen.index))
+            taken.append(scores.index.get_indexer(chosen.index))
             control.append(
                 control_flags(
                     chosen["customer_id"], g.name, campaigns.salt, campaigns.control_share
                 )
             )
-        at = np.concatenate(rows)
+        at = np.concatenate(taken)
         if order_by == "p_churn":  # the score table's rank is by p_churn, then customer id
             by_rank = np.argsort(scores["rank"].to_numpy()[at], kind="stable")
         else:
@@ -908,6 +945,8 @@ def build_lists(
         # the one copy, its repeated texts kept as categories (spelled out as the files are
         # written: once per category in a CSV, per row group in Parquet)
         frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)
+        if rows is not None:
+            rows[list_name] = at[by_rank]
         frame["rank"] = np.arange(1, len(frame) + 1, dtype=np.int64)
         frame.insert(LIST_COLUMNS.index("group"), "group", _group_texts(flags))
         lists[list_name] = frame
@@ -962,19 +1001,31 @@ def profit_curve(
 DELTA_COLUMNS = ["customer_id", "p_churn", "campaign", "reasons"]
 
 
-def delta(new: dict[str, pd.DataFrame], old: dict[str, pd.DataFrame] | None) -> pd.DataFrame:
+def delta(
+    new: dict[str, pd.DataFrame],
+    old: dict[str, pd.DataFrame] | None,
+    old_reasons: Callable[[str, np.ndarray], pd.api.extensions.ExtensionArray] | None = None,
+) -> pd.DataFrame:
     """Who entered and who left each list since the previous export, with reasons:
     ``list, change, customer_id, p_churn, campaign, reasons`` (the new row's values for entered,
-    the old row's for left). ``old`` needs only :data:`DELTA_COLUMNS`."""
+    the old row's for left). ``old`` needs only :data:`DELTA_COLUMNS`; without ``reasons``,
+    ``old_reasons(list, rows)`` gives them for the rows (positions) of it that left (a night's
+    reasons are hundreds of megabytes of text at millions of listed customers, and the delta
+    shows a few of them)."""
     cols = DELTA_COLUMNS
     rows = []
     for name, frame in new.items():
         before = (old or {}).get(name)
         before = before if before is not None else frame.head(0)
         entered = frame[~_among(frame["customer_id"], before["customer_id"])][cols]
-        left = before[~_among(before["customer_id"], frame["customer_id"])][cols]
-        rows.append(entered.assign(list=name, change="entered"))
-        rows.append(left.assign(list=name, change="left"))
+        gone = np.flatnonzero(~_among(before["customer_id"], frame["customer_id"]))
+        left = before.iloc[gone]
+        if "reasons" not in left and old_reasons is not None:
+            left = left.assign(reasons=pd.Series(old_reasons(name, gone), index=left.index))
+        left = left[cols]
+        # texts as text: the lists' categories differ from night to night
+        rows.append(plain_columns(entered).assign(list=name, change="entered"))
+        rows.append(plain_columns(left).assign(list=name, change="left"))
     out = pd.concat(rows, ignore_index=True)
     return (
         out[["list", "change", *cols]]
