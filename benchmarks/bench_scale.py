@@ -111,19 +111,18 @@ def _run_case(
     t0 = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
     night_as_of = parse_as_of(as_of)
-    load_as_of = night_as_of
     if engine == "spark":
         from winback.engines.spark import SparkEngine, spark_session
 
         spark = spark_session(master, {"spark.driver.memory": "8g"})
         stages["start"] = time.perf_counter() - t0
-        orders = load_orders(folder, cfg.orders, as_of=load_as_of, engine=SparkEngine(spark))
+        orders = load_orders(folder, cfg.orders, as_of=night_as_of, engine=SparkEngine(spark))
     else:
         from winback.engines.duckdb import connect
 
         stages["start"] = 0.0
         con = connect(cfg.engine.memory_limit, temp_directory=str(scratch / "spill"))
-        orders = load_orders(folder, cfg.orders, as_of=load_as_of, con=con)
+        orders = load_orders(folder, cfg.orders, as_of=night_as_of, con=con)
     stages["load"] = time.perf_counter() - t0 - stages["start"]
     done("load")
     rows = None
