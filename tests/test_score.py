@@ -28,6 +28,7 @@ from winback.scoring import (
     LIST_COLUMNS,
     add_reasons,
     build_lists,
+    delta,
     listed_groups,
     score_customers,
 )
@@ -145,15 +146,31 @@ def test_lists_have_every_column_and_follow_the_rules(setup):
     for frame in lists.values():
         mine = scores.set_index("customer_id").loc[frame["customer_id"], "reasons"]
         assert mine.astype("string").tolist() == frame["reasons"].astype("string").tolist()
-    # the rows build_lists found for each list: the same groups and reasons as finding the
-    # customers by id
-    rows: dict = {}
-    again = build_lists(scores, cfg, why, rows=rows)
-    for name, frame in again.items():
-        assert scores["customer_id"].iloc[rows[name]].tolist() == frame["customer_id"].tolist()
-    pd.testing.assert_series_equal(listed_groups(scores, again, rows), listed_groups(scores, again))
-    for name, frame in add_reasons(scored, model, again, rows=rows).items():
-        pd.testing.assert_frame_equal(frame, lists[name])
+    # each list is its rows of the score table: as a frame, the values its customers have
+    # there, ranked 1..n, with the group the score table gives them
+    scores["group"] = listed_groups(scores, lists)
+    by_id = scores.set_index("customer_id")
+    for lst in lists.values():
+        frame = lst.frame()
+        assert list(frame.columns) == LIST_COLUMNS and len(frame) == len(lst) > 0
+        theirs = by_id.loc[frame["customer_id"]].reset_index()
+        theirs["rank"] = np.arange(1, len(frame) + 1)
+        theirs["group"] = theirs["group"].astype("str")
+        pd.testing.assert_frame_equal(frame, theirs[LIST_COLUMNS])
+        # a block of rows, a column: the same as the whole list's
+        at = np.array([len(lst) - 1, 0])
+        pd.testing.assert_frame_equal(lst.take(at), frame.iloc[at].reset_index(drop=True))
+        pd.testing.assert_series_equal(lst["segment"], frame["segment"])
+    # the delta reads only the rows that entered: the same as from the whole lists' frames
+    frames = {name: lst.frame() for name, lst in lists.items()}
+    before = {name: frame.iloc[::2] for name, frame in frames.items()}  # half of them, and
+    before["at_risk"] = pd.concat([before["at_risk"], frames["lapsed"].head(3)])  # 3 who left
+    changes = delta(lists, before)
+    pd.testing.assert_frame_equal(changes, delta(frames, before))
+    assert changes["change"].value_counts().to_dict() == {
+        "entered": sum(len(f) - len(f.iloc[::2]) for f in frames.values()),
+        "left": 3,
+    }
     assert (scores["risk_decile"].between(1, 10)).all()
     # when the next order is due: chances that fall with the horizon and meet p_churn at
     # H = 60 days, and dates in order
@@ -254,7 +271,7 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(
     pd.testing.assert_frame_equal(parts.scores, whole.scores)
     assert parts.drift == whole.drift
     for name in whole_lists:
-        pd.testing.assert_frame_equal(parts_lists[name], whole_lists[name])
+        pd.testing.assert_frame_equal(parts_lists[name].frame(), whole_lists[name].frame())
     assert whole_lists["at_risk"]["reasons"].notna().all()
     folder = parts.features_path
     del parts
@@ -299,7 +316,7 @@ def test_score_job_lends_duckdb_memory_to_the_lists_of_a_large_population(
     after = con.execute(limit).fetchall()[0][0]  # given back (to DuckDB's 0.1 MiB display)
     assert after.endswith("MiB") and abs(float(after.split()[0]) - float(before.split()[0])) < 0.2
     for name in small.lists:
-        pd.testing.assert_frame_equal(large.lists[name], small.lists[name])
+        pd.testing.assert_frame_equal(large.lists[name].frame(), small.lists[name].frame())
     assert len(small.lists["at_risk"]) > 0
 
 
@@ -397,14 +414,14 @@ def test_kill_9_never_leaves_a_partial_or_mixed_export(setup):
 
 
 def test_each_scored_customer_gets_the_group_of_the_list_they_are_on():
-    from winback.scoring import listed_groups
+    from winback.scoring import CampaignList, listed_groups
 
     ids = pd.Series(["a", "b", "c", "d", "e"], index=[10, 11, 12, 13, 14], dtype="str")
     scores = pd.DataFrame({"customer_id": ids})
-    lists = {
-        "at_risk": pd.DataFrame({"customer_id": ["b", "a"], "group": ["control", "treatment"]}),
-        "lapsed": pd.DataFrame({"customer_id": ["e"], "group": ["control"]}),
-        "empty": pd.DataFrame({"customer_id": [], "group": []}),
+    lists = {  # b (control), then a (treatment); e (control); none
+        "at_risk": CampaignList(scores, np.array([1, 0]), np.array([True, False])),
+        "lapsed": CampaignList(scores, np.array([4]), np.array([True])),
+        "empty": CampaignList(scores, np.array([], dtype=np.intp), np.array([], dtype=bool)),
     }
     got = listed_groups(scores, lists)
     assert got.dtype == "string" and list(got.index) == [10, 11, 12, 13, 14]

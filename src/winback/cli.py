@@ -734,18 +734,15 @@ def _echo_score(res) -> None:
         "as_of": f"{res.as_of:%Y-%m-%d}",
         "scored": len(res.scores),
         "listed": {
-            name: {
-                "contact": int((frame["group"] == "treatment").sum()),
-                "control": int((frame["group"] == "control").sum()),
-            }
-            for name, frame in res.lists.items()
+            name: {"contact": int((~lst.control).sum()), "control": int(lst.control.sum())}
+            for name, lst in res.lists.items()
         },
         "model_version": res.model_version,
         "folder": str(res.folder),
     }
 
     def sizes(name: str) -> str:
-        control = int((res.lists[name]["group"] == "control").sum())
+        control = int(res.lists[name].control.sum())
         return (
             f"{len(res.lists[name]) - control:,} to contact ({name}.csv), {control:,} control "
             f"({name}_control.csv, not to contact)"
@@ -765,7 +762,8 @@ def _echo_score(res) -> None:
         + (f"{'uplift':>7} {'gain':>7} " if by_uplift else "")
         + f"{'segment':<18} {'campaign':<16} reasons"
     )
-    for rank, r in enumerate(at_risk[at_risk["group"] == "treatment"].head(10).itertuples(), 1):
+    first = at_risk.take((~at_risk.control).nonzero()[0][:10])  # the top of at_risk.csv
+    for rank, r in enumerate(first.itertuples(), 1):
         _say(  # the rank in at_risk.csv
             f"  {rank:>6} {r.customer_id:<12} {r.p_churn:.2f} {r.value:9.2f} "
             + (f"{r.uplift:+7.3f} {r.expected_gain:7.2f} " if by_uplift else "")

@@ -186,7 +186,7 @@ def run_demo(out: Path, *, customers: int = 20_000, seed: int = 7, say: Say) -> 
     campaigns = []
     for k, day in enumerate(days):
         sent = score_job(orders, tested, exports, as_of=day, model=str(past.path))
-        listed = pd.concat(sent.lists.values(), ignore_index=True)
+        listed = pd.concat([lst.frame() for lst in sent.lists.values()], ignore_index=True)
         kinds = campaign_kinds(
             world, listed, pd.Timestamp(day), horizon, effects, seed + k, params=synth
         )

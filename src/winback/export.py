@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,20 @@ __all__ = [
 ]
 
 _VERSIONS = ".versions"
+
+
+class Rows(Protocol):
+    """What the writers read of a table: a frame, or a list kept as rows of the score table
+    (:class:`winback.scoring.CampaignList`), whose rows are read a block at a time."""
+
+    columns: Any
+    shape: tuple[int, int]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, column: str) -> pd.Series: ...
+
+    def take(self, at: np.ndarray) -> pd.DataFrame: ...
 
 
 @contextmanager
@@ -112,7 +126,7 @@ def _neutralized(s: pd.Series) -> pd.Series:
 
 
 def write_csv(
-    frame: pd.DataFrame, path: Path, rows: np.ndarray | None = None, people: bool = False
+    frame: Rows, path: Path, rows: np.ndarray | None = None, people: bool = False
 ) -> None:
     """UTF-8 CSV with spreadsheet formulas neutralised, every text cell quoted (a line break or
     CR inside an id stays inside its cell, so any CSV reader finds the rows written) and Unix
@@ -125,7 +139,9 @@ def write_csv(
     pandas' row-by-row writer, and no copy of the whole frame is made. A frame with a column
     type this does not know is written by pandas itself."""
     named = len(frame.columns) > 0 and all(isinstance(c, str) for c in frame.columns)
-    if not named or not all(_csv_known(frame[c]) for c in frame.columns):
+    # the column types, from no rows of a list (its columns are read from the score table)
+    probe = frame if isinstance(frame, pd.DataFrame) else frame.take(np.empty(0, dtype=np.intp))
+    if not named or not all(_csv_known(probe[c]) for c in probe.columns):
         whole = next(_blocks(frame, rows, len(frame) if rows is None else len(rows)))
         safe = neutralize_csv(for_people(whole) if people else whole)
         safe.to_csv(
@@ -152,7 +168,7 @@ def write_csv(
             f.write(memoryview(data)[int(ends[0]) : int(ends[-1])])
 
 
-def _blocks(frame: pd.DataFrame, rows: np.ndarray | None, size: int) -> Iterator[pd.DataFrame]:
+def _blocks(frame: Rows, rows: np.ndarray | None, size: int) -> Iterator[pd.DataFrame]:
     """``frame``, or its rows at the positions ``rows`` (ranked 1..n in that order), ``size``
     rows at a time; one empty block when there are none, so a file still gets its columns.
     A categorical column with more categories than the block has rows (the reasons, nearly
@@ -307,7 +323,7 @@ def for_people(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**rounded) if rounded else frame
 
 
-def list_file_rows(lists: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+def list_file_rows(lists: dict[str, Rows]) -> dict[str, tuple[Rows, np.ndarray]]:
     """The files of the lists, each as its list and the positions of its rows in it:
     ``<list>`` holds the customers to contact (the treatment group) and ``<list>_control`` the
     control group, which must not be contacted, so that a file uploaded as it is never mails
@@ -435,7 +451,7 @@ def _by_uplift(manifest: dict[str, Any]) -> bool:
 PARQUET_SLICE_ROWS = 1 << 18
 
 
-def write_parquet(frame: pd.DataFrame, path: Path, rows: np.ndarray | None = None) -> None:
+def write_parquet(frame: Rows, path: Path, rows: np.ndarray | None = None) -> None:
     """``frame`` to Parquet with :func:`plain_columns`, a row group at a time, so a score table
     of millions of customers never needs its texts spelled out in memory all at once.
     ``rows``: only the rows at these positions, in this order, ranked 1..n (a list's file)."""
@@ -481,7 +497,7 @@ def _cleanup(out_dir: Path, keep: set[str]) -> None:
 def export_lists(
     out_dir: str | Path,
     as_of_key: str,
-    lists: dict[str, pd.DataFrame],
+    lists: dict[str, Rows],
     scores: pd.DataFrame,
     manifest: dict[str, Any],
     wait_seconds: float = 0.0,

@@ -47,6 +47,7 @@ from winback.progress import Progress, tell
 from winback.scoring import (
     DELTA_COLUMNS,
     LIST_COLUMN_DOCS,
+    CampaignList,
     add_reasons,
     add_uplift,
     build_lists,
@@ -402,7 +403,7 @@ def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = 
 class ScoreResult:
     folder: Path
     scores: pd.DataFrame
-    lists: dict[str, pd.DataFrame]
+    lists: dict[str, CampaignList]  # rows of ``scores``: ``lists[name].frame()`` copies one
     as_of: datetime
     model_version: str
 
@@ -495,12 +496,11 @@ def score_job(
             if ranking.model is not None:
                 add_uplift(scored, ranking.model, camp, why)
                 order_by = "expected_gain"
-            rows: dict = {}  # each list's rows in the score table
-            lists = build_lists(scores, camp, why, order_by, rows)
-            scores["group"] = listed_groups(scores, lists, rows)  # NA: not listed
+            lists = build_lists(scores, camp, why, order_by)  # rows of the score table
+            scores["group"] = listed_groups(scores, lists)  # NA: not listed
             scoring.release_memory()  # each step's leftovers go back before the next one
         with stage("reasons"):
-            lists = add_reasons(scored, churn_model, lists, camp.reasons_method, rows)
+            add_reasons(scored, churn_model, lists, camp.reasons_method)
             scoring.release_memory()
         with stage("changes"):
             curve = profit_curve(scores, why, camp.min_p_churn)
@@ -528,8 +528,7 @@ def score_job(
                     ref.path.with_suffix(ref.path.suffix + ".json").read_text()
                 )["sha256"],
                 "mlflow_run": ref.run_id or None,
-                "rows": {name: len(frame) for name, frame in lists.items()}
-                | {"scores": len(scores)},
+                "rows": {name: len(lst) for name, lst in lists.items()} | {"scores": len(scores)},
                 "suppressed": {
                     "opted_out": int((why == "opted out").sum()),
                     "cooldown": int(why.str.startswith("contacted", na=False).sum()),
@@ -539,7 +538,7 @@ def score_job(
                     (in_group & why.isna().to_numpy() & ~listable(scores, camp.min_p_churn)).sum()
                 ),
                 "extrapolated_listed": {
-                    name: int(frame["extrapolated"].sum()) for name, frame in lists.items()
+                    name: int(lst["extrapolated"].sum()) for name, lst in lists.items()
                 },
                 "sizing": sizing_record(cfg, rate_sources),
                 "ranking": ranking.record(camp.rank_by),

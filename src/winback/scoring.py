@@ -77,6 +77,7 @@ __all__ = [
     "add_reasons",
     "add_uplift",
     "build_lists",
+    "CampaignList",
     "listed_groups",
     "listable",
     "customer_value",
@@ -679,21 +680,20 @@ REASON_THREADS = 2
 def add_reasons(
     scored: Scored,
     model: ChurnModel,
-    lists: dict[str, pd.DataFrame],
+    lists: dict[str, CampaignList],
     method: str = "auto",
-    rows: dict[str, np.ndarray] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Fill ``reasons`` for the customers on the lists (in the lists and in ``scored.scores``),
-    as categories: each distinct text is held once, however many customers and frames share it.
+) -> dict[str, CampaignList]:
+    """Fill ``reasons`` in ``scored.scores`` for the customers on the lists (built from it, so
+    the lists read them there too; returned as they are), as categories: each distinct text is
+    held once, however many customers share it.
 
-    ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers);
-    ``rows``: each list's rows in the score table, as :func:`build_lists` found them (else
-    they are looked up by customer id)."""
+    ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
     ids = scored.scores["customer_id"]
-    where = _list_positions(lists, ids) if rows is None else rows
     on_a_list = np.zeros(len(ids), dtype=bool)
-    for at in where.values():
-        on_a_list[at] = True
+    for lst in lists.values():
+        if lst.scores is not scored.scores:
+            raise ValueError("the lists were built from another score table")
+        on_a_list[lst.rows] = True
     listed = np.flatnonzero(on_a_list)
     if method == "auto":
         method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
@@ -750,11 +750,8 @@ def add_reasons(
     texts = texts_said.take(pa.array(first))
     dtype = pd.CategoricalDtype(pd.Index(pd.array(texts, dtype="string")))
 
-    def reasons_of(rows: np.ndarray):
-        return pd.Categorical.from_codes(code[rows], dtype=dtype)
-
     scored.scores["reasons"] = pd.Categorical.from_codes(code, dtype=dtype)
-    return {name: frame.assign(reasons=reasons_of(where[name])) for name, frame in lists.items()}
+    return lists
 
 
 def add_uplift(
@@ -787,31 +784,12 @@ def add_uplift(
     return len(rows)
 
 
-def listed_groups(
-    scores: pd.DataFrame,
-    lists: dict[str, pd.DataFrame],
-    rows: dict[str, np.ndarray] | None = None,
-) -> pd.Series:
+def listed_groups(scores: pd.DataFrame, lists: dict[str, CampaignList]) -> pd.Series:
     """Each scored customer's group on the lists (``treatment`` or ``control``, as text),
-    missing for those on none; ``rows``: each list's rows in the score table, as
-    :func:`build_lists` found them (else the customers are found through Arrow's hash table)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    frames = [f for f in lists.values() if len(f)]
+    missing for those on none."""
     codes = np.full(len(scores), -1, dtype=np.int8)
-    if rows is not None:
-        for name, frame in lists.items():
-            codes[rows[name]] = (frame["group"] == "control").to_numpy(dtype=np.int8)
-    elif frames:
-        listed = pa.concat_arrays([_arrow_text(f["customer_id"]) for f in frames])
-        control = np.concatenate(
-            [(f["group"] == "control").to_numpy(dtype=np.int8) for f in frames]
-        )
-        found = pc.index_in(_arrow_text(scores["customer_id"]), value_set=listed)
-        at = found.to_numpy(zero_copy_only=False)  # NaN where not listed
-        on = ~np.isnan(at)
-        codes[on] = control[at[on].astype(np.intp)]
+    for lst in lists.values():
+        codes[lst.rows] = lst.control
     groups = texts_of(codes, ["treatment", "control"])
     return pd.Series(groups, index=scores.index, copy=False).astype("string")
 
@@ -819,30 +797,12 @@ def listed_groups(
 def _positions(ids: pd.Series, among: pd.Series) -> np.ndarray:
     """Where each of ``ids`` is in ``among`` (every one of them is there), through Arrow's
     hash table."""
-    (at,) = _positions_of([ids], among)
-    return at
-
-
-def _list_positions(lists: dict[str, pd.DataFrame], among: pd.Series) -> dict[str, np.ndarray]:
-    """Where each list's customers are in ``among`` (every one of them is there)."""
-    at = _positions_of([frame["customer_id"] for frame in lists.values()], among)
-    return dict(zip(lists, at, strict=True))
-
-
-def _positions_of(ids: list[pd.Series], among: pd.Series) -> list[np.ndarray]:
-    """:func:`_positions` of each of ``ids``, from one Arrow hash table of ``among`` (each
-    table costs as much as the lookups of a million customers)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not ids:
-        return []
-    listed = pa.chunked_array([_arrow_text(s) for s in ids], type=pa.large_string())
-    found = pc.index_in(listed, value_set=_arrow_text(among))
+    found = pc.index_in(_arrow_text(ids), value_set=_arrow_text(among))
     if found.null_count:
-        raise ValueError(f"{found.null_count} listed customer(s) not among the scored ones")
-    at = found.to_numpy().astype(np.intp)
-    return np.split(at, np.cumsum([len(s) for s in ids])[:-1])
+        raise ValueError(f"{found.null_count} customer(s) not among the scored ones")
+    return found.to_numpy().astype(np.intp)
 
 
 def _arrow_text(s: pd.Series):
@@ -895,8 +855,7 @@ def build_lists(
     campaigns: CampaignsConfig,
     suppress: pd.Series | None = None,
     order_by: str = "p_churn",
-    rows: dict[str, np.ndarray] | None = None,
-) -> dict[str, pd.DataFrame]:
+) -> dict[str, CampaignList]:
     """The ``at_risk`` and ``lapsed`` lists: suppressed customers and those below
     ``campaigns.min_p_churn`` left out, each group sized and capped, then split into treatment
     and control. Rows are ordered by ``order_by`` (``p_churn``, or ``expected_gain`` when an
@@ -904,15 +863,12 @@ def build_lists(
     keeps the k highest by it.
 
     ``suppress`` (aligned with ``scores``) holds why a customer must not be contacted, or NA.
-    ``rows``, when given, is filled with each list's rows in ``scores`` (positions, in the
-    list's order), which :func:`listed_groups` and :func:`add_reasons` take instead of finding
-    the customers again.
+    Each list is its rows of ``scores`` (:class:`CampaignList`), not a copy of them.
     """
     if order_by not in ("p_churn", "expected_gain"):
         raise ValueError(f"order_by must be p_churn or expected_gain; got {order_by!r}")
     eligible = listable(scores, campaigns.min_p_churn, suppress)
     keys = ["customer_id", "p_churn", "expected_gain"]
-    kept = [scores.columns.get_loc(c) for c in LIST_COLUMNS if c != "group"]
     lists = {}
     for list_name in ("at_risk", "lapsed"):
         taken, control = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=bool)]
@@ -941,16 +897,62 @@ def build_lists(
         else:
             keys_at = scores[[order_by, "customer_id"]].iloc[at].reset_index(drop=True)
             by_rank = best_first(keys_at, order_by).index.to_numpy()
-        flags = np.concatenate(control)[by_rank]
-        # the one copy, its repeated texts kept as categories (spelled out as the files are
-        # written: once per category in a CSV, per row group in Parquet)
-        frame = scores.iloc[at[by_rank], kept].reset_index(drop=True)
-        if rows is not None:
-            rows[list_name] = at[by_rank]
-        frame["rank"] = np.arange(1, len(frame) + 1, dtype=np.int64)
-        frame.insert(LIST_COLUMNS.index("group"), "group", _group_texts(flags))
-        lists[list_name] = frame
+        lists[list_name] = CampaignList(scores, at[by_rank], np.concatenate(control)[by_rank])
     return lists
+
+
+@dataclass(frozen=True, eq=False)
+class CampaignList:
+    """One win-back list: its rows of the score table (positions, in list order) and which of
+    them are the control group. A list's columns are :data:`LIST_COLUMNS`: the score table's
+    (as they are when read, so the reasons added to the table after the list was built are
+    the list's too), ``rank`` 1..n in list order and ``group`` (treatment or control). They are
+    read from the table as asked, a column (``lst["p_churn"]``), a block of rows
+    (:meth:`take`) or the whole list (:meth:`frame`): a list of millions of customers is
+    never a second copy of their rows, which the files are written from a block at a time."""
+
+    scores: pd.DataFrame
+    rows: np.ndarray
+    control: np.ndarray
+
+    columns = LIST_COLUMNS
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(LIST_COLUMNS)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        """One column of the list, in list order."""
+        if column == "rank":
+            values = np.arange(1, len(self) + 1, dtype=np.int64)
+        elif column == "group":
+            values = _group_texts(self.control)
+        elif column in LIST_COLUMNS:
+            values = self.scores[column].take(self.rows).array
+        else:
+            raise KeyError(column)
+        return pd.Series(values, name=column, copy=False)
+
+    def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+        """The list's rows at the positions ``at`` (of the list), as a frame of ``columns``
+        (default: every list column), each row ranked by its place in the list."""
+        at = np.asarray(at, dtype=np.intp)
+        wanted = LIST_COLUMNS if columns is None else columns
+        own = [c for c in wanted if c not in ("rank", "group")]
+        block = self.scores.iloc[self.rows[at], [self.scores.columns.get_loc(c) for c in own]]
+        block = block.reset_index(drop=True)
+        if "rank" in wanted:
+            block["rank"] = at + 1
+        if "group" in wanted:
+            block["group"] = _group_texts(self.control[at])
+        return block[wanted]
+
+    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The whole list as a frame (a copy of its rows: for small lists and for tests)."""
+        return self.take(np.arange(len(self)), columns)
 
 
 def _group_texts(control: np.ndarray):
@@ -1002,7 +1004,7 @@ DELTA_COLUMNS = ["customer_id", "p_churn", "campaign", "reasons"]
 
 
 def delta(
-    new: dict[str, pd.DataFrame],
+    new: dict[str, CampaignList | pd.DataFrame],
     old: dict[str, pd.DataFrame] | None,
     old_reasons: Callable[[str, np.ndarray], pd.api.extensions.ExtensionArray] | None = None,
 ) -> pd.DataFrame:
@@ -1011,15 +1013,20 @@ def delta(
     the old row's for left). ``old`` needs only :data:`DELTA_COLUMNS`; without ``reasons``,
     ``old_reasons(list, rows)`` gives them for the rows (positions) of it that left (a night's
     reasons are hundreds of megabytes of text at millions of listed customers, and the delta
-    shows a few of them)."""
+    shows a few of them). Of the new lists only the rows that entered are read."""
     cols = DELTA_COLUMNS
     rows = []
     for name, frame in new.items():
+        ids = frame["customer_id"]
         before = (old or {}).get(name)
-        before = before if before is not None else frame.head(0)
-        entered = frame[~_among(frame["customer_id"], before["customer_id"])][cols]
-        gone = np.flatnonzero(~_among(before["customer_id"], frame["customer_id"]))
-        left = before.iloc[gone]
+        before_ids = ids.head(0) if before is None else before["customer_id"]
+        came = np.flatnonzero(~_among(ids, before_ids))
+        if isinstance(frame, CampaignList):
+            entered = frame.take(came, cols)
+        else:
+            entered = frame[cols].take(came)
+        gone = np.flatnonzero(~_among(before_ids, ids))
+        left = before.iloc[gone] if before is not None else entered.head(0)
         if "reasons" not in left and old_reasons is not None:
             left = left.assign(reasons=pd.Series(old_reasons(name, gone), index=left.index))
         left = left[cols]
