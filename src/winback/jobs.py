@@ -449,10 +449,10 @@ def score_job(
     Notes
     -----
     Runs as the stages of :data:`SCORE_STAGES`: ``model`` (find, load and check it against the
-    orders), ``scores`` (features, BG/NBD, predictions, ranks, segments, drift), ``lists``
-    (suppression, sizing, control groups), ``reasons`` (for the listed customers), ``changes``
-    (profit curve and the delta against the previous export) and ``export`` (the files, written
-    atomically).
+    orders; the orders' fingerprint), ``scores`` (features, BG/NBD, predictions, ranks,
+    segments, drift), ``lists`` (suppression, sizing, control groups), ``reasons`` (for the
+    listed customers), ``changes`` (profit curve and the delta against the previous export)
+    and ``export`` (the files, written atomically).
     """
     t0 = time.perf_counter()
     cfg, rate_sources = learned_save_rates(cfg)  # before any work: a bad file fails at once
@@ -469,6 +469,10 @@ def score_job(
         warnings = check_scoring(orders, cfg, churn_model, t)
         for w in warnings:
             log.warning("warning: %s", w)
+        # the orders' fingerprint for the manifest, a pass over them: taken now, while the
+        # engine holds them, and not after the scores, whose table would then share memory
+        # with the engine's reading them back (700 MB more at the peak of 50M orders)
+        fingerprint = orders.fingerprint()
     key = f"{t:%Y-%m-%d}"
     camp = cfg.campaigns
     with stage("scores"):
@@ -484,7 +488,6 @@ def score_job(
         )
         scores, drift = scored.scores, scored.drift
         forced = _check_drift(drift, cfg, force)
-    fingerprint = orders.fingerprint()
     with contextlib.ExitStack() as hold:
         if scored.features_path is not None:  # scored out of core, on DuckDB
             # the orders are not needed again: DuckDB's memory goes to the lists
