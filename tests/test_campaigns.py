@@ -277,6 +277,20 @@ def test_delta_by_hand():
     ]
     first = delta({"at_risk": lst(["a"])}, None)
     assert first["change"].tolist() == ["entered"]
+    # lists in rank order, not by id, and not in name order: the delta by list, change, id
+    d = delta(
+        {"lapsed": lst(["q", "p"]), "at_risk": lst(["c", "a", "b"])},
+        {"at_risk": lst(["z", "b", "y"])},
+    )
+    assert d[["list", "change", "customer_id"]].values.tolist() == [
+        ["at_risk", "entered", "a"],
+        ["at_risk", "entered", "c"],
+        ["at_risk", "left", "y"],
+        ["at_risk", "left", "z"],
+        ["lapsed", "entered", "p"],
+        ["lapsed", "entered", "q"],
+    ]
+    assert d.index.tolist() == list(range(6))
 
 
 def test_delta_reads_the_reasons_of_the_customers_who_left_only(tmp_path):
