@@ -584,6 +584,25 @@ def test_csv_files_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, mon
         monkeypatch.setattr(winback.export, "CSV_BLOCK_ROWS", rows)
         write_csv(some, tmp_path / "ours.csv")
         assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(some), rows
+    # an Arrow dictionary of texts, as the score table holds the reasons: written as the texts
+    # (CSV and Parquet byte for byte as the same column held as text)
+    from winback.export import write_parquet
+
+    codes = frame["said"].cat.codes.to_numpy().astype(np.int32)
+    texts = pa.array(frame["said"].cat.categories.astype(str), type=pa.large_string())
+    coded = frame.assign(
+        said=pd.arrays.ArrowExtensionArray(
+            pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), texts)
+        )
+    )
+    as_text = frame.assign(said=frame["said"].astype("string"))
+    for rows in (7, 600):
+        monkeypatch.setattr(winback.export, "CSV_BLOCK_ROWS", rows)
+        write_csv(coded, tmp_path / "ours.csv")
+        assert (tmp_path / "ours.csv").read_bytes() == pandas_bytes(as_text), rows
+    write_parquet(coded, tmp_path / "coded.parquet")
+    write_parquet(as_text, tmp_path / "text.parquet")
+    assert (tmp_path / "coded.parquet").read_bytes() == (tmp_path / "text.parquet").read_bytes()
 
 
 def test_control_flags_follow_the_documented_digest():

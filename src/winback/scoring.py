@@ -54,7 +54,7 @@ from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.cutoffs import normalize_cutoffs
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, reasons
-from winback.export import plain_columns
+from winback.export import plain_columns, spelled_texts
 from winback.features import spec_for
 from winback.model import ChurnModel
 from winback.orders import Orders
@@ -684,8 +684,9 @@ def add_reasons(
     method: str = "auto",
 ) -> dict[str, CampaignList]:
     """Fill ``reasons`` in ``scored.scores`` for the customers on the lists (built from it, so
-    the lists read them there too; returned as they are), as categories: each distinct text is
-    held once, however many customers share it.
+    the lists read them there too; returned as they are), as an Arrow dictionary column: each
+    distinct text is held once, however many customers share it (a list's ``reasons`` come
+    out as text).
 
     ``method``: ``shap``, ``path`` or ``auto`` (``shap`` up to ``SHAP_MAX_ROWS`` customers)."""
     ids = scored.scores["customer_id"]
@@ -731,8 +732,8 @@ def add_reasons(
             texts.append(pool.submit(explain, feats))
             running.add(texts[-1])
             del block, feats
-    # one set of distinct texts for all blocks; the score table and the lists hold a code for
-    # each customer into it (categories, spelled out as the files are written)
+    # one set of distinct texts for all blocks; the score table holds a code for each
+    # customer into it (spelled out a block at a time as the lists are read and written)
     kind = pa.dictionary(pa.int32(), pa.large_string())
     said = pa.chunked_array([text.result() for text in texts], type=kind).unify_dictionaries()
     texts_said = said.chunk(0).dictionary if said.num_chunks else pa.array([], pa.large_string())
@@ -748,9 +749,11 @@ def add_reasons(
     renumbered[first] = np.arange(len(first), dtype=np.int32)
     code[code >= 0] = renumbered[code[code >= 0]]
     texts = texts_said.take(pa.array(first))
-    dtype = pd.CategoricalDtype(pd.Index(pd.array(texts, dtype="string")))
-
-    scored.scores["reasons"] = pd.Categorical.from_codes(code, dtype=dtype)
+    # an Arrow dictionary column, not pandas categories: a categorical's categories are
+    # checked for repeats through a hash table of Python strings, 320 MB more than the 195 MB
+    # of texts themselves at 1.5M distinct texts (50M orders)
+    said = pa.DictionaryArray.from_arrays(pa.array(code, mask=code < 0), texts)
+    scored.scores["reasons"] = pd.arrays.ArrowExtensionArray(said)
     return lists
 
 
@@ -906,7 +909,8 @@ class CampaignList:
     """One win-back list: its rows of the score table (positions, in list order) and which of
     them are the control group. A list's columns are :data:`LIST_COLUMNS`: the score table's
     (as they are when read, so the reasons added to the table after the list was built are
-    the list's too), ``rank`` 1..n in list order and ``group`` (treatment or control). They are
+    the list's too; the reasons as text), ``rank`` 1..n in list order and ``group``
+    (treatment or control). They are
     read from the table as asked, a column (``lst["p_churn"]``), a block of rows
     (:meth:`take`) or the whole list (:meth:`frame`): a list of millions of customers is
     never a second copy of their rows, which the files are written from a block at a time."""
@@ -934,7 +938,7 @@ class CampaignList:
             values = self.scores[column].take(self.rows).array
         else:
             raise KeyError(column)
-        return pd.Series(values, name=column, copy=False)
+        return spelled_texts(pd.Series(values, name=column, copy=False))
 
     def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The list's rows at the positions ``at`` (of the list), as a frame of ``columns``
@@ -948,7 +952,7 @@ class CampaignList:
             block["rank"] = at + 1
         if "group" in wanted:
             block["group"] = _group_texts(self.control[at])
-        return block[wanted]
+        return spelled_texts(block[wanted])
 
     def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The whole list as a frame (a copy of its rows: for small lists and for tests)."""
