@@ -172,9 +172,9 @@ def write_csv(
 def _blocks(frame: Rows, rows: np.ndarray | None, size: int) -> Iterator[pd.DataFrame]:
     """``frame``, or its rows at the positions ``rows`` (ranked 1..n in that order), ``size``
     rows at a time; one empty block when there are none, so a file still gets its columns.
-    A categorical column with more categories than the block has rows (the reasons, nearly
-    one text a customer) comes spelled out: its cells are then written once each, not every
-    category for every block."""
+    A categorical column with more categories than the block has rows, and an Arrow
+    dictionary of texts (the reasons, nearly one text a customer), comes spelled out: its
+    cells are then written once each, not every category for every block."""
     n = len(frame) if rows is None else len(rows)
     for start in range(0, max(n, 1), max(size, 1)):
         if rows is None:

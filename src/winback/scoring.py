@@ -910,10 +910,10 @@ class CampaignList:
     them are the control group. A list's columns are :data:`LIST_COLUMNS`: the score table's
     (as they are when read, so the reasons added to the table after the list was built are
     the list's too; the reasons as text), ``rank`` 1..n in list order and ``group``
-    (treatment or control). They are
-    read from the table as asked, a column (``lst["p_churn"]``), a block of rows
-    (:meth:`take`) or the whole list (:meth:`frame`): a list of millions of customers is
-    never a second copy of their rows, which the files are written from a block at a time."""
+    (treatment or control). They are read from the table as asked, a column
+    (``lst["p_churn"]``), a block of rows (:meth:`take`) or the whole list (:meth:`frame`): a
+    list of millions of customers is never a second copy of their rows, which the files are
+    written from a block at a time."""
 
     scores: pd.DataFrame
     rows: np.ndarray
