@@ -1,10 +1,11 @@
 """Nightly scoring benchmark: ``winback score`` itself, through the command line, on 10M orders.
 
 Each round is two nights in a fresh exports folder, each a fresh process with
-``--log-format json``: the first night (``--as-of`` the day before the last order's, nothing
-kept: every customer's features computed from the orders) and the next night (a day later,
-the last order's day, as a nightly job runs it: the features kept by the first night carried
-for every customer whose orders did not change, the delta against the first night's lists).
+``--log-format json``: the first night (``--as-of`` the first midnight a day or less before
+the last order, nothing kept: every customer's features computed from the orders) and the
+next night (a day later, after the last order, as a nightly job runs it: the features kept
+by the first night carried for every customer whose orders did not change, the delta against
+the first night's lists).
 Each stage's time comes from the job's own stage hook (its ``stage`` events: model, scores,
 lists, reasons, changes, export; ``load`` is the reading and validating of the orders);
 ``total`` is the whole process's wall time, from start to exit, and the peak RSS is the whole
