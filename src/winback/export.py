@@ -226,7 +226,7 @@ def _csv_known(s: pd.Series) -> bool:
     """Whether :func:`_csv_cells` writes this column (else pandas writes the file)."""
     if isinstance(s.dtype, pd.CategoricalDtype):
         return _csv_known(pd.Series(s.cat.categories))
-    if _text_dictionary(s.dtype):  # spelled out a block at a time
+    if _text_dictionary(s.dtype):  # spelled out in each block (_few_categories)
         return True
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
@@ -246,8 +246,6 @@ def _csv_cells(s: pd.Series):
 
     text = pa.large_string()
     empty = pa.scalar('""', text)
-    if _text_dictionary(s.dtype):
-        return _csv_cells(_spelled_out(s))
     if isinstance(s.dtype, pd.CategoricalDtype):  # each category written once
         names = _csv_cells(pd.Series(s.cat.categories))
         codes = pa.array(s.cat.codes.to_numpy(), mask=s.cat.codes.to_numpy() < 0)

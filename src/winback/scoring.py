@@ -930,15 +930,9 @@ class CampaignList:
 
     def __getitem__(self, column: str) -> pd.Series:
         """One column of the list, in list order."""
-        if column == "rank":
-            values = np.arange(1, len(self) + 1, dtype=np.int64)
-        elif column == "group":
-            values = _group_texts(self.control)
-        elif column in LIST_COLUMNS:
-            values = self.scores[column].take(self.rows).array
-        else:
+        if column not in LIST_COLUMNS:
             raise KeyError(column)
-        return spelled_texts(pd.Series(values, name=column, copy=False))
+        return self.take(np.arange(len(self)), [column])[column]
 
     def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The list's rows at the positions ``at`` (of the list), as a frame of ``columns``
