@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from winback.export import export_lock, read_manifest
 from winback.model import ChurnModel, save_model
 from winback.scoring import (
     LIST_COLUMNS,
+    PROFIT_CURVE_COLUMNS,
     add_reasons,
     build_lists,
     delta,
@@ -601,6 +603,44 @@ def test_profit_curve_by_hand():
     assert curve["customer_id"].tolist() == ["c", "b", "d", "a"]
     assert curve["n_contacted"].tolist() == [1, 2, 3, 1]
     assert curve["cumulative_gain"].tolist() == [5.0, 7.0, 9.0, -1.0]
+    # each row is its customer's row of the score table, read as asked: a block in any order
+    assert curve.rows.tolist() == [1, 2, 0, 3]
+    block = curve.take(np.array([3, 0, 2]), ["n_contacted", "list", "expected_gain"])
+    assert block.to_dict("list") == {
+        "n_contacted": [1, 1, 3],
+        "list": ["lapsed", "at_risk", "at_risk"],
+        "expected_gain": [-1.0, 5.0, 2.0],
+    }
+    assert [(n, x.tolist(), y.tolist()) for n, x, y in curve.lines()] == [
+        ("at_risk", [1, 2, 3], [5.0, 7.0, 9.0]),
+        ("lapsed", [1], [-1.0]),
+    ]
+
+
+def test_the_profit_curve_file_is_written_a_block_at_a_time_as_its_frame(tmp_path, monkeypatch):
+    # blocks of 2 rows cross from one list to the next; the file is pandas' CSV of the frame
+    from winback import export
+    from winback.scoring import profit_curve
+
+    scores = pd.DataFrame(
+        {
+            "customer_id": pd.array(["a", "b", "c", "d", "e"], dtype="str"),
+            "list": ["lapsed", "at_risk", "lapsed", "at_risk", "at_risk"],
+            "expected_gain": [0.5, 1.25, -2.0, 1.25, 3.0],
+        }
+    )
+    curve = profit_curve(scores)
+    frame = curve.frame()
+    assert frame.columns.tolist() == PROFIT_CURVE_COLUMNS
+    assert frame["customer_id"].tolist() == ["e", "b", "d", "a", "c"]
+    assert frame["n_contacted"].tolist() == [1, 2, 3, 1, 2]
+    assert frame["cumulative_gain"].tolist() == [3.0, 4.25, 5.5, 0.5, -1.5]
+    monkeypatch.setattr(export, "CSV_BLOCK_ROWS", 2)
+    export.write_csv(curve, tmp_path / "curve.csv")
+    frame.to_csv(tmp_path / "frame.csv", index=False, lineterminator="\n",
+                 quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8")  # fmt: skip
+    assert (tmp_path / "curve.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
+    assert (tmp_path / "curve.csv").read_text().splitlines()[1] == '"at_risk",1,"e",3.0,3.0'
 
 
 def test_campaign_groups_by_hand():

@@ -178,7 +178,10 @@ def _blocks(frame: Rows, rows: np.ndarray | None, size: int) -> Iterator[pd.Data
     n = len(frame) if rows is None else len(rows)
     for start in range(0, max(n, 1), max(size, 1)):
         if rows is None:
-            yield _few_categories(frame.iloc[start : start + size])
+            if isinstance(frame, pd.DataFrame):
+                yield _few_categories(frame.iloc[start : start + size])
+            else:  # rows of the score table, read a block at a time
+                yield _few_categories(frame.take(np.arange(start, min(start + size, n))))
             continue
         block = frame.take(rows[start : start + size]).reset_index(drop=True)
         if "rank" in block.columns:
@@ -538,14 +541,14 @@ def export_lists(
     manifest: dict[str, Any],
     wait_seconds: float = 0.0,
     extras: dict[str, Callable[[Path], None]] | None = None,
-    tables: dict[str, pd.DataFrame] | None = None,
+    tables: dict[str, Rows] | None = None,
 ) -> Path:
     """Write ``<list>.csv`` and ``.parquet`` (the customers to contact) and
     ``<list>_control.csv`` and ``.parquet`` (the control group) for each list (see
     :func:`list_file_rows`; the CSVs rounded by :func:`for_people`), ``scores.parquet`` and
     ``manifest.json`` (last) to ``out_dir/as_of_key``, atomically. Returns that path.
 
-    ``tables`` maps more CSV file names to frames (a delta, a profit curve); ``extras`` maps
+    ``tables`` maps more CSV file names to tables (a delta, a profit curve); ``extras`` maps
     other file names to functions that write them (a plot). The manifest gets ``files`` (name
     -> sha256, and rows for every table) added to the given fields.
     """

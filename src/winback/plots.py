@@ -114,12 +114,21 @@ def plot_importance(importance: pd.Series, top: int = 20, ax=None):
     return ax
 
 
-def plot_profit_curve(curve: pd.DataFrame, ax=None):
+def plot_profit_curve(curve, ax=None):
     """Cumulative expected profit against customers contacted, one line per list, with the
-    profit-maximising list size marked."""
+    profit-maximising list size marked. ``curve``: a frame of ``list``, ``n_contacted`` and
+    ``cumulative_gain``, or a :class:`winback.scoring.ProfitCurve` (its ``lines()``)."""
     ax = ax or new_ax((6, 4.5))
-    for name, part in curve.groupby("list", sort=True, observed=True):
-        x, y = part["n_contacted"].to_numpy(), part["cumulative_gain"].to_numpy(dtype=float)
+    if isinstance(curve, pd.DataFrame):
+        lines = (
+            (name, part["n_contacted"].to_numpy(), part["cumulative_gain"].to_numpy(dtype=float))
+            for name, part in curve.groupby("list", sort=True, observed=True)
+        )
+    else:
+        lines = curve.lines()
+    for name, x, y in lines:
+        if not len(y):
+            continue
         best = int(np.argmax(y))
         # a line of millions of customers drawn through ~2,000 of its points (and its peak)
         at = np.unique(np.r_[0 : len(y) : max(1, len(y) // CURVE_PLOT_POINTS), len(y) - 1, best])

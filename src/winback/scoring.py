@@ -44,6 +44,7 @@ import pandas as pd
 from winback import carry
 from winback.campaigns import (
     best_first,
+    best_first_rows,
     control_flags,
     expected_gain,
     incremental_gain,
@@ -82,6 +83,8 @@ __all__ = [
     "listable",
     "customer_value",
     "profit_curve",
+    "ProfitCurve",
+    "PROFIT_CURVE_COLUMNS",
     "delta",
     "LIST_COLUMNS",
     "LIST_COLUMN_DOCS",
@@ -962,38 +965,91 @@ def _group_texts(control: np.ndarray):
     return pd.array(words.take(pa.array(control.astype(np.int8))), dtype="str")
 
 
+#: The columns of the profit curve (``profit_curve.csv``).
+PROFIT_CURVE_COLUMNS = ["list", "n_contacted", "customer_id", "expected_gain", "cumulative_gain"]
+
+
+@dataclass(frozen=True)
+class ProfitCurve:
+    """The cumulative expected gain of each list as it grows, best first: for each list's
+    customers who may be listed, their rows of the score table in that order and the running
+    sum of their ``expected_gain``. Its columns are :data:`PROFIT_CURVE_COLUMNS`, read from
+    the table as asked, like a :class:`CampaignList`'s: a curve of millions of customers holds
+    a row number and a sum for each (12 bytes), not a copy of their ids and gains."""
+
+    scores: pd.DataFrame
+    names: list[str]
+    starts: np.ndarray  # where each list's rows start in ``rows``, then the end
+    rows: np.ndarray  # rows of the score table, list by list, best first
+    cumulative: np.ndarray  # the running sum of expected_gain within each list
+
+    columns = PROFIT_CURVE_COLUMNS
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(PROFIT_CURVE_COLUMNS)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        """One column of the curve, in its order."""
+        if column not in PROFIT_CURVE_COLUMNS:
+            raise KeyError(column)
+        return self.take(np.arange(len(self)), [column])[column]
+
+    def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+        """The curve's rows at the positions ``at``, as a frame of ``columns`` (default:
+        every column)."""
+        at = np.asarray(at, dtype=np.intp)
+        wanted = PROFIT_CURVE_COLUMNS if columns is None else columns
+        which = np.searchsorted(self.starts, at, side="right") - 1  # each row's list
+        own = [c for c in wanted if c in ("customer_id", "expected_gain")]
+        block = self.scores.iloc[self.rows[at], [self.scores.columns.get_loc(c) for c in own]]
+        block = block.reset_index(drop=True)
+        if "list" in wanted:
+            block["list"] = texts_of(which.astype(np.int8), self.names)
+        if "n_contacted" in wanted:
+            block["n_contacted"] = (at - self.starts[which] + 1).astype(np.int64)
+        if "cumulative_gain" in wanted:
+            block["cumulative_gain"] = self.cumulative[at]
+        return block[wanted]
+
+    def frame(self) -> pd.DataFrame:
+        """The whole curve as a frame (a copy: for small curves and for tests)."""
+        return self.take(np.arange(len(self)))
+
+    def lines(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Each list's name, customers contacted (1..n) and cumulative gain, in name order."""
+        for i, name in enumerate(self.names):
+            start, end = self.starts[i], self.starts[i + 1]
+            yield name, np.arange(1, end - start + 1), self.cumulative[start:end]
+
+
 def profit_curve(
     scores: pd.DataFrame, suppress: pd.Series | None = None, min_p_churn: float | None = None
-) -> pd.DataFrame:
+) -> ProfitCurve:
     """Cumulative expected gain of contacting the customers of each list who may be listed
-    (:func:`listable`), best first: ``list, n_contacted, customer_id, expected_gain,
-    cumulative_gain``. The maximum of ``cumulative_gain`` is where the profit-sized list
-    stops."""
+    (:func:`listable`), best first (:class:`ProfitCurve`, lists in name order). The maximum of
+    ``cumulative_gain`` is where the profit-sized list stops."""
     keep = scores["expected_gain"].notna().to_numpy() & listable(scores, min_p_churn, suppress)
     names = sorted(str(n) for n in scores.loc[keep, "list"].unique())
-    parts = []
-    for i, name in enumerate(names):
-        rows = np.flatnonzero(keep & (scores["list"] == name).to_numpy(dtype=bool))
-        part = scores[["customer_id", "expected_gain"]].iloc[rows]
-        ranked = best_first(part, "expected_gain").reset_index(drop=True)
-        parts.append(  # columns kept as they are (no Python string objects for the ids)
-            pd.DataFrame(
-                {
-                    "list": texts_of(np.full(len(ranked), i, dtype=np.int8), names),
-                    "n_contacted": np.arange(1, len(ranked) + 1),
-                    "customer_id": ranked["customer_id"],
-                    "expected_gain": ranked["expected_gain"],
-                    "cumulative_gain": ranked["expected_gain"].cumsum(),
-                },
-                copy=False,
-            )
-        )
-    return (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(
-            columns=["list", "n_contacted", "customer_id", "expected_gain", "cumulative_gain"]
-        )
+    gain = scores["expected_gain"].to_numpy(dtype=float)
+    rows, sums = [], []
+    for name in names:
+        mine = np.flatnonzero(keep & (scores["list"] == name).to_numpy(dtype=bool))
+        mine = mine[
+            best_first_rows(scores[["expected_gain", "customer_id"]].iloc[mine], "expected_gain")
+        ]
+        rows.append(mine.astype(np.int32 if len(scores) < 2**31 else np.int64))
+        sums.append(np.cumsum(gain[mine]))
+    starts = np.cumsum([0, *(len(r) for r in rows)])
+    return ProfitCurve(
+        scores,
+        names,
+        starts,
+        np.concatenate(rows) if rows else np.empty(0, dtype=np.int32),
+        np.concatenate(sums) if sums else np.empty(0),
     )
 
 
