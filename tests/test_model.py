@@ -154,6 +154,34 @@ def test_missing_features_are_named(model, snaps):
         model.predict_proba(snaps.drop(columns=["recency_days"]))
 
 
+def test_feature_matrix_by_hand_from_a_slice_of_a_wide_frame():
+    # rows side by side in the features' order, from a slice (a view) of a frame of mixed
+    # types; missing values as NaN, flags as 0/1
+    from winback import model as model_module
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e"],
+            "n": np.array([1, 2, 3, 4, 5], dtype=np.int64),
+            "x": [0.5, np.nan, 2.5, 3.5, 4.5],
+            "k": pd.array([7, None, 9, 10, 11], dtype="Int64"),
+            "flag": [True, False, True, True, False],
+        }
+    )
+    m = model_module.feature_matrix(frame.iloc[1:5], ["x", "n", "flag", "k"], "", "")
+    expected = np.array(
+        [
+            [np.nan, 2.0, 0.0, np.nan],
+            [2.5, 3.0, 1.0, 9.0],
+            [3.5, 4.0, 1.0, 10.0],
+            [4.5, 5.0, 0.0, 11.0],
+        ]
+    )
+    assert m.flags["C_CONTIGUOUS"] and m.dtype == np.float64
+    np.testing.assert_array_equal(m, expected)
+    assert model_module.feature_matrix(frame.head(0), ["x", "n"], "", "").shape == (0, 2)
+
+
 def test_one_class_only_is_refused(snaps):
     y = np.zeros(len(snaps), dtype=int)
     with pytest.raises(DataError, match="only one class"):
