@@ -434,8 +434,11 @@ def test_each_scored_customer_gets_the_group_of_the_list_they_are_on():
         "empty": CampaignList(scores, np.array([], dtype=np.intp), np.array([], dtype=bool)),
     }
     got = listed_groups(scores, lists)
-    assert got.dtype == "string" and list(got.index) == [10, 11, 12, 13, 14]
-    assert got.fillna("-").tolist() == ["treatment", "control", "-", "-", "control"]
+    # categories of string: each word held once, a code per customer
+    assert got.cat.categories.tolist() == ["treatment", "control"]
+    assert got.cat.categories.dtype == "string" and got.cat.codes.tolist() == [0, 1, -1, -1, 1]
+    assert list(got.index) == [10, 11, 12, 13, 14]
+    assert [g if pd.notna(g) else "-" for g in got] == ["treatment", "control", "-", "-", "control"]
     assert listed_groups(scores, {}).isna().all()
 
 

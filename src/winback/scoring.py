@@ -791,13 +791,13 @@ def add_uplift(
 
 
 def listed_groups(scores: pd.DataFrame, lists: dict[str, CampaignList]) -> pd.Series:
-    """Each scored customer's group on the lists (``treatment`` or ``control``, as text),
-    missing for those on none."""
+    """Each scored customer's group on the lists (``treatment`` or ``control``, categories of
+    ``string``: a byte a customer), missing for those on none."""
     codes = np.full(len(scores), -1, dtype=np.int8)
     for lst in lists.values():
         codes[lst.rows] = lst.control
-    groups = texts_of(codes, ["treatment", "control"])
-    return pd.Series(groups, index=scores.index, copy=False).astype("string")
+    groups = texts_of(codes, ["treatment", "control"], dtype="string")
+    return pd.Series(groups, index=scores.index, copy=False)
 
 
 def _positions(ids: pd.Series, among: pd.Series) -> np.ndarray:
