@@ -293,29 +293,36 @@ def test_delta_by_hand():
     assert d.index.tolist() == list(range(6))
 
 
-def test_delta_reads_the_reasons_of_the_customers_who_left_only(tmp_path):
-    from winback.export import read_list_texts, read_lists
+def test_delta_reads_the_rows_of_the_customers_who_left_only(tmp_path):
+    from winback.export import read_list_rows, read_lists
     from winback.scoring import DELTA_COLUMNS, delta
 
     # the earlier export: at_risk's treatment file (a, b) and control file (c, d), lapsed (e)
-    def file(name, ids, said):
+    def file(name, ids, said, p):
         pd.DataFrame(
             {
                 "customer_id": pd.Series(ids, dtype="str"),
-                "p_churn": [0.9] * len(ids),
+                "p_churn": p,
                 "campaign": pd.Series(["x"] * len(ids), dtype="string"),
                 "reasons": pd.Series(said, dtype="string"),
                 "rank": range(1, len(ids) + 1),
             }
         ).to_parquet(tmp_path / f"{name}.parquet")
 
-    file("at_risk", ["a", "b"], ["ra", "rb"])
-    file("at_risk_control", ["c", "d"], ["rc", "rd"])
-    file("lapsed", ["e"], ["re"])
-    # rows of a list in any order, across its two files
-    got = read_list_texts(tmp_path, "reasons", "at_risk", np.array([3, 0, 2]))
-    assert got.tolist() == ["rd", "ra", "rc"]
-    assert read_list_texts(tmp_path, "reasons", "lapsed", np.array([], dtype=int)).tolist() == []
+    file("at_risk", ["a", "b"], ["ra", "rb"], [0.9, 0.8])
+    file("at_risk_control", ["c", "d"], ["rc", "rd"], [0.85, 0.6])
+    file("lapsed", ["e"], ["re"], [0.5])
+    # rows of a list in any order, across its two files, as read_lists' frame has them
+    got = read_list_rows(tmp_path, "at_risk", np.array([3, 0, 2]), ["reasons", "p_churn"])
+    assert got.to_dict("list") == {"reasons": ["rd", "ra", "rc"], "p_churn": [0.6, 0.9, 0.85]}
+    whole = read_lists(tmp_path, ["reasons", "p_churn"])["at_risk"]
+    pd.testing.assert_frame_equal(got, whole.iloc[[3, 0, 2]].reset_index(drop=True))
+    assert read_list_rows(tmp_path, "lapsed", np.array([], dtype=int), ["reasons"]).empty
+    (tmp_path / "none").mkdir()  # an export whose at_risk list had no one: columns, no rows
+    file("none/at_risk", [], [], [])
+    none = tmp_path / "none"
+    nobody = read_list_rows(none, "at_risk", np.array([], dtype=int), ["p_churn", "reasons"])
+    assert nobody.columns.tolist() == ["p_churn", "reasons"] and nobody.empty
     new = {
         "at_risk": pd.DataFrame(
             {
@@ -328,18 +335,17 @@ def test_delta_reads_the_reasons_of_the_customers_who_left_only(tmp_path):
     }
     asked = []
 
-    def reasons_of(name, rows):
-        asked.append((name, rows.tolist()))
-        return read_list_texts(tmp_path, "reasons", name, rows)
+    def rows_of(name, rows, columns):
+        asked.append((name, rows.tolist(), columns))
+        return read_list_rows(tmp_path, name, rows, columns)
 
-    keys = [c for c in DELTA_COLUMNS if c != "reasons"]
-    got = delta(new, read_lists(tmp_path, keys), reasons_of)
-    # a and d left at_risk: only their reasons are read
-    assert asked == [("at_risk", [0, 3])]
+    got = delta(new, read_lists(tmp_path, ["customer_id"]), rows_of)
+    # a and d left at_risk: only their rows are read, and only the columns not read before
+    assert asked == [("at_risk", [0, 3], ["p_churn", "campaign", "reasons"])]
     assert got.values.tolist() == [
         ["at_risk", "entered", "z", 0.7, "x", "nz"],
         ["at_risk", "left", "a", 0.9, "x", "ra"],
-        ["at_risk", "left", "d", 0.9, "x", "rd"],
+        ["at_risk", "left", "d", 0.6, "x", "rd"],
     ]
     pd.testing.assert_frame_equal(got, delta(new, read_lists(tmp_path, DELTA_COLUMNS)))
     assert got["reasons"].dtype == "string"  # the categories spelled out

@@ -43,7 +43,7 @@ __all__ = [
     "spelled_texts",
     "list_file_rows",
     "read_lists",
-    "read_list_texts",
+    "read_list_rows",
     "list_parquet_files",
     "for_people",
     "readme_text",
@@ -401,24 +401,27 @@ def read_lists(export_dir: Path, columns: list[str] | None = None) -> dict[str, 
     }
 
 
-def read_list_texts(export_dir: Path, column: str, name: str, rows: np.ndarray):
-    """A text column of the list ``name`` of an export at the positions ``rows`` of
-    :func:`read_lists`' frame of it, in that order, read a row group at a time: no more of
-    the column is held than the rows asked for."""
+def read_list_rows(
+    export_dir: Path, name: str, rows: np.ndarray, columns: list[str]
+) -> pd.DataFrame:
+    """The ``columns`` of the list ``name`` of an export at the positions ``rows`` of
+    :func:`read_lists`' frame of it, in that order (the same values and types as that frame's
+    rows), read a row group at a time: no more of the list is held than the rows asked for."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     order = np.argsort(rows, kind="stable")
     wanted = np.asarray(rows)[order]
-    found, start = [pa.array([], type=pa.large_string())], 0
+    found, start = [], 0
     for f in list_parquet_files(export_dir)[name]:  # in the order read_lists puts them
-        for batch in pq.ParquetFile(f).iter_batches(columns=[column]):
+        source = pq.ParquetFile(f)
+        found.append(source.schema_arrow.empty_table().select(columns))  # a file of no rows
+        for batch in source.iter_batches(columns=columns):
             lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
-            texts = batch.column(0).cast(pa.large_string())
-            found.append(texts.take(pa.array(wanted[lo:hi] - start)))
+            found.append(pa.Table.from_batches([batch]).take(pa.array(wanted[lo:hi] - start)))
             start += batch.num_rows
-    texts = pa.concat_arrays(found).take(pa.array(np.argsort(order)))
-    return pd.array(texts, dtype="string")
+    table = pa.concat_tables(found, promote_options="default")
+    return table.take(pa.array(np.argsort(order))).to_pandas()
 
 
 def readme_text(column_docs: dict[str, str], manifest: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from winback.export import (
     list_exports,
     list_parquet_files,
     previous_export,
-    read_list_texts,
+    read_list_rows,
     read_lists,
     readme_text,
     write_csv,
@@ -45,7 +45,6 @@ from winback.plots import plot_profit_curve
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
 from winback.scoring import (
-    DELTA_COLUMNS,
     LIST_COLUMN_DOCS,
     CampaignList,
     add_reasons,
@@ -509,10 +508,10 @@ def score_job(
             curve = profit_curve(scores, why, camp.min_p_churn)
             scoring.release_memory()
             prev = previous_export(out, key)
-            # of the previous lists, only what the delta shows (not every column of them)
-            keys = [c for c in DELTA_COLUMNS if c != "reasons"]  # the reasons of who left only
-            before = read_lists(prev, keys) if prev is not None else None
-            changes = delta(lists, before, partial(read_list_texts, prev, "reasons"))
+            # of the previous lists, their ids; the rest of a row only for who left
+            before = read_lists(prev, ["customer_id"]) if prev is not None else None
+            changes = delta(lists, before, partial(read_list_rows, prev))
+            del before
             scoring.release_memory()
         with stage("export"):
             in_group = scores["campaign"].notna().to_numpy()

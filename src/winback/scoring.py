@@ -1060,14 +1060,15 @@ DELTA_COLUMNS = ["customer_id", "p_churn", "campaign", "reasons"]
 def delta(
     new: dict[str, CampaignList | pd.DataFrame],
     old: dict[str, pd.DataFrame] | None,
-    old_reasons: Callable[[str, np.ndarray], pd.api.extensions.ExtensionArray] | None = None,
+    old_rows: Callable[[str, np.ndarray, list[str]], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Who entered and who left each list since the previous export, with reasons:
     ``list, change, customer_id, p_churn, campaign, reasons`` (the new row's values for entered,
-    the old row's for left). ``old`` needs only :data:`DELTA_COLUMNS`; without ``reasons``,
-    ``old_reasons(list, rows)`` gives them for the rows (positions) of it that left (a night's
-    reasons are hundreds of megabytes of text at millions of listed customers, and the delta
-    shows a few of them). Of the new lists only the rows that entered are read."""
+    the old row's for left). ``old`` needs :data:`DELTA_COLUMNS`, or only ``customer_id``
+    with ``old_rows(list, rows, columns)`` giving the other columns for the rows (positions)
+    of it that left: a night's lists are millions of customers and hundreds of megabytes of
+    reasons, and the delta shows a few of them. Of the new lists only the rows that entered
+    are read."""
     cols = DELTA_COLUMNS
     pieces = []  # each list's entered and left rows, ordered by customer id as they are read
     for name, frame in new.items():
@@ -1084,8 +1085,10 @@ def delta(
         if before is not None:
             gone = gone[_by_id(before_ids.take(gone))]
         left = before.iloc[gone] if before is not None else entered.head(0)
-        if "reasons" not in left and old_reasons is not None:
-            left = left.assign(reasons=pd.Series(old_reasons(name, gone), index=left.index))
+        unread = [c for c in cols if c not in left]
+        if unread and old_rows is not None:
+            read = old_rows(name, gone, unread).set_axis(left.index)
+            left = left.assign(**{c: read[c] for c in unread})
         # texts as text: the lists' categories differ from night to night
         pieces.append((name, "entered", plain_columns(entered)))
         pieces.append((name, "left", plain_columns(left[cols])))
