@@ -291,6 +291,15 @@ def test_scoring_in_partitions_gives_the_same_scores_lists_and_reasons(
     assert not folder.exists()  # the snapshot parts go with the scores
 
 
+def test_median_by_hand():
+    from winback.scoring import _median
+
+    assert _median(np.array([3.0, 1.0, 2.0])) == 2.0
+    assert _median(np.array([4.0, 1.0, 3.0, 2.0])) == 2.5  # 2 + 0.5 (3 - 2)
+    assert _median(np.array([7.0])) == 7.0
+    assert _median(np.array([])) is None
+
+
 def test_score_job_lends_duckdb_memory_to_the_lists_of_a_large_population(
     setup, tmp_path, monkeypatch
 ):

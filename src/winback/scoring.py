@@ -149,17 +149,38 @@ class Scored:
         present = [c for c in columns if c in self.features.columns or self.features_path]
         if self.features_path is None:
             return {c: float(self.features[c].median()) for c in present}
-        import pyarrow.dataset as ds
+        import pyarrow as pa
 
-        from winback.engines.duckdb import connect
+        medians = {}
+        for c in present:  # a column of every part at a time: 65 MB at 8M customers
+            values = []
+            for part in _feature_parts(self.features_path):
+                with pa.memory_map(str(part)) as source:
+                    column = pa.ipc.open_file(source).read_all().column(c).drop_null()
+                    values.append(column.to_numpy().astype(float))
+            v = np.concatenate(values) if values else np.empty(0)
+            median = _median(v[~np.isnan(v)])
+            del values, v
+            if median is not None:
+                medians[c] = median
+        return medians
 
-        parts = ds.dataset([str(p) for p in _feature_parts(self.features_path)], format="ipc")
-        con = connect()
-        con.register("_features", parts)
-        sql = ", ".join(f'median("{c}")' for c in present)
-        row = con.execute(f"SELECT {sql} FROM _features").fetchone()
-        con.close()
-        return {c: float(v) for c, v in zip(present, row, strict=True) if v is not None}
+
+def _median(v: np.ndarray) -> float | None:
+    """The median of ``v`` (no NaN; reordered in place), None for no values: the two middle
+    values of an even count interpolated as ``lo + 0.5 (hi - lo)``, as DuckDB's ``median``
+    does. Read column by column from the feature parts, where DuckDB's held 600 MB more at
+    its peak and kept 300 MB after it (8M scored customers)."""
+    n = len(v)
+    if n == 0:
+        return None
+    k = (n - 1) // 2
+    if n % 2:
+        v.partition(k)
+        return float(v[k])
+    v.partition([k, k + 1])
+    lo, hi = v[k], v[k + 1]
+    return float(lo + 0.5 * (hi - lo))
 
 
 def _feature_parts(folder: Path) -> list[Path]:
