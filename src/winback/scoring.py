@@ -929,8 +929,35 @@ def build_lists(
     return lists
 
 
+class _ScoreRows:
+    """Rows of the score table (``rows``, positions in it) read as a table of ``columns``:
+    what :class:`CampaignList` and :class:`ProfitCurve` share. ``take`` reads a block of
+    them; one column, or all of them, is a block of every row."""
+
+    rows: np.ndarray
+    columns: list[str]
+    take: Callable[..., pd.DataFrame]  # (positions of the rows, columns) -> a frame
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.columns)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        """One column, in the rows' order."""
+        if column not in self.columns:
+            raise KeyError(column)
+        return self.take(np.arange(len(self)), [column])[column]
+
+    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every row as a frame (a copy: for small tables and for tests)."""
+        return self.take(np.arange(len(self)), columns)
+
+
 @dataclass(frozen=True, eq=False)
-class CampaignList:
+class CampaignList(_ScoreRows):
     """One win-back list: its rows of the score table (positions, in list order) and which of
     them are the control group. A list's columns are :data:`LIST_COLUMNS`: the score table's
     (as they are when read, so the reasons added to the table after the list was built are
@@ -946,19 +973,6 @@ class CampaignList:
 
     columns = LIST_COLUMNS
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.rows), len(LIST_COLUMNS)
-
-    def __getitem__(self, column: str) -> pd.Series:
-        """One column of the list, in list order."""
-        if column not in LIST_COLUMNS:
-            raise KeyError(column)
-        return self.take(np.arange(len(self)), [column])[column]
-
     def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The list's rows at the positions ``at`` (of the list), as a frame of ``columns``
         (default: every list column), each row ranked by its place in the list."""
@@ -972,10 +986,6 @@ class CampaignList:
         if "group" in wanted:
             block["group"] = _group_texts(self.control[at])
         return spelled_texts(block[wanted])
-
-    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The whole list as a frame (a copy of its rows: for small lists and for tests)."""
-        return self.take(np.arange(len(self)), columns)
 
 
 def _group_texts(control: np.ndarray):
@@ -991,8 +1001,8 @@ def _group_texts(control: np.ndarray):
 PROFIT_CURVE_COLUMNS = ["list", "n_contacted", "customer_id", "expected_gain", "cumulative_gain"]
 
 
-@dataclass(frozen=True)
-class ProfitCurve:
+@dataclass(frozen=True, eq=False)
+class ProfitCurve(_ScoreRows):
     """The cumulative expected gain of each list as it grows, best first: for each list's
     customers who may be listed, their rows of the score table in that order and the running
     sum of their ``expected_gain``. Its columns are :data:`PROFIT_CURVE_COLUMNS`, read from
@@ -1006,19 +1016,6 @@ class ProfitCurve:
     cumulative: np.ndarray  # the running sum of expected_gain within each list
 
     columns = PROFIT_CURVE_COLUMNS
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.rows), len(PROFIT_CURVE_COLUMNS)
-
-    def __getitem__(self, column: str) -> pd.Series:
-        """One column of the curve, in its order."""
-        if column not in PROFIT_CURVE_COLUMNS:
-            raise KeyError(column)
-        return self.take(np.arange(len(self)), [column])[column]
 
     def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The curve's rows at the positions ``at``, as a frame of ``columns`` (default:
@@ -1036,10 +1033,6 @@ class ProfitCurve:
         if "cumulative_gain" in wanted:
             block["cumulative_gain"] = self.cumulative[at]
         return block[wanted]
-
-    def frame(self) -> pd.DataFrame:
-        """The whole curve as a frame (a copy: for small curves and for tests)."""
-        return self.take(np.arange(len(self)))
 
     def lines(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Each list's name, customers contacted (1..n) and cumulative gain, in name order."""
