@@ -127,8 +127,6 @@ def plot_profit_curve(curve, ax=None):
     else:
         lines = curve.lines()
     for name, x, y in lines:
-        if not len(y):
-            continue
         best = int(np.argmax(y))
         # a line of millions of customers drawn through ~2,000 of its points (and its peak)
         at = np.unique(np.r_[0 : len(y) : max(1, len(y) // CURVE_PLOT_POINTS), len(y) - 1, best])
