@@ -236,6 +236,40 @@ def test_window_reasons_name_real_windows_only():
     assert reasons(contrib, feats)[0] == "no order in the last 90 days"
 
 
+def test_reason_table_by_hand():
+    """Customers' sentences told in two blocks, out of row order: each distinct sentence held
+    once, each customer's run as a code into the distinct texts in the order the rows first
+    say them, a row never told left without reasons."""
+    import pyarrow as pa
+
+    from winback.explain import ReasonTable
+
+    def runs(*customers):
+        return pa.array(list(customers), type=pa.list_(pa.large_string()))
+
+    table = ReasonTable(6, top=3)
+    # rows 5 and 1 first (a later block, finished first), then rows 0, 2 and 4; row 3 never
+    table.add(np.array([5, 1]), runs(["b", "c"], ["a"]))
+    table.add(np.array([0, 2, 4]), runs(["a", "b", "c"], ["a"], ["b", "c"]))
+    # sentences numbered as first told: b 0, c 1, a 2
+    assert table.said.tolist() == [
+        [2, 0, 1], [2, -1, -1], [2, -1, -1], [-1, -1, -1], [0, 1, -1], [0, 1, -1]
+    ]  # fmt: skip
+    code, texts = table.dictionary()
+    # by row: 0 "a; b; c" (first said, 0), 1 "a" (1), 2 "a" (1), 3 none, 4 and 5 "b; c" (2)
+    assert code.tolist() == [0, 1, 1, -1, 2, 2]
+    assert texts.to_pylist() == ["a; b; c", "a", "b; c"]
+    with pytest.raises(ValueError, match="more than 3 sentences"):
+        table.add(np.array([3]), runs(["a", "b", "c", "d"]))
+
+
+def test_reason_table_of_no_customer_told():
+    from winback.explain import ReasonTable
+
+    code, texts = ReasonTable(2).dictionary()
+    assert code.tolist() == [-1, -1] and texts.to_pylist() == []
+
+
 def test_suppression_by_hand():
     from winback.campaigns import suppressed
 

@@ -15,7 +15,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["reasons", "REASON_REFERENCES", "path_contributions", "LIGHTGBM_LOCK"]
+__all__ = [
+    "reasons",
+    "reason_sentences",
+    "ReasonTable",
+    "REASON_REFERENCES",
+    "path_contributions",
+    "LIGHTGBM_LOCK",
+]
 
 #: Held around LightGBM's predictor when blocks are explained on several threads: one Booster
 #: shared by two predictions at once sets its iteration range from both (LightGBM issue 6142).
@@ -198,13 +205,31 @@ class _Row:
         return self.cols[name][self.i]
 
 
+#: What joins a customer's sentences into their reasons.
+REASON_SEPARATOR = "; "
+
+
 def reasons(
     contributions: pd.DataFrame,
     features: pd.DataFrame,
     top: int = 3,
     population: dict[str, float] | None = None,
 ) -> pd.Series:
-    """The top drivers of each customer's risk, in plain language, joined by '; '.
+    """The top drivers of each customer's risk, in plain language, joined by '; '
+    (:func:`reason_sentences`, each customer's run joined by Arrow in one pass)."""
+    runs = reason_sentences(contributions, features, top, population)
+    text = pc.binary_join(runs, pa.scalar(REASON_SEPARATOR, pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=contributions.index)
+
+
+def reason_sentences(
+    contributions: pd.DataFrame,
+    features: pd.DataFrame,
+    top: int = 3,
+    population: dict[str, float] | None = None,
+) -> pa.ListArray:
+    """The top drivers of each customer's risk, in plain language: a list of at most ``top``
+    sentences per customer (an Arrow list of texts, aligned with the rows), most risk first.
 
     ``contributions`` are per-feature contributions to the churn log-odds (positive = more
     risk), aligned with ``features`` by position. Features whose sentence would repeat another's
@@ -215,7 +240,7 @@ def reasons(
 
     Which sentences a customer gets is decided for all customers at once (:func:`_says` tells,
     column by column, where a feature's sentence would be true); only the chosen sentences are
-    written, a feature's at a time, and each customer's are joined by Arrow in one pass.
+    written, a feature's at a time.
     """
     c = contributions.to_numpy(dtype=float)
     names = list(contributions.columns)
@@ -268,9 +293,82 @@ def reasons(
         flat[slot == i] = said
     flat[slot == k] = [_last_order(_Row(cols, r)) for r in np.flatnonzero(last)]
     offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
-    runs = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.large_string()))
-    text = pc.binary_join(runs, pa.scalar("; ", pa.large_string()))
-    return pd.Series(pd.arrays.ArrowStringArray(text), index=contributions.index)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.large_string()))
+
+
+class ReasonTable:
+    """The reasons of many customers, told a block at a time (from several threads), held as
+    numbers: each distinct sentence once, numbered as first told, and for each customer the
+    numbers of their sentences in order. Many customers' reasons read alike and most
+    sentences recur (tens of thousands of distinct sentences among millions of customers),
+    so this holds ``4 x top`` bytes a customer where their texts, even each distinct text
+    once, would take far more, and no block's texts wait to be merged with the others'.
+
+    Parameters
+    ----------
+    n : int
+        How many customers (rows) the table holds.
+    top : int
+        The most sentences a customer has (:func:`reason_sentences`' ``top``).
+    """
+
+    def __init__(self, n: int, top: int = 3):
+        self.said = np.full((n, top), -1, dtype=np.int32)  # -1: no sentence in this slot
+        self._numbers: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, rows: np.ndarray, runs: pa.ListArray) -> None:
+        """Keep the sentences ``runs`` (:func:`reason_sentences`) of the customers at
+        ``rows``."""
+        runs = runs.cast(pa.large_list(pa.large_string()))
+        offsets = runs.offsets.to_numpy()
+        counts = np.diff(offsets)
+        if counts.max(initial=0) > self.said.shape[1]:
+            raise ValueError(f"a customer has more than {self.said.shape[1]} sentences")
+        words = pc.dictionary_encode(runs.flatten())
+        with self._lock:  # the first thread to tell a sentence numbers it
+            number = np.array(
+                [
+                    self._numbers.setdefault(w, len(self._numbers))
+                    for w in words.dictionary.to_pylist()
+                ],
+                dtype=np.int32,
+            )
+        of = np.repeat(np.arange(len(runs)), counts)  # the customer of each sentence
+        slot = np.arange(len(of)) - (offsets[:-1] - offsets[0])[of]
+        self.said[np.asarray(rows)[of], slot] = number[words.indices.to_numpy()]
+
+    def dictionary(self) -> tuple[np.ndarray, pa.Array]:
+        """Each customer's reasons as a code into the distinct texts (-1: none told), and
+        those texts, in the order the rows first say them; each distinct text is spelled once.
+        """
+        told = np.flatnonzero(self.said[:, 0] >= 0)
+        said = self.said if len(told) == len(self.said) else self.said[told]
+        # the customers' runs of sentence numbers, each distinct run numbered as first seen
+        run = np.zeros(len(said), dtype=np.int64)
+        width = len(self._numbers) + 1
+        for j in range(said.shape[1]):
+            run = pd.factorize(run * width + (said[:, j].astype(np.int64) + 1))[0]
+        first = np.flatnonzero(~pd.Series(run).duplicated().to_numpy())  # run 0, 1, 2, ...
+        code = np.full(len(self.said), -1, dtype=np.int32)
+        code[told] = run
+        sentences = pa.array(list(self._numbers), type=pa.large_string())
+        separator = pa.scalar(REASON_SEPARATOR, pa.large_string())
+        texts = []
+        for start in range(0, len(first), _JOIN_ROWS):
+            runs = said[first[start : start + _JOIN_ROWS]]
+            counts = (runs >= 0).sum(axis=1)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            words = sentences.take(pa.array(runs[runs >= 0]))
+            listed = pa.LargeListArray.from_arrays(pa.array(offsets), words)
+            texts.append(pc.binary_join(listed, separator))
+        if not texts:
+            return code, pa.array([], pa.large_string())
+        return code, pa.concat_arrays(texts)
+
+
+#: Distinct reasons spelled at a time by :meth:`ReasonTable.dictionary`.
+_JOIN_ROWS = 250_000
 
 
 class _Numbers:

@@ -54,7 +54,7 @@ from winback.carry import KEPT_DIR, Carry, carry_over, find_kept, kept_key, work
 from winback.config import CampaignGroupConfig, CampaignsConfig
 from winback.cutoffs import normalize_cutoffs
 from winback.drift import DRIFT_FEATURES
-from winback.explain import REASON_REFERENCES, reasons
+from winback.explain import REASON_REFERENCES, ReasonTable, reason_sentences
 from winback.export import plain_columns, spelled_texts
 from winback.features import spec_for
 from winback.model import ChurnModel
@@ -724,56 +724,35 @@ def add_reasons(
     if method == "auto":
         method = "shap" if len(listed) <= SHAP_MAX_ROWS else "path"
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    # each block's sentences as Arrow text, each distinct text once (many customers' reasons
-    # read alike: a Python string per customer, or the text copied into the score table and
-    # again into each list, would hold several times the memory), and for every score row the
-    # block row that explains it
-    which = np.full(len(ids), -1, dtype=np.int64)
+    # each listed customer's sentences as numbers into the distinct sentences (many customers'
+    # reasons read alike: a Python string per customer, or each block's texts kept until
+    # all are merged, would hold several times the memory); the distinct texts are spelled
+    # once all blocks are told
+    table = ReasonTable(len(listed))
     population = scored.medians(list(REASON_REFERENCES))
 
-    def explain(feats: pd.DataFrame):
-        text = reasons(model.contributions(feats, method), feats, population=population)
-        return pc.dictionary_encode(pa.array(text, type=pa.large_string(), from_pandas=True))
+    def explain(at: np.ndarray, feats: pd.DataFrame) -> None:
+        said = reason_sentences(model.contributions(feats, method), feats, population=population)
+        table.add(np.searchsorted(listed, at), said)
 
     # blocks explained REASON_THREADS at a time (LightGBM's leaves, NumPy's sorts and Arrow's
     # joins run outside Python's lock); the next block is read only when a thread is free, so
     # at most REASON_THREADS blocks' features are held at once
-    texts: list[Future] = []
     running: set[Future] = set()
-    done = 0
-    block_of = scored.features_in_blocks(listed)
     with ThreadPoolExecutor(max_workers=REASON_THREADS) as pool:
-        while True:
+        for at, feats in scored.features_in_blocks(listed):
+            running.add(pool.submit(explain, at, feats))
+            del feats
             if len(running) == REASON_THREADS:
-                _, running = wait(running, return_when=FIRST_COMPLETED)
-            block = next(block_of, None)
-            if block is None:
-                break
-            at, feats = block
-            which[at] = np.arange(done, done + len(at))
-            done += len(at)
-            texts.append(pool.submit(explain, feats))
-            running.add(texts[-1])
-            del block, feats
-    # one set of distinct texts for all blocks; the score table holds a code for each
-    # customer into it (spelled out a block at a time as the lists are read and written)
-    kind = pa.dictionary(pa.int32(), pa.large_string())
-    said = pa.chunked_array([text.result() for text in texts], type=kind).unify_dictionaries()
-    texts_said = said.chunk(0).dictionary if said.num_chunks else pa.array([], pa.large_string())
-    code_said = np.concatenate(
-        [np.empty(0, dtype=np.int32)] + [c.indices.to_numpy() for c in said.chunks]
-    )
-    del said
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()  # a block that failed fails the reasons now
+        for f in running:
+            f.result()
+    code_listed, texts = table.dictionary()
     code = np.full(len(ids), -1, dtype=np.int32)  # -1: not listed, no reasons
-    code[which >= 0] = code_said[which[which >= 0]]
-    # the texts in the order the score table first says them (however the blocks came back)
-    first = pd.unique(code[code >= 0])
-    renumbered = np.empty(len(texts_said), dtype=np.int32)
-    renumbered[first] = np.arange(len(first), dtype=np.int32)
-    code[code >= 0] = renumbered[code[code >= 0]]
-    texts = texts_said.take(pa.array(first))
+    code[listed] = code_listed
     # an Arrow dictionary column, not pandas categories: a categorical's categories are
     # checked for repeats through a hash table of Python strings, 320 MB more than the 195 MB
     # of texts themselves at 1.5M distinct texts (50M orders)
