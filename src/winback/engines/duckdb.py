@@ -21,6 +21,11 @@ _counter = itertools.count()
 #: Rows per Arrow batch when a query's result is handed to pandas.
 ARROW_BATCH_ROWS = 1_000_000
 
+#: What DuckDB keeps while it lends its memory (:meth:`DuckDBEngine.memory_lent`): the work
+#: done meanwhile runs no query, and every megabyte more of its cached orders stays in memory
+#: (at 50M orders, 244 MB at 256MB against 61 at 64MB and 15 at 16MB).
+LENT_MEMORY = "32MB"
+
 
 def connect(
     memory_limit: str = "2GB", threads: int | None = None, temp_directory: str | None = None
@@ -159,7 +164,7 @@ class DuckDBEngine:
         return name
 
     @contextmanager
-    def memory_lent(self, limit: str = "256MB") -> Iterator[None]:
+    def memory_lent(self, limit: str = LENT_MEMORY) -> Iterator[None]:
         """Hold DuckDB to ``limit`` for a block of work done elsewhere (pandas): the pages it
         keeps cached (tables, freed working memory) go to its temp directory and come back on
         demand. Where they cannot be moved, DuckDB keeps its memory and the block runs anyway."""
