@@ -314,8 +314,22 @@ class ReasonTable:
 
     def __init__(self, n: int, top: int = 3):
         self.said = np.full((n, top), -1, dtype=np.int32)  # -1: no sentence in this slot
-        self._numbers: dict[str, int] = {}
+        self.sentences = pa.array([], pa.large_string())  # numbered by their place here
         self._lock = threading.Lock()
+
+    def _number(self, words: pa.Array) -> np.ndarray:
+        """The numbers of distinct sentences ``words``, new ones numbered after those told.
+        Looked up by Arrow, outside Python's lock: a block of a long-lapsed list holds more
+        than a hundred thousand distinct sentences (days, amounts), and a dictionary of
+        Python strings held the lock as long as the block's own sentences took to write."""
+        with self._lock:  # the first thread to tell a sentence numbers it
+            number = pc.index_in(words, value_set=self.sentences).fill_null(-1).to_numpy()
+            number = number.astype(np.int32)  # a copy to write to
+            new = number < 0
+            number[new] = len(self.sentences) + np.arange(new.sum(), dtype=np.int32)
+            if new.any():
+                self.sentences = pa.concat_arrays([self.sentences, words.filter(pa.array(new))])
+        return number
 
     def add(self, rows: np.ndarray, runs: pa.ListArray) -> None:
         """Keep the sentences ``runs`` (:func:`reason_sentences`) of the customers at
@@ -326,14 +340,7 @@ class ReasonTable:
         if counts.max(initial=0) > self.said.shape[1]:
             raise ValueError(f"a customer has more than {self.said.shape[1]} sentences")
         words = pc.dictionary_encode(runs.flatten())
-        with self._lock:  # the first thread to tell a sentence numbers it
-            number = np.array(
-                [
-                    self._numbers.setdefault(w, len(self._numbers))
-                    for w in words.dictionary.to_pylist()
-                ],
-                dtype=np.int32,
-            )
+        number = self._number(words.dictionary)
         of = np.repeat(np.arange(len(runs)), counts)  # the customer of each sentence
         slot = np.arange(len(of)) - (offsets[:-1] - offsets[0])[of]
         self.said[np.asarray(rows)[of], slot] = number[words.indices.to_numpy()]
@@ -346,13 +353,13 @@ class ReasonTable:
         said = self.said if len(told) == len(self.said) else self.said[told]
         # the customers' runs of sentence numbers, each distinct run numbered as first seen
         run = np.zeros(len(said), dtype=np.int64)
-        width = len(self._numbers) + 1
+        width = len(self.sentences) + 1
         for j in range(said.shape[1]):
             run = pd.factorize(run * width + (said[:, j].astype(np.int64) + 1))[0]
         first = np.flatnonzero(~pd.Series(run).duplicated().to_numpy())  # run 0, 1, 2, ...
         code = np.full(len(self.said), -1, dtype=np.int32)
         code[told] = run
-        sentences = pa.array(list(self._numbers), type=pa.large_string())
+        sentences = self.sentences
         separator = pa.scalar(REASON_SEPARATOR, pa.large_string())
         texts = []
         for start in range(0, len(first), _JOIN_ROWS):
