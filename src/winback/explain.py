@@ -267,12 +267,16 @@ def reason_sentences(
             says[:, j] = _says(name, nums, population or {})
     rows = np.arange(n)[:, None]
     ok = alive & says[rows, candidates]
-    # the sentence group of each candidate, as a number (compared below, column by column)
+    # the sentence group of each candidate as a number, and a sentence already said (same
+    # group, same words) is not repeated: the groups each customer has said so far are marked,
+    # slot by slot
     group = pd.factorize(np.array([_GROUP.get(name, name) for name in names]))[0][candidates]
+    said = np.zeros((n, int(group.max(initial=0)) + 1), dtype=bool)
     keep = ok.copy()
-    for i in range(1, k):  # a sentence already said (same group, same words) is not repeated
-        for earlier in range(i):
-            keep[:, i] &= ~(keep[:, earlier] & (group[:, earlier] == group[:, i]))
+    everyone = np.arange(n)
+    for i in range(k):
+        keep[:, i] &= ~said[everyone, group[:, i]]
+        said[everyone[keep[:, i]], group[keep[:, i], i]] = True
     keep &= np.cumsum(keep, axis=1) <= top
     # a customer with nothing said gets the plain fact of their last order, in a last slot
     last = ~keep.any(axis=1)
