@@ -327,6 +327,69 @@ def test_delta_by_hand():
     assert d.index.tolist() == list(range(6))
 
 
+def test_the_delta_is_read_as_it_is_written_a_block_at_a_time(tmp_path, monkeypatch):
+    """The delta holds where its rows are, not the rows: the new lists' rows that entered are
+    read when asked, in blocks that cross from one list and change to the next; the file is
+    pandas' CSV of the whole frame, byte for byte."""
+    import csv
+
+    from winback import export
+    from winback.scoring import DELTA_COLUMNS, DELTA_FILE_COLUMNS, CampaignList, delta_rows
+
+    asked = []  # the rows of the lists read for the delta's columns
+    take = CampaignList.take
+
+    def spy(self, at, columns=None):
+        if columns == DELTA_COLUMNS:
+            asked.append(np.asarray(at).tolist())
+        return take(self, at, columns)
+
+    monkeypatch.setattr(CampaignList, "take", spy)
+
+    def lst(ids, p, spy=True):
+        frame = pd.DataFrame(
+            {
+                "customer_id": pd.array(ids, dtype="str"),
+                "p_churn": p,
+                "campaign": ["x"] * len(ids),
+                "reasons": [f"r{i}" for i in ids],
+            }
+        )
+        if not spy:
+            return frame
+        # a list of the rows of a score table, the rows in reverse (list order is not row order)
+        table = frame.iloc[::-1].reset_index(drop=True)
+        rows = np.arange(len(ids))[::-1].copy()
+        return CampaignList(table, rows, np.zeros(len(ids), dtype=bool))
+
+    new = {"lapsed": lst(["q", "p"], [0.9, 0.8]), "at_risk": lst(["c", "a", "b"], [0.5, 0.25, 1.0])}
+    old = {"at_risk": lst(["z", "b", "y"], [0.75, 0.5, 0.5], spy=False)}
+    d = delta_rows(new, old)
+    assert asked == []  # nothing of the new lists read yet
+    assert len(d) == 6 and d.shape == (6, 6) and d.columns == DELTA_FILE_COLUMNS
+    assert (d.count("entered"), d.count("left")) == (4, 2)
+    # by (list, change, id): at_risk entered a, c; at_risk left y, z; lapsed entered p, q
+    block = d.take(np.array([4, 1, 2]))
+    assert block[["list", "change", "customer_id"]].values.tolist() == [
+        ["lapsed", "entered", "p"],
+        ["at_risk", "entered", "c"],
+        ["at_risk", "left", "y"],
+    ]
+    assert block["reasons"].tolist() == ["rp", "rc", "ry"]
+    assert block["p_churn"].tolist() == [0.8, 0.5, 0.5]
+    # p's row is 1 of the lapsed list, c's 0 of the at_risk list: only those read
+    assert sorted(asked) == [[0], [1]]
+    monkeypatch.setattr(export, "CSV_BLOCK_ROWS", 4)
+    export.write_csv(d, tmp_path / "delta.csv")
+    d.frame().to_csv(tmp_path / "frame.csv", index=False, lineterminator="\n",
+                     quoting=csv.QUOTE_NONNUMERIC, encoding="utf-8")  # fmt: skip
+    assert (tmp_path / "delta.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
+    lines = (tmp_path / "delta.csv").read_text().splitlines()
+    assert lines[0] == '"list","change","customer_id","p_churn","campaign","reasons"'
+    assert lines[1] == '"at_risk","entered","a",0.25,"x","ra"'
+    assert lines[4] == '"at_risk","left","z",0.75,"x","rz"'
+
+
 def test_delta_reads_the_rows_of_the_customers_who_left_only(tmp_path):
     from winback.export import read_list_rows, read_lists
     from winback.scoring import DELTA_COLUMNS, delta

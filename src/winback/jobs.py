@@ -50,7 +50,7 @@ from winback.scoring import (
     add_reasons,
     add_uplift,
     build_lists,
-    delta,
+    delta_rows,
     keep_features,
     listable,
     listed_groups,
@@ -510,7 +510,8 @@ def score_job(
             prev = previous_export(out, key)
             # of the previous lists, their ids; the rest of a row only for who left
             before = read_lists(prev, ["customer_id"]) if prev is not None else None
-            changes = delta(lists, before, partial(read_list_rows, prev))
+            # rows of the lists and of the previous export, read as the file is written
+            changes = delta_rows(lists, before, partial(read_list_rows, prev))
             del before
             scoring.release_memory()
         with stage("export"):
@@ -548,7 +549,7 @@ def score_job(
                 "features": scored.carry.record() if scored.carry else None,
                 "drift_psi": {k: round(v, 6) for k, v in drift.items()},
                 "drift_forced": forced,
-                "delta": {c: int((changes["change"] == c).sum()) for c in ("entered", "left")},
+                "delta": {c: changes.count(c) for c in ("entered", "left")},
                 "winback_version": __version__,
                 "wall_seconds": round(time.perf_counter() - t0, 3),
             }

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -1056,45 +1057,115 @@ def delta(
     old: dict[str, pd.DataFrame] | None,
     old_rows: Callable[[str, np.ndarray, list[str]], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Who entered and who left each list since the previous export, with reasons:
-    ``list, change, customer_id, p_churn, campaign, reasons`` (the new row's values for entered,
-    the old row's for left). ``old`` needs :data:`DELTA_COLUMNS`, or only ``customer_id``
-    with ``old_rows(list, rows, columns)`` giving the other columns for the rows (positions)
-    of it that left: a night's lists are millions of customers and hundreds of megabytes of
-    reasons, and the delta shows a few of them. Of the new lists only the rows that entered
-    are read."""
+    """Who entered and who left each list since the previous export, with reasons, as a frame
+    (:func:`delta_rows`, every row read)."""
+    return delta_rows(new, old, old_rows).frame()
+
+
+#: The columns of the delta: the list, the change and :data:`DELTA_COLUMNS`.
+DELTA_FILE_COLUMNS = ["list", "change", *DELTA_COLUMNS]
+
+
+@dataclass(frozen=True, eq=False)
+class Delta:
+    """Who entered and who left each list, as :data:`DELTA_FILE_COLUMNS`: in (list, change,
+    customer id) order, pieces of the lists (the rows that entered, read from the new list
+    when asked, as the list's own files are) and frames (the rows that left, read from the
+    previous export). On a first night every listed customer entered: millions of rows of
+    ids and reasons, which are never held as a copy here; the files are written from it a
+    block at a time."""
+
+    pieces: list[tuple[str, str, Callable[[np.ndarray], pd.DataFrame]]]  # list, change, read
+    starts: np.ndarray  # where each piece's rows start, then the end
+
+    columns = DELTA_FILE_COLUMNS
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), len(self.columns)
+
+    def count(self, change: str) -> int:
+        """How many rows are of ``change`` (``entered`` or ``left``)."""
+        return sum(
+            int(self.starts[i + 1] - self.starts[i])
+            for i, (_, c, _) in enumerate(self.pieces)
+            if c == change
+        )
+
+    def take(self, at: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows at the positions ``at``, as a frame of ``columns`` (default: all)."""
+        at = np.asarray(at, dtype=np.intp)
+        wanted = DELTA_FILE_COLUMNS if columns is None else columns
+        blocks, where = [], []
+        for i, (name, change, read) in enumerate(self.pieces):
+            mine = np.flatnonzero((at >= self.starts[i]) & (at < self.starts[i + 1]))
+            if len(mine) or (not blocks and i == len(self.pieces) - 1):
+                rows = read(at[mine] - self.starts[i]).reset_index(drop=True)
+                blocks.append(rows.assign(list=name, change=change)[wanted])
+                where.append(mine)
+        if not blocks:  # no list at all
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted})
+        frame = pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+        return frame.iloc[np.argsort(np.concatenate(where), kind="stable")].reset_index(drop=True)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row as a frame (a copy: for small deltas and for tests)."""
+        return self.take(np.arange(len(self)))
+
+
+def delta_rows(
+    new: dict[str, CampaignList | pd.DataFrame],
+    old: dict[str, pd.DataFrame] | None,
+    old_rows: Callable[[str, np.ndarray, list[str]], pd.DataFrame] | None = None,
+) -> Delta:
+    """Who entered and who left each list since the previous export, with reasons
+    (:class:`Delta`: ``list, change, customer_id, p_churn, campaign, reasons``; the new row's
+    values for entered, the old row's for left). ``old`` needs :data:`DELTA_COLUMNS`, or only
+    ``customer_id`` with ``old_rows(list, rows, columns)`` giving the other columns for the
+    rows (positions) of it that left: a night's lists are millions of customers and hundreds
+    of megabytes of reasons, and the delta shows a few of them. Of the new lists only the
+    rows that entered are read, when the delta is."""
     cols = DELTA_COLUMNS
-    pieces = []  # each list's entered and left rows, ordered by customer id as they are read
+    pieces = []  # each list's entered and left rows, ordered by customer id
     for name, frame in new.items():
         ids = frame["customer_id"]
         before = (old or {}).get(name)
         before_ids = ids.head(0) if before is None else before["customer_id"]
         came = np.flatnonzero(~_among(ids, before_ids))
         came = came[_by_id(ids.take(came))]
-        if isinstance(frame, CampaignList):
-            entered = frame.take(came, cols)
-        else:
-            entered = frame[cols].take(came).reset_index(drop=True)
         gone = np.flatnonzero(~_among(before_ids, ids))
         if before is not None:
             gone = gone[_by_id(before_ids.take(gone))]
-        left = before.iloc[gone] if before is not None else entered.head(0)
-        unread = [c for c in cols if c not in left]
-        if unread and old_rows is not None:
+        left = before.iloc[gone] if before is not None else None
+        unread = [c for c in cols if left is None or c not in left]
+        if left is not None and unread and old_rows is not None:
             read = old_rows(name, gone, unread).set_axis(left.index)
             left = left.assign(**{c: read[c] for c in unread})
+        del ids, before_ids
         # texts as text: the lists' categories differ from night to night
-        pieces.append((name, "entered", plain_columns(entered)))
-        pieces.append((name, "left", plain_columns(left[cols])))
-        del entered, left
-    # in (list, change, customer id) order, each row copied once into the delta (at millions
-    # of rows on a first night, a concatenation sorted afterwards held it three times)
+        pieces.append((name, "entered", len(came), partial(_entered, frame, came)))
+        if left is None:  # a list new tonight: no one left it, with the list's own columns
+            pieces.append((name, "left", 0, partial(_entered, frame, came[:0])))
+        else:
+            pieces.append((name, "left", len(gone), partial(_left, plain_columns(left[cols]))))
+    # in (list, change, customer id) order
     pieces.sort(key=lambda p: p[:2])
-    out = pd.concat(
-        [rows.assign(list=name, change=change) for name, change, rows in pieces],
-        ignore_index=True,
-    )
-    return out[["list", "change", *cols]]
+    starts = np.cumsum([0, *(n for _, _, n, _ in pieces)])
+    return Delta([(name, change, read) for name, change, _, read in pieces], starts)
+
+
+def _entered(frame: CampaignList | pd.DataFrame, came: np.ndarray, at: np.ndarray):
+    """The delta's rows of the customers of ``frame`` at ``came[at]``, as text."""
+    if isinstance(frame, CampaignList):
+        return plain_columns(frame.take(came[at], DELTA_COLUMNS))
+    return plain_columns(frame[DELTA_COLUMNS].take(came[at]).reset_index(drop=True))
+
+
+def _left(rows: pd.DataFrame, at: np.ndarray) -> pd.DataFrame:
+    return rows.iloc[at]
 
 
 def _by_id(ids: pd.Series) -> np.ndarray:
