@@ -23,7 +23,7 @@ ARROW_BATCH_ROWS = 1_000_000
 
 #: What DuckDB keeps while it lends its memory (:meth:`DuckDBEngine.memory_lent`): the work
 #: done meanwhile runs no query, and every megabyte more of its cached orders stays in memory
-#: (at 50M orders, 244 MB at 256MB against 61 at 64MB and 15 at 16MB).
+#: (of 10M orders loaded, 244 MB at 256MB against 61 at 64MB and 15 at 16MB).
 LENT_MEMORY = "32MB"
 
 
