@@ -910,9 +910,9 @@ def build_lists(
 
 
 class _ScoreRows:
-    """Rows of the score table (``rows``, positions in it) read as a table of ``columns``:
-    what :class:`CampaignList` and :class:`ProfitCurve` share. ``take`` reads a block of
-    them; one column, or all of them, is a block of every row."""
+    """Rows (of the score table: ``rows``, positions in it) read as a table of ``columns``:
+    what :class:`CampaignList`, :class:`ProfitCurve` and :class:`Delta` share. ``take`` reads
+    a block of them; one column, or all of them, is a block of every row."""
 
     rows: np.ndarray
     columns: list[str]
@@ -923,7 +923,7 @@ class _ScoreRows:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.rows), len(self.columns)
+        return len(self), len(self.columns)
 
     def __getitem__(self, column: str) -> pd.Series:
         """One column, in the rows' order."""
@@ -1067,7 +1067,7 @@ DELTA_FILE_COLUMNS = ["list", "change", *DELTA_COLUMNS]
 
 
 @dataclass(frozen=True, eq=False)
-class Delta:
+class Delta(_ScoreRows):
     """Who entered and who left each list, as :data:`DELTA_FILE_COLUMNS`: in (list, change,
     customer id) order, pieces of the lists (the rows that entered, read from the new list
     when asked, as the list's own files are) and frames (the rows that left, read from the
@@ -1082,10 +1082,6 @@ class Delta:
 
     def __len__(self) -> int:
         return int(self.starts[-1])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self), len(self.columns)
 
     def count(self, change: str) -> int:
         """How many rows are of ``change`` (``entered`` or ``left``)."""
@@ -1110,10 +1106,6 @@ class Delta:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted})
         frame = pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
         return frame.iloc[np.argsort(np.concatenate(where), kind="stable")].reset_index(drop=True)
-
-    def frame(self) -> pd.DataFrame:
-        """Every row as a frame (a copy: for small deltas and for tests)."""
-        return self.take(np.arange(len(self)))
 
 
 def delta_rows(
