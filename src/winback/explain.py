@@ -363,14 +363,13 @@ class ReasonTable:
         first = np.flatnonzero(~pd.Series(run).duplicated().to_numpy())  # run 0, 1, 2, ...
         code = np.full(len(self.said), -1, dtype=np.int32)
         code[told] = run
-        sentences = self.sentences
         separator = pa.scalar(REASON_SEPARATOR, pa.large_string())
         texts = []
         for start in range(0, len(first), _JOIN_ROWS):
             runs = said[first[start : start + _JOIN_ROWS]]
             counts = (runs >= 0).sum(axis=1)
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            words = sentences.take(pa.array(runs[runs >= 0]))
+            words = self.sentences.take(pa.array(runs[runs >= 0]))
             listed = pa.LargeListArray.from_arrays(pa.array(offsets), words)
             texts.append(pc.binary_join(listed, separator))
         if not texts:

@@ -1131,18 +1131,18 @@ def delta_rows(
         gone = np.flatnonzero(~_among(before_ids, ids))
         if before is not None:
             gone = gone[_by_id(before_ids.take(gone))]
-        left = before.iloc[gone] if before is not None else None
-        unread = [c for c in cols if left is None or c not in left]
-        if left is not None and unread and old_rows is not None:
-            read = old_rows(name, gone, unread).set_axis(left.index)
-            left = left.assign(**{c: read[c] for c in unread})
         del ids, before_ids
         # texts as text: the lists' categories differ from night to night
         pieces.append((name, "entered", len(came), partial(_entered, frame, came)))
-        if left is None:  # a list new tonight: no one left it, with the list's own columns
+        if before is None:  # a list new tonight: no one left it, with the list's own columns
             pieces.append((name, "left", 0, partial(_entered, frame, came[:0])))
-        else:
-            pieces.append((name, "left", len(gone), partial(_left, plain_columns(left[cols]))))
+            continue
+        left = before.iloc[gone]
+        unread = [c for c in cols if c not in left]
+        if unread and old_rows is not None:
+            read = old_rows(name, gone, unread).set_axis(left.index)
+            left = left.assign(**{c: read[c] for c in unread})
+        pieces.append((name, "left", len(gone), partial(_left, plain_columns(left[cols]))))
     # in (list, change, customer id) order
     pieces.sort(key=lambda p: p[:2])
     starts = np.cumsum([0, *(n for _, _, n, _ in pieces)])
