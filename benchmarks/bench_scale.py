@@ -151,7 +151,7 @@ def _run_case(
         "orders": orders.report.n_orders,
         "feature_rows": rows,
         "features": result_features(exports, result.as_of),
-        "scored": len(result.scores),
+        "scored": result.n_scored,
         "listed": sum(len(frame) for frame in result.lists.values()),
     }
 

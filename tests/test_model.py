@@ -198,6 +198,19 @@ def test_population_stability_by_hand():
     assert population_stability(ref, np.array([0.0, 0.2, 0.5, 3.0])) == pytest.approx(want)
 
 
+def test_bin_counts_of_parts_add_up_to_the_whole_stability():
+    from winback.drift import bin_counts, stability
+
+    ref = {"edges": [1.0, 2.0], "shares": [0.25, 0.5, 0.25]}
+    # below 1: 0 and 0.5; [1, 2): 1 and 1.5; at or above 2: 2 (NaN and inf left out)
+    first = bin_counts(ref, np.array([0.0, 1.0, np.nan]))
+    second = bin_counts(ref, np.array([0.5, 1.5, 2.0, np.inf]))
+    assert first.tolist() == [1, 1, 0] and second.tolist() == [1, 1, 1]
+    # shares 2/5, 2/5, 1/5 against 1/4, 1/2, 1/4
+    want = 0.15 * np.log(1.6) - 0.1 * np.log(0.8) - 0.05 * np.log(0.8)
+    assert stability(ref, first + second) == pytest.approx(want)
+
+
 def test_model_remembers_its_training_distribution(model, snaps):
     latest = snaps[snaps["cutoff_ts"] == snaps["cutoff_ts"].max()]
     drift = model.drift(latest, model.predict_proba(latest)[:, 1])

@@ -659,7 +659,7 @@ def test_the_profit_curve_file_is_written_a_block_at_a_time_as_its_frame(tmp_pat
 def test_campaign_groups_by_hand():
     # first group whose rules hold wins; spend share is the top of the whole list
     from winback.config import CampaignGroupConfig
-    from winback.scoring import _assign_groups
+    from winback.score_table import _assign_groups
 
     out = pd.DataFrame(
         {

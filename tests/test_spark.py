@@ -152,7 +152,10 @@ def test_written_features_match(synth_pair, tmp_path):
     assert_same(a, b)
 
 
-def test_distributed_scores_equal_duckdb_scores(synth_pair):
+def test_distributed_scores_equal_duckdb_scores(synth_pair, monkeypatch):
+    from winback.campaigns import suppressed
+    from winback.scoring import build_lists, listed_groups
+
     duck, sprk = synth_pair
     cuts = [f"2023-0{m}-01" for m in (3, 5, 7, 9)]
     snaps = build_snapshots(duck, cuts, 90)
@@ -160,22 +163,73 @@ def test_distributed_scores_equal_duckdb_scores(synth_pair):
     model.fit(snaps, snaps["churned"])
     camp = load_config(None).campaigns
     t = datetime(2023, 12, 31)
-    a = score_customers(duck, model, t, camp).scores
+    on_duck = score_customers(duck, model, t, camp)
+    a = on_duck.scores
+    # the rows Spark hands the driver by each call that collects, once the snapshot is scored
+    # (BG/NBD's fit before it reads at most BGNBD_FIT_MAX_CUSTOMERS customers' three numbers)
+    import winback.scoring
+
+    collected: list[int] = []
+    scoring_snapshot = winback.scoring._score_on_spark
+
+    def scored_snapshot(*args, **kwargs):
+        got = scoring_snapshot(*args, **kwargs)
+        collected.clear()
+        return got
+
+    monkeypatch.setattr(winback.scoring, "_score_on_spark", scored_snapshot)
+    DataFrame = type(sprk.engine().spark.range(1))  # the session's own DataFrame class
+    for name in ("collect", "toPandas"):
+        real = getattr(DataFrame, name)
+
+        def spy(self, *args, _real=real, **kwargs):
+            got = _real(self, *args, **kwargs)
+            collected.append(len(got))
+            return got
+
+        monkeypatch.setattr(DataFrame, name, spy)
     on_spark = score_customers(sprk, model, t, camp)
-    b = on_spark.scores
-    assert_same(a, b, keys=("customer_id",))
-    assert a["p_churn"].between(0, 1).all() and a["p_churn"].nunique() > 10
+    population = on_spark.population
+    assert on_spark.scores.empty and len(population) == len(a) > 0
+    assert on_spark.drift == pytest.approx(on_duck.drift, rel=1e-12)
+    listed = population.choose()  # no suppression files: who bought lately only
+    monkeypatch.undo()
+    # the lists Spark sized are the lists of the whole score table, in the same order
+    why = suppressed(
+        a["customer_id"], pd.Timestamp(t), None, camp.cooldown_days, None,
+        a["days_since_last_order"], camp.recent_days,
+    ).astype("category")  # fmt: skip
+    want = build_lists(a, camp, why)
+    got = build_lists(listed, camp, listed["suppressed"])
+    for name in ("at_risk", "lapsed"):
+        assert got[name]["customer_id"].tolist() == want[name]["customer_id"].tolist()
+        assert (got[name].control == want[name].control).all()
+    assert len(listed) == sum(len(x) for x in want.values()) > 0
+    # the driver never got more rows than the listed customers at once
+    assert max(collected) <= len(listed) < len(a)
+    # the score table of every customer, read back from the executors a block at a time
+    a = a.assign(suppressed=why, group=listed_groups(a, want))
+    listed["group"] = listed_groups(listed, got)
+    table = population.rows(listed)
+    assert table.columns == list(a.columns) and len(table) == len(a)
+    whole = table.frame()
+    assert_same(a, whole, keys=("customer_id",))
+    assert whole["customer_id"].tolist() == a["customer_id"].tolist()  # customer id order
+    block = table.take(np.arange(7, 19))
+    assert_same(a.iloc[7:19], block, keys=("customer_id",))
     # the snapshot stays on the executors: the driver holds no feature rows, and reads the
     # full rows of the customers it asks for only
     assert on_spark.features.empty and on_spark.remote is not None
-    wanted = b["customer_id"].iloc[[3, 1, 4]]
+    wanted = listed["customer_id"].iloc[[3, 1, 4]]
     rows = on_spark.remote.rows(wanted)
     assert sorted(rows["customer_id"]) == sorted(wanted) and len(rows.columns) > 50
     lookback = max(model.lookback_days, 91, camp.reactivation_days)  # as scoring's population
     full = build_snapshots(duck, [t], 90, lookback, labels=False).set_index("customer_id")
     got = rows.set_index("customer_id")
     assert len(got) == 3
-    want = full.loc[got.index, [c for c in got.columns if c != "p_churn"]]
+    # the snapshot's columns, and what was worked out from them as it was scored
+    assert set(got.columns) - set(full.columns) == {"p_churn", "value", "expected_value"}
+    want = full.loc[got.index, [c for c in got.columns if c in full.columns]]
     assert_same(want.reset_index(), got[want.columns].reset_index(), keys=("customer_id",))
 
 
@@ -276,7 +330,8 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
         "--set",
         "orders.columns.channel=channel",
     ]
-    lists = {}
+    common += ["--set", "engine.compiled_trees=false"]  # LightGBM's predictor on both
+    lists, files = {}, {}
     for engine in ("duckdb", "spark"):
         res = subprocess.run(
             [str(exe), *common, "--engine", engine, "--out", str(tmp_path / engine)],
@@ -287,7 +342,11 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
         )
         assert res.returncode == 0, res.stderr[-2000:]
         folder = tmp_path / engine / "2023-12-31"
-        assert json.loads((folder / "manifest.json").read_text())["ranking"]["by"] == "uplift"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["ranking"]["by"] == "uplift"
+        files[engine] = manifest["files"] | {
+            k: manifest[k] for k in ("rows", "suppressed", "below_min_p_churn", "delta")
+        }
         lists[engine] = {
             name: pd.read_parquet(folder / f"{name}.parquet")
             for name in ("at_risk", "lapsed", "scores")
@@ -296,6 +355,9 @@ def test_cli_score_on_spark_exports_the_same_lists(synth_pair, synth_parquet, tm
         assert len(lists["spark"][name]) == len(lists["duckdb"][name]) > 0
         assert_same(lists["duckdb"][name], lists["spark"][name], keys=("customer_id",))
     assert_same(lists["duckdb"]["scores"], lists["spark"]["scores"], keys=("customer_id",))
+    # every file of the export byte for byte (the lists, scores, the profit curve and its
+    # plot, the delta, the README) and the manifest's counts
+    assert files["spark"] == files["duckdb"]
 
 
 def test_strftime_formats_become_java_patterns():

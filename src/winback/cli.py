@@ -732,7 +732,7 @@ def score(
 def _echo_score(res) -> None:
     run_log.counts |= {
         "as_of": f"{res.as_of:%Y-%m-%d}",
-        "scored": len(res.scores),
+        "scored": res.n_scored,
         "listed": {
             name: {"contact": int((~lst.control).sum()), "control": int(lst.control.sum())}
             for name, lst in res.lists.items()
@@ -749,7 +749,7 @@ def _echo_score(res) -> None:
         )
 
     _say(
-        f"scored {len(res.scores):,} customers as of {res.as_of:%Y-%m-%d} with model "
+        f"scored {res.n_scored:,} customers as of {res.as_of:%Y-%m-%d} with model "
         f"{res.model_version} -> {res.folder}\n"
         f"  at_risk: {sizes('at_risk')}\n  lapsed: {sizes('lapsed')}"
     )

@@ -44,6 +44,7 @@ from winback.orders import Orders
 from winback.plots import plot_profit_curve
 from winback.profile import check_sufficiency
 from winback.progress import Progress, tell
+from winback.score_table import suppression_counts
 from winback.scoring import (
     LIST_COLUMN_DOCS,
     CampaignList,
@@ -52,7 +53,6 @@ from winback.scoring import (
     build_lists,
     delta_rows,
     keep_features,
-    listable,
     listed_groups,
     profit_curve,
     score_customers,
@@ -401,10 +401,11 @@ def find_model(cfg: Config, model: str = "champion", tracking_uri: str | None = 
 @dataclass
 class ScoreResult:
     folder: Path
-    scores: pd.DataFrame
+    scores: pd.DataFrame  # every scored customer; on Spark, the listed ones (see n_scored)
     lists: dict[str, CampaignList]  # rows of ``scores``: ``lists[name].frame()`` copies one
     as_of: datetime
     model_version: str
+    n_scored: int = 0  # customers scored (the rows of scores.parquet)
 
 
 def score_job(
@@ -484,6 +485,7 @@ def score_job(
             cfg.features.windows_days,
             model_version=ref.label,
             keep_in=out / KEPT_DIR if carry else None,
+            uplift_model=ranking.model,
         )
         scores, drift = scored.scores, scored.drift
         forced = _check_drift(drift, cfg, force)
@@ -492,12 +494,24 @@ def score_job(
             # the orders are not needed again: DuckDB's memory goes to the lists
             hold.enter_context(orders.engine().memory_lent())
         with stage("lists"):
-            why = _suppressions(scores, camp, t)
-            scores["suppressed"] = why
-            order_by = "p_churn"
-            if ranking.model is not None:
-                add_uplift(scored, ranking.model, camp, why)
-                order_by = "expected_gain"
+            contacts, opted = _suppression_files(camp)
+            order_by = "p_churn" if ranking.model is None else "expected_gain"
+            if scored.population is not None:  # on Spark: chosen where the scores are kept
+                scored.scores = scores = scored.population.choose(contacts, opted, order_by)
+                why = scores["suppressed"]
+            else:
+                why = suppressed(
+                    scores["customer_id"],
+                    pd.Timestamp(t),
+                    contacts,
+                    camp.cooldown_days,
+                    opted,
+                    scores["days_since_last_order"],
+                    camp.recent_days,
+                ).astype("category")  # a few texts over millions of customers: a byte each
+                scores["suppressed"] = why
+                if ranking.model is not None:
+                    add_uplift(scored, ranking.model, camp, why)
             lists = build_lists(scores, camp, why, order_by)  # rows of the score table
             scores["group"] = listed_groups(scores, lists)  # NA: not listed
             scoring.release_memory()  # each step's leftovers go back before the next one
@@ -505,7 +519,13 @@ def score_job(
             add_reasons(scored, churn_model, lists, camp.reasons_method)
             scoring.release_memory()
         with stage("changes"):
-            curve = profit_curve(scores, why, camp.min_p_churn)
+            population = scored.population
+            if population is not None:
+                curve = population.curve
+                counts = population.counts
+            else:
+                curve = profit_curve(scores, why, camp.min_p_churn)
+                counts = suppression_counts(scores, why, camp.min_p_churn)
             scoring.release_memory()
             prev = previous_export(out, key)
             # of the previous lists, their ids; the rest of a row only for who left
@@ -515,7 +535,8 @@ def score_job(
             del before
             scoring.release_memory()
         with stage("export"):
-            in_group = scores["campaign"].notna().to_numpy()
+            # the score table to export: on Spark, kept there and read a block at a time
+            table = scores if population is None else population.rows(scores)
             manifest = {
                 "as_of": t.isoformat(),
                 "horizon_days": int(churn_model.horizon_days),  # the window measure reads out
@@ -531,15 +552,9 @@ def score_job(
                     ref.path.with_suffix(ref.path.suffix + ".json").read_text()
                 )["sha256"],
                 "mlflow_run": ref.run_id or None,
-                "rows": {name: len(lst) for name, lst in lists.items()} | {"scores": len(scores)},
-                "suppressed": {
-                    "opted_out": int((why == "opted out").sum()),
-                    "cooldown": int(why.str.startswith("contacted", na=False).sum()),
-                    "recent_buyer": int(why.str.startswith("bought", na=False).sum()),
-                },
-                "below_min_p_churn": int(
-                    (in_group & why.isna().to_numpy() & ~listable(scores, camp.min_p_churn)).sum()
-                ),
+                "rows": {name: len(lst) for name, lst in lists.items()} | {"scores": len(table)},
+                "suppressed": {k: counts[k] for k in ("opted_out", "cooldown", "recent_buyer")},
+                "below_min_p_churn": counts["below_min_p_churn"],
                 "extrapolated_listed": {
                     name: int(lst["extrapolated"].sum()) for name, lst in lists.items()
                 },
@@ -562,9 +577,9 @@ def score_job(
 
             tables = {"delta.csv": changes, "profit_curve.csv": curve}
             extras = {"profit_curve.png": write_png, "README.txt": write_readme}
-            folder = export_lists(out, key, lists, scores, manifest, wait_seconds, extras, tables)
+            folder = export_lists(out, key, lists, table, manifest, wait_seconds, extras, tables)
             keep_features(scored, out, wait_seconds)  # for the next night
-    return ScoreResult(folder, scores, lists, t, ref.label)
+    return ScoreResult(folder, scores, lists, t, ref.label, len(table))
 
 
 def _check_drift(drift: dict[str, float], cfg: Config, force: bool) -> bool:
@@ -590,11 +605,9 @@ def _check_drift(drift: dict[str, float], cfg: Config, force: bool) -> bool:
     return bool(force and worst and drift[worst] > cfg.drift.fail_psi)
 
 
-def _suppressions(scores: pd.DataFrame, camp, as_of: datetime) -> pd.Series:
-    """Why each scored customer must not be contacted (opted out, contacted recently, bought
-    recently), or NA: :func:`winback.campaigns.suppressed` with the configured files, as
-    categories (a few distinct texts over millions of customers: a byte each, where text took
-    10 to 14 bytes)."""
+def _suppression_files(camp) -> tuple[pd.DataFrame | None, pd.Series | None]:
+    """The rows of the configured contact history and opt-out files (None where there is
+    none), for :func:`winback.campaigns.suppressed`."""
     contacts = (
         _read_table(camp.contact_history, ["customer_id", "contacted_at"], "contact_history")
         if camp.contact_history
@@ -605,15 +618,7 @@ def _suppressions(scores: pd.DataFrame, camp, as_of: datetime) -> pd.Series:
         if camp.opt_out
         else None
     )
-    return suppressed(
-        scores["customer_id"],
-        pd.Timestamp(as_of),
-        contacts,
-        camp.cooldown_days,
-        opted,
-        scores["days_since_last_order"],
-        camp.recent_days,
-    ).astype("category")
+    return contacts, opted
 
 
 #: Where a group's save rate comes from when nothing was learned about it.

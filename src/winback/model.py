@@ -43,7 +43,7 @@ import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from winback.atomic import atomic_path, sha256_file
-from winback.drift import DRIFT_FEATURES, population_stability, reference_bins
+from winback.drift import DRIFT_FEATURES, bin_counts, reference_bins, stability
 from winback.errors import DataError, WinbackError
 from winback.explain import LIGHTGBM_LOCK, path_contributions
 from winback.progress import Progress
@@ -387,10 +387,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def drift(self, X: pd.DataFrame, p_churn: np.ndarray) -> dict[str, float]:
         """Population stability index of each drift feature and of ``p_churn`` against the
         model's latest training cutoff (0 = same distribution; above 0.25 = a large shift)."""
+        return self.drift_of(self.drift_counts(X, p_churn))
+
+    def drift_counts(self, X: pd.DataFrame, p_churn: np.ndarray) -> dict[str, np.ndarray]:
+        """How many of the customers ``X`` fall in each reference bin of each drift feature and
+        of ``p_churn``: the counts of parts of a population add up to the whole's."""
         ref = getattr(self, "reference_", None) or {}
         now = {f: X[f].to_numpy(dtype=float) for f in ref if f in X.columns}
         now["p_churn"] = np.asarray(p_churn, dtype=float)
-        return {f: population_stability(ref[f], v) for f, v in now.items() if f in ref}
+        return {f: bin_counts(ref[f], v) for f, v in now.items() if f in ref}
+
+    def drift_of(self, counts: dict[str, np.ndarray]) -> dict[str, float]:
+        """The population stability index of each of :meth:`drift_counts`."""
+        return {f: stability(self.reference_[f], c) for f, c in counts.items()}
 
     def _check(self, X: pd.DataFrame) -> np.ndarray:
         return feature_matrix(

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,12 +48,10 @@ from winback.campaigns import (
     best_first,
     best_first_rows,
     control_flags,
-    expected_gain,
-    incremental_gain,
     size_list,
 )
 from winback.carry import KEPT_DIR, Carry, carry_over, find_kept, kept_key, work_folder
-from winback.config import CampaignGroupConfig, CampaignsConfig
+from winback.config import CampaignsConfig
 from winback.cutoffs import normalize_cutoffs
 from winback.drift import DRIFT_FEATURES
 from winback.explain import REASON_REFERENCES, ReasonTable, reason_sentences
@@ -60,7 +59,16 @@ from winback.export import plain_columns, spelled_texts
 from winback.features import spec_for
 from winback.model import ChurnModel
 from winback.orders import Orders
-from winback.segments import quintiles, segments_of, texts_of
+from winback.score_table import (
+    RISK_BANDS,
+    ScoreRows,
+    listable,
+    table_from,
+    table_inputs_sql,
+    uplift_gains,
+    uplift_takers,
+)
+from winback.segments import quintiles, texts_of
 from winback.snapshots import (
     BGNBD_FEATURES,
     BGNBD_POSTERIOR,
@@ -68,7 +76,10 @@ from winback.snapshots import (
     build_snapshots,
     snapshot_source,
 )
-from winback.timing import TIMING_INPUTS, timing_columns
+from winback.timing import TIMING_INPUTS
+
+if TYPE_CHECKING:
+    from winback.spark_scores import SparkPopulation
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +122,7 @@ class Scored:
     kept_key: str = ""
     cutoff: datetime | None = None
     parts: int = 0  # the customer hash partitions it was scored in
+    population: SparkPopulation | None = None  # on Spark: every customer's row, kept there
 
     def features_in_blocks(
         self, positions: np.ndarray
@@ -259,6 +271,7 @@ def score_customers(
     windows_days=(30, 90, 180, 365),
     model_version: str = "",
     keep_in: Path | None = None,
+    uplift_model=None,
 ) -> Scored:
     """Every customer of both lists with their scores (before list sizing and control groups,
     and without reasons: :func:`add_reasons` explains the customers who are exported), and the
@@ -273,9 +286,12 @@ def score_customers(
 
     ``keep_in`` (a folder; DuckDB, out of core): carry the features kept there by an earlier
     night for the customers whose orders did not change, and leave tonight's ready to keep
-    there (:func:`keep_features`; see :mod:`winback.carry`)."""
-    from winback.engines.duckdb import DuckDBEngine, connect
+    there (:func:`keep_features`; see :mod:`winback.carry`).
 
+    On Spark the score table stays on the executors (``population``, a
+    :class:`winback.spark_scores.SparkPopulation`, with the uplift of ``uplift_model`` when
+    one ranks the lists): ``scores`` is empty until the lists' customers are chosen there
+    (:meth:`~winback.spark_scores.SparkPopulation.choose`)."""
     h = int(model.horizon_days)
     lookback = max(int(model.lookback_days), h + 1, int(campaigns.reactivation_days))
     windows = sorted(set(windows_days) | {int(campaigns.value_days)})
@@ -311,37 +327,36 @@ def score_customers(
         weakref.finalize(scored, shutil.rmtree, folder, True)  # the parts go with the scores
         release_memory()
         return scored
-    remote = None
-    if engine.name == "spark":  # features and predictions on the executors
-        remote = _score_on_spark(orders, model, as_of, h, lookback, windows, campaigns.value_days)
-        snap = remote.score_inputs()
-        p_churn = snap.pop("p_churn").to_numpy()
-    else:
-        snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
-        p_churn = model.predict_proba(snap)[:, 1] if len(snap) else np.empty(0)
+    if engine.name == "spark":  # features, predictions and the score table on the executors
+        from winback.spark_scores import population_on_spark
+
+        remote = _score_on_spark(
+            orders, model, as_of, h, lookback, windows, campaigns.value_days, uplift_model
+        )
+        population, drift = population_on_spark(remote, model, as_of, campaigns, model_version, h)
+        scored = Scored(
+            pd.DataFrame(columns=LIST_COLUMNS),
+            drift,
+            pd.DataFrame(),
+            remote=remote,
+            population=population,
+        )
+        weakref.finalize(scored, remote.close)  # the executors' copies go with the scores
+        weakref.finalize(scored, population.close)
+        return scored
+    snap = build_snapshots(orders, [as_of], h, lookback, windows, labels=False)
+    p_churn = model.predict_proba(snap)[:, 1] if len(snap) else np.empty(0)
     if snap.empty:
-        if remote is not None:
-            remote.close()
         return Scored(pd.DataFrame(columns=LIST_COLUMNS), {}, snap)
     order = snap["customer_id"].reset_index(drop=True).sort_values(kind="stable").index
     snap = snap.iloc[order].reset_index(drop=True)
     base = _score_columns(snap, p_churn[order], campaigns.value_days)
     drift = _drift(model, base)
-    # ranks and segments in DuckDB: the orders' own, or (Spark) a private one on the driver
-    duck = engine if engine.name == "duckdb" else DuckDBEngine(connect())
-    try:
-        with duck.registered(base.assign(_row=np.arange(len(base))), "_scores") as name:
-            out, _ = _score_table(
-                duck, name, "_row", h, model.lookback_days, as_of, campaigns, model_version
-            )
-    finally:
-        if duck is not engine:
-            duck.con.close()
-    if remote is None:
-        return Scored(out, drift, snap)
-    scored = Scored(out, drift, pd.DataFrame(), remote=remote)
-    weakref.finalize(scored, remote.close)  # the executors' copy goes with the scores
-    return scored
+    with engine.registered(base.assign(_row=np.arange(len(base))), "_scores") as name:
+        out, _ = _score_table(
+            engine, name, "_row", h, model.lookback_days, as_of, campaigns, model_version
+        )
+    return Scored(out, drift, snap)
 
 
 def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> pd.DataFrame:
@@ -351,12 +366,18 @@ def _score_columns(snap: pd.DataFrame, p_churn: np.ndarray, value_days: int) -> 
         "recency_days": snap["recency_days"],
         "n_orders": snap["n_orders"],
         "n_order_days": snap["n_order_days"],
-        "value": customer_value(snap, value_days),
-        "expected_value": (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float),
+        **customer_values(snap, value_days),
     }
     cols |= {c: snap[c] for c in TIMING_INPUTS}
     cols |= {c: snap[c] for c in DRIFT_FEATURES if c in snap.columns and c not in cols}
     return pd.DataFrame(cols).assign(p_churn=p_churn)
+
+
+def customer_values(snap: pd.DataFrame, value_days: int) -> dict[str, pd.Series]:
+    """A snapshot's ``value`` (:func:`customer_value`) and ``expected_value`` (BG/NBD's expected
+    purchases over the horizon times the mean order value)."""
+    expected = (snap["bgnbd_expected_purchases"] * snap["monetary_mean"]).astype(float)
+    return {"value": customer_value(snap, value_days), "expected_value": expected}
 
 
 def customer_value(snap: pd.DataFrame, value_days: int) -> pd.Series:
@@ -383,10 +404,6 @@ def _drift(model: ChurnModel, scores: pd.DataFrame) -> dict[str, float]:
     )
 
 
-#: The risk band of each risk decile (1 = riskiest tenth).
-RISK_BANDS = {"high": (1, 3), "medium": (4, 7), "low": (8, 10)}
-
-
 def _score_table(
     duck,
     source: str,
@@ -411,61 +428,17 @@ def _score_table(
     one of them by customer id to break ties, which the rows' order already does."""
     carried = f"{position} AS _position, " if position else ""
     t = duck.query_df(
-        f"""
-        SELECT {carried}customer_id,
-               CASE WHEN recency_days <= {int(horizon_days)} THEN FALSE ELSE TRUE END AS lapsed,
-               p_churn, value, expected_value, p_churn * value AS value_at_risk,
-               CAST(n_order_days AS BIGINT) AS n_order_days, recency_days, n_orders,
-               CAST(floor(recency_days) AS BIGINT) AS days_since_last_order,
-               recency_days >= {int(lookback_days)} AS extrapolated,
-               {", ".join(TIMING_INPUTS)}
-        FROM {source}
-        ORDER BY {order_by}
-        """
+        f"SELECT {carried}{table_inputs_sql(horizon_days, lookback_days)} "
+        f"FROM {source} ORDER BY {order_by}"
     )
-    rank, decile, r, f = _ranks_within_lists(
+    ranks = _ranks_within_lists(
         t["p_churn"].to_numpy(dtype=float),
         t["recency_days"].to_numpy(dtype=float),
         t["n_orders"].to_numpy(dtype=float),
         t["lapsed"].to_numpy(dtype=bool),
     )
-    n = len(t)
-    band = np.full(n, -1, dtype=np.int8)
-    for i, (lo, hi) in enumerate(RISK_BANDS.values()):
-        band[(decile >= lo) & (decile <= hi)] = i
-    one = np.zeros(n, dtype=np.int8)
-    due = timing_columns(
-        t["p_churn"].to_numpy(dtype=float),
-        *(t[c].to_numpy(dtype=float) for c in TIMING_INPUTS),
-        horizon_days,
-        pd.Timestamp(as_of),
-    )
-    out = pd.DataFrame(
-        {
-            "customer_id": t["customer_id"],
-            "as_of": texts_of(one, [f"{as_of:%Y-%m-%d}"]),
-            "list": texts_of(t["lapsed"].to_numpy(dtype=np.int8), ["at_risk", "lapsed"]),
-            "p_churn": t["p_churn"],
-            **due,
-            "extrapolated": t["extrapolated"].astype(bool),
-            "days_since_last_order": t["days_since_last_order"].astype("int64"),
-            "value": t["value"],
-            "expected_value": t["expected_value"],
-            "value_at_risk": t["value_at_risk"],
-            "currency": texts_of(one, [campaigns.currency or ""]),
-            "segment": segments_of(r, f, t.index, t["lapsed"]),
-            "reasons": pd.Series(pd.NA, index=t.index, dtype="string"),
-            "model_version": texts_of(one, [model_version]),
-            "n_order_days": t["n_order_days"],
-            "rank": rank,
-            "risk_decile": decile,
-            "risk_band": texts_of(band, list(RISK_BANDS)),
-        },
-        copy=False,
-    )
+    out = table_from(t, *ranks, horizon_days, as_of, campaigns, model_version)
     rows = t["_position"].to_numpy(dtype=np.int64) if position else None
-    del t
-    _assign_groups(out, campaigns.groups)
     return out, rows
 
 
@@ -616,15 +589,17 @@ def _score_on_spark(
     lookback_days: int,
     windows_days,
     value_days: int,
+    uplift_model=None,
 ) -> _SparkFeatures:
-    """The scoring snapshot at ``as_of`` with ``p_churn``, computed and kept on the executors.
+    """The scoring snapshot at ``as_of`` with ``p_churn``, ``value`` and ``expected_value``
+    (and ``uplift``, by ``uplift_model``), computed and kept on the executors.
 
     Features and BG/NBD summaries are computed in Spark, BG/NBD is fitted on the driver from a
     sample of the summaries (exactly as on DuckDB); the churn model and the fit are broadcast
     and applied batch by batch with ``mapInPandas``, and the scored snapshot is persisted where
-    it was computed. The driver reads from it only what it asks for: the few columns the score
-    table needs (:meth:`_SparkFeatures.score_inputs`), and the full rows of the listed customers
-    for their reasons (:meth:`_SparkFeatures.rows`).
+    it was computed. The score table is made from it there too
+    (:func:`winback.spark_scores.population_on_spark`); the driver reads the full rows of the
+    listed customers only, for their reasons (:meth:`_SparkFeatures.rows`).
     """
     from pyspark import StorageLevel
     from pyspark.sql.types import DoubleType, StructField, StructType
@@ -634,17 +609,19 @@ def _score_on_spark(
     with snapshot_source(orders, [as_of], horizon_days, lookback_days, windows_days) as source:
         joined = spark.sql(source.sql()).drop("cutoff_ts")
         fields = [f for f in joined.schema.fields if f.name not in SUMMARY_COLUMNS]
-        schema = StructType(
-            fields
-            + [StructField(c, DoubleType()) for c in [*BGNBD_FEATURES, *BGNBD_POSTERIOR, "p_churn"]]
-        )
-        shipped = spark.sparkContext.broadcast((model, source.bgnbd))
+        added = [*BGNBD_FEATURES, *BGNBD_POSTERIOR, "p_churn", "value", "expected_value"]
+        added += ["uplift"] if uplift_model is not None else []
+        schema = StructType(fields + [StructField(c, DoubleType()) for c in added])
+        shipped = spark.sparkContext.broadcast((model, source.bgnbd, uplift_model))
 
         def score(batches):
-            churn_model, bgnbd = shipped.value
+            churn_model, bgnbd, ranker = shipped.value
             for batch in batches:
                 out = bgnbd.add_to(batch)
                 out["p_churn"] = churn_model.predict_proba(out)[:, 1]
+                out = out.assign(**customer_values(out, value_days))
+                if ranker is not None:
+                    out["uplift"] = ranker.predict(out)
                 yield out
 
         scored = joined.mapInPandas(score, schema).persist(StorageLevel.MEMORY_AND_DISK)
@@ -657,18 +634,6 @@ class _SparkFeatures:
 
     def __init__(self, engine, frame, cutoff: pd.Timestamp, value_days: int):
         self.engine, self.frame, self.cutoff, self.value_days = engine, frame, cutoff, value_days
-
-    def score_inputs(self) -> pd.DataFrame:
-        """The columns :func:`_score_columns` and the drift figures read, and ``p_churn``, of
-        every scored customer: a dozen of the snapshot's sixty."""
-        v = self.value_days
-        wanted = [
-            "customer_id", "recency_days", "tenure_days", "n_orders", "n_order_days",
-            "monetary_total", "monetary_mean", f"spend_{v}d", f"orders_{v}d",
-            "bgnbd_expected_purchases", *TIMING_INPUTS, *DRIFT_FEATURES, "p_churn",
-        ]  # fmt: skip
-        present = list(dict.fromkeys(c for c in wanted if c in self.frame.columns))
-        return self.engine.query_df_frame(self.frame.select(*present))
 
     def rows(self, ids: pd.Series) -> pd.DataFrame:
         """The full snapshot rows of the customers ``ids`` (in any order)."""
@@ -773,22 +738,11 @@ def add_uplift(
     else. The features are read a block at a time. Returns how many customers got an
     uplift."""
     scores = scored.scores
-    in_group = scores["campaign"].notna().to_numpy()
-    rows = np.flatnonzero(in_group & listable(scores, campaigns.min_p_churn, suppress))
+    rows = np.flatnonzero(uplift_takers(scores, campaigns, suppress))
     uplift = np.full(len(scores), np.nan)
     for at, feats in scored.features_in_blocks(rows):
         uplift[at] = model.predict(feats)
-    gain = np.full(len(scores), np.nan)
-    p_churn = scores["p_churn"].to_numpy(dtype=float)
-    value = scores["value"].to_numpy(dtype=float)
-    group = scores["campaign"].to_numpy(dtype=object, na_value=None)
-    for g in campaigns.groups:
-        mine = (group == g.name) & ~np.isnan(uplift)
-        gain[mine] = incremental_gain(
-            uplift[mine], p_churn[mine], value[mine], g.contact_cost, g.offer_cost
-        )
-    scores["uplift"] = uplift
-    scores["expected_gain"] = gain
+    uplift_gains(scores, uplift, campaigns)
     return len(rows)
 
 
@@ -817,45 +771,6 @@ def _arrow_text(s: pd.Series):
     import pyarrow as pa
 
     return pa.array(s, from_pandas=True).cast(pa.large_string())
-
-
-def _assign_groups(out: pd.DataFrame, groups: list[CampaignGroupConfig]) -> None:
-    """Each customer's first campaign group whose rules hold (in config order), with its
-    offer, channel and expected gain; missing where no group takes them."""
-    which = np.full(len(out), -1, dtype=np.int16)
-    gain = np.full(len(out), np.nan)
-    n_order_days = out["n_order_days"].to_numpy()
-    value = out["value"].to_numpy(dtype=float)
-    p_churn = out["p_churn"].to_numpy(dtype=float)
-    for i, g in enumerate(groups):
-        in_list = (out["list"] == g.list).to_numpy(dtype=bool)
-        rule = in_list & (which == -1)
-        if g.min_order_days is not None:
-            rule &= n_order_days >= g.min_order_days
-        if g.max_order_days is not None:
-            rule &= n_order_days <= g.max_order_days
-        if g.min_spend_share is not None and in_list.any():  # the top share of the list
-            rule &= value >= np.nanquantile(value[in_list], 1 - g.min_spend_share)
-        which[rule] = i
-        gain[rule] = expected_gain(
-            p_churn[rule], value[rule], g.save_rate, g.contact_cost, g.offer_cost
-        )
-    out["campaign"] = texts_of(which, [g.name for g in groups], "string")
-    out["offer"] = texts_of(which, [g.offer for g in groups])
-    out["channel"] = texts_of(which, [g.channel for g in groups])
-    out["uplift"] = np.full(len(out), np.nan)  # set when an uplift model ranks the lists
-    out["expected_gain"] = gain
-
-
-def listable(
-    scores: pd.DataFrame, min_p_churn: float | None, suppress: pd.Series | None = None
-) -> np.ndarray:
-    """Who may be listed: nothing suppresses them and ``p_churn >= min_p_churn`` (any risk when
-    ``min_p_churn`` is None)."""
-    ok = np.ones(len(scores), dtype=bool) if suppress is None else suppress.isna().to_numpy().copy()
-    if min_p_churn is not None:
-        ok &= scores["p_churn"].to_numpy(dtype=float, na_value=np.nan) >= min_p_churn
-    return ok
 
 
 def build_lists(
@@ -909,35 +824,8 @@ def build_lists(
     return lists
 
 
-class _ScoreRows:
-    """Rows (of the score table: ``rows``, positions in it) read as a table of ``columns``:
-    what :class:`CampaignList`, :class:`ProfitCurve` and :class:`Delta` share. ``take`` reads
-    a block of them; one column, or all of them, is a block of every row."""
-
-    rows: np.ndarray
-    columns: list[str]
-    take: Callable[..., pd.DataFrame]  # (positions of the rows, columns) -> a frame
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self), len(self.columns)
-
-    def __getitem__(self, column: str) -> pd.Series:
-        """One column, in the rows' order."""
-        if column not in self.columns:
-            raise KeyError(column)
-        return self.take(np.arange(len(self)), [column])[column]
-
-    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """Every row as a frame (a copy: for small tables and for tests)."""
-        return self.take(np.arange(len(self)), columns)
-
-
 @dataclass(frozen=True, eq=False)
-class CampaignList(_ScoreRows):
+class CampaignList(ScoreRows):
     """One win-back list: its rows of the score table (positions, in list order) and which of
     them are the control group. A list's columns are :data:`LIST_COLUMNS`: the score table's
     (as they are when read, so the reasons added to the table after the list was built are
@@ -982,7 +870,7 @@ PROFIT_CURVE_COLUMNS = ["list", "n_contacted", "customer_id", "expected_gain", "
 
 
 @dataclass(frozen=True, eq=False)
-class ProfitCurve(_ScoreRows):
+class ProfitCurve(ScoreRows):
     """The cumulative expected gain of each list as it grows, best first: for each list's
     customers who may be listed, their rows of the score table in that order and the running
     sum of their ``expected_gain``. Its columns are :data:`PROFIT_CURVE_COLUMNS`, read from
@@ -1067,7 +955,7 @@ DELTA_FILE_COLUMNS = ["list", "change", *DELTA_COLUMNS]
 
 
 @dataclass(frozen=True, eq=False)
-class Delta(_ScoreRows):
+class Delta(ScoreRows):
     """Who entered and who left each list, as :data:`DELTA_FILE_COLUMNS`: in (list, change,
     customer id) order, pieces of the lists (the rows that entered, read from the new list
     when asked, as the list's own files are) and frames (the rows that left, read from the
