@@ -194,6 +194,8 @@ def test_distributed_scores_equal_duckdb_scores(synth_pair, monkeypatch):
     assert on_spark.drift == pytest.approx(on_duck.drift, rel=1e-12)
     listed = population.choose()  # no suppression files: who bought lately only
     monkeypatch.undo()
+    # the scored snapshot is still cached for the reasons, not computed again from the orders
+    assert on_spark.remote.frame.storageLevel.useMemory
     # the lists Spark sized are the lists of the whole score table, in the same order
     why = suppressed(
         a["customer_id"], pd.Timestamp(t), None, camp.cooldown_days, None,

@@ -33,6 +33,7 @@ from winback.score_table import (
     uplift_takers,
 )
 from winback.segments import quintile_sql, texts_of
+from winback.timing import TIMING_INPUTS
 
 __all__ = ["SparkPopulation", "SparkRows", "population_on_spark"]
 
@@ -62,11 +63,15 @@ def population_on_spark(
     engine = remote.engine
     spark = engine.spark
     h, lookback = int(horizon_days), int(model.lookback_days)
-    name = engine.table_name("_scored_snapshot")
-    remote.frame.createOrReplaceTempView(name)
     chosen = table_inputs_sql(h, lookback)
     extra = [c for c in [*DRIFT_FEATURES, "uplift"] if c in remote.frame.columns]
     extra = [c for c in extra if c not in ("recency_days", "n_orders")]  # already chosen
+    # a view of the columns read, not of the cached snapshot itself: dropping a view of a
+    # cached plan drops its cache too, and the snapshot is read again for the reasons
+    read = ["customer_id", "recency_days", "p_churn", "value", "expected_value"]
+    read += ["n_order_days", "n_orders", *TIMING_INPUTS, *extra]
+    name = engine.table_name("_score_inputs")
+    remote.frame.select(*dict.fromkeys(read)).createOrReplaceTempView(name)
     ranked = spark.sql(
         f"""
         SELECT *, CAST(ceil(rank * 10 / count(*) OVER (PARTITION BY lapsed)) AS BIGINT)
