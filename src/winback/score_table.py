@@ -37,9 +37,10 @@ RISK_BANDS = {"high": (1, 3), "medium": (4, 7), "low": (8, 10)}
 
 
 def table_inputs_sql(horizon_days: int, lookback_days: int) -> str:
-    """The select list that reads a score table's inputs from :func:`_score_columns`' columns,
-    on either engine: whether the customer is lapsed, the value at risk, whole days since the
-    last order, whether the probability is extrapolated."""
+    """The select list that reads a score table's inputs from the scored customers' columns
+    (``p_churn``, ``value``, ``expected_value`` and the snapshot's own), on either engine:
+    whether the customer is lapsed, the value at risk, whole days since the last order, whether
+    the probability is extrapolated."""
     return f"""customer_id,
         CASE WHEN recency_days <= {int(horizon_days)} THEN FALSE ELSE TRUE END AS lapsed,
         p_churn, value, expected_value, p_churn * value AS value_at_risk,
