@@ -404,8 +404,7 @@ def _like(frame: pd.DataFrame, proto: pd.DataFrame) -> pd.DataFrame:
             texts = s.astype(dtype.categories.dtype)
             out[c] = pd.Categorical(texts, categories=texts.dropna().unique())
         elif _is_date(dtype):
-            days = [None if v is None or v is pd.NaT or v != v else v for v in s.tolist()]
-            out[c] = pd.array(days, dtype=dtype)
+            out[c] = pd.array(s.to_numpy(dtype=object), dtype=dtype)  # dates or None
         else:
             out[c] = s.astype(dtype)
     return pd.DataFrame(out, index=frame.index)
@@ -430,12 +429,11 @@ class _Fill:
         group = self.listed["group"]
         codes[hit] = group.cat.codes.to_numpy()[at[hit]]
         block["group"] = pd.Categorical.from_codes(codes, dtype=group.dtype)
-        texts = pa.array(self.listed["reasons"].array).cast(pa.large_string())
-        said = texts.take(pa.array(at[hit]))  # the listed customers' reasons, in block order
-        where = np.full(len(rows), -1, dtype=np.int64)
-        where[hit] = np.arange(int(hit.sum()))
-        reasons = said.take(pa.array(where, mask=where < 0)) if len(said) else None
-        if reasons is None:
+        if hit.any():  # the block's rows of the reasons' dictionary, then spelled: not all
+            said = pa.array(self.listed["reasons"].array)
+            reasons = said.take(pa.array(np.where(hit, at, 0), mask=~hit))
+            reasons = reasons.cast(pa.large_string())
+        else:
             reasons = pa.nulls(len(rows), pa.large_string())
         block["reasons"] = pd.array(reasons, dtype="string")
         return block
