@@ -350,6 +350,34 @@ def test_lines_whose_hashes_collide_are_compared_themselves(tmp_path, monkeypatc
     assert (dup.count, dup.total) == (1, 3) and o.report.n_orders == 2
 
 
+def test_with_distinct_order_ids_copies_are_sought_among_the_lines_without_one(tmp_path):
+    # ids 1 and 2 are each on one line, so no copy can carry one; the two lines without an id
+    # are copies of each other, and only the search among lines without an id can find them
+    text = (
+        "customer_id,order_id,order_ts,amount\n"
+        "a,1,2024-01-01,10\nb,2,2024-01-02,5\nc,,2024-01-03,7\nc,,2024-01-03,7\n"
+    )
+    o = _load(_write(tmp_path, text))
+    (dup,) = [x for x in o.report.problems if x.check == "duplicate_line"]
+    assert (dup.count, dup.total) == (1, 4)
+    assert o.report.n_orders == 3 and o.to_pandas()["amount"].sum() == 22.0  # 10 + 5 + 7
+
+
+def test_order_ids_distinct_as_text_but_equal_once_read_are_still_repeats(tmp_path):
+    # ' 7' and '7' are two texts but one id once trimmed; '12.0' and '12.00' are two texts but
+    # one id once read as the integer they spell: each pair is a repeated order id, not two
+    rows = {
+        "trimmed": ("a, 7,2024-01-01,10\nb,7,2024-01-02,5\nc,8,2024-01-03,7\n", 1),
+        "floats": ("a,12.0,2024-01-01,10\nb,12.00,2024-01-02,5\nc,13.0,2024-01-03,7\n", 1),
+    }
+    for name, (body, repeats) in rows.items():
+        o = _load(_write(tmp_path, "customer_id,order_id,order_ts,amount\n" + body))
+        (dup,) = [x for x in o.report.problems if x.check == "duplicate_order_id"]
+        assert dup.count == repeats, name
+        assert o.report.n_orders == 2, name  # the second line of the repeated id is dropped
+        assert not [x for x in o.report.problems if x.check == "duplicate_line"], name
+
+
 def test_overlapping_files_of_a_folder_are_deduplicated(tmp_path):
     folder = tmp_path / "exports"
     folder.mkdir()

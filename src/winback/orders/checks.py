@@ -23,16 +23,36 @@ def _hint(check: str, policy: str, remedy: str) -> str:
     return f"{remedy}; {done} by orders.policies.{check}={policy}"
 
 
-def without_copies(engine, cfg: OrdersConfig, rows_read: int, problems: list) -> str:
+def order_ids_distinct(engine, key: str) -> bool:
+    """Whether no two lines of ``_raw`` share a value of ``key``, the SQL of their order id
+    (:func:`winback.orders.shape.text_expr` of its column), among the lines that have one."""
+    n, n_distinct = engine.fetchall(f"SELECT count({key}), count(DISTINCT {key}) FROM _raw")[0]
+    return n == n_distinct
+
+
+def without_copies(
+    engine, cfg: OrdersConfig, rows_read: int, problems: list, distinct_key: str | None = None
+) -> str:
     """Count the input lines that are exact copies of another line (every column equal, as
     when yearly or monthly exports overlap) and apply ``policies.duplicate_line``: return the
-    view to read the lines from (``_raw``, or ``_raw_distinct`` without the copies)."""
+    view to read the lines from (``_raw``, or ``_raw_distinct`` without the copies).
+
+    ``distinct_key``: an expression of the line (its order id) that no two lines share where it
+    is not null (:func:`order_ids_distinct`). Copies would share it, so only the lines where it
+    is null can hold copies, and only those are looked at first."""
     names = [quote_ident(c, engine.dialect) for c in engine.columns("_raw")]
     # copies share their hash: when no two lines do, there are none (one 8-byte key a line
     # to count, not every column); else, or on a collision, the lines themselves are compared
     row_hash = engine.dialect.row_hash.format(cols=", ".join(names))
-    if engine.fetchall(f"SELECT count(DISTINCT {row_hash}) FROM _raw")[0][0] == rows_read:
-        return "_raw"
+    if distinct_key is None:
+        if engine.fetchall(f"SELECT count(DISTINCT {row_hash}) FROM _raw")[0][0] == rows_read:
+            return "_raw"
+    else:
+        n, n_distinct = engine.fetchall(
+            f"SELECT count(*), count(DISTINCT {row_hash}) FROM _raw WHERE {distinct_key} IS NULL"
+        )[0]
+        if n == n_distinct:
+            return "_raw"
     distinct = engine.fetchall("SELECT count(*) FROM (SELECT DISTINCT * FROM _raw) AS u")[0][0]
     copies = int(rows_read - distinct)
     if copies == 0:

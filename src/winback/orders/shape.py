@@ -10,6 +10,9 @@ from winback.errors import ConfigError
 
 _OFFSET_RE = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
+#: The engines' names of a text column's type.
+TEXT_TYPES = frozenset({"VARCHAR", "TEXT", "STRING"})
+
 
 def ts_expr(col: str, dtype: str, cfg: OrdersConfig, d: Dialect) -> str:
     """SQL expression turning the input column into a UTC TIMESTAMP (NULL if unparsable)."""
@@ -73,13 +76,13 @@ def _java_pattern(fmt: str) -> str:
 
 def num_expr(col: str, dtype: str, d: Dialect) -> str:
     c = quote_ident(col, d)
-    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
+    if dtype.upper() in TEXT_TYPES:
         return f"try_cast(trim({c}) AS DOUBLE)"
     return f"try_cast({c} AS DOUBLE)"
 
 
 def text_expr(col: str, dtype: str, d: Dialect) -> str:
-    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:
+    if dtype.upper() in TEXT_TYPES:
         return f"nullif(trim({quote_ident(col, d)}), '')"
     return f"CAST({quote_ident(col, d)} AS STRING)"
 
@@ -102,7 +105,7 @@ def normalise_ids(engine, view: str, cols, types: dict[str, str], label: str) ->
         q = quote_ident(col, d)
         if dtype in {"DOUBLE", "FLOAT", "REAL", "DECIMAL"} or dtype.startswith("DECIMAL"):
             cond = f"{q} IS NOT NULL AND {q} <> floor({q})"
-        elif dtype in {"VARCHAR", "TEXT", "STRING"}:
+        elif dtype in TEXT_TYPES:
             text = f"nullif(trim({q}), '')"
             spelled = d.full_match.format(x=text, pattern=sql_string(_FLOAT_ID))
             cond = f"{text} IS NOT NULL AND NOT {spelled}"
@@ -125,6 +128,6 @@ def id_expr(col: str, dtype: str, d: Dialect, notes: dict[str, str]) -> str:
     if not any(f"column '{col}':" in n for n in notes.values()):
         return text_expr(col, dtype, d)
     q = quote_ident(col, d)
-    if dtype.upper() in {"VARCHAR", "TEXT", "STRING"}:  # the text itself: no float rounding
+    if dtype.upper() in TEXT_TYPES:  # the text itself: no float rounding
         return f"regexp_replace(nullif(trim({q}), ''), '[.]0+$', '')"
     return f"CAST(CAST({q} AS BIGINT) AS STRING)"
