@@ -159,7 +159,7 @@ def _least_work(path: str, n_cols: int, out: Path) -> tuple[int, dict[str, float
                     WHERE order_ts <= {cut} AND {buy} AND category IS NOT NULL
                     GROUP BY customer_id, category) AS t GROUP BY customer_id""",
         f"write Parquet ({n_cols} columns)": f"""COPY (SELECT b.*, {cut} AS cutoff_ts, {ratios},
-                c.n_categories, c.top_n / b.a3 AS top_category_share
+                c.n_categories, c.top_n / b.a2 AS top_category_share
                 FROM b JOIN c USING (customer_id) ORDER BY customer_id) TO '{out}'
                 (FORMAT parquet, COMPRESSION uncompressed)""",
     }
